@@ -1,0 +1,140 @@
+"""The errors the service reports, and their mapping to gRPC statuses.
+
+Stores and servicers raise a `ServiceError`; one interceptor turns it into a
+gRPC status with a `google.rpc.ErrorInfo` (and a `google.rpc.BadRequest` for
+INVALID_ARGUMENT), so callers in any language can read the reason and its
+metadata with `rpc_status.from_call`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "statekeeper.dev"
+
+
+class ServiceError(Exception):
+    """A failure the caller can act on: a status code, a reason and facts.
+
+    `reason` is an UPPER_SNAKE code stable across releases; `metadata` holds
+    facts such as the current version (values are strings, as in ErrorInfo).
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, reason: str, message: str, **metadata: object) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.metadata = {key: str(value) for key, value in metadata.items()}
+
+    def details(self) -> list[any_pb2.Any]:
+        """The `google.rpc` detail messages sent with the status."""
+        info = any_pb2.Any()
+        info.Pack(
+            error_details_pb2.ErrorInfo(
+                reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+            )
+        )
+        return [info]
+
+    def to_status(self) -> grpc.Status:
+        """This error as a rich gRPC status."""
+        status = status_pb2.Status(
+            code=self.code.value[0], message=self.message, details=self.details()
+        )
+        return rpc_status.to_status(status)
+
+
+class InvalidArgument(ServiceError):
+    """A request field is missing or malformed; names the field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, description: str, reason: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(reason, f"{field}: {description}", field=field)
+        self.field = field
+        self.description = description
+
+    def details(self) -> list[any_pb2.Any]:
+        """ErrorInfo plus a BadRequest naming the offending field."""
+        bad_request = any_pb2.Any()
+        bad_request.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=self.field, description=self.description
+                    )
+                ]
+            )
+        )
+        return [*super().details(), bad_request]
+
+
+class NotFound(ServiceError):
+    """The addressed record does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    """A record with the same identity but other content exists."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Aborted(ServiceError):
+    """A compare-and-set lost: version, seq or parent conflict."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class FailedPrecondition(ServiceError):
+    """The record is not in a state that allows the call (a stale lease)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class OutOfRange(ServiceError):
+    """A position past what is kept, such as a truncated seq."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class ResourceExhausted(ServiceError):
+    """The request is too large."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    """The store cannot be reached right now; retrying later may work."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLoss(ServiceError):
+    """A stored record cannot be decoded."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class Unauthenticated(ServiceError):
+    """The caller did not prove who it is."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+def internal_status(message: str) -> grpc.Status:
+    """The status of an unexpected server fault (never a caller mistake)."""
+    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=message))
+
+
+def error_metadata(error: ServiceError) -> Mapping[str, str]:
+    """The ErrorInfo metadata of `error` (for logs)."""
+    return error.metadata

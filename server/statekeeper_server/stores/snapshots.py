@@ -1,0 +1,89 @@
+"""The snapshot store interface: the latest snapshot of each run, versioned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from google.protobuf.message import DecodeError
+
+from statekeeper.v1 import snapshots_pb2
+from statekeeper_server.errors import Aborted, DataLoss, NotFound
+
+
+@dataclass(frozen=True)
+class SnapshotFilter:
+    """Which snapshots a listing returns; empty fields match everything."""
+
+    session_id: str = ""
+    status: int = 0
+
+
+@dataclass(frozen=True)
+class SnapshotPage:
+    """One page of a listing and the token of the next (empty at the end)."""
+
+    snapshots: list[snapshots_pb2.Snapshot]
+    next_page_token: str
+
+
+class SnapshotStore(Protocol):
+    """Keeps one versioned snapshot per (namespace, run).
+
+    Every backend guarantees: `save` assigns version = previous + 1 (1 for a
+    new run) and an update time, atomically with its compare-and-set; an
+    acknowledged save is durable; a stored snapshot that cannot be decoded is
+    reported as DataLoss, never skipped.
+    """
+
+    async def save(
+        self, namespace: str, snapshot: snapshots_pb2.Snapshot, expected_version: int | None
+    ) -> snapshots_pb2.Snapshot:
+        """Store `snapshot` as the run's latest; Aborted on a version mismatch."""
+        ...
+
+    async def load(self, namespace: str, run_id: str) -> snapshots_pb2.Snapshot:
+        """The run's latest snapshot; NotFound if there is none."""
+        ...
+
+    async def list(
+        self, namespace: str, where: SnapshotFilter, page_size: int, page_token: str
+    ) -> SnapshotPage:
+        """A page of snapshots in run_id order."""
+        ...
+
+    async def delete(self, namespace: str, run_id: str) -> bool:
+        """Delete the run's snapshot; whether one existed."""
+        ...
+
+
+def snapshot_not_found(run_id: str) -> NotFound:
+    """The error of every backend for a run without a snapshot."""
+    return NotFound("SNAPSHOT_NOT_FOUND", f"run {run_id} has no snapshot", run_id=run_id)
+
+
+def check_expected_version(run_id: str, current: int, expected: int | None) -> None:
+    """Raise Aborted (VERSION_MISMATCH) unless `expected` is None or `current`."""
+    if expected is not None and expected != current:
+        raise Aborted(
+            "VERSION_MISMATCH",
+            f"run {run_id} is at version {current}, not {expected}",
+            run_id=run_id,
+            current_version=current,
+            expected_version=expected,
+        )
+
+
+def decode_snapshot(run_id: str, data: bytes) -> snapshots_pb2.Snapshot:
+    """Parse a stored snapshot; DataLoss (CORRUPT_SNAPSHOT) if it is unreadable."""
+    try:
+        return snapshots_pb2.Snapshot.FromString(data)
+    except DecodeError as exc:
+        raise DataLoss(
+            "CORRUPT_SNAPSHOT", f"the stored snapshot of run {run_id} is corrupt", run_id=run_id
+        ) from exc
+
+
+def list_filters(where: SnapshotFilter) -> dict[str, object]:
+    """The filters a page token is bound to."""
+    return {"session_id": where.session_id, "status": where.status}

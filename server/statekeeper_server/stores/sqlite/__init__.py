@@ -1,0 +1,35 @@
+"""The embedded store: one SQLite file (or an in-memory database)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from statekeeper_server.notifier import Notifier
+from statekeeper_server.stores import Store
+from statekeeper_server.stores.sqlite import snapshots
+from statekeeper_server.stores.sqlite.engine import SQLiteEngine
+
+MIGRATIONS = {
+    "snapshots": snapshots.MIGRATIONS,
+}
+
+
+async def open_sqlite_store(path: Path | None) -> Store:
+    """A Store on the SQLite file at `path`, or in memory when None."""
+    engine = SQLiteEngine(path, MIGRATIONS)
+    await engine.open()
+    notifier = Notifier()
+
+    async def ping() -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT 1").fetchone()
+
+        await engine.read(work)
+
+    return Store(
+        snapshots=snapshots.SQLiteSnapshotStore(engine),
+        notifier=notifier,
+        close=engine.close,
+        ping=ping,
+    )

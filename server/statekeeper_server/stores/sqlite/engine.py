@@ -1,0 +1,324 @@
+"""SQLite off the event loop: one writer thread with group commit, and readers.
+
+Writes are functions of a `sqlite3.Connection` queued to the writer thread.
+The writer takes every write waiting in its queue, runs each in its own
+SAVEPOINT inside one transaction, and commits once: with
+`synchronous=FULL` that is one fsync for all of them. A write that raises is
+rolled back alone; the others still commit. A caller's future resolves only
+after COMMIT returned, so an acknowledged write is on disk.
+
+Reads run on a small pool of reader threads with their own connections (WAL
+lets them read while the writer writes), each read in its own transaction so
+it sees one consistent snapshot. The in-memory database has no readers: its
+reads run on the writer thread between batches, outside any transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from statekeeper_server.errors import ServiceError, Unavailable
+
+T = TypeVar("T")
+Work = Callable[[sqlite3.Connection], Any]
+Migrations = Mapping[str, Sequence[Sequence[str]]]
+"""Per component, its schema steps in order; a step is a list of statements."""
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 512
+READER_THREADS = 2
+
+
+class StoreInUseError(RuntimeError):
+    """Another process holds the database file."""
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was written by a newer statekeeper."""
+
+
+@dataclass
+class _Op:
+    work: Work
+    future: asyncio.Future[Any]
+    is_read: bool = False
+    outcome: tuple[bool, Any] = field(default=(False, None))
+
+
+_STOP = object()
+
+
+def _unavailable(exc: sqlite3.Error) -> ServiceError:
+    return Unavailable("STORE_UNAVAILABLE", f"the store failed: {exc}")
+
+
+class SQLiteEngine:
+    """Runs reads and writes of one SQLite database without blocking the loop.
+
+    Guarantees: a write's result is delivered only after its transaction
+    committed (durably, for a file); writes are applied in queue order;
+    a failed write leaves no trace.
+    """
+
+    def __init__(self, path: Path | None, migrations: Migrations) -> None:
+        """`path` None means an in-memory database that lives with the engine."""
+        self._path = path
+        self._migrations = migrations
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._reader_local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    @property
+    def path(self) -> Path | None:
+        """The database file, or None in memory."""
+        return self._path
+
+    async def open(self) -> None:
+        """Lock the file, open the connections and migrate the schema.
+
+        Raises StoreInUseError if another process serves the same file.
+        """
+        self._loop = asyncio.get_running_loop()
+        if self._path is not None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _lock_file(self._path)
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._writer = threading.Thread(
+            target=self._run_writer, args=(ready,), name="sqlite-writer", daemon=True
+        )
+        self._writer.start()
+        try:
+            await ready
+        except BaseException:
+            self._release_lock()
+            raise
+        if self._path is not None:
+            self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-reader")
+
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in the next group transaction; return after COMMIT."""
+        return await self._submit(work, is_read=False)
+
+    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on a consistent snapshot of committed data."""
+        if self._readers is None:
+            return await self._submit(work, is_read=True)
+        loop = self._loop
+        assert loop is not None
+        return await loop.run_in_executor(self._readers, self._read_on_reader, work)
+
+    async def close(self) -> None:
+        """Finish queued writes, close every connection and release the file."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._readers is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._readers.shutdown, True)
+        for conn in self._reader_conns:
+            conn.close()
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+        self._release_lock()
+
+    # -- internals ---------------------------------------------------------
+
+    async def _submit(self, work: Work, *, is_read: bool) -> Any:
+        if self._closed:
+            raise Unavailable("STORE_CLOSED", "the store is shutting down")
+        loop = self._loop
+        assert loop is not None
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Op(work, future, is_read))
+        return await future
+
+    def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        target = str(self._path) if self._path is not None else ":memory:"
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if self._path is not None and not read_only:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot enable WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        if read_only:
+            conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    def _read_on_reader(self, work: Work) -> Any:
+        conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = self._connect(read_only=True)
+            self._reader_local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        try:
+            conn.execute("BEGIN")
+            try:
+                return work(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from exc
+
+    def _run_writer(self, ready: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            self._conn = self._connect()
+            _migrate(self._conn, self._migrations)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, ready, (False, exc))
+            return
+        loop.call_soon_threadsafe(_settle, ready, (True, None))
+        stopping = False
+        while not stopping:
+            batch: list[_Op] = []
+            item = self._queue.get()
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                assert isinstance(item, _Op)
+                batch.append(item)
+                if len(batch) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._run_batch(batch)
+        self._conn.close()
+
+    def _run_batch(self, batch: list[_Op]) -> None:
+        conn = self._conn
+        assert conn is not None and self._loop is not None
+        writes = [op for op in batch if not op.is_read]
+        if writes:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for op in writes:
+                    op.outcome = _run_in_savepoint(conn, op.work)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                log.error("group commit of %d writes failed: %s", len(writes), exc)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                for op in writes:
+                    op.outcome = (False, _unavailable(exc))
+        for op in batch:
+            if op.is_read:
+                op.outcome = _run_plain(conn, op.work)
+        self._loop.call_soon_threadsafe(_settle_all, batch)
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _run_in_savepoint(conn: sqlite3.Connection, work: Work) -> tuple[bool, Any]:
+    conn.execute("SAVEPOINT op")
+    try:
+        result = work(conn)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
+        return False, _unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
+    conn.execute("RELEASE op")
+    return True, result
+
+
+def _run_plain(conn: sqlite3.Connection, work: Work) -> tuple[bool, Any]:
+    try:
+        return True, work(conn)
+    except sqlite3.Error as exc:
+        return False, _unavailable(exc)
+    except Exception as exc:
+        return False, exc
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.cancelled():
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _settle_all(batch: list[_Op]) -> None:
+    for op in batch:
+        _settle(op.future, op.outcome)
+
+
+def _lock_file(path: Path) -> int:
+    """Hold an exclusive lock on `<db>.lock` for the life of the process."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreInUseError(
+            f"{path} is in use by another statekeeper process (pid {holder}); "
+            "each file store is served by exactly one process"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _migrate(conn: sqlite3.Connection, migrations: Migrations) -> None:
+    """Bring every component's schema to its newest version, one step a transaction."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+    )
+    for component, steps in migrations.items():
+        row = conn.execute(
+            "SELECT version FROM schema_migrations WHERE component = ?", (component,)
+        ).fetchone()
+        current = row[0] if row else 0
+        if current > len(steps):
+            raise SchemaTooNewError(
+                f"the {component} schema is at version {current}, newer than this "
+                f"statekeeper knows ({len(steps)}); upgrade statekeeper"
+            )
+        for version in range(current + 1, len(steps) + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in steps[version - 1]:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (component, version) VALUES (?, ?)"
+                    " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                    (component, version),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("migrated %s schema to version %d", component, version)

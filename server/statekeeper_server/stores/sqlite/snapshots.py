@@ -1,0 +1,127 @@
+"""Snapshots in SQLite: one row per (namespace, run) holding the encoded proto."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from statekeeper.v1 import snapshots_pb2
+from statekeeper_server.stores.paging import decode_page_token, encode_page_token
+from statekeeper_server.stores.snapshots import (
+    SnapshotFilter,
+    SnapshotPage,
+    check_expected_version,
+    decode_snapshot,
+    list_filters,
+    snapshot_not_found,
+)
+from statekeeper_server.stores.sqlite.engine import SQLiteEngine
+from statekeeper_server.timestamps import now_us, to_timestamp
+
+MIGRATIONS = [
+    [
+        """CREATE TABLE snapshots (
+            namespace TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (namespace, run_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX snapshots_by_session ON snapshots (namespace, session_id, run_id)",
+    ],
+]
+
+
+class SQLiteSnapshotStore:
+    """SnapshotStore on a SQLiteEngine (see stores.snapshots for guarantees)."""
+
+    def __init__(self, engine: SQLiteEngine) -> None:
+        self._engine = engine
+
+    async def save(
+        self, namespace: str, snapshot: snapshots_pb2.Snapshot, expected_version: int | None
+    ) -> snapshots_pb2.Snapshot:
+        """Compare-and-set the run's snapshot to `snapshot` with the next version."""
+
+        def work(conn: sqlite3.Connection) -> snapshots_pb2.Snapshot:
+            row = conn.execute(
+                "SELECT version FROM snapshots WHERE namespace = ? AND run_id = ?",
+                (namespace, snapshot.run_id),
+            ).fetchone()
+            current = row[0] if row else 0
+            check_expected_version(snapshot.run_id, current, expected_version)
+            stored = snapshots_pb2.Snapshot()
+            stored.CopyFrom(snapshot)
+            stored.version = current + 1
+            stored.update_time.CopyFrom(to_timestamp(now_us()))
+            conn.execute(
+                "INSERT INTO snapshots (namespace, run_id, session_id, status, version, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (namespace, run_id) DO UPDATE SET session_id = excluded.session_id,"
+                " status = excluded.status, version = excluded.version, data = excluded.data",
+                (
+                    namespace,
+                    stored.run_id,
+                    stored.session_id,
+                    stored.status,
+                    stored.version,
+                    stored.SerializeToString(),
+                ),
+            )
+            return stored
+
+        return await self._engine.write(work)
+
+    async def load(self, namespace: str, run_id: str) -> snapshots_pb2.Snapshot:
+        """The run's latest snapshot."""
+
+        def work(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(
+                "SELECT data FROM snapshots WHERE namespace = ? AND run_id = ?",
+                (namespace, run_id),
+            ).fetchone()
+            return row[0] if row else None
+
+        data = await self._engine.read(work)
+        if data is None:
+            raise snapshot_not_found(run_id)
+        return decode_snapshot(run_id, data)
+
+    async def list(
+        self, namespace: str, where: SnapshotFilter, page_size: int, page_token: str
+    ) -> SnapshotPage:
+        """A page of snapshots after the token's run_id, filtered."""
+        filters = list_filters(where)
+        after = decode_page_token(page_token, filters) or ""
+        sql = "SELECT run_id, data FROM snapshots WHERE namespace = ? AND run_id > ?"
+        params: list[object] = [namespace, str(after)]
+        if where.session_id:
+            sql += " AND session_id = ?"
+            params.append(where.session_id)
+        if where.status:
+            sql += " AND status = ?"
+            params.append(where.status)
+        sql += " ORDER BY run_id LIMIT ?"
+        params.append(page_size + 1)
+
+        def work(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
+            return conn.execute(sql, params).fetchall()
+
+        rows = await self._engine.read(work)
+        snapshots = [decode_snapshot(run_id, data) for run_id, data in rows[:page_size]]
+        token = ""
+        if len(rows) > page_size:
+            token = encode_page_token(snapshots[-1].run_id, filters)
+        return SnapshotPage(snapshots, token)
+
+    async def delete(self, namespace: str, run_id: str) -> bool:
+        """Delete the run's snapshot if present."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM snapshots WHERE namespace = ? AND run_id = ?", (namespace, run_id)
+            )
+            return cursor.rowcount > 0
+
+        return await self._engine.write(work)

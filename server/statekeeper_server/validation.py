@@ -1,0 +1,62 @@
+"""Validation of request fields shared by every servicer.
+
+Every function raises `InvalidArgument` naming the field, so a caller always
+learns which part of its request is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from statekeeper_server.errors import InvalidArgument
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+ID_RULE = "must be 1-128 characters of [A-Za-z0-9._:@-], starting with a letter or digit"
+
+
+def require_id(value: str, field: str) -> str:
+    """Return `value` if it is a valid id; a path like `../x` never is."""
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if ID_PATTERN.fullmatch(value) is None:
+        raise InvalidArgument(field, ID_RULE)
+    return value
+
+
+def optional_id(value: str, field: str) -> str:
+    """Return `value` if it is empty or a valid id."""
+    return require_id(value, field) if value else value
+
+
+def page_size(value: int, field: str = "page_size", *, default: int, maximum: int) -> int:
+    """Normalise a page size: 0 means `default`, above `maximum` is lowered."""
+    if value < 0:
+        raise InvalidArgument(field, "must not be negative")
+    if value == 0:
+        return default
+    return min(value, maximum)
+
+
+def require_enum(value: int, field: str, valid: Sequence[int]) -> int:
+    """Return `value` if it is one of `valid` (UNSPECIFIED is never valid)."""
+    if value not in valid:
+        raise InvalidArgument(field, "is required" if value == 0 else f"unknown value {value}")
+    return value
+
+
+def require_non_negative(value: int, field: str) -> int:
+    """Return `value` if it is >= 0."""
+    if value < 0:
+        raise InvalidArgument(field, "must not be negative")
+    return value
+
+
+def require_text(value: str, field: str, *, max_length: int) -> str:
+    """Return `value` if it is non-empty and at most `max_length` characters."""
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > max_length:
+        raise InvalidArgument(field, f"must be at most {max_length} characters")
+    return value
+
