@@ -7,7 +7,7 @@ learns which part of its request is wrong.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from statekeeper_server.errors import InvalidArgument
 
@@ -38,10 +38,12 @@ def page_size(value: int, field: str = "page_size", *, default: int, maximum: in
     return min(value, maximum)
 
 
-def require_enum(value: int, field: str, valid: Sequence[int]) -> int:
-    """Return `value` if it is one of `valid` (UNSPECIFIED is never valid)."""
-    if value not in valid:
-        raise InvalidArgument(field, "is required" if value == 0 else f"unknown value {value}")
+def enum_value(value: int, field: str, enum: EnumTypeWrapper, *, required: bool) -> int:
+    """Return `value` if it names a value of `enum`; UNSPECIFIED (0) only if not required."""
+    if value == 0 and required:
+        raise InvalidArgument(field, "is required")
+    if value not in enum.values():
+        raise InvalidArgument(field, f"unknown value {value}")
     return value
 
 

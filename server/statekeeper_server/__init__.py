@@ -1,0 +1,1 @@
+"""The statekeeper server: gRPC services over pluggable stores."""

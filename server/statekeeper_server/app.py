@@ -1,0 +1,146 @@
+"""The statekeeper application: a grpc.aio server over one store.
+
+It serves every family's servicer, the standard health service (overall and
+per service) and server reflection, and watches the store so that health
+says NOT_SERVING while the store is down. `stop` is the graceful shutdown:
+health NOT_SERVING first, then in-flight calls get the grace period, then
+background loops stop and the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from statekeeper_server.config import Settings
+from statekeeper_server.errors import ServiceError
+from statekeeper_server.interceptors import ErrorInterceptor
+from statekeeper_server.services import Service
+from statekeeper_server.services.snapshots import SnapshotServicer
+from statekeeper_server.stores import Store, open_store
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def build_services(store: Store, settings: Settings, stopping: asyncio.Event) -> list[Service]:
+    """Every servicer of the API, over `store`."""
+    return [
+        SnapshotServicer(store.snapshots),
+    ]
+
+
+class Application:
+    """A statekeeper server: `start`, then `stop` (or `serve_until` a signal)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stopping = asyncio.Event()
+        self.port = 0
+        self._store: Store | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._service_names: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def store(self) -> Store:
+        """The open store (after `start`)."""
+        assert self._store is not None, "start() first"
+        return self._store
+
+    async def start(self) -> None:
+        """Open the store, bind the address and start serving."""
+        self._store = await open_store(self.settings.store)
+        try:
+            await self._start_server(self._store)
+        except BaseException:
+            await self._store.close()
+            raise
+
+    async def _start_server(self, store: Store) -> None:
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                ("grpc.max_send_message_length", self.settings.max_message_bytes),
+            ],
+        )
+        services = build_services(store, self.settings, self.stopping)
+        for service in services:
+            service.add_to(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._service_names = [service.service_name for service in services]
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        self.port = server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await server.start()
+        self._server = server
+        await self._set_health(SERVING)
+        background = [self._watch_store(store)]
+        for service in services:
+            background.extend(service.background())
+        self._tasks = [asyncio.create_task(coro) for coro in background]
+        log.info("serving on %s with store %s", self.settings.listen, _redact(self.settings.store))
+
+    async def stop(self) -> None:
+        """Graceful shutdown: NOT_SERVING, drain calls, stop loops, close the store."""
+        self.stopping.set()
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            log.info("shutting down: %.1f s for in-flight calls", self.settings.grace_period)
+            await self._server.stop(self.settings.grace_period)
+            self._server = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+        log.info("stopped")
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ["", *self._service_names]:
+            await self._health.set(name, status)
+
+    async def _watch_store(self, store: Store) -> None:
+        """Keep health in step with whether the store answers."""
+        healthy = True
+        while True:
+            await asyncio.sleep(self.settings.health_check_interval)
+            try:
+                await store.ping()
+                now_healthy = True
+            except (ServiceError, OSError) as exc:
+                now_healthy = False
+                if healthy:
+                    log.warning("store is not answering: %s", exc)
+            if now_healthy != healthy and not self.stopping.is_set():
+                healthy = now_healthy
+                await self._set_health(SERVING if healthy else NOT_SERVING)
+                if healthy:
+                    log.info("store answers again")
+
+
+def _redact(url: str) -> str:
+    """The store URL without a password."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+    return url

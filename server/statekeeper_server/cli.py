@@ -1,0 +1,92 @@
+"""The `statekeeper` command: `serve`, and `health` for probes and debugging."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger("statekeeper")
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; only flags actually given override."""
+    from statekeeper_server.config import Settings
+
+    for name, field in Settings.model_fields.items():
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": field.description}
+        if typing.get_origin(field.annotation) is typing.Literal:
+            kwargs["choices"] = typing.get_args(field.annotation)
+        elif field.annotation in (int, float):
+            kwargs["type"] = field.annotation
+        kwargs["help"] = f"{field.description} (default {field.default!r})"
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, **kwargs)
+
+
+async def _serve(overrides: dict[str, Any]) -> int:
+    from statekeeper_server.app import Application
+    from statekeeper_server.config import Settings
+    from statekeeper_server.logs import configure_logging
+
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level)
+    app = Application(settings)
+    try:
+        await app.start()
+    except Exception as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"statekeeper listening on {settings.listen}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await app.stop()
+    return 0
+
+
+async def _health(target: str, service: str, timeout: float) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `statekeeper` console script."""
+    parser = argparse.ArgumentParser(prog="statekeeper", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    health = commands.add_parser("health", help="ask a server's health service; exit 0 if SERVING")
+    health.add_argument("--target", default="127.0.0.1:50051", help="server address")
+    health.add_argument("--service", default="", help="service name; empty for the whole server")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    try:
+        _settings_flags(serve)
+    except ImportError as exc:
+        print(f"the server needs its extra: pip install 'statekeeper[server]' ({exc})", file=sys.stderr)
+        return 2
+    args = vars(parser.parse_args(argv))
+    command = args.pop("command")
+    if command == "serve":
+        return asyncio.run(_serve(args))
+    return asyncio.run(_health(args["target"], args["service"], args["timeout"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

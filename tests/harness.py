@@ -1,0 +1,134 @@
+"""Real servers for end-to-end tests: in-process, or as a separate process.
+
+Both bind port 0 (with `grpc.so_reuseport` off, set by the application) so
+tests never collide on a port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from statekeeper_server.app import Application
+from statekeeper_server.config import Settings
+
+
+@contextlib.asynccontextmanager
+async def running_app(store_url: str, **settings: object) -> AsyncIterator[Application]:
+    """An Application serving `store_url` on a free port of 127.0.0.1."""
+    app = Application(Settings(listen="127.0.0.1:0", store=store_url, **settings))  # type: ignore[arg-type]
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+class ServerProcess:
+    """`statekeeper serve` in its own process, for restarts and crashes."""
+
+    def __init__(self, store_url: str, *extra_args: str) -> None:
+        self.store_url = store_url
+        self.extra_args = extra_args
+        self.port = 0
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def target(self) -> str:
+        """host:port of the running server."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, port: int = 0) -> ServerProcess:
+        """Start the server (on `port`, or a free one) and wait until it serves."""
+        listen_port = port or self.port or _free_port()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "statekeeper_server",
+                "serve",
+                "--listen",
+                f"127.0.0.1:{listen_port}",
+                "--store",
+                self.store_url,
+                "--grace-period",
+                "2",
+                *self.extra_args,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.port = listen_port
+        assert self.process.stderr is not None
+        deadline = time.monotonic() + 20
+        lines: list[str] = []
+        for line in self.process.stderr:
+            lines.append(line)
+            if re.search(r"listening on", line):
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            raise RuntimeError("server exited before serving:\n" + "".join(lines))
+        _drain(self.process)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies with no chance to clean up."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self) -> int:
+        """SIGTERM, then wait for the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+    def stop(self) -> None:
+        """Make sure the process is gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def _drain(process: subprocess.Popen[str]) -> None:
+    """Keep reading the server's stderr so its log lines never block it."""
+    import threading
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            sys.stderr.write("[server] " + line)
+
+    threading.Thread(target=pump, daemon=True).start()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_serving(target: str, timeout: float = 10.0) -> None:
+    """Wait until a channel to `target` is ready."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout)
+
+
+def data_file(tmp_path: Path) -> str:
+    """A file store URL inside the test's temporary directory."""
+    return f"file:{tmp_path / 'statekeeper.db'}"
