@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-
 from statekeeper_server.stores import Store, open_store
 
 StoreFactory = Callable[[Path], str]

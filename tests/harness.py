@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-
 from statekeeper_server.app import Application
 from statekeeper_server.config import Settings
 

@@ -19,6 +19,10 @@ from statekeeper._client import FAMILIES, AsyncClient
 T = TypeVar("T")
 
 
+async def _next(iterator: AsyncIterator[T]) -> T:
+    return await iterator.__anext__()
+
+
 class _Family:
     """Blocking view of one family client (`client.snapshots`, ...)."""
 
@@ -34,7 +38,7 @@ class _Family:
                 agen: AsyncIterator[Any] = attr(*args, **kwargs)
                 while True:
                     try:
-                        yield self._run(agen.__anext__())
+                        yield self._run(_next(agen))
                     except StopAsyncIteration:
                         return
 

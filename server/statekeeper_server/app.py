@@ -113,7 +113,7 @@ class Application:
             self._store = None
         log.info("stopped")
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+    async def _set_health(self, status: int) -> None:
         for name in ["", *self._service_names]:
             await self._health.set(name, status)
 

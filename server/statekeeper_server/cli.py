@@ -56,9 +56,12 @@ async def _health(target: str, service: str, timeout: float) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        # The published stubs of grpc_health omit the stub's methods.
+        stub: Any = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            reply = await stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
         except grpc.aio.AioRpcError as exc:
             print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
@@ -79,7 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _settings_flags(serve)
     except ImportError as exc:
-        print(f"the server needs its extra: pip install 'statekeeper[server]' ({exc})", file=sys.stderr)
+        print(
+            f"the server needs its extra: pip install 'statekeeper[server]' ({exc})",
+            file=sys.stderr,
+        )
         return 2
     args = vars(parser.parse_args(argv))
     command = args.pop("command")

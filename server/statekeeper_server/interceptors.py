@@ -9,6 +9,7 @@ caller's mistake therefore never surfaces as UNKNOWN or INTERNAL.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,26 +26,26 @@ ServerStream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps ServiceError to gRPC statuses for unary and server-streaming calls."""
+    """Maps ServiceError to gRPC statuses for unary and server-streaming calls.
+
+    Streaming handlers are wrapped when they are async generators (ours are);
+    handlers that write through `context.write` (health's Watch) pass as is.
+    """
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Any:
         """Wrap the handler's behaviour; leave unknown methods alone."""
         handler = await continuation(handler_call_details)
         if handler is None:
-            return handler
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+            return None
+        method: str = handler_call_details.method
         if handler.unary_unary is not None:
-            return handler._replace(  # type: ignore[attr-defined,no-any-return]
-                unary_unary=_wrap_unary(method, handler.unary_unary)
-            )
-        if handler.unary_stream is not None:
-            return handler._replace(  # type: ignore[attr-defined,no-any-return]
-                unary_stream=_wrap_stream(method, handler.unary_stream)
-            )
+            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
+        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+            return handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
         return handler
 
 

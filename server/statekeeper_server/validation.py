@@ -7,7 +7,7 @@ learns which part of its request is wrong.
 from __future__ import annotations
 
 import re
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from collections.abc import Collection
 
 from statekeeper_server.errors import InvalidArgument
 
@@ -38,11 +38,14 @@ def page_size(value: int, field: str = "page_size", *, default: int, maximum: in
     return min(value, maximum)
 
 
-def enum_value(value: int, field: str, enum: EnumTypeWrapper, *, required: bool) -> int:
-    """Return `value` if it names a value of `enum`; UNSPECIFIED (0) only if not required."""
+def enum_value(value: int, field: str, defined: Collection[int], *, required: bool) -> int:
+    """Return `value` if it is one of the enum's `defined` values.
+
+    UNSPECIFIED (0) passes only when the field is not `required`.
+    """
     if value == 0 and required:
         raise InvalidArgument(field, "is required")
-    if value not in enum.values():
+    if value not in defined:
         raise InvalidArgument(field, f"unknown value {value}")
     return value
 
@@ -61,4 +64,3 @@ def require_text(value: str, field: str, *, max_length: int) -> str:
     if len(value) > max_length:
         raise InvalidArgument(field, f"must be at most {max_length} characters")
     return value
-

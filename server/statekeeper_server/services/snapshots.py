@@ -6,9 +6,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 import grpc
-
 from statekeeper.v1 import snapshots_pb2, snapshots_pb2_grpc
 from statekeeper.v1.common_pb2 import FinishReason
+
 from statekeeper_server.errors import InvalidArgument
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.stores.snapshots import SnapshotFilter, SnapshotStore
@@ -46,11 +46,18 @@ class SnapshotServicer(snapshots_pb2_grpc.SnapshotServiceServicer):
         snapshot = request.snapshot
         require_id(snapshot.run_id, "snapshot.run_id")
         require_id(snapshot.session_id, "snapshot.session_id")
-        enum_value(snapshot.status, "snapshot.status", snapshots_pb2.RunStatus, required=True)
         enum_value(
-            snapshot.current_state, "snapshot.current_state", snapshots_pb2.TurnState, required=False
+            snapshot.status, "snapshot.status", snapshots_pb2.RunStatus.values(), required=True
         )
-        enum_value(snapshot.last_finish, "snapshot.last_finish", FinishReason, required=False)
+        enum_value(
+            snapshot.current_state,
+            "snapshot.current_state",
+            snapshots_pb2.TurnState.values(),
+            required=False,
+        )
+        enum_value(
+            snapshot.last_finish, "snapshot.last_finish", FinishReason.values(), required=False
+        )
         expected = request.expected_version if request.HasField("expected_version") else None
         if expected is not None and expected < 0:
             raise InvalidArgument("expected_version", "must not be negative")
@@ -63,7 +70,9 @@ class SnapshotServicer(snapshots_pb2_grpc.SnapshotServiceServicer):
         """The run's latest snapshot."""
         namespace = request_namespace(context)
         run_id = require_id(request.run_id, "run_id")
-        return snapshots_pb2.LoadSnapshotResponse(snapshot=await self._store.load(namespace, run_id))
+        return snapshots_pb2.LoadSnapshotResponse(
+            snapshot=await self._store.load(namespace, run_id)
+        )
 
     async def ListSnapshots(
         self, request: snapshots_pb2.ListSnapshotsRequest, context: Context
@@ -73,7 +82,9 @@ class SnapshotServicer(snapshots_pb2_grpc.SnapshotServiceServicer):
         size = page_size(request.page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         where = SnapshotFilter(
             session_id=optional_id(request.session_id, "session_id"),
-            status=enum_value(request.status, "status", snapshots_pb2.RunStatus, required=False),
+            status=enum_value(
+                request.status, "status", snapshots_pb2.RunStatus.values(), required=False
+            ),
         )
         page = await self._store.list(namespace, where, size, request.page_token)
         return snapshots_pb2.ListSnapshotsResponse(
@@ -89,4 +100,3 @@ class SnapshotServicer(snapshots_pb2_grpc.SnapshotServiceServicer):
         return snapshots_pb2.DeleteSnapshotResponse(
             deleted=await self._store.delete(namespace, run_id)
         )
-

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
-
 from statekeeper.v1 import snapshots_pb2
+
 from statekeeper_server.errors import Aborted, DataLoss, NotFound
 
 

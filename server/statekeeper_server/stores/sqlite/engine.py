@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from statekeeper_server.errors import ServiceError, Unavailable
 
@@ -86,6 +86,8 @@ class SQLiteEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self.transactions = 0
+        """Group transactions committed so far (for tests and benchmarks)."""
 
     @property
     def path(self) -> Path | None:
@@ -116,15 +118,15 @@ class SQLiteEngine:
 
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in the next group transaction; return after COMMIT."""
-        return await self._submit(work, is_read=False)
+        return cast(T, await self._submit(work, is_read=False))
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` on a consistent snapshot of committed data."""
-        if self._readers is None:
-            return await self._submit(work, is_read=True)
+        if self._readers is None or self._closed:
+            return cast(T, await self._submit(work, is_read=True))
         loop = self._loop
         assert loop is not None
-        return await loop.run_in_executor(self._readers, self._read_on_reader, work)
+        return cast(T, await loop.run_in_executor(self._readers, self._read_on_reader, work))
 
     async def close(self) -> None:
         """Finish queued writes, close every connection and release the file."""
@@ -212,7 +214,8 @@ class SQLiteEngine:
 
     def _run_batch(self, batch: list[_Op]) -> None:
         conn = self._conn
-        assert conn is not None and self._loop is not None
+        assert conn is not None
+        assert self._loop is not None
         writes = [op for op in batch if not op.is_read]
         if writes:
             try:
@@ -220,6 +223,7 @@ class SQLiteEngine:
                 for op in writes:
                     op.outcome = _run_in_savepoint(conn, op.work)
                 conn.execute("COMMIT")
+                self.transactions += 1
             except sqlite3.Error as exc:
                 log.error("group commit of %d writes failed: %s", len(writes), exc)
                 if conn.in_transaction:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from statekeeper.v1 import snapshots_pb2
+
 from statekeeper_server.stores.paging import decode_page_token, encode_page_token
 from statekeeper_server.stores.snapshots import (
     SnapshotFilter,

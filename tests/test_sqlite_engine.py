@@ -1,0 +1,160 @@
+"""The SQLite engine: group commit, isolation of failed writes, schema, locking."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from statekeeper_server.errors import Unavailable
+from statekeeper_server.stores.sqlite.engine import (
+    SchemaTooNewError,
+    SQLiteEngine,
+    StoreInUseError,
+)
+
+MIGRATIONS = {"items": [["CREATE TABLE items (name TEXT PRIMARY KEY)"]]}
+
+
+def insert(name: str) -> Callable[[sqlite3.Connection], str]:
+    def work(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO items (name) VALUES (?)", (name,))
+        return name
+
+    return work
+
+
+def names(conn: sqlite3.Connection) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT name FROM items ORDER BY name")]
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[SQLiteEngine]:
+    opened = SQLiteEngine(tmp_path / "db.sqlite", MIGRATIONS)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def test_concurrent_writes_share_transactions(engine: SQLiteEngine) -> None:
+    results = await asyncio.gather(*(engine.write(insert(f"n{i:03d}")) for i in range(200)))
+    assert len(results) == 200
+    assert engine.transactions < 200
+    assert len(await engine.read(names)) == 200
+
+
+async def test_a_failing_write_is_rolled_back_alone(engine: SQLiteEngine) -> None:
+    def insert_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO items (name) VALUES ('doomed')")
+        raise ValueError("refused")
+
+    outcomes = await asyncio.gather(
+        engine.write(insert("before")),
+        engine.write(insert_then_fail),
+        engine.write(insert("after")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == "before"
+    assert isinstance(outcomes[1], ValueError)
+    assert outcomes[2] == "after"
+    assert await engine.read(names) == ["after", "before"]
+
+
+async def test_a_sqlite_error_in_a_write_is_unavailable(engine: SQLiteEngine) -> None:
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    with pytest.raises(Unavailable):
+        await engine.write(broken)
+
+
+async def test_writes_are_durable_once_acknowledged(tmp_path: Path) -> None:
+    engine = SQLiteEngine(tmp_path / "db.sqlite", MIGRATIONS)
+    await engine.open()
+    await engine.write(insert("kept"))
+    # Read through an independent connection, as another process would.
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    assert names(conn) == ["kept"]
+    conn.close()
+    await engine.close()
+
+
+async def test_database_uses_wal_and_full_sync(engine: SQLiteEngine) -> None:
+    def pragmas(conn: sqlite3.Connection) -> tuple[str, int]:
+        return (
+            conn.execute("PRAGMA journal_mode").fetchone()[0],
+            conn.execute("PRAGMA synchronous").fetchone()[0],
+        )
+
+    assert await engine.read(pragmas) == ("wal", 2)
+
+
+async def test_schema_versions_are_recorded_per_component(engine: SQLiteEngine) -> None:
+    def versions(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+        return list(conn.execute("SELECT component, version FROM schema_migrations"))
+
+    assert await engine.read(versions) == [("items", 1)]
+
+
+async def test_reopening_applies_only_new_migration_steps(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    first = SQLiteEngine(path, MIGRATIONS)
+    await first.open()
+    await first.write(insert("old"))
+    await first.close()
+    grown = {"items": [*MIGRATIONS["items"], ["ALTER TABLE items ADD COLUMN size INTEGER"]]}
+    second = SQLiteEngine(path, grown)
+    await second.open()
+
+    def columns(conn: sqlite3.Connection) -> list[str]:
+        return [row[1] for row in conn.execute("PRAGMA table_info(items)")]
+
+    assert await second.read(columns) == ["name", "size"]
+    assert await second.read(names) == ["old"]
+    await second.close()
+
+
+async def test_a_schema_newer_than_the_code_refuses_to_open(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    grown = {"items": [*MIGRATIONS["items"], ["ALTER TABLE items ADD COLUMN size INTEGER"]]}
+    first = SQLiteEngine(path, grown)
+    await first.open()
+    await first.close()
+    with pytest.raises(SchemaTooNewError):
+        await SQLiteEngine(path, MIGRATIONS).open()
+
+
+async def test_a_second_engine_on_the_same_file_fails_fast(engine: SQLiteEngine) -> None:
+    assert engine.path is not None
+    with pytest.raises(StoreInUseError, match="in use by another statekeeper process"):
+        await SQLiteEngine(engine.path, MIGRATIONS).open()
+
+
+async def test_the_file_is_free_again_after_close(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    first = SQLiteEngine(path, MIGRATIONS)
+    await first.open()
+    await first.close()
+    second = SQLiteEngine(path, MIGRATIONS)
+    await second.open()
+    await second.close()
+
+
+async def test_in_memory_engine_reads_its_own_writes() -> None:
+    engine = SQLiteEngine(None, MIGRATIONS)
+    await engine.open()
+    await engine.write(insert("x"))
+    assert await engine.read(names) == ["x"]
+    await engine.close()
+
+
+async def test_calls_after_close_are_unavailable(tmp_path: Path) -> None:
+    engine = SQLiteEngine(tmp_path / "db.sqlite", MIGRATIONS)
+    await engine.open()
+    await engine.close()
+    with pytest.raises(Unavailable):
+        await engine.write(insert("late"))
+    with pytest.raises(Unavailable):
+        await engine.read(names)
