@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from statekeeper.v1 import snapshots_pb2
 from statekeeper_server.errors import DataLoss
 from statekeeper_server.stores import open_store

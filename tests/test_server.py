@@ -10,12 +10,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-import statekeeper
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import statekeeper
 from statekeeper.v1 import snapshots_pb2
 from statekeeper_server.config import Settings
-
 from tests.harness import ServerProcess, data_file, running_app
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

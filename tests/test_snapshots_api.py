@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-import statekeeper
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from statekeeper.v1 import snapshots_pb2, snapshots_pb2_grpc
 
+import statekeeper
+from statekeeper.v1 import snapshots_pb2, snapshots_pb2_grpc
 from tests.harness import running_app
 
 

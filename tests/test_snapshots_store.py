@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from statekeeper.v1 import snapshots_pb2
 from statekeeper_server.errors import Aborted, InvalidArgument, NotFound
 from statekeeper_server.stores import Store

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+
 from statekeeper_server.errors import Unavailable
 from statekeeper_server.stores.sqlite.engine import (
     SchemaTooNewError,
