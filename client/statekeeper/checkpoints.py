@@ -1,0 +1,258 @@
+"""`client.checkpoints`: resumable workflow runs and recoverable agents.
+
+Struct fields (scope snapshots, app state, metadata) are passed as plain
+JSON-like dicts; the returned messages convert back with
+`google.protobuf.json_format.MessageToDict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, json_format, struct_pb2
+
+from statekeeper._calls import CallOptions
+from statekeeper.v1 import checkpoints_pb2, checkpoints_pb2_grpc
+
+SERVICE = "statekeeper.v1.CheckpointService"
+IDEMPOTENT = [
+    (SERVICE, "LoadWorkflowCheckpoint"),
+    (SERVICE, "ListWorkflowCheckpoints"),
+    (SERVICE, "DeleteWorkflowCheckpoints"),
+    (SERVICE, "RecoverAgentCheckpoint"),
+    (SERVICE, "ListAgentCheckpoints"),
+    (SERVICE, "DeleteAgentCheckpoints"),
+]
+"""Calls the channel may retry on UNAVAILABLE. Saves are not among them: each
+save adds a checkpoint, so retrying one is the caller's decision."""
+
+
+def to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    """A Struct holding the JSON-like mapping `value` (empty for None)."""
+    struct = struct_pb2.Struct()
+    if value:
+        struct.update(value)
+    return struct
+
+
+def retention(
+    keep_last: int | None = None, ttl: float | None = None
+) -> checkpoints_pb2.CheckpointRetention | None:
+    """A save's retention: keep the last `keep_last`, drop those older than `ttl` seconds.
+
+    None for a field follows the server's setting; None overall when neither
+    is given.
+    """
+    if keep_last is None and ttl is None:
+        return None
+    message = checkpoints_pb2.CheckpointRetention()
+    if keep_last is not None:
+        message.keep_last = keep_last
+    if ttl is not None:
+        duration = duration_pb2.Duration()
+        duration.FromNanoseconds(round(ttl * 1_000_000_000))
+        message.ttl.CopyFrom(duration)
+        message.ttl.SetInParent()
+    return message
+
+
+class CheckpointsClient:
+    """Save, load, list and delete workflow checkpoints; persist and recover agents."""
+
+    def __init__(self, channel: grpc.aio.Channel, options: CallOptions) -> None:
+        self._stub = checkpoints_pb2_grpc.CheckpointServiceStub(channel)
+        self._options = options
+
+    # -- workflows -----------------------------------------------------------
+
+    async def save_workflow(
+        self,
+        run_id: str,
+        workflow_name: str,
+        *,
+        step: int = 0,
+        next_node_id: str = "",
+        scope_snapshot: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        expected_parent: str | None = None,
+        keep_last: int | None = None,
+        ttl: float | None = None,
+    ) -> checkpoints_pb2.WorkflowCheckpoint:
+        """Add a checkpoint to the run's history; returns it with its id and parent.
+
+        With `expected_parent` the save is a compare-and-set on the run's
+        newest checkpoint id ("": the run must have none yet); a mismatch
+        raises ABORTED. `keep_last` / `ttl` (seconds) override the server's
+        retention for this run.
+        """
+        request = checkpoints_pb2.SaveWorkflowCheckpointRequest(
+            checkpoint=checkpoints_pb2.WorkflowCheckpoint(
+                run_id=run_id,
+                workflow_name=workflow_name,
+                step=step,
+                next_node_id=next_node_id,
+                scope_snapshot=to_struct(scope_snapshot),
+                metadata=to_struct(metadata),
+            ),
+            retention=retention(keep_last, ttl),
+        )
+        if expected_parent is not None:
+            request.expected_parent = expected_parent
+        response = await self._stub.SaveWorkflowCheckpoint(
+            request, metadata=self._options.metadata, timeout=self._options.timeout
+        )
+        return response.checkpoint
+
+    async def load_workflow(
+        self, run_id: str, checkpoint_id: str = "", *, fallback_to_readable: bool = False
+    ) -> checkpoints_pb2.LoadWorkflowCheckpointResponse:
+        """The run's newest checkpoint (or `checkpoint_id`) in `.checkpoint`.
+
+        Raises NOT_FOUND if there is none, DATA_LOSS if it is corrupt; with
+        `fallback_to_readable` the newest readable one is returned instead and
+        `.skipped_checkpoint_ids` names the corrupt ones passed over.
+        """
+        return await self._stub.LoadWorkflowCheckpoint(
+            checkpoints_pb2.LoadWorkflowCheckpointRequest(
+                run_id=run_id,
+                checkpoint_id=checkpoint_id,
+                fallback_to_readable=fallback_to_readable,
+            ),
+            metadata=self._options.metadata,
+            timeout=self._options.timeout,
+        )
+
+    async def list_workflow(
+        self,
+        run_id: str = "",
+        *,
+        workflow_name: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        before: str = "",
+        page_size: int = 0,
+    ) -> AsyncIterator[checkpoints_pb2.WorkflowCheckpoint]:
+        """A run's checkpoints newest first (before `before`), page by page.
+
+        Without `run_id`: the newest checkpoint of every run, in run_id
+        order. `workflow_name` and `metadata` (exact top-level key/value
+        pairs) filter both.
+        """
+        token = ""
+        while True:
+            response = await self._stub.ListWorkflowCheckpoints(
+                checkpoints_pb2.ListWorkflowCheckpointsRequest(
+                    run_id=run_id,
+                    before=before,
+                    workflow_name=workflow_name,
+                    metadata_filter=to_struct(metadata),
+                    page_size=page_size,
+                    page_token=token,
+                ),
+                metadata=self._options.metadata,
+                timeout=self._options.timeout,
+            )
+            for checkpoint in response.checkpoints:
+                yield checkpoint
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def delete_workflow(self, run_id: str) -> int:
+        """Delete the run's whole history; how many checkpoints it had."""
+        response = await self._stub.DeleteWorkflowCheckpoints(
+            checkpoints_pb2.DeleteWorkflowCheckpointsRequest(run_id=run_id),
+            metadata=self._options.metadata,
+            timeout=self._options.timeout,
+        )
+        return response.deleted_count
+
+    # -- agents --------------------------------------------------------------
+
+    async def persist_agent(
+        self,
+        agent_id: str,
+        agent_state: checkpoints_pb2.AgentState.ValueType,
+        *,
+        app_state: Mapping[str, Any] | None = None,
+        version: int = 1,
+        in_flight_tasks: int = 0,
+        reason: str = "",
+        custom: Any = None,
+        timestamp: datetime | None = None,
+        keep_last: int | None = None,
+        ttl: float | None = None,
+    ) -> checkpoints_pb2.AgentCheckpoint:
+        """Add a checkpoint to the agent's history; returns it with its id.
+
+        `custom` is any JSON value; `timestamp` (when the agent captured the
+        state) defaults to the server's create time. `keep_last` / `ttl`
+        (seconds) override the server's retention for this agent.
+        """
+        checkpoint = checkpoints_pb2.AgentCheckpoint(
+            agent_id=agent_id,
+            agent_state=agent_state,
+            app_state=to_struct(app_state),
+            metadata=checkpoints_pb2.AgentCheckpointMetadata(
+                version=version, in_flight_tasks=in_flight_tasks, reason=reason
+            ),
+        )
+        if custom is not None:
+            json_format.ParseDict(custom, checkpoint.metadata.custom)
+        if timestamp is not None:
+            checkpoint.timestamp.FromDatetime(timestamp)
+        response = await self._stub.PersistAgentCheckpoint(
+            checkpoints_pb2.PersistAgentCheckpointRequest(
+                checkpoint=checkpoint, retention=retention(keep_last, ttl)
+            ),
+            metadata=self._options.metadata,
+            timeout=self._options.timeout,
+        )
+        return response.checkpoint
+
+    async def recover_agent(
+        self, agent_id: str, *, fallback_to_readable: bool = False
+    ) -> checkpoints_pb2.RecoverAgentCheckpointResponse:
+        """The agent's newest checkpoint in `.checkpoint`.
+
+        Raises NOT_FOUND if there is none, DATA_LOSS if it is corrupt; with
+        `fallback_to_readable` the newest readable one is returned instead and
+        `.skipped_checkpoint_ids` names the corrupt ones passed over.
+        """
+        return await self._stub.RecoverAgentCheckpoint(
+            checkpoints_pb2.RecoverAgentCheckpointRequest(
+                agent_id=agent_id, fallback_to_readable=fallback_to_readable
+            ),
+            metadata=self._options.metadata,
+            timeout=self._options.timeout,
+        )
+
+    async def list_agent(
+        self, agent_id: str, *, before: str = "", page_size: int = 0
+    ) -> AsyncIterator[checkpoints_pb2.AgentCheckpoint]:
+        """The agent's checkpoints newest first (before `before`), page by page."""
+        token = ""
+        while True:
+            response = await self._stub.ListAgentCheckpoints(
+                checkpoints_pb2.ListAgentCheckpointsRequest(
+                    agent_id=agent_id, before=before, page_size=page_size, page_token=token
+                ),
+                metadata=self._options.metadata,
+                timeout=self._options.timeout,
+            )
+            for checkpoint in response.checkpoints:
+                yield checkpoint
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def delete_agent(self, agent_id: str) -> int:
+        """Delete the agent's whole history; how many checkpoints it had."""
+        response = await self._stub.DeleteAgentCheckpoints(
+            checkpoints_pb2.DeleteAgentCheckpointsRequest(agent_id=agent_id),
+            metadata=self._options.metadata,
+            timeout=self._options.timeout,
+        )
+        return response.deleted_count

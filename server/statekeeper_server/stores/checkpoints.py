@@ -1,0 +1,456 @@
+"""The checkpoint store interface: histories of workflow and agent checkpoints.
+
+Besides the `CheckpointStore` protocol, this module holds everything every
+backend shares: retention decisions, the minting of ids and create times,
+metadata filters, decoding (with DataLoss for an unreadable record), the
+fall-back walk to the newest readable checkpoint, and the errors.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Literal, Protocol, TypeVar
+
+import uuid_utils
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import DecodeError
+
+from statekeeper.v1 import checkpoints_pb2
+from statekeeper_server.errors import Aborted, DataLoss, InvalidArgument, NotFound
+from statekeeper_server.timestamps import to_timestamp
+
+M = TypeVar("M", checkpoints_pb2.WorkflowCheckpoint, checkpoints_pb2.AgentCheckpoint)
+
+FALLBACK_CHUNK = 64
+"""How many older checkpoints one read fetches while falling back."""
+
+
+@dataclass(frozen=True)
+class CheckpointKind:
+    """Whose checkpoints: a workflow run's or an agent's (for ids and errors)."""
+
+    noun: str
+    owner_field: str
+
+
+WORKFLOW = CheckpointKind(noun="run", owner_field="run_id")
+AGENT = CheckpointKind(noun="agent", owner_field="agent_id")
+
+
+# -- retention ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How many checkpoints of one run or agent to keep.
+
+    `keep_last` 0 keeps every checkpoint; `ttl_us` 0 keeps them forever.
+    Whatever the policy, the newest checkpoint is never dropped.
+    """
+
+    keep_last: int = 0
+    ttl_us: int = 0
+
+    def cutoff_us(self, now_us: int) -> int | None:
+        """Checkpoints created before this time are expired; None if none expire."""
+        return now_us - self.ttl_us if self.ttl_us > 0 else None
+
+    @property
+    def keeps_everything(self) -> bool:
+        """Whether this policy never drops anything."""
+        return self.keep_last == 0 and self.ttl_us == 0
+
+
+@dataclass(frozen=True)
+class RetentionOverride:
+    """The retention a save names; None fields follow the server's defaults.
+
+    It is stored with the saved checkpoint and governs its run or agent
+    (on that save and in sweeps) until the next save.
+    """
+
+    keep_last: int | None = None
+    ttl_us: int | None = None
+
+    def resolve(self, defaults: RetentionPolicy) -> RetentionPolicy:
+        """The policy in force: these fields where set, `defaults` elsewhere."""
+        return RetentionPolicy(
+            keep_last=defaults.keep_last if self.keep_last is None else self.keep_last,
+            ttl_us=defaults.ttl_us if self.ttl_us is None else self.ttl_us,
+        )
+
+
+# -- metadata filters -----------------------------------------------------
+
+ValueKind = Literal["string", "number", "bool", "null"]
+
+
+@dataclass(frozen=True)
+class MetadataCondition:
+    """Top-level `key` of the metadata holds a value of `kind` equal to `value`."""
+
+    key: str
+    kind: ValueKind
+    value: str | float | bool | None
+
+
+@dataclass(frozen=True)
+class WorkflowFilter:
+    """Which workflow checkpoints a listing returns; empty fields match all."""
+
+    workflow_name: str = ""
+    metadata: tuple[MetadataCondition, ...] = ()
+
+    def token_filters(self) -> dict[str, object]:
+        """The filters a page token is bound to."""
+        return {
+            "workflow_name": self.workflow_name,
+            "metadata": [[c.key, c.kind, c.value] for c in self.metadata],
+        }
+
+
+def metadata_conditions(
+    metadata_filter: struct_pb2.Struct, field: str
+) -> tuple[MetadataCondition, ...]:
+    """The conditions of a filter object; InvalidArgument for a non-scalar value."""
+    conditions = []
+    for key in sorted(metadata_filter.fields):
+        value = metadata_filter.fields[key]
+        which = value.WhichOneof("kind")
+        if which == "string_value":
+            conditions.append(MetadataCondition(key, "string", value.string_value))
+        elif which == "number_value":
+            conditions.append(MetadataCondition(key, "number", value.number_value))
+        elif which == "bool_value":
+            conditions.append(MetadataCondition(key, "bool", value.bool_value))
+        elif which == "null_value":
+            conditions.append(MetadataCondition(key, "null", None))
+        else:
+            raise InvalidArgument(f"{field}.{key}", "must be a string, a number, a boolean or null")
+    return tuple(conditions)
+
+
+def metadata_json(metadata: struct_pb2.Struct, field: str = "checkpoint.metadata") -> str:
+    """The metadata as a JSON object (the copy filters run on).
+
+    InvalidArgument naming `field` if it holds a number JSON cannot carry
+    (NaN or an infinity).
+    """
+    try:
+        document = json_format.MessageToDict(metadata)
+    except ValueError:
+        raise InvalidArgument(field, "numbers must be finite") from None
+    return json.dumps(document, separators=(",", ":"), sort_keys=True)
+
+
+# -- records ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """One stored row: its position in save order, owner, id and encoded proto."""
+
+    position: int
+    owner: str
+    checkpoint_id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Saved(Generic[M]):
+    """A stored checkpoint and how many older ones retention dropped with it."""
+
+    checkpoint: M
+    dropped_count: int
+
+
+@dataclass(frozen=True)
+class Recovered(Generic[M]):
+    """A loaded checkpoint and the newer corrupt ones passed over, newest first."""
+
+    checkpoint: M
+    skipped_checkpoint_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CheckpointPage(Generic[M]):
+    """One page of a listing and the token of the next (empty at the end)."""
+
+    checkpoints: list[M]
+    next_page_token: str
+
+
+class CheckpointStore(Protocol):
+    """Keeps the checkpoint history of each (namespace, run) and (namespace, agent).
+
+    Every backend guarantees: each save adds a checkpoint with a fresh
+    time-sortable id, strictly after every earlier one of its run or agent
+    (even within one millisecond) and with a create time never earlier; the
+    newest checkpoint is found by an index lookup; the parent check, the
+    insert and the retention it triggers form one transaction; an
+    acknowledged save is durable; a record that cannot be decoded is
+    DataLoss naming it, never skipped unless a fall-back was asked for;
+    retention never drops the newest checkpoint.
+    """
+
+    async def save_workflow(
+        self,
+        namespace: str,
+        checkpoint: checkpoints_pb2.WorkflowCheckpoint,
+        *,
+        expected_parent: str | None,
+        retention: RetentionOverride,
+        defaults: RetentionPolicy,
+        now_us: int,
+    ) -> Saved[checkpoints_pb2.WorkflowCheckpoint]:
+        """Add `checkpoint` as its run's newest; Aborted if `expected_parent` differs."""
+        ...
+
+    async def load_workflow(
+        self, namespace: str, run_id: str, checkpoint_id: str, *, fallback_to_readable: bool
+    ) -> Recovered[checkpoints_pb2.WorkflowCheckpoint]:
+        """The run's newest checkpoint, or the one named; NotFound if there is none."""
+        ...
+
+    async def list_workflow_history(
+        self,
+        namespace: str,
+        run_id: str,
+        where: WorkflowFilter,
+        *,
+        before: str,
+        page_size: int,
+        page_token: str,
+    ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
+        """A page of the run's checkpoints, newest first."""
+        ...
+
+    async def list_latest_workflows(
+        self, namespace: str, where: WorkflowFilter, *, page_size: int, page_token: str
+    ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
+        """A page of the newest checkpoint of each run, in run_id order."""
+        ...
+
+    async def delete_workflow(self, namespace: str, run_id: str) -> int:
+        """Delete the run's whole history; how many checkpoints it had."""
+        ...
+
+    async def persist_agent(
+        self,
+        namespace: str,
+        checkpoint: checkpoints_pb2.AgentCheckpoint,
+        *,
+        retention: RetentionOverride,
+        defaults: RetentionPolicy,
+        now_us: int,
+    ) -> Saved[checkpoints_pb2.AgentCheckpoint]:
+        """Add `checkpoint` as its agent's newest."""
+        ...
+
+    async def recover_agent(
+        self, namespace: str, agent_id: str, *, fallback_to_readable: bool
+    ) -> Recovered[checkpoints_pb2.AgentCheckpoint]:
+        """The agent's newest (readable) checkpoint; NotFound if there is none."""
+        ...
+
+    async def list_agent_history(
+        self, namespace: str, agent_id: str, *, before: str, page_size: int, page_token: str
+    ) -> CheckpointPage[checkpoints_pb2.AgentCheckpoint]:
+        """A page of the agent's checkpoints, newest first."""
+        ...
+
+    async def delete_agent(self, namespace: str, agent_id: str) -> int:
+        """Delete the agent's whole history; how many checkpoints it had."""
+        ...
+
+    async def sweep(self, defaults: RetentionPolicy, now_us: int) -> int:
+        """Apply retention to every run and agent; how many checkpoints it dropped."""
+        ...
+
+
+# -- minting ---------------------------------------------------------------
+
+
+def next_create_us(now_us: int, previous_create_us: int | None) -> int:
+    """The create time of a new checkpoint: now, but never before the previous one."""
+    return now_us if previous_create_us is None else max(now_us, previous_create_us)
+
+
+_RANDOM_BITS = 74  # rand_a (12 bits) and rand_b (62 bits) of a UUIDv7
+_RAND_B_BITS = 62
+
+
+def new_checkpoint_id(create_us: int, previous_id: str) -> str:
+    """A fresh UUIDv7 carrying `create_us`, sorting after `previous_id`.
+
+    Ids therefore sort by creation time, and strictly in save order within
+    one run or agent: when the random bits of a checkpoint minted in the same
+    millisecond would sort first, the previous id plus one is used instead.
+    """
+    minted = str(uuid_utils.uuid7(nanoseconds=create_us * 1000))
+    if not previous_id or minted > previous_id:
+        return minted
+    return _successor(previous_id)
+
+
+def _successor(checkpoint_id: str) -> str:
+    """The UUIDv7 right after `checkpoint_id`: its random bits plus one."""
+    value = uuid.UUID(checkpoint_id).int
+    millis = value >> 80
+    rand_a = (value >> 64) & 0xFFF
+    rand_b = value & ((1 << _RAND_B_BITS) - 1)
+    counter = ((rand_a << _RAND_B_BITS) | rand_b) + 1
+    if counter >> _RANDOM_BITS:
+        millis, counter = millis + 1, 0
+    rand_a, rand_b = counter >> _RAND_B_BITS, counter & ((1 << _RAND_B_BITS) - 1)
+    return str(uuid.UUID(int=(millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b))
+
+
+def stamp_workflow(
+    checkpoint: checkpoints_pb2.WorkflowCheckpoint,
+    checkpoint_id: str,
+    parent_id: str,
+    create_us: int,
+) -> checkpoints_pb2.WorkflowCheckpoint:
+    """A copy of `checkpoint` with its server-assigned fields set."""
+    stored = checkpoints_pb2.WorkflowCheckpoint()
+    stored.CopyFrom(checkpoint)
+    stored.checkpoint_id = checkpoint_id
+    stored.parent_checkpoint_id = parent_id
+    stored.create_time.CopyFrom(to_timestamp(create_us))
+    return stored
+
+
+def stamp_agent(
+    checkpoint: checkpoints_pb2.AgentCheckpoint, checkpoint_id: str, create_us: int
+) -> checkpoints_pb2.AgentCheckpoint:
+    """A copy of `checkpoint` with its server-assigned fields set (and its timestamp)."""
+    stored = checkpoints_pb2.AgentCheckpoint()
+    stored.CopyFrom(checkpoint)
+    stored.checkpoint_id = checkpoint_id
+    stored.create_time.CopyFrom(to_timestamp(create_us))
+    if not stored.HasField("timestamp"):
+        stored.timestamp.CopyFrom(stored.create_time)
+    return stored
+
+
+# -- decoding and recovery ---------------------------------------------------
+
+
+def decode_checkpoint(message_type: type[M], kind: CheckpointKind, row: StoredCheckpoint) -> M:
+    """Parse a stored checkpoint; DataLoss (CORRUPT_CHECKPOINT) if it is unreadable.
+
+    A record that parses but does not carry its own row's id is corrupt too
+    (random bytes can happen to be valid protobuf).
+    """
+    try:
+        message = message_type.FromString(row.data)
+    except DecodeError:
+        raise corrupt_checkpoint(kind, row.owner, row.checkpoint_id) from None
+    if message.checkpoint_id != row.checkpoint_id:
+        raise corrupt_checkpoint(kind, row.owner, row.checkpoint_id)
+    return message
+
+
+async def newest_readable(
+    message_type: type[M],
+    kind: CheckpointKind,
+    newest: StoredCheckpoint,
+    older: Callable[[int, int], Awaitable[Sequence[StoredCheckpoint]]],
+    *,
+    fallback_to_readable: bool,
+) -> Recovered[M]:
+    """Decode `newest`; if it is corrupt and a fall-back was asked, walk back.
+
+    `older(position, limit)` returns up to `limit` checkpoints saved before
+    `position`, newest first. Without the fall-back a corrupt newest is
+    DataLoss; with it, DataLoss only when no checkpoint is readable.
+    """
+    try:
+        return Recovered(decode_checkpoint(message_type, kind, newest))
+    except DataLoss as error:
+        if not fallback_to_readable:
+            raise
+        newest_error = error
+    skipped = [newest.checkpoint_id]
+    position = newest.position
+    while rows := await older(position, FALLBACK_CHUNK):
+        for row in rows:
+            try:
+                return Recovered(decode_checkpoint(message_type, kind, row), skipped)
+            except DataLoss:
+                skipped.append(row.checkpoint_id)
+        position = rows[-1].position
+    raise DataLoss(
+        newest_error.reason,
+        f"no checkpoint of {kind.noun} {newest.owner} is readable ({len(skipped)} corrupt)",
+        **newest_error.metadata,
+    )
+
+
+def history_position(position: object) -> int | None:
+    """The position of a history page token; InvalidArgument if it was altered."""
+    if position is None:
+        return None
+    if not isinstance(position, int) or isinstance(position, bool):
+        raise InvalidArgument("page_token", "is not a token returned by this call")
+    return position
+
+
+def latest_position(position: object) -> str:
+    """The position (last run_id) of a latest-per-run page token."""
+    if position is None:
+        return ""
+    if not isinstance(position, str):
+        raise InvalidArgument("page_token", "is not a token returned by this call")
+    return position
+
+
+# -- errors ----------------------------------------------------------------
+
+
+def check_expected_parent(run_id: str, actual_parent: str, expected_parent: str | None) -> None:
+    """Raise Aborted (PARENT_MISMATCH) unless `expected_parent` is None or the newest id.
+
+    An empty `expected_parent` expects a run without checkpoints; an empty
+    `actual_parent` means the run has none.
+    """
+    if expected_parent is not None and expected_parent != actual_parent:
+        newest = f"checkpoint {actual_parent}" if actual_parent else "no checkpoint"
+        raise Aborted(
+            "PARENT_MISMATCH",
+            f"run {run_id} has {newest} as its newest, not {expected_parent or 'none'}",
+            run_id=run_id,
+            expected_parent=expected_parent,
+            actual_parent=actual_parent,
+        )
+
+
+def no_checkpoint(kind: CheckpointKind, owner: str) -> NotFound:
+    """The error of every backend for a run or agent without checkpoints."""
+    return NotFound(
+        "NO_CHECKPOINT", f"{kind.noun} {owner} has no checkpoint", **{kind.owner_field: owner}
+    )
+
+
+def checkpoint_not_found(kind: CheckpointKind, owner: str, checkpoint_id: str) -> NotFound:
+    """The error for a checkpoint id the run or agent does not have."""
+    return NotFound(
+        "NO_CHECKPOINT",
+        f"{kind.noun} {owner} has no checkpoint {checkpoint_id}",
+        checkpoint_id=checkpoint_id,
+        **{kind.owner_field: owner},
+    )
+
+
+def corrupt_checkpoint(kind: CheckpointKind, owner: str, checkpoint_id: str) -> DataLoss:
+    """The error for a stored checkpoint that cannot be decoded."""
+    return DataLoss(
+        "CORRUPT_CHECKPOINT",
+        f"checkpoint {checkpoint_id} of {kind.noun} {owner} is corrupt",
+        checkpoint_id=checkpoint_id,
+        **{kind.owner_field: owner},
+    )
