@@ -32,8 +32,8 @@ class RunStarted(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """The session the run belongs to; attached to every later envelope of the
-    run.
+    """The session the run belongs to; attached to this and every later
+    envelope of the run. Required (an id, see common.proto).
     """
     provider: _builtins.str
     """Model provider of the run."""
@@ -320,9 +320,14 @@ class EventInput(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
-    """Optional client-chosen id (an id, see common.proto): a retried append
-    with the same id returns the original envelope; the same id with other
-    content is ALREADY_EXISTS (EVENT_ID_CONFLICT).
+    """Optional client-chosen id (an id, see common.proto), unique within the
+    run. A retried append with the same id and the same event returns the
+    original envelope and stores nothing; the same id with another event is
+    ALREADY_EXISTS (EVENT_ID_CONFLICT, metadata `event_id`, `seq`). Ids are
+    kept for the life of the run: a retry of an event that truncation has
+    since dropped is ALREADY_EXISTS (EVENT_TRUNCATED, metadata `event_id`,
+    `seq`, `first_seq`) rather than a second copy. Empty: the server mints
+    a UUIDv7 and the append is not idempotent.
     """
     @_builtins.property
     def event(self) -> Global___AgentEvent:
@@ -360,7 +365,8 @@ class AppendEventRequest(_message.Message):
     @_builtins.property
     def expectation(self) -> Global___SeqExpectation:
         """Optional condition on the run's last seq; ABORTED (SEQ_MISMATCH, with
-        metadata `actual_last_seq`) when it fails.
+        metadata `actual_last_seq`) when it fails. Not checked for an idempotent
+        retry, which returns the original envelope.
         """
 
     def __init__(
@@ -415,11 +421,18 @@ class AppendEventsRequest(_message.Message):
     """The run to append to. Required."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventInput]:
-        """The events to append, in order; 1 to 1000 of them."""
+        """The events to append, in order; 1 to 1000 of them. One invalid event
+        fails the whole batch (INVALID_ARGUMENT naming `inputs[i]...`) and
+        nothing is stored. No event may follow a terminal one. Inputs whose
+        event_id is already stored with the same event return their original
+        envelope; the others are appended.
+        """
 
     @_builtins.property
     def expectation(self) -> Global___SeqExpectation:
-        """Optional condition on the run's last seq before the batch."""
+        """Optional condition on the run's last seq before the batch (checked only
+        when the batch appends at least one event).
+        """
 
     def __init__(
         self,
@@ -472,7 +485,11 @@ class ListEventsRequest(_message.Message):
     run_id: _builtins.str
     """The run to list. Required."""
     after_seq: _builtins.int
-    """Only events with seq > after_seq; 0 lists from the start."""
+    """Only events with seq > after_seq; 0 lists from the start. Below the
+    first kept seq minus one (after truncation) is OUT_OF_RANGE
+    (SEQ_TRUNCATED, metadata `first_seq`); above the run's last seq is
+    OUT_OF_RANGE (SEQ_BEYOND_LAST, metadata `last_seq`).
+    """
     limit: _builtins.int
     """Maximum events to return: default 100, at most 1000 (larger values are
     lowered).
@@ -500,8 +517,11 @@ class ListEventsResponse(_message.Message):
 
     ENVELOPES_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
+    FIRST_SEQ_FIELD_NUMBER: _builtins.int
     last_seq: _builtins.int
     """The run's last seq when the page was read."""
+    first_seq: _builtins.int
+    """The run's first kept seq when the page was read (1 unless truncated)."""
     @_builtins.property
     def envelopes(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventEnvelope]:
         """Events in seq order."""
@@ -511,10 +531,11 @@ class ListEventsResponse(_message.Message):
         *,
         envelopes: _abc.Iterable[Global___EventEnvelope] | None = ...,
         last_seq: _builtins.int = ...,
+        first_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelopes", b"envelopes", "last_seq", b"last_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelopes", b"envelopes", "first_seq", b"first_seq", "last_seq", b"last_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,12 +555,14 @@ class ReplayEventsRequest(_message.Message):
     after_seq: _builtins.int
     """Replay events with seq > after_seq; 0 replays from the start. A value
     below the first kept seq minus one (after truncation) is OUT_OF_RANGE
-    (SEQ_TRUNCATED, metadata `first_seq`).
+    (SEQ_TRUNCATED, metadata `first_seq`); above the run's last seq is
+    OUT_OF_RANGE (SEQ_BEYOND_LAST, metadata `last_seq`).
     """
     follow: _builtins.bool
     """Keep the stream open after the history and deliver live events until
-    the run's terminal event has been sent. A run with no events yet is
-    waited for.
+    the run's terminal event has been sent. With `after_seq` 0, a run with
+    no events yet is waited for; without `follow` (or with `after_seq` > 0)
+    an unknown run is NOT_FOUND (RUN_NOT_FOUND).
     """
     def __init__(
         self,
@@ -827,7 +850,9 @@ class TruncateRunRequest(_message.Message):
     run_id: _builtins.str
     """The run to truncate. Required."""
     up_to_seq: _builtins.int
-    """Drop events with seq <= up_to_seq. Required (> 0)."""
+    """Drop events with seq <= up_to_seq. Required (> 0); a value above the
+    run's last seq drops every event (the run and its last seq stay).
+    """
     def __init__(
         self,
         *,
@@ -853,7 +878,7 @@ class TruncateRunResponse(_message.Message):
     first_seq: _builtins.int
     """The first seq the run still keeps."""
     dropped: _builtins.int
-    """How many events were dropped."""
+    """How many events this call dropped (0 when they were already gone)."""
     def __init__(
         self,
         *,

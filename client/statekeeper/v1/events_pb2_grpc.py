@@ -31,6 +31,11 @@ class EventLogServiceStub:
     Each run's events carry a `seq` that starts at 1 and grows by one per
     event, gapless and unique however many callers append at once. Events can
     be listed, replayed, and followed live as they are committed.
+
+    A run exists from its first appended event until it is deleted. Once a
+    terminal event (RunCompleted, RunFailed, RunCancelled) is stored, the run
+    is closed: further appends are FAILED_PRECONDITION (RUN_TERMINATED), except
+    idempotent retries of events already stored.
     """
 
     def __init__(self, channel):
@@ -82,6 +87,11 @@ class EventLogServiceServicer:
     Each run's events carry a `seq` that starts at 1 and grows by one per
     event, gapless and unique however many callers append at once. Events can
     be listed, replayed, and followed live as they are committed.
+
+    A run exists from its first appended event until it is deleted. Once a
+    terminal event (RunCompleted, RunFailed, RunCancelled) is stored, the run
+    is closed: further appends are FAILED_PRECONDITION (RUN_TERMINATED), except
+    idempotent retries of events already stored.
     """
 
     def AppendEvent(self, request, context):
@@ -110,7 +120,10 @@ class EventLogServiceServicer:
     def ReplayEvents(self, request, context):
         """Streams a run's history after `after_seq`, then a caught-up marker, then
         (with `follow`) live events until the run's terminal event or until the
-        caller cancels. Heartbeats are sent on idle streams.
+        caller cancels. Heartbeats are sent on idle streams. A server that shuts
+        down ends open streams with UNAVAILABLE (SERVER_STOPPING): resume with
+        `after_seq` set to the last seq received. A run deleted while it is
+        replayed ends the stream with NOT_FOUND (RUN_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,14 +137,17 @@ class EventLogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteRun(self, request, context):
-        """Deletes a run and all its events. Idempotent.
+        """Deletes a run, its events and its event ids. Idempotent. A later append
+        to the same run_id starts a new run at seq 1.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def TruncateRun(self, request, context):
-        """Drops a run's events with seq <= `up_to_seq`. Seqs are never reused.
+        """Drops a run's events with seq <= `up_to_seq`. Seqs are never reused and
+        the event ids of dropped events stay reserved. NOT_FOUND (RUN_NOT_FOUND)
+        for an unknown run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +205,11 @@ class EventLogService:
     Each run's events carry a `seq` that starts at 1 and grows by one per
     event, gapless and unique however many callers append at once. Events can
     be listed, replayed, and followed live as they are committed.
+
+    A run exists from its first appended event until it is deleted. Once a
+    terminal event (RunCompleted, RunFailed, RunCancelled) is stored, the run
+    is closed: further appends are FAILED_PRECONDITION (RUN_TERMINATED), except
+    idempotent retries of events already stored.
     """
 
     @staticmethod

@@ -32,6 +32,11 @@ class EventLogServiceStub:
     Each run's events carry a `seq` that starts at 1 and grows by one per
     event, gapless and unique however many callers append at once. Events can
     be listed, replayed, and followed live as they are committed.
+
+    A run exists from its first appended event until it is deleted. Once a
+    terminal event (RunCompleted, RunFailed, RunCancelled) is stored, the run
+    is closed: further appends are FAILED_PRECONDITION (RUN_TERMINATED), except
+    idempotent retries of events already stored.
     """
 
     @_typing.overload
@@ -51,14 +56,22 @@ class EventLogServiceStub:
     ReplayEvents: _grpc.UnaryStreamMultiCallable[_events_pb2.ReplayEventsRequest, _events_pb2.ReplayEventsResponse]
     """Streams a run's history after `after_seq`, then a caught-up marker, then
     (with `follow`) live events until the run's terminal event or until the
-    caller cancels. Heartbeats are sent on idle streams.
+    caller cancels. Heartbeats are sent on idle streams. A server that shuts
+    down ends open streams with UNAVAILABLE (SERVER_STOPPING): resume with
+    `after_seq` set to the last seq received. A run deleted while it is
+    replayed ends the stream with NOT_FOUND (RUN_NOT_FOUND).
     """
     ListRuns: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListRunsRequest, _events_pb2.ListRunsResponse]
     """Pages through the runs of the namespace in run_id order."""
     DeleteRun: _grpc.UnaryUnaryMultiCallable[_events_pb2.DeleteRunRequest, _events_pb2.DeleteRunResponse]
-    """Deletes a run and all its events. Idempotent."""
+    """Deletes a run, its events and its event ids. Idempotent. A later append
+    to the same run_id starts a new run at seq 1.
+    """
     TruncateRun: _grpc.UnaryUnaryMultiCallable[_events_pb2.TruncateRunRequest, _events_pb2.TruncateRunResponse]
-    """Drops a run's events with seq <= `up_to_seq`. Seqs are never reused."""
+    """Drops a run's events with seq <= `up_to_seq`. Seqs are never reused and
+    the event ids of dropped events stay reserved. NOT_FOUND (RUN_NOT_FOUND)
+    for an unknown run.
+    """
 
 @_typing.type_check_only
 class EventLogServiceAsyncStub(EventLogServiceStub):
@@ -67,6 +80,11 @@ class EventLogServiceAsyncStub(EventLogServiceStub):
     Each run's events carry a `seq` that starts at 1 and grows by one per
     event, gapless and unique however many callers append at once. Events can
     be listed, replayed, and followed live as they are committed.
+
+    A run exists from its first appended event until it is deleted. Once a
+    terminal event (RunCompleted, RunFailed, RunCancelled) is stored, the run
+    is closed: further appends are FAILED_PRECONDITION (RUN_TERMINATED), except
+    idempotent retries of events already stored.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -83,14 +101,22 @@ class EventLogServiceAsyncStub(EventLogServiceStub):
     ReplayEvents: _aio.UnaryStreamMultiCallable[_events_pb2.ReplayEventsRequest, _events_pb2.ReplayEventsResponse]  # type: ignore[assignment]
     """Streams a run's history after `after_seq`, then a caught-up marker, then
     (with `follow`) live events until the run's terminal event or until the
-    caller cancels. Heartbeats are sent on idle streams.
+    caller cancels. Heartbeats are sent on idle streams. A server that shuts
+    down ends open streams with UNAVAILABLE (SERVER_STOPPING): resume with
+    `after_seq` set to the last seq received. A run deleted while it is
+    replayed ends the stream with NOT_FOUND (RUN_NOT_FOUND).
     """
     ListRuns: _aio.UnaryUnaryMultiCallable[_events_pb2.ListRunsRequest, _events_pb2.ListRunsResponse]  # type: ignore[assignment]
     """Pages through the runs of the namespace in run_id order."""
     DeleteRun: _aio.UnaryUnaryMultiCallable[_events_pb2.DeleteRunRequest, _events_pb2.DeleteRunResponse]  # type: ignore[assignment]
-    """Deletes a run and all its events. Idempotent."""
+    """Deletes a run, its events and its event ids. Idempotent. A later append
+    to the same run_id starts a new run at seq 1.
+    """
     TruncateRun: _aio.UnaryUnaryMultiCallable[_events_pb2.TruncateRunRequest, _events_pb2.TruncateRunResponse]  # type: ignore[assignment]
-    """Drops a run's events with seq <= `up_to_seq`. Seqs are never reused."""
+    """Drops a run's events with seq <= `up_to_seq`. Seqs are never reused and
+    the event ids of dropped events stay reserved. NOT_FOUND (RUN_NOT_FOUND)
+    for an unknown run.
+    """
 
 class EventLogServiceServicer(metaclass=_abc_1.ABCMeta):
     """EventLogService keeps an append-only, ordered log of events per agent run.
@@ -98,6 +124,11 @@ class EventLogServiceServicer(metaclass=_abc_1.ABCMeta):
     Each run's events carry a `seq` that starts at 1 and grows by one per
     event, gapless and unique however many callers append at once. Events can
     be listed, replayed, and followed live as they are committed.
+
+    A run exists from its first appended event until it is deleted. Once a
+    terminal event (RunCompleted, RunFailed, RunCancelled) is stored, the run
+    is closed: further appends are FAILED_PRECONDITION (RUN_TERMINATED), except
+    idempotent retries of events already stored.
     """
 
     @_abc_1.abstractmethod
@@ -136,7 +167,10 @@ class EventLogServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_events_pb2.ReplayEventsResponse], _abc.AsyncIterator[_events_pb2.ReplayEventsResponse]]:
         """Streams a run's history after `after_seq`, then a caught-up marker, then
         (with `follow`) live events until the run's terminal event or until the
-        caller cancels. Heartbeats are sent on idle streams.
+        caller cancels. Heartbeats are sent on idle streams. A server that shuts
+        down ends open streams with UNAVAILABLE (SERVER_STOPPING): resume with
+        `after_seq` set to the last seq received. A run deleted while it is
+        replayed ends the stream with NOT_FOUND (RUN_NOT_FOUND).
         """
 
     @_abc_1.abstractmethod
@@ -153,7 +187,9 @@ class EventLogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _events_pb2.DeleteRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.DeleteRunResponse, _abc.Awaitable[_events_pb2.DeleteRunResponse]]:
-        """Deletes a run and all its events. Idempotent."""
+        """Deletes a run, its events and its event ids. Idempotent. A later append
+        to the same run_id starts a new run at seq 1.
+        """
 
     @_abc_1.abstractmethod
     def TruncateRun(
@@ -161,6 +197,9 @@ class EventLogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _events_pb2.TruncateRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.TruncateRunResponse, _abc.Awaitable[_events_pb2.TruncateRunResponse]]:
-        """Drops a run's events with seq <= `up_to_seq`. Seqs are never reused."""
+        """Drops a run's events with seq <= `up_to_seq`. Seqs are never reused and
+        the event ids of dropped events stay reserved. NOT_FOUND (RUN_NOT_FOUND)
+        for an unknown run.
+        """
 
 def add_EventLogServiceServicer_to_server(servicer: EventLogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

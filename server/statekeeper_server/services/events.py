@@ -1,0 +1,269 @@
+"""EventLogService: validation in front of the event store, and the replay stream.
+
+A replay is a loop over the store, never a private queue of events: the
+follower takes the run's notifier event *before* each read, sends what the
+read returned (stored envelope bytes, packed many to a message, never
+re-encoded), and once it has caught up waits on that event. A commit landing
+between the read and the wait has already set the event, so the switch from
+history to live has no gap and no duplicate, and a slow follower holds no
+events in server memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from typing import Any
+
+import grpc
+
+from statekeeper.v1 import events_pb2
+from statekeeper_server.errors import InvalidArgument, Unavailable
+from statekeeper_server.notifier import Notifier
+from statekeeper_server.services.context import request_namespace
+from statekeeper_server.stores.events import (
+    EventStore,
+    check_read_position,
+    event_key,
+    missing_event,
+    pack_envelopes,
+    replay_batch_message,
+    run_not_found,
+    validate_event_input,
+)
+from statekeeper_server.timestamps import now_us, to_timestamp
+from statekeeper_server.validation import page_size, require_id
+
+Context = grpc.aio.ServicerContext[Any, Any]
+ReplayMessage = bytes | events_pb2.ReplayEventsResponse
+"""A replay stream message: a pre-encoded batch, or a caught-up / heartbeat message."""
+
+SERVICE_NAME = events_pb2.DESCRIPTOR.services_by_name["EventLogService"].full_name
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+DEFAULT_RUNS_PAGE = 50
+MAX_RUNS_PAGE = 1000
+REPLAY_READ_EVENTS = 500
+"""Envelopes read from the store per step of a replay."""
+REPLAY_MESSAGE_BYTES = 1024 * 1024
+"""A replay message is closed once its envelopes reach this size (at least one each)."""
+
+
+def serialize_replay_message(message: ReplayMessage) -> bytes:
+    """Wire bytes of a replay message; batches arrive already encoded."""
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()
+
+
+def split_by_size(envelopes: Sequence[bytes], max_bytes: int) -> Iterator[Sequence[bytes]]:
+    """Consecutive runs of `envelopes`, each closed once it reaches `max_bytes`."""
+    start, size = 0, 0
+    for index, data in enumerate(envelopes):
+        size += len(data)
+        if size >= max_bytes:
+            yield envelopes[start : index + 1]
+            start, size = index + 1, 0
+    if start < len(envelopes):
+        yield envelopes[start:]
+
+
+class EventLogServicer:
+    """Serves EventLogService from an EventStore.
+
+    Followers end their streams with UNAVAILABLE (SERVER_STOPPING) once
+    `stopping` is set, so they never hold up a shutdown; clients resume from
+    the last seq they received.
+    """
+
+    service_name = SERVICE_NAME
+
+    def __init__(
+        self,
+        store: EventStore,
+        notifier: Notifier,
+        stopping: asyncio.Event,
+        heartbeat_interval: float,
+    ) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._stopping = stopping
+        self._heartbeat_interval = heartbeat_interval
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        """Register the handlers; ReplayEvents sends pre-encoded batches as they are."""
+        handlers = {
+            "AppendEvent": _unary(self.AppendEvent, events_pb2.AppendEventRequest),
+            "AppendEvents": _unary(self.AppendEvents, events_pb2.AppendEventsRequest),
+            "ListEvents": _unary(self.ListEvents, events_pb2.ListEventsRequest),
+            "ReplayEvents": grpc.unary_stream_rpc_method_handler(
+                self.ReplayEvents,
+                request_deserializer=events_pb2.ReplayEventsRequest.FromString,
+                response_serializer=serialize_replay_message,
+            ),
+            "ListRuns": _unary(self.ListRuns, events_pb2.ListRunsRequest),
+            "DeleteRun": _unary(self.DeleteRun, events_pb2.DeleteRunRequest),
+            "TruncateRun": _unary(self.TruncateRun, events_pb2.TruncateRunRequest),
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """Wake every follower when the server starts stopping, so each can end."""
+        return [self._release_followers()]
+
+    async def _release_followers(self) -> None:
+        await self._stopping.wait()
+        self._notifier.notify_all()
+
+    async def AppendEvent(
+        self, request: events_pb2.AppendEventRequest, context: Context
+    ) -> events_pb2.AppendEventResponse:
+        """Append one event (validated as `input`)."""
+        namespace = request_namespace(context)
+        run_id = require_id(request.run_id, "run_id")
+        validate_event_input(request.input, "input")
+        expectation = request.expectation if request.HasField("expectation") else None
+        envelopes = await self._store.append(namespace, run_id, [request.input], expectation)
+        return events_pb2.AppendEventResponse(envelope=envelopes[0])
+
+    async def AppendEvents(
+        self, request: events_pb2.AppendEventsRequest, context: Context
+    ) -> events_pb2.AppendEventsResponse:
+        """Append a batch atomically (the store validates it as `inputs`)."""
+        namespace = request_namespace(context)
+        run_id = require_id(request.run_id, "run_id")
+        expectation = request.expectation if request.HasField("expectation") else None
+        envelopes = await self._store.append(namespace, run_id, request.inputs, expectation)
+        return events_pb2.AppendEventsResponse(envelopes=envelopes)
+
+    async def ListEvents(
+        self, request: events_pb2.ListEventsRequest, context: Context
+    ) -> events_pb2.ListEventsResponse:
+        """A page of stored envelopes, merged into the response without re-encoding."""
+        namespace = request_namespace(context)
+        run_id = require_id(request.run_id, "run_id")
+        limit = page_size(
+            request.limit, "limit", default=DEFAULT_LIST_LIMIT, maximum=MAX_LIST_LIMIT
+        )
+        page = await self._store.read(namespace, run_id, request.after_seq, limit)
+        if page.run is None:
+            raise run_not_found(run_id)
+        check_read_position(run_id, page.run, request.after_seq)
+        response = events_pb2.ListEventsResponse(
+            last_seq=page.run.last_seq, first_seq=page.run.first_seq
+        )
+        response.MergeFromString(pack_envelopes(page.envelopes))
+        return response
+
+    async def ReplayEvents(
+        self, request: events_pb2.ReplayEventsRequest, context: Context
+    ) -> AsyncIterator[ReplayMessage]:
+        """History after `after_seq`, CaughtUp, then (with follow) live events."""
+        namespace = request_namespace(context)
+        run_id = require_id(request.run_id, "run_id")
+        async for message in self._replay(namespace, run_id, request.after_seq, request.follow):
+            yield message
+
+    async def _replay(
+        self, namespace: str, run_id: str, after_seq: int, follow: bool
+    ) -> AsyncIterator[ReplayMessage]:
+        key = event_key(namespace, run_id)
+        loop = asyncio.get_running_loop()
+        position = after_seq
+        created_us: int | None = None
+        caught_up = False
+        last_sent = loop.time()
+        while True:
+            if self._stopping.is_set():
+                raise Unavailable(
+                    "SERVER_STOPPING",
+                    f"the server is shutting down; resume after seq {position}",
+                    run_id=run_id,
+                    last_seq=position,
+                )
+            # Taken before the read: a commit landing after the read has already set it.
+            woken = self._notifier.watch(key)
+            page = await self._store.read(namespace, run_id, position, REPLAY_READ_EVENTS)
+            run = page.run
+            if run is None or (created_us is not None and run.create_us != created_us):
+                # Only a follower from the start waits for a run it has never seen; a
+                # run that vanished (or came back as a new run) was deleted.
+                if created_us is not None or not follow or after_seq > 0:
+                    raise run_not_found(run_id, deleted=created_us is not None)
+            else:
+                created_us = run.create_us
+                check_read_position(run_id, run, position)
+                for chunk in split_by_size(page.envelopes, REPLAY_MESSAGE_BYTES):
+                    yield replay_batch_message(chunk)
+                    last_sent = loop.time()
+                if position < run.last_seq and not page.envelopes:
+                    raise missing_event(run_id, position + 1)
+                position = page.through_seq
+                if position < run.last_seq:
+                    continue
+            if not caught_up:
+                caught_up = True
+                yield events_pb2.ReplayEventsResponse(
+                    caught_up=events_pb2.CaughtUp(last_seq=position)
+                )
+                last_sent = loop.time()
+            if not follow or (run is not None and run.terminal):
+                return
+            while not woken.is_set() and not self._stopping.is_set():
+                idle_for = self._heartbeat_interval - (loop.time() - last_sent)
+                if idle_for <= 0:
+                    yield events_pb2.ReplayEventsResponse(
+                        heartbeat=events_pb2.Heartbeat(sent_at=to_timestamp(now_us()))
+                    )
+                    last_sent = loop.time()
+                    continue
+                try:
+                    await asyncio.wait_for(woken.wait(), idle_for)
+                except asyncio.TimeoutError:
+                    continue
+
+    async def ListRuns(
+        self, request: events_pb2.ListRunsRequest, context: Context
+    ) -> events_pb2.ListRunsResponse:
+        """A page of the namespace's runs in run_id order."""
+        namespace = request_namespace(context)
+        size = page_size(request.page_size, default=DEFAULT_RUNS_PAGE, maximum=MAX_RUNS_PAGE)
+        page = await self._store.list_runs(namespace, size, request.page_token)
+        return events_pb2.ListRunsResponse(runs=page.runs, next_page_token=page.next_page_token)
+
+    async def DeleteRun(
+        self, request: events_pb2.DeleteRunRequest, context: Context
+    ) -> events_pb2.DeleteRunResponse:
+        """Delete the run; succeeds when there is none."""
+        namespace = request_namespace(context)
+        run_id = require_id(request.run_id, "run_id")
+        return events_pb2.DeleteRunResponse(deleted=await self._store.delete_run(namespace, run_id))
+
+    async def TruncateRun(
+        self, request: events_pb2.TruncateRunRequest, context: Context
+    ) -> events_pb2.TruncateRunResponse:
+        """Drop the run's events up to `up_to_seq`."""
+        namespace = request_namespace(context)
+        run_id = require_id(request.run_id, "run_id")
+        if request.up_to_seq == 0:
+            raise InvalidArgument("up_to_seq", "is required (> 0)")
+        truncation = await self._store.truncate(namespace, run_id, request.up_to_seq)
+        return events_pb2.TruncateRunResponse(
+            first_seq=truncation.first_seq, dropped=truncation.dropped
+        )
+
+
+def _unary(behavior: Any, request_type: Any) -> grpc.RpcMethodHandler[Any, Any]:
+    """A unary handler decoding `request_type` and encoding the proto response."""
+    return grpc.unary_unary_rpc_method_handler(
+        behavior,
+        request_deserializer=request_type.FromString,
+        response_serializer=_serialize,
+    )
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()  # type: ignore[no-any-return]

@@ -1,0 +1,471 @@
+"""The event log interface: per-run ordered events, and the rules every backend shares.
+
+Backends keep the SQL; this module keeps what does not depend on a
+database: validation of events, the decisions of an append (idempotent
+retries, terminal runs, seq expectations), error construction, the key
+followers are woken on, and the wire encoding that lets replay send stored
+envelope bytes without decoding them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import uuid_utils
+from google.protobuf.message import DecodeError
+
+from statekeeper.v1 import events_pb2
+from statekeeper.v1.common_pb2 import FinishReason
+from statekeeper_server.errors import (
+    Aborted,
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+)
+from statekeeper_server.timestamps import to_timestamp
+from statekeeper_server.validation import enum_value, optional_id, require_id, require_text
+
+MAX_BATCH_EVENTS = 1000
+MAX_CUSTOM_TYPE_LENGTH = 128
+TERMINAL_KINDS = frozenset({"run_completed", "run_failed", "run_cancelled"})
+EVENT_KINDS = ("run_started", "run_completed", "run_failed", "run_cancelled", "custom")
+
+
+# -- records ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a backend knows about one run of the event log."""
+
+    run_id: str
+    session_id: str
+    first_seq: int
+    """First seq still kept (last_seq + 1 when every event was truncated)."""
+    last_seq: int
+    terminal: bool
+    create_us: int
+    update_us: int
+
+    def info(self) -> events_pb2.RunInfo:
+        """This run as the API's RunInfo."""
+        return events_pb2.RunInfo(
+            run_id=self.run_id,
+            session_id=self.session_id,
+            first_seq=self.first_seq,
+            last_seq=self.last_seq,
+            terminal=self.terminal,
+            create_time=to_timestamp(self.create_us),
+            update_time=to_timestamp(self.update_us),
+        )
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """Committed envelopes after a seq, read in one snapshot with their run's state.
+
+    `envelopes` are serialized `EventEnvelope`s in seq order, exactly as
+    stored; `through_seq` is the seq of the last one (the requested
+    `after_seq` when there is none). `run` is None for an unknown run.
+    """
+
+    run: RunState | None
+    envelopes: list[bytes]
+    through_seq: int
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of runs and the token of the next (empty at the end)."""
+
+    runs: list[events_pb2.RunInfo]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """The outcome of a truncation: the first seq kept and how many events went."""
+
+    first_seq: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """An input ready for the writer: its final event id and, if the caller chose
+    that id, the digest that recognises a retry."""
+
+    input: events_pb2.EventInput
+    event_id: str
+    digest: bytes | None
+
+
+@dataclass(frozen=True)
+class StoredEventId:
+    """A client event id already used in a run: where it went and what it carried."""
+
+    seq: int
+    digest: bytes
+
+
+class EventStore(Protocol):
+    """Keeps an append-only, ordered log of events per (namespace, run).
+
+    Every backend guarantees: seqs start at 1 per run and are assigned at
+    commit, gapless and unique under any concurrency; an append of several
+    inputs is atomic; an acknowledged append is durable and only then wakes
+    the followers of its run (`event_key`); a failed append leaves no trace
+    and wakes no one; truncation never makes a seq reusable; client event
+    ids stay reserved for the life of the run.
+    """
+
+    async def append(
+        self,
+        namespace: str,
+        run_id: str,
+        inputs: Sequence[events_pb2.EventInput],
+        expectation: events_pb2.SeqExpectation | None,
+    ) -> list[events_pb2.EventEnvelope]:
+        """Append `inputs` in order; return one envelope per input, in order.
+
+        Inputs whose event_id is already stored with the same event yield
+        their original envelope and store nothing. Raises InvalidArgument
+        (see `validate_event_inputs`), AlreadyExists (EVENT_ID_CONFLICT,
+        EVENT_TRUNCATED), FailedPrecondition (RUN_TERMINATED) or Aborted
+        (SEQ_MISMATCH with `actual_last_seq`); then nothing is stored.
+        """
+        ...
+
+    async def read(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage:
+        """Up to `limit` committed envelopes with seq > after_seq, and the run's state."""
+        ...
+
+    async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
+        """A page of the namespace's runs in run_id order."""
+        ...
+
+    async def delete_run(self, namespace: str, run_id: str) -> bool:
+        """Delete the run, its events and its event ids; whether it existed."""
+        ...
+
+    async def truncate(self, namespace: str, run_id: str, up_to_seq: int) -> Truncation:
+        """Drop the run's events with seq <= up_to_seq; NotFound for an unknown run."""
+        ...
+
+
+def event_key(namespace: str, run_id: str) -> tuple[str, str, str]:
+    """The notifier key woken after every commit that changes the run's log."""
+    return ("events", namespace, run_id)
+
+
+# -- validation --------------------------------------------------------------
+
+
+def is_terminal(event: events_pb2.AgentEvent) -> bool:
+    """Whether `event` ends its run (completed, failed or cancelled)."""
+    return event.WhichOneof("kind") in TERMINAL_KINDS
+
+
+def validate_event_input(item: events_pb2.EventInput, field: str) -> None:
+    """Raise InvalidArgument naming the part of `item` (called `field`) that is wrong.
+
+    The event must set one kind; a RunStarted needs a session_id (an id), a
+    RunCompleted a known finish reason, a custom event a type of 1-128
+    characters; a supplied event_id must be an id.
+    """
+    if not item.HasField("event"):
+        raise InvalidArgument(f"{field}.event", "is required")
+    event = item.event
+    kind = event.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument(f"{field}.event", "must set one of " + ", ".join(EVENT_KINDS))
+    if kind == "run_started":
+        require_id(event.run_started.session_id, f"{field}.event.run_started.session_id")
+    elif kind == "run_completed":
+        enum_value(
+            event.run_completed.finish_reason,
+            f"{field}.event.run_completed.finish_reason",
+            FinishReason.values(),
+            required=False,
+        )
+    elif kind == "custom":
+        require_text(
+            event.custom.type, f"{field}.event.custom.type", max_length=MAX_CUSTOM_TYPE_LENGTH
+        )
+    optional_id(item.event_id, f"{field}.event_id")
+
+
+def validate_event_inputs(inputs: Sequence[events_pb2.EventInput], field_prefix: str) -> None:
+    """Raise InvalidArgument naming `<field_prefix>[i]...` unless the batch can be appended.
+
+    A batch holds 1 to 1000 valid inputs (`validate_event_input`), no event
+    id twice, and nothing after a terminal event.
+    """
+    if not 1 <= len(inputs) <= MAX_BATCH_EVENTS:
+        raise InvalidArgument(field_prefix, f"must hold 1 to {MAX_BATCH_EVENTS} events")
+    first_use: dict[str, int] = {}
+    terminal_at: int | None = None
+    for index, item in enumerate(inputs):
+        field = f"{field_prefix}[{index}]"
+        validate_event_input(item, field)
+        if terminal_at is not None:
+            raise InvalidArgument(
+                f"{field}.event",
+                f"follows the terminal event {field_prefix}[{terminal_at}]; nothing may follow it",
+            )
+        if is_terminal(item.event):
+            terminal_at = index
+        if item.event_id:
+            earlier = first_use.setdefault(item.event_id, index)
+            if earlier != index:
+                raise InvalidArgument(
+                    f"{field}.event_id", f"repeats {field_prefix}[{earlier}].event_id"
+                )
+
+
+def validate_expectation(expectation: events_pb2.SeqExpectation | None, field: str) -> None:
+    """Raise InvalidArgument if a flag condition of `expectation` is set to false."""
+    if expectation is None:
+        return
+    condition = expectation.WhichOneof("condition")
+    if condition in ("no_run", "run_exists") and not getattr(expectation, condition):
+        raise InvalidArgument(f"{field}.{condition}", "must be true when set")
+
+
+# -- decisions of an append ----------------------------------------------------
+
+
+def event_digest(event: events_pb2.AgentEvent) -> bytes:
+    """A digest of the event as sent, equal for equal events (deterministic encoding)."""
+    return hashlib.sha256(event.SerializeToString(deterministic=True)).digest()
+
+
+def prepare_inputs(inputs: Sequence[events_pb2.EventInput]) -> list[PreparedInput]:
+    """Give every input its final event id (a minted UUIDv7 unless supplied).
+
+    Only supplied ids get a digest: minted ones are new by construction.
+    """
+    return [
+        PreparedInput(item, item.event_id, event_digest(item.event))
+        if item.event_id
+        else PreparedInput(item, str(uuid_utils.uuid7()), None)
+        for item in inputs
+    ]
+
+
+def resolve_retries(
+    run_id: str,
+    prepared: Sequence[PreparedInput],
+    stored: Mapping[str, StoredEventId],
+    run: RunState | None,
+) -> dict[int, int]:
+    """Map the index of each input that repeats a stored event to its original seq.
+
+    Raises AlreadyExists EVENT_ID_CONFLICT when a stored id carried another
+    event, and EVENT_TRUNCATED when the original was truncated away (so a
+    late retry never appends a second copy).
+    """
+    retries: dict[int, int] = {}
+    for index, item in enumerate(prepared):
+        if item.digest is None or item.event_id not in stored:
+            continue
+        original = stored[item.event_id]
+        if original.digest != item.digest:
+            raise AlreadyExists(
+                "EVENT_ID_CONFLICT",
+                f"event id {item.event_id} of run {run_id} is already used by another event"
+                f" (seq {original.seq})",
+                run_id=run_id,
+                event_id=item.event_id,
+                seq=original.seq,
+            )
+        if run is not None and original.seq < run.first_seq:
+            raise AlreadyExists(
+                "EVENT_TRUNCATED",
+                f"event {item.event_id} of run {run_id} was appended as seq {original.seq},"
+                f" which truncation has since dropped",
+                run_id=run_id,
+                event_id=item.event_id,
+                seq=original.seq,
+                first_seq=run.first_seq,
+            )
+        retries[index] = original.seq
+    return retries
+
+
+def check_append_allowed(
+    run_id: str, run: RunState | None, expectation: events_pb2.SeqExpectation | None
+) -> None:
+    """Raise unless new events may be appended to `run` now.
+
+    A terminal run takes no more events (FailedPrecondition RUN_TERMINATED);
+    a failed expectation is Aborted SEQ_MISMATCH with `actual_last_seq`.
+    """
+    if run is not None and run.terminal:
+        raise FailedPrecondition(
+            "RUN_TERMINATED",
+            f"run {run_id} ended with its terminal event at seq {run.last_seq}",
+            run_id=run_id,
+            last_seq=run.last_seq,
+        )
+    if expectation is None:
+        return
+    condition = expectation.WhichOneof("condition")
+    actual = run.last_seq if run is not None else 0
+    if condition == "no_run":
+        met, wanted = run is None, "no run yet"
+    elif condition == "run_exists":
+        met, wanted = run is not None, "an existing run"
+    elif condition == "last_seq":
+        met, wanted = actual == expectation.last_seq, f"last seq {expectation.last_seq}"
+    else:
+        return
+    if not met:
+        raise Aborted(
+            "SEQ_MISMATCH",
+            f"run {run_id} is at last seq {actual}; the append expected {wanted}",
+            run_id=run_id,
+            actual_last_seq=actual,
+        )
+
+
+@dataclass(frozen=True)
+class NewEvents:
+    """Envelopes built for an append, and the run's state after it."""
+
+    envelopes: list[events_pb2.EventEnvelope]
+    encoded: list[bytes]
+    session_id: str
+    last_seq: int
+    terminal: bool
+
+
+def build_envelopes(
+    run_id: str, run: RunState | None, prepared: Sequence[PreparedInput], now_us: int
+) -> NewEvents:
+    """Number `prepared` after the run's last seq and wrap each in its envelope.
+
+    A RunStarted sets the session of itself and of every later envelope.
+    """
+    session_id = run.session_id if run is not None else ""
+    seq = run.last_seq if run is not None else 0
+    emitted_at = to_timestamp(now_us)
+    envelopes: list[events_pb2.EventEnvelope] = []
+    encoded: list[bytes] = []
+    terminal = False
+    for item in prepared:
+        seq += 1
+        event = item.input.event
+        if event.HasField("run_started"):
+            session_id = event.run_started.session_id
+        terminal = terminal or is_terminal(event)
+        envelope = events_pb2.EventEnvelope(
+            event_id=item.event_id,
+            seq=seq,
+            run_id=run_id,
+            session_id=session_id,
+            event=event,
+            emitted_at=emitted_at,
+        )
+        envelopes.append(envelope)
+        encoded.append(envelope.SerializeToString())
+    return NewEvents(envelopes, encoded, session_id, seq, terminal)
+
+
+def merge_results(
+    count: int,
+    retries: Mapping[int, int],
+    originals: Mapping[int, events_pb2.EventEnvelope],
+    new: Iterable[events_pb2.EventEnvelope],
+) -> list[events_pb2.EventEnvelope]:
+    """One envelope per input, in input order: the original for a retry, else the next new one."""
+    fresh = iter(new)
+    return [originals[retries[i]] if i in retries else next(fresh) for i in range(count)]
+
+
+# -- errors and decoding ---------------------------------------------------------
+
+
+def run_not_found(run_id: str, *, deleted: bool = False) -> NotFound:
+    """The error of every backend for a run without events."""
+    message = f"run {run_id} was deleted" if deleted else f"run {run_id} has no events"
+    return NotFound("RUN_NOT_FOUND", message, run_id=run_id)
+
+
+def check_read_position(run_id: str, run: RunState, after_seq: int) -> None:
+    """Raise OutOfRange unless reading after `after_seq` misses nothing and skips nothing.
+
+    Below the first kept seq minus one is SEQ_TRUNCATED (metadata `first_seq`);
+    above the last seq is SEQ_BEYOND_LAST (metadata `last_seq`).
+    """
+    if after_seq < run.first_seq - 1:
+        raise OutOfRange(
+            "SEQ_TRUNCATED",
+            f"run {run_id} keeps events from seq {run.first_seq}; seqs after {after_seq}"
+            " were truncated",
+            run_id=run_id,
+            first_seq=run.first_seq,
+        )
+    if after_seq > run.last_seq:
+        raise OutOfRange(
+            "SEQ_BEYOND_LAST",
+            f"run {run_id} has events up to seq {run.last_seq}, not {after_seq}",
+            run_id=run_id,
+            last_seq=run.last_seq,
+        )
+
+
+def missing_event(run_id: str, seq: int) -> DataLoss:
+    """The error for a seq the run's counters promise but the store does not hold."""
+    return DataLoss(
+        "MISSING_EVENT",
+        f"event {seq} of run {run_id} is missing from the store",
+        run_id=run_id,
+        seq=seq,
+    )
+
+
+def decode_envelope(run_id: str, data: bytes) -> events_pb2.EventEnvelope:
+    """Parse a stored envelope; DataLoss (CORRUPT_EVENT) if it is unreadable."""
+    try:
+        return events_pb2.EventEnvelope.FromString(data)
+    except DecodeError as exc:
+        raise DataLoss(
+            "CORRUPT_EVENT", f"a stored event of run {run_id} is corrupt", run_id=run_id
+        ) from exc
+
+
+# -- wire encoding -------------------------------------------------------------------
+
+_FIELD_1_BYTES = b"\x0a"
+"""Tag of field 1 with wire type 2 (length-delimited)."""
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def pack_envelopes(envelopes: Iterable[bytes]) -> bytes:
+    """The wire form of `repeated EventEnvelope envelopes = 1` from encoded envelopes.
+
+    Both EventBatch and ListEventsResponse hold their envelopes in field 1,
+    so these bytes parse as either (and merge into a ListEventsResponse).
+    """
+    return b"".join(_FIELD_1_BYTES + _varint(len(data)) + data for data in envelopes)
+
+
+def replay_batch_message(envelopes: Iterable[bytes]) -> bytes:
+    """The wire form of `ReplayEventsResponse{batch: EventBatch{envelopes}}`."""
+    batch = pack_envelopes(envelopes)
+    return _FIELD_1_BYTES + _varint(len(batch)) + batch

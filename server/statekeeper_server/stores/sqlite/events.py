@@ -1,0 +1,278 @@
+"""The event log in SQLite: a row per run, envelopes as stored bytes, reserved ids.
+
+`event_runs` holds each run's counters (its seq is assigned here, on the
+single writer thread, so it is gapless under any concurrency); `events` holds
+the serialized `EventEnvelope` of each seq, which reads return untouched;
+`event_ids` remembers every client-supplied event id of a run with the seq it
+got and a digest of the event, for as long as the run exists.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from statekeeper.v1 import events_pb2
+from statekeeper_server.notifier import Notifier
+from statekeeper_server.stores.events import (
+    EventPage,
+    PreparedInput,
+    RunPage,
+    RunState,
+    StoredEventId,
+    Truncation,
+    build_envelopes,
+    check_append_allowed,
+    decode_envelope,
+    event_key,
+    merge_results,
+    missing_event,
+    prepare_inputs,
+    resolve_retries,
+    run_not_found,
+    validate_event_inputs,
+    validate_expectation,
+)
+from statekeeper_server.stores.paging import decode_page_token, encode_page_token
+from statekeeper_server.stores.sqlite.engine import SQLiteEngine
+from statekeeper_server.timestamps import now_us
+from statekeeper_server.validation import require_id
+
+MIGRATIONS = [
+    [
+        """CREATE TABLE event_runs (
+            namespace TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            first_seq INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            terminal INTEGER NOT NULL,
+            create_us INTEGER NOT NULL,
+            update_us INTEGER NOT NULL,
+            PRIMARY KEY (namespace, run_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE events (
+            namespace TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            envelope BLOB NOT NULL,
+            PRIMARY KEY (namespace, run_id, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE event_ids (
+            namespace TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            digest BLOB NOT NULL,
+            PRIMARY KEY (namespace, run_id, event_id)
+        ) WITHOUT ROWID""",
+    ],
+]
+
+_RUN_COLUMNS = "run_id, session_id, first_seq, last_seq, terminal, create_us, update_us"
+_ID_CHUNK = 500
+"""Event ids looked up per statement (well below SQLite's variable limit)."""
+
+
+def _run_state(row: Sequence[object]) -> RunState:
+    run_id, session_id, first_seq, last_seq, terminal, create_us, update_us = row
+    return RunState(
+        run_id=str(run_id),
+        session_id=str(session_id),
+        first_seq=int(first_seq),  # type: ignore[call-overload]
+        last_seq=int(last_seq),  # type: ignore[call-overload]
+        terminal=bool(terminal),
+        create_us=int(create_us),  # type: ignore[call-overload]
+        update_us=int(update_us),  # type: ignore[call-overload]
+    )
+
+
+def _load_run(conn: sqlite3.Connection, namespace: str, run_id: str) -> RunState | None:
+    row = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM event_runs WHERE namespace = ? AND run_id = ?",
+        (namespace, run_id),
+    ).fetchone()
+    return _run_state(row) if row else None
+
+
+def _load_event_ids(
+    conn: sqlite3.Connection, namespace: str, run_id: str, event_ids: Sequence[str]
+) -> dict[str, StoredEventId]:
+    found: dict[str, StoredEventId] = {}
+    for start in range(0, len(event_ids), _ID_CHUNK):
+        chunk = event_ids[start : start + _ID_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT event_id, seq, digest FROM event_ids"
+            f" WHERE namespace = ? AND run_id = ? AND event_id IN ({marks})",
+            (namespace, run_id, *chunk),
+        ).fetchall()
+        for event_id, seq, digest in rows:
+            found[event_id] = StoredEventId(seq, digest)
+    return found
+
+
+def _load_envelopes(
+    conn: sqlite3.Connection, namespace: str, run_id: str, seqs: Iterable[int]
+) -> dict[int, events_pb2.EventEnvelope]:
+    found: dict[int, events_pb2.EventEnvelope] = {}
+    for seq in set(seqs):
+        row = conn.execute(
+            "SELECT envelope FROM events WHERE namespace = ? AND run_id = ? AND seq = ?",
+            (namespace, run_id, seq),
+        ).fetchone()
+        if row is None:
+            raise missing_event(run_id, seq)
+        found[seq] = decode_envelope(run_id, row[0])
+    return found
+
+
+class SQLiteEventStore:
+    """EventStore on a SQLiteEngine (see stores.events for guarantees)."""
+
+    def __init__(self, engine: SQLiteEngine, notifier: Notifier) -> None:
+        self._engine = engine
+        self._notifier = notifier
+
+    async def append(
+        self,
+        namespace: str,
+        run_id: str,
+        inputs: Sequence[events_pb2.EventInput],
+        expectation: events_pb2.SeqExpectation | None,
+    ) -> list[events_pb2.EventEnvelope]:
+        """Validate, then append in one writer transaction and wake the run's followers."""
+        require_id(run_id, "run_id")
+        validate_event_inputs(inputs, "inputs")
+        validate_expectation(expectation, "expectation")
+        prepared = prepare_inputs(inputs)
+        appended = False
+
+        def work(conn: sqlite3.Connection) -> list[events_pb2.EventEnvelope]:
+            nonlocal appended
+            run = _load_run(conn, namespace, run_id)
+            supplied = [item.event_id for item in prepared if item.digest is not None]
+            stored = _load_event_ids(conn, namespace, run_id, supplied) if run and supplied else {}
+            retries = resolve_retries(run_id, prepared, stored, run)
+            originals = _load_envelopes(conn, namespace, run_id, retries.values())
+            fresh = [item for i, item in enumerate(prepared) if i not in retries]
+            if not fresh:
+                return merge_results(len(prepared), retries, originals, [])
+            check_append_allowed(run_id, run, expectation)
+            new = _insert(conn, namespace, run_id, run, fresh)
+            appended = True
+            return merge_results(len(prepared), retries, originals, new)
+
+        envelopes = await self._engine.write(work)
+        if appended:
+            self._notifier.notify(event_key(namespace, run_id))
+        return envelopes
+
+    async def read(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage:
+        """Up to `limit` stored envelopes after `after_seq`, with the run, in one snapshot."""
+
+        def work(conn: sqlite3.Connection) -> EventPage:
+            run = _load_run(conn, namespace, run_id)
+            if run is None:
+                return EventPage(None, [], after_seq)
+            rows = conn.execute(
+                "SELECT seq, envelope FROM events WHERE namespace = ? AND run_id = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (namespace, run_id, after_seq, limit),
+            ).fetchall()
+            through = rows[-1][0] if rows else after_seq
+            return EventPage(run, [row[1] for row in rows], through)
+
+        return await self._engine.read(work)
+
+    async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
+        """A page of runs after the token's run_id."""
+        after = decode_page_token(page_token, {}) or ""
+
+        def work(conn: sqlite3.Connection) -> list[tuple[object, ...]]:
+            return conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM event_runs WHERE namespace = ? AND run_id > ?"
+                " ORDER BY run_id LIMIT ?",
+                (namespace, str(after), page_size + 1),
+            ).fetchall()
+
+        rows = await self._engine.read(work)
+        runs = [_run_state(row).info() for row in rows[:page_size]]
+        token = encode_page_token(runs[-1].run_id, {}) if len(rows) > page_size else ""
+        return RunPage(runs, token)
+
+    async def delete_run(self, namespace: str, run_id: str) -> bool:
+        """Delete the run and everything of it; followers are woken to notice."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            key = (namespace, run_id)
+            conn.execute("DELETE FROM events WHERE namespace = ? AND run_id = ?", key)
+            conn.execute("DELETE FROM event_ids WHERE namespace = ? AND run_id = ?", key)
+            cursor = conn.execute("DELETE FROM event_runs WHERE namespace = ? AND run_id = ?", key)
+            return cursor.rowcount > 0
+
+        deleted = await self._engine.write(work)
+        if deleted:
+            self._notifier.notify(event_key(namespace, run_id))
+        return deleted
+
+    async def truncate(self, namespace: str, run_id: str, up_to_seq: int) -> Truncation:
+        """Drop events up to `up_to_seq` (at most all of them); the counters stay."""
+
+        def work(conn: sqlite3.Connection) -> Truncation:
+            run = _load_run(conn, namespace, run_id)
+            if run is None:
+                raise run_not_found(run_id)
+            first_seq = min(up_to_seq, run.last_seq) + 1
+            if first_seq <= run.first_seq:
+                return Truncation(run.first_seq, 0)
+            cursor = conn.execute(
+                "DELETE FROM events WHERE namespace = ? AND run_id = ? AND seq < ?",
+                (namespace, run_id, first_seq),
+            )
+            conn.execute(
+                "UPDATE event_runs SET first_seq = ? WHERE namespace = ? AND run_id = ?",
+                (first_seq, namespace, run_id),
+            )
+            return Truncation(first_seq, cursor.rowcount)
+
+        truncation = await self._engine.write(work)
+        if truncation.dropped:
+            self._notifier.notify(event_key(namespace, run_id))
+        return truncation
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    namespace: str,
+    run_id: str,
+    run: RunState | None,
+    fresh: Sequence[PreparedInput],
+) -> list[events_pb2.EventEnvelope]:
+    """Store `fresh` after the run's last seq and move the run's counters."""
+    now = now_us()
+    new = build_envelopes(run_id, run, fresh, now)
+    conn.executemany(
+        "INSERT INTO events (namespace, run_id, seq, envelope) VALUES (?, ?, ?, ?)",
+        [
+            (namespace, run_id, envelope.seq, data)
+            for envelope, data in zip(new.envelopes, new.encoded, strict=True)
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO event_ids (namespace, run_id, event_id, seq, digest) VALUES (?, ?, ?, ?, ?)",
+        [
+            (namespace, run_id, item.event_id, envelope.seq, item.digest)
+            for item, envelope in zip(fresh, new.envelopes, strict=True)
+            if item.digest is not None
+        ],
+    )
+    conn.execute(
+        "INSERT INTO event_runs (namespace, run_id, session_id, first_seq, last_seq, terminal,"
+        " create_us, update_us) VALUES (?, ?, ?, 1, ?, ?, ?, ?)"
+        " ON CONFLICT (namespace, run_id) DO UPDATE SET session_id = excluded.session_id,"
+        " last_seq = excluded.last_seq, terminal = excluded.terminal,"
+        " update_us = excluded.update_us",
+        (namespace, run_id, new.session_id, new.last_seq, int(new.terminal), now, now),
+    )
+    return new.envelopes

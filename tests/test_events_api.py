@@ -1,0 +1,453 @@
+"""EventLogService end to end: a real server on a free port, through the client and raw stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+import statekeeper
+from statekeeper.events import custom_event, expect_last_seq, is_terminal
+from statekeeper.v1 import events_pb2, events_pb2_grpc
+from statekeeper_server.app import Application
+from tests.harness import running_app
+from tests.test_events_store import cancelled, completed, custom, started
+
+RUN = "run-1"
+ReplayCall = grpc.aio.UnaryStreamCall[Any, events_pb2.ReplayEventsResponse]
+
+
+@pytest.fixture
+async def app(store_url: str) -> AsyncIterator[Application]:
+    async with running_app(store_url, heartbeat_interval=0.05) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(app: Application) -> AsyncIterator[statekeeper.AsyncClient]:
+    async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}") as connected:
+        yield connected
+
+
+@pytest.fixture
+def stub(client: statekeeper.AsyncClient) -> events_pb2_grpc.EventLogServiceStub:
+    return events_pb2_grpc.EventLogServiceStub(client.channel)
+
+
+def details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[str]]:
+    """The ErrorInfo of a failed call and the fields its BadRequest names."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    info, fields = error_details_pb2.ErrorInfo(), []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [violation.field for violation in bad.field_violations]
+    return info, fields
+
+
+async def fails(call: object) -> grpc.aio.AioRpcError:
+    """The error `call` (an awaitable, a stream or an async iterator) ends with."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await finish(call)
+    return caught.value
+
+
+async def finish(call: Any) -> None:
+    """Await a unary call, or consume a stream or async iterator to its end."""
+    if isinstance(call, grpc.aio.UnaryStreamCall):
+        await read_rest(call)
+    elif hasattr(call, "__aiter__"):
+        _ = [message async for message in call]
+    else:
+        await call
+
+
+def open_replay(
+    stub: events_pb2_grpc.EventLogServiceStub, after_seq: int = 0, follow: bool = True
+) -> ReplayCall:
+    """A raw ReplayEvents call of RUN."""
+    request = events_pb2.ReplayEventsRequest(run_id=RUN, after_seq=after_seq, follow=follow)
+    return cast(ReplayCall, stub.ReplayEvents(request))
+
+
+async def next_message(call: ReplayCall) -> events_pb2.ReplayEventsResponse:
+    """The next message of a stream read with `read()`; the stream must not have ended."""
+    message = await call.read()
+    assert message is not grpc.aio.EOF
+    return cast(events_pb2.ReplayEventsResponse, message)
+
+
+async def read_rest(call: ReplayCall) -> list[events_pb2.ReplayEventsResponse]:
+    """The messages left on a stream that was read with `read()`."""
+    messages = []
+    while (message := await call.read()) is not grpc.aio.EOF:
+        messages.append(cast(events_pb2.ReplayEventsResponse, message))
+    return messages
+
+
+async def replay_messages(
+    stub: events_pb2_grpc.EventLogServiceStub, after_seq: int = 0, follow: bool = False
+) -> list[events_pb2.ReplayEventsResponse]:
+    """Every message of a ReplayEvents call of RUN, to its end."""
+    return await read_rest(open_replay(stub, after_seq, follow))
+
+
+async def collect(client: statekeeper.AsyncClient, **options: object) -> list[int]:
+    """The seqs `client.events.replay` delivers for RUN."""
+    return [e.seq async for e in client.events.replay(RUN, **options)]  # type: ignore[arg-type]
+
+
+# -- appends and lists ---------------------------------------------------------
+
+
+async def test_append_and_list_through_the_client(client: statekeeper.AsyncClient) -> None:
+    first = await client.events.append(RUN, started().event, event_id="start")
+    rest = await client.events.append_many(RUN, [custom_event("tool.call", {"n": 1}), completed()])
+    listed = await client.events.list(RUN)
+    assert listed == [first, *rest]
+    assert [e.seq for e in listed] == [1, 2, 3]
+    assert listed[1].event.custom.data["n"] == 1
+
+
+async def test_retried_append_with_an_event_id_returns_the_original(
+    client: statekeeper.AsyncClient,
+) -> None:
+    original = await client.events.append(RUN, custom().event, event_id="e-1")
+    assert await client.events.append(RUN, custom().event, event_id="e-1") == original
+    assert len(await client.events.list(RUN)) == 1
+
+
+async def test_list_of_an_unknown_run_is_run_not_found(
+    stub: events_pb2_grpc.EventLogServiceStub,
+) -> None:
+    error = await fails(stub.ListEvents(events_pb2.ListEventsRequest(run_id="nope")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert details(error)[0].reason == "RUN_NOT_FOUND"
+
+
+async def test_list_limit_defaults_to_100_and_is_capped_at_1000(
+    client: statekeeper.AsyncClient,
+) -> None:
+    for _ in range(2):
+        await client.events.append_many(RUN, [custom().event] * 600)
+    assert len(await client.events.list(RUN)) == 100
+    assert len(await client.events.list(RUN, limit=5000)) == 1000
+    assert [e.seq for e in await client.events.list(RUN, after_seq=1195, limit=10)] == [
+        1196,
+        1197,
+        1198,
+        1199,
+        1200,
+    ]
+
+
+async def test_failed_expectation_reports_the_actual_last_seq(
+    client: statekeeper.AsyncClient,
+) -> None:
+    await client.events.append_many(RUN, [started().event, custom().event])
+    error = await fails(client.events.append(RUN, custom().event, expectation=expect_last_seq(1)))
+    assert error.code() == grpc.StatusCode.ABORTED
+    info = details(error)[0]
+    assert (info.reason, info.metadata["actual_last_seq"]) == ("SEQ_MISMATCH", "2")
+
+
+async def test_invalid_event_in_a_batch_names_its_field(
+    stub: events_pb2_grpc.EventLogServiceStub,
+) -> None:
+    request = events_pb2.AppendEventsRequest(run_id=RUN, inputs=[custom(), custom(""), custom()])
+    error = await fails(stub.AppendEvents(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(error)[1] == ["inputs[1].event.custom.type"]
+    assert await fails(stub.ListEvents(events_pb2.ListEventsRequest(run_id=RUN)))
+
+
+async def test_single_append_names_the_input_field(
+    stub: events_pb2_grpc.EventLogServiceStub,
+) -> None:
+    error = await fails(stub.AppendEvent(events_pb2.AppendEventRequest(run_id=RUN)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(error)[1] == ["input.event"]
+
+
+async def test_bad_run_id_is_invalid_argument(stub: events_pb2_grpc.EventLogServiceStub) -> None:
+    request = events_pb2.AppendEventRequest(run_id="../x", input=custom())
+    error = await fails(stub.AppendEvent(request))
+    assert details(error)[1] == ["run_id"]
+
+
+async def test_reused_event_id_with_other_content_is_already_exists(
+    client: statekeeper.AsyncClient,
+) -> None:
+    await client.events.append(RUN, custom(n=1).event, event_id="e-1")
+    error = await fails(client.events.append(RUN, custom(n=2).event, event_id="e-1"))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert details(error)[0].reason == "EVENT_ID_CONFLICT"
+
+
+async def test_append_after_the_terminal_event_is_failed_precondition(
+    client: statekeeper.AsyncClient,
+) -> None:
+    await client.events.append(RUN, cancelled().event)
+    error = await fails(client.events.append(RUN, custom().event))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details(error)[0].reason == "RUN_TERMINATED"
+
+
+async def test_runs_are_listed_truncated_and_deleted_through_the_client(
+    client: statekeeper.AsyncClient,
+) -> None:
+    await client.events.append_many("run-a", [started().event, custom().event, custom().event])
+    await client.events.append("run-b", custom().event)
+    truncated = await client.events.truncate("run-a", 2)
+    assert (truncated.first_seq, truncated.dropped) == (3, 2)
+    runs = [run async for run in client.events.list_runs(page_size=1)]
+    assert [(r.run_id, r.first_seq, r.last_seq) for r in runs] == [("run-a", 3, 3), ("run-b", 1, 1)]
+    assert await client.events.delete_run("run-b") is True
+    assert await client.events.delete_run("run-b") is False
+    assert [run.run_id async for run in client.events.list_runs()] == ["run-a"]
+
+
+async def test_truncate_needs_a_positive_seq(stub: events_pb2_grpc.EventLogServiceStub) -> None:
+    error = await fails(stub.TruncateRun(events_pb2.TruncateRunRequest(run_id=RUN)))
+    assert details(error)[1] == ["up_to_seq"]
+
+
+# -- replay --------------------------------------------------------------------
+
+
+async def test_replay_sends_history_then_caught_up_then_ends(
+    client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
+) -> None:
+    appended = await client.events.append_many(RUN, [started().event] + [custom().event] * 4)
+    messages = await replay_messages(stub, after_seq=1)
+    assert [m.WhichOneof("message") for m in messages] == ["batch", "caught_up"]
+    assert list(messages[0].batch.envelopes) == appended[1:]
+    assert messages[1].caught_up.last_seq == 5
+
+
+async def test_replay_packs_many_envelopes_per_message(
+    client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
+) -> None:
+    for _ in range(2):
+        await client.events.append_many(RUN, [custom().event] * 600)
+    messages = await replay_messages(stub)
+    sizes = [len(m.batch.envelopes) for m in messages if m.HasField("batch")]
+    assert sizes == [500, 500, 200]
+    seqs = [e.seq for m in messages for e in m.batch.envelopes]
+    assert seqs == list(range(1, 1201))
+
+
+async def test_replay_of_an_unknown_run_without_follow_is_not_found(
+    client: statekeeper.AsyncClient,
+) -> None:
+    error = await fails(client.events.replay(RUN, follow=False))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_follow_from_a_seq_of_an_unknown_run_is_not_found(
+    client: statekeeper.AsyncClient,
+) -> None:
+    error = await fails(client.events.replay(RUN, after_seq=3, follow=True))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_replay_from_a_truncated_seq_is_out_of_range_naming_the_first_seq(
+    client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
+) -> None:
+    await client.events.append_many(RUN, [custom().event] * 10)
+    await client.events.truncate(RUN, 4)
+    for call in (
+        open_replay(stub, after_seq=3, follow=False),
+        stub.ListEvents(events_pb2.ListEventsRequest(run_id=RUN, after_seq=2)),
+    ):
+        error = await fails(call)
+        assert error.code() == grpc.StatusCode.OUT_OF_RANGE
+        info = details(error)[0]
+        assert (info.reason, info.metadata["first_seq"]) == ("SEQ_TRUNCATED", "5")
+    assert await collect(client, after_seq=4, follow=False) == [5, 6, 7, 8, 9, 10]
+
+
+async def test_replay_after_the_last_seq_is_out_of_range(
+    client: statekeeper.AsyncClient,
+) -> None:
+    await client.events.append_many(RUN, [custom().event] * 3)
+    error = await fails(client.events.replay(RUN, after_seq=4))
+    assert error.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert details(error)[0].reason == "SEQ_BEYOND_LAST"
+
+
+async def test_follow_ends_after_the_terminal_event(client: statekeeper.AsyncClient) -> None:
+    await client.events.append_many(RUN, [started().event, custom().event])
+    follower = asyncio.create_task(collect(client))
+    await client.events.append(RUN, custom().event)
+    await client.events.append(RUN, completed().event)
+    assert await asyncio.wait_for(follower, 30) == [1, 2, 3, 4]
+
+
+async def test_follow_of_a_finished_run_ends_after_the_history(
+    client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
+) -> None:
+    await client.events.append_many(RUN, [started().event, completed().event])
+    messages = await asyncio.wait_for(replay_messages(stub, follow=True), 30)
+    assert [m.WhichOneof("message") for m in messages] == ["batch", "caught_up"]
+    assert await asyncio.wait_for(replay_messages(stub, after_seq=2, follow=True), 30) == [
+        events_pb2.ReplayEventsResponse(caught_up=events_pb2.CaughtUp(last_seq=2))
+    ]
+
+
+async def test_subscribe_before_the_run_starts_receives_the_whole_run(
+    client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
+) -> None:
+    call = open_replay(stub)
+    first = await next_message(call)
+    assert first == events_pb2.ReplayEventsResponse(caught_up=events_pb2.CaughtUp(last_seq=0))
+    await client.events.append(RUN, started().event)
+    await client.events.append_many(RUN, [custom().event, completed().event])
+    seqs = [e.seq for message in await read_rest(call) for e in message.batch.envelopes]
+    assert seqs == [1, 2, 3]
+
+
+async def test_replay_with_appends_racing_the_catch_up_delivers_each_seq_once_in_order(
+    client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
+) -> None:
+    await client.events.append_many(RUN, [started().event] + [custom().event] * 999)
+
+    async def writer(worker: int) -> None:
+        for _ in range(50):
+            await client.events.append(RUN, custom(worker=worker).event)
+
+    async def appenders() -> None:
+        await asyncio.gather(*map(writer, range(10)))
+        await client.events.append(RUN, completed().event)
+
+    racing = asyncio.create_task(appenders())
+    call = open_replay(stub)
+    seqs: list[int] = []
+    caught_up = 0
+    async for message in call:
+        seqs.extend(e.seq for e in message.batch.envelopes)
+        caught_up += message.HasField("caught_up")
+    await racing
+    assert seqs == list(range(1, 1502))
+    assert caught_up == 1
+
+
+async def test_failed_appends_are_never_delivered_to_followers(
+    client: statekeeper.AsyncClient,
+) -> None:
+    await client.events.append(RUN, started().event)
+    follower = asyncio.create_task(collect(client))
+    await fails(client.events.append(RUN, custom().event, expectation=expect_last_seq(7)))
+    await fails(client.events.append_many(RUN, [custom().event, custom("").event]))
+    await client.events.append(RUN, completed().event)
+    assert await asyncio.wait_for(follower, 30) == [1, 2]
+    assert [e.seq for e in await client.events.list(RUN)] == [1, 2]
+
+
+async def test_idle_follow_gets_heartbeats(
+    client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
+) -> None:
+    await client.events.append(RUN, started().event)
+    call = open_replay(stub)
+    kinds = [(await next_message(call)).WhichOneof("message") for _ in range(4)]
+    call.cancel()
+    assert kinds == ["batch", "caught_up", "heartbeat", "heartbeat"]
+
+
+async def test_deleting_a_followed_run_ends_its_streams_with_not_found(
+    client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
+) -> None:
+    await client.events.append(RUN, started().event)
+    call = open_replay(stub)
+    assert (await next_message(call)).HasField("batch")
+    assert (await next_message(call)).HasField("caught_up")
+    await client.events.delete_run(RUN)
+    error = await fails(call)
+    assert (error.code(), details(error)[0].reason) == (grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND")
+
+
+async def test_client_replay_delivers_single_envelopes_until_terminal(
+    client: statekeeper.AsyncClient,
+) -> None:
+    await client.events.append_many(RUN, [started().event, custom().event, failed_event()])
+    envelopes = [e async for e in client.events.replay(RUN)]
+    assert [e.seq for e in envelopes] == [1, 2, 3]
+    assert is_terminal(envelopes[-1])
+
+
+def failed_event() -> events_pb2.AgentEvent:
+    return events_pb2.AgentEvent(run_failed=events_pb2.RunFailed(error="boom"))
+
+
+async def test_blocking_client_replays_too(app: Application) -> None:
+    async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}") as setup:
+        await setup.events.append_many(RUN, [started().event, completed().event])
+
+    def replay_blocking() -> list[int]:
+        with statekeeper.Client(f"127.0.0.1:{app.port}") as blocking:
+            return [e.seq for e in blocking.events.replay(RUN)]
+
+    assert await asyncio.to_thread(replay_blocking) == [1, 2]
+
+
+async def test_client_replay_gives_up_after_its_reconnect_timeout() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{probe.getsockname()[1]}"
+    async with statekeeper.AsyncClient(target) as nowhere:
+        replay = nowhere.events.replay(RUN, reconnect_timeout=0.2)
+        error = await fails(replay)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# -- lifecycle of streams ------------------------------------------------------
+
+
+async def test_cancelled_stream_leaves_no_task_behind(
+    client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
+) -> None:
+    await client.events.append(RUN, started().event)
+    baseline = len(asyncio.all_tasks())
+    call = open_replay(stub)
+    await next_message(call)
+    await next_message(call)
+    assert len(asyncio.all_tasks()) > baseline
+    call.cancel()
+    for _ in range(500):
+        if len(asyncio.all_tasks()) <= baseline:
+            break
+        await asyncio.sleep(0.01)
+    assert len(asyncio.all_tasks()) <= baseline
+
+
+async def test_server_stop_ends_followers_with_server_stopping(store_url: str) -> None:
+    async with running_app(store_url, grace_period=60.0) as app:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        stub = events_pb2_grpc.EventLogServiceStub(channel)
+        call = open_replay(stub)
+        assert (await next_message(call)).HasField("caught_up")
+        stopping = asyncio.create_task(app.stop())
+        error = await fails(call)
+        await stopping
+        await channel.close()
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert details(error)[0].reason == "SERVER_STOPPING"
+
+
+async def test_event_log_is_served_with_health(app: Application) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
+            health_pb2.HealthCheckRequest(service="statekeeper.v1.EventLogService")
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
