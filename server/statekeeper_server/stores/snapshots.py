@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
-from statekeeper.v1 import snapshots_pb2
 
+from statekeeper.v1 import snapshots_pb2
 from statekeeper_server.errors import Aborted, DataLoss, NotFound
+from statekeeper_server.timestamps import now_us, to_timestamp
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,12 @@ def decode_snapshot(run_id: str, data: bytes) -> snapshots_pb2.Snapshot:
 def list_filters(where: SnapshotFilter) -> dict[str, object]:
     """The filters a page token is bound to."""
     return {"session_id": where.session_id, "status": where.status}
+
+
+def next_version(snapshot: snapshots_pb2.Snapshot, version: int) -> snapshots_pb2.Snapshot:
+    """A copy of `snapshot` stamped with `version` and the current update time."""
+    stored = snapshots_pb2.Snapshot()
+    stored.CopyFrom(snapshot)
+    stored.version = version
+    stored.update_time.CopyFrom(to_timestamp(now_us()))
+    return stored

@@ -18,9 +18,9 @@ from statekeeper_server.stores.snapshots import (
     check_expected_version,
     decode_snapshot,
     list_filters,
+    next_version,
     snapshot_not_found,
 )
-from statekeeper_server.timestamps import now_us, to_timestamp
 
 MIGRATIONS = [
     [
@@ -56,7 +56,7 @@ class PostgresSnapshotStore:
                     snapshot.run_id,
                 )
                 check_expected_version(snapshot.run_id, current or 0, expected_version)
-                stored = _stamped(snapshot, (current or 0) + 1)
+                stored = next_version(snapshot, (current or 0) + 1)
                 if await _write(tx, namespace, stored, exists=current is not None):
                     return stored
 
@@ -100,15 +100,6 @@ class PostgresSnapshotStore:
             run_id,
         )
         return deleted is not None
-
-
-def _stamped(snapshot: snapshots_pb2.Snapshot, version: int) -> snapshots_pb2.Snapshot:
-    """A copy of `snapshot` with its new version and the current update time."""
-    stored = snapshots_pb2.Snapshot()
-    stored.CopyFrom(snapshot)
-    stored.version = version
-    stored.update_time.CopyFrom(to_timestamp(now_us()))
-    return stored
 
 
 async def _write(

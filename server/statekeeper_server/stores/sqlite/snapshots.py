@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 
 from statekeeper.v1 import snapshots_pb2
-
 from statekeeper_server.stores.paging import decode_page_token, encode_page_token
 from statekeeper_server.stores.snapshots import (
     SnapshotFilter,
@@ -13,10 +12,10 @@ from statekeeper_server.stores.snapshots import (
     check_expected_version,
     decode_snapshot,
     list_filters,
+    next_version,
     snapshot_not_found,
 )
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
-from statekeeper_server.timestamps import now_us, to_timestamp
 
 MIGRATIONS = [
     [
@@ -52,10 +51,7 @@ class SQLiteSnapshotStore:
             ).fetchone()
             current = row[0] if row else 0
             check_expected_version(snapshot.run_id, current, expected_version)
-            stored = snapshots_pb2.Snapshot()
-            stored.CopyFrom(snapshot)
-            stored.version = current + 1
-            stored.update_time.CopyFrom(to_timestamp(now_us()))
+            stored = next_version(snapshot, current + 1)
             conn.execute(
                 "INSERT INTO snapshots (namespace, run_id, session_id, status, version, data)"
                 " VALUES (?, ?, ?, ?, ?, ?)"
