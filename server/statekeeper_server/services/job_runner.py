@@ -1,0 +1,289 @@
+"""The job queue's background work: the built-in job runner and the sweeper.
+
+The runner leases the jobs of queue `statekeeper.builtin` (in every
+namespace) and runs them in this server. Its one kind,
+`statekeeper.append_event`, appends an event to a run's log; the event id
+is the payload's `event_id`, else the job id, so a job that runs twice
+(after a crash between the append and the completion) appends once.
+
+The sweeper promotes jobs whose run_after came, settles expired leases
+(waking long-polling leasers), and deletes finished jobs and old change
+records past their retention. Both loops wait on the notifier or on the
+next timer the store reports; neither polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
+
+from statekeeper.v1 import events_pb2
+from statekeeper_server.errors import InvalidArgument, ServiceError, Unavailable
+from statekeeper_server.notifier import Notifier
+from statekeeper_server.stores.events import EventStore, validate_event_input, validate_expectation
+from statekeeper_server.stores.jobs import (
+    ANY_NAMESPACE,
+    BUILTIN_QUEUE,
+    TIMERS_KEY,
+    JobStore,
+    LeasedJob,
+    queue_key,
+)
+from statekeeper_server.timestamps import now_us
+from statekeeper_server.validation import require_id
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+
+APPEND_EVENT_KIND = "statekeeper.append_event"
+BUILTIN_KINDS = (APPEND_EVENT_KIND,)
+APPEND_EVENT_FIELDS = ("run_id", "event", "event_id", "expectation")
+RUNNER_BATCH = 32
+ERROR_PAUSE = 1.0
+"""Seconds a loop waits after the store failed before it tries again."""
+MAX_PURGE_EVERY = 60.0
+
+
+async def wait_for_wake(
+    wake: asyncio.Event, stopping: asyncio.Event, timeout: float | None
+) -> bool:
+    """Wait until `wake` or `stopping` is set or `timeout` seconds pass; whether one was set."""
+    if wake.is_set() or stopping.is_set():
+        return True
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping.wait())]
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return bool(done)
+
+
+def seconds_until(due_us: int | None, limit: float | None) -> float | None:
+    """Seconds from now until `due_us`, at most `limit` (None: no bound)."""
+    if due_us is None:
+        return limit
+    until = max(0.0, (due_us - now_us()) / 1_000_000)
+    return until if limit is None else min(until, limit)
+
+
+# -- statekeeper.append_event ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppendEventCall:
+    """What a `statekeeper.append_event` job appends."""
+
+    run_id: str
+    input: events_pb2.EventInput
+    expectation: events_pb2.SeqExpectation | None
+
+
+def parse_append_event(payload: struct_pb2.Struct, field: str) -> AppendEventCall:
+    """Read an append_event payload; InvalidArgument naming `<field>.<part>` if it is wrong.
+
+    The payload is `{"run_id", "event" (AgentEvent JSON), "event_id"?,
+    "expectation"? (SeqExpectation JSON)}`, validated as the event log
+    validates an append.
+    """
+    data = json_format.MessageToDict(payload)
+    for name in data:
+        if name not in APPEND_EVENT_FIELDS:
+            raise InvalidArgument(
+                f"{field}.{name}", "is not one of " + ", ".join(APPEND_EVENT_FIELDS)
+            )
+    run_id = data.get("run_id")
+    if not isinstance(run_id, str):
+        raise InvalidArgument(f"{field}.run_id", "is required (a string)")
+    require_id(run_id, f"{field}.run_id")
+    event_id = data.get("event_id", "")
+    if not isinstance(event_id, str):
+        raise InvalidArgument(f"{field}.event_id", "must be a string")
+    item = events_pb2.EventInput(
+        event=_parse(data.get("event"), events_pb2.AgentEvent(), f"{field}.event"),
+        event_id=event_id,
+    )
+    validate_event_input(item, field)
+    expectation = None
+    if "expectation" in data:
+        expectation = _parse(
+            data["expectation"], events_pb2.SeqExpectation(), f"{field}.expectation"
+        )
+        validate_expectation(expectation, f"{field}.expectation")
+    return AppendEventCall(run_id, item, expectation)
+
+
+def _parse(value: object, message: M, field: str) -> M:
+    if not isinstance(value, dict):
+        raise InvalidArgument(field, f"is required (a {message.DESCRIPTOR.name} in JSON form)")
+    try:
+        return json_format.ParseDict(value, message)
+    except json_format.ParseError as exc:
+        raise InvalidArgument(field, str(exc).splitlines()[0]) from None
+
+
+def is_retryable(error: Exception) -> bool:
+    """Whether a built-in job failing with `error` may succeed on another attempt.
+
+    Only an unavailable store or an unexpected fault is retried: a rejected
+    event, a conflicting id, a closed run or a failed expectation will fail
+    the same way again.
+    """
+    return isinstance(error, Unavailable) or not isinstance(error, ServiceError)
+
+
+class BuiltinJobRunner:
+    """Leases and runs the built-in jobs of every namespace inside the server.
+
+    On shutdown it leases nothing more once `stopping` is set, and a batch
+    in hand is finished even when the loop is cancelled (cancellation waits
+    for it), so no job is left leased to a server that is gone; a job lost
+    to a crash comes back when its lease expires.
+    """
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        events: EventStore,
+        notifier: Notifier,
+        stopping: asyncio.Event,
+        lease_us: int,
+    ) -> None:
+        self._jobs = jobs
+        self._events = events
+        self._notifier = notifier
+        self._stopping = stopping
+        self._lease_us = lease_us
+        self.worker_id = f"statekeeper-server-{os.getpid()}"
+
+    async def run(self) -> None:
+        """Lease and run built-in jobs until `stopping` is set."""
+        key = queue_key(ANY_NAMESPACE, BUILTIN_QUEUE)
+        while not self._stopping.is_set():
+            wake = self._notifier.watch(key)
+            cycle = asyncio.ensure_future(self._run_batch())
+            try:
+                timeout = await asyncio.shield(cycle)
+            except asyncio.CancelledError:
+                await asyncio.wait([cycle])
+                raise
+            if timeout != 0:
+                await wait_for_wake(wake, self._stopping, timeout)
+
+    async def _run_batch(self) -> float | None:
+        """Lease a batch and run it; how long to wait before the next (0: at once)."""
+        try:
+            leased = await self._jobs.lease_builtin(self.worker_id, RUNNER_BATCH, self._lease_us)
+        except ServiceError as exc:
+            log.warning("cannot lease built-in jobs: %s", exc)
+            return ERROR_PAUSE
+        if not leased.jobs:
+            return seconds_until(leased.next_due_us, None)
+        await asyncio.gather(*(self._run_one(job) for job in leased.jobs))
+        return 0
+
+    async def _run_one(self, leased: LeasedJob) -> None:
+        job = leased.job
+        try:
+            envelope = await self._append(leased)
+        except Exception as exc:
+            if not isinstance(exc, ServiceError):
+                log.exception("built-in job %s failed unexpectedly", job.job_id)
+            await self._settle(
+                self._jobs.fail(
+                    leased.namespace,
+                    job.job_id,
+                    job.lease.lease_id,
+                    str(exc),
+                    is_retryable(exc),
+                    None,
+                ),
+                job.job_id,
+            )
+            return
+        result = json_format.ParseDict(
+            {"envelope": json_format.MessageToDict(envelope)}, struct_pb2.Struct()
+        )
+        await self._settle(
+            self._jobs.complete(leased.namespace, job.job_id, job.lease.lease_id, result),
+            job.job_id,
+        )
+
+    async def _append(self, leased: LeasedJob) -> events_pb2.EventEnvelope:
+        job = leased.job
+        call = parse_append_event(job.payload, "payload")
+        item = events_pb2.EventInput()
+        item.CopyFrom(call.input)
+        item.event_id = item.event_id or job.job_id
+        envelopes = await self._events.append(
+            leased.namespace, call.run_id, [item], call.expectation
+        )
+        return envelopes[0]
+
+    @staticmethod
+    async def _settle(settling: Awaitable[object], job_id: str) -> None:
+        """Await a completion or failure; a lost lease is logged, not raised."""
+        try:
+            await settling
+        except ServiceError as exc:
+            log.warning("built-in job %s could not be settled: %s", job_id, exc)
+
+
+# -- the sweeper -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """How often the sweeper runs and how long finished work is kept (seconds)."""
+
+    interval: float
+    job_retention: float
+    change_retention: float
+
+    @property
+    def purge_every(self) -> float:
+        """Seconds between two retention purges."""
+        shortest = min(self.job_retention, self.change_retention)
+        return min(MAX_PURGE_EVERY, max(self.interval, shortest / 2))
+
+
+async def sweep_jobs(
+    jobs: JobStore, notifier: Notifier, stopping: asyncio.Event, settings: SweepSettings
+) -> None:
+    """Keep timers on time and retention enforced until `stopping` is set.
+
+    Sweeps when the next run_after or lease expiry the store reports comes,
+    when a write stores a new run_after, and at least every
+    `settings.interval` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    next_purge = loop.time()
+    while not stopping.is_set():
+        timers = notifier.watch(TIMERS_KEY)
+        timeout: float | None = settings.interval
+        try:
+            swept = await jobs.sweep()
+            if loop.time() >= next_purge:
+                now = now_us()
+                deleted = await jobs.purge(
+                    now - int(settings.job_retention * 1_000_000),
+                    now - int(settings.change_retention * 1_000_000),
+                )
+                if deleted:
+                    log.info("deleted %d finished jobs past retention", deleted)
+                next_purge = loop.time() + settings.purge_every
+        except ServiceError as exc:
+            log.warning("job sweep failed: %s", exc)
+            timeout = ERROR_PAUSE
+        else:
+            if swept.more:
+                continue
+            timeout = seconds_until(swept.next_due_us, timeout)
+        await wait_for_wake(timers, stopping, timeout)

@@ -1,0 +1,595 @@
+"""The job queue interface, and the rules every backend shares.
+
+Backends keep the SQL; this module keeps what does not depend on a
+database: the records a backend returns, the state machine's decisions
+(what a failure, an expired lease or a retry leads to), the backoff with
+jitter, the errors, the notifier keys and the decoding of stored rows.
+
+States as stored: a waiting job is stored SCHEDULED or AVAILABLE depending
+on its `run_after` when it was written, and is *reported* AVAILABLE as soon
+as `run_after` has passed, whether or not a sweep has promoted it yet. A
+RUNNING job whose lease has expired is settled (put back, or DEAD) by the
+next lease of its queue, the next read that meets it, or the sweeper.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
+
+from statekeeper.v1 import jobs_pb2
+from statekeeper_server.errors import DataLoss, FailedPrecondition, NotFound, OutOfRange
+from statekeeper_server.timestamps import to_timestamp
+
+SCHEDULED = jobs_pb2.JOB_STATE_SCHEDULED
+AVAILABLE = jobs_pb2.JOB_STATE_AVAILABLE
+RUNNING = jobs_pb2.JOB_STATE_RUNNING
+SUCCEEDED = jobs_pb2.JOB_STATE_SUCCEEDED
+DEAD = jobs_pb2.JOB_STATE_DEAD
+CANCELLED = jobs_pb2.JOB_STATE_CANCELLED
+WAITING_STATES = (SCHEDULED, AVAILABLE)
+UNFINISHED_STATES = (SCHEDULED, AVAILABLE, RUNNING)
+FINISHED_STATES = (SUCCEEDED, DEAD, CANCELLED)
+
+DEFAULT_QUEUE = "default"
+RESERVED_PREFIX = "statekeeper."
+BUILTIN_QUEUE = "statekeeper.builtin"
+"""The queue of the kinds the server runs itself; no outside worker leases it."""
+
+DEFAULT_MAX_RETRIES = 3
+MAX_RETRIES_LIMIT = 100
+DEFAULT_BACKOFF_BASE_US = 1_000_000
+DEFAULT_BACKOFF_CAP_US = 300_000_000
+MAX_BACKOFF_CAP_US = 86_400_000_000
+MAX_ERROR_LENGTH = 4096
+MAX_KEPT_ERRORS = 100
+LEASE_EXPIRED_ERROR = "lease expired"
+
+
+# -- records -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated job to enqueue.
+
+    `run_after_us` None means `delay_us` after the enqueue commits.
+    """
+
+    queue: str
+    kind: str
+    payload: struct_pb2.Struct
+    priority: int
+    run_after_us: int | None
+    delay_us: int
+    max_retries: int
+    idempotency_key: str
+    backoff_base_us: int
+    backoff_cap_us: int
+
+    def resolve_run_after(self, now_us: int) -> int:
+        """When the job may first run, for an enqueue committed at `now_us`."""
+        return self.run_after_us if self.run_after_us is not None else now_us + self.delay_us
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A stored job as every backend reads it (times in microseconds)."""
+
+    seq: int
+    namespace: str
+    job_id: str
+    queue: str
+    kind: str
+    payload: bytes
+    priority: int
+    state: int
+    attempt: int
+    max_retries: int
+    run_after: int
+    create_time: int
+    update_time: int
+    finish_time: int | None
+    errors: str
+    result: bytes | None
+    lease_id: str | None
+    worker_id: str | None
+    lease_expire: int | None
+    idempotency_key: str | None
+    backoff_base: int
+    backoff_cap: int
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """An enqueued job, and whether it is new (False: deduplicated by its key)."""
+
+    job: jobs_pb2.Job
+    created: bool
+
+
+@dataclass(frozen=True)
+class LeasedJob:
+    """A job just leased, with the namespace it belongs to."""
+
+    namespace: str
+    job: jobs_pb2.Job
+
+
+@dataclass(frozen=True)
+class LeaseResult:
+    """Jobs leased by one call; when none, when the next one may become runnable.
+
+    `next_due_us` is the earliest future `run_after` or lease expiry among
+    the jobs the call could have leased, None when there is none.
+    """
+
+    jobs: list[LeasedJob]
+    next_due_us: int | None
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    """The lease after a heartbeat, and whether the job was cancelled under it."""
+
+    lease: jobs_pb2.JobLease
+    cancelled: bool
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing returns; empty fields match everything."""
+
+    queue: str = ""
+    kind: str = ""
+    state: int = 0
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a listing and the token of the next (empty at the end)."""
+
+    jobs: list[jobs_pb2.Job]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class ChangeFilter:
+    """Which changes a watcher receives; empty fields match everything."""
+
+    queue: str = ""
+    kind: str = ""
+    job_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """Matching changes after a position, and the position read through.
+
+    `through` is the change id the next read continues after: the last
+    change returned, or the newest change id of the store when the page
+    holds every matching change committed so far.
+    """
+
+    changes: list[jobs_pb2.JobChange]
+    through: int
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep left: whether more is due now, and when the next timer fires."""
+
+    more: bool
+    next_due_us: int | None
+
+
+@dataclass
+class Effects:
+    """What a write changed, so the backend can wake waiters after it commits."""
+
+    ready_queues: set[tuple[str, str]] = field(default_factory=set)
+    changed_namespaces: set[str] = field(default_factory=set)
+    new_timers: bool = False
+
+
+class JobStore(Protocol):
+    """Keeps the jobs of every (namespace, queue), and their change log.
+
+    Every backend guarantees: an acknowledged call is durable; a job is
+    leased to one worker at a time (claiming is atomic); leasing hands out,
+    among jobs whose run_after has passed, the highest priority first and
+    then the lowest enqueue sequence; every state change appends one record
+    to the change log in commit order; only after a commit are waiters woken
+    (`queue_key` when jobs may have become runnable, `changes_key` for the
+    change log, `TIMERS_KEY` when a new future run_after was written); a
+    call that raises changes nothing.
+    """
+
+    async def enqueue(self, namespace: str, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Store `jobs` atomically, deduplicating by idempotency key, in order."""
+        ...
+
+    async def lease(
+        self,
+        namespace: str,
+        queue: str,
+        kinds: Sequence[str],
+        worker_id: str,
+        count: int,
+        lease_us: int,
+    ) -> LeaseResult:
+        """Lease up to `count` runnable jobs of the queue (any kind when `kinds` is empty)."""
+        ...
+
+    async def lease_builtin(self, worker_id: str, count: int, lease_us: int) -> LeaseResult:
+        """Lease up to `count` runnable jobs of BUILTIN_QUEUE across every namespace."""
+        ...
+
+    async def heartbeat(
+        self, namespace: str, job_id: str, lease_id: str, lease_us: int
+    ) -> HeartbeatResult:
+        """Extend the lease to now + lease_us; FailedPrecondition LEASE_STALE if not held."""
+        ...
+
+    async def complete(
+        self, namespace: str, job_id: str, lease_id: str, result: struct_pb2.Struct
+    ) -> jobs_pb2.Job:
+        """Mark the leased job SUCCEEDED (again returning it for the lease that did)."""
+        ...
+
+    async def fail(
+        self,
+        namespace: str,
+        job_id: str,
+        lease_id: str,
+        error: str,
+        retryable: bool,
+        retry_delay_us: int | None,
+    ) -> jobs_pb2.Job:
+        """Record a failed attempt; the job waits for a retry or is DEAD (`after_failure`)."""
+        ...
+
+    async def cancel(self, namespace: str, job_id: str) -> jobs_pb2.Job:
+        """Cancel an unfinished job; a CANCELLED one is returned as is."""
+        ...
+
+    async def retry(self, namespace: str, job_id: str, delay_us: int) -> jobs_pb2.Job:
+        """Put a DEAD or CANCELLED job back with attempt 0, runnable after `delay_us`."""
+        ...
+
+    async def get(self, namespace: str, job_id: str) -> jobs_pb2.Job:
+        """The job as it stands now; NotFound (JOB_NOT_FOUND) if absent."""
+        ...
+
+    async def list(
+        self, namespace: str, where: JobFilter, page_size: int, page_token: str
+    ) -> JobPage:
+        """A page of jobs in enqueue order."""
+        ...
+
+    async def stats(self, namespace: str, queue: str) -> builtins.list[jobs_pb2.QueueStats]:
+        """Counts per queue, state and priority (one queue when `queue` is set)."""
+        ...
+
+    async def change_position(self) -> int:
+        """The newest change id committed so far (0 when none)."""
+        ...
+
+    async def changes(
+        self, namespace: str, where: ChangeFilter, after: int, limit: int
+    ) -> ChangePage:
+        """Up to `limit` matching changes with id > `after`; OutOfRange if trimmed."""
+        ...
+
+    async def sweep(self) -> SweepResult:
+        """Promote due jobs and settle expired leases, a bounded batch at a time."""
+        ...
+
+    async def purge(self, finished_before_us: int, changes_before_us: int) -> int:
+        """Delete jobs finished before, and changes committed before, the given times.
+
+        Returns how many jobs were deleted.
+        """
+        ...
+
+
+# -- notifier keys ---------------------------------------------------------------
+
+TIMERS_KEY = ("job_timers",)
+"""Woken when a write stores a future run_after (the sweeper's timer may move)."""
+
+ANY_NAMESPACE = "*"
+"""Stands for every namespace in a queue key (never a valid namespace)."""
+
+
+def queue_key(namespace: str, queue: str) -> tuple[str, str, str]:
+    """The key woken when jobs of a queue may have become runnable."""
+    return ("jobs", namespace, queue)
+
+
+def changes_key(namespace: str) -> tuple[str, str]:
+    """The key woken after changes of the namespace's jobs were committed."""
+    return ("job_changes", namespace)
+
+
+# -- decisions ---------------------------------------------------------------------
+
+
+def waiting_state(run_after_us: int, now_us: int) -> int:
+    """SCHEDULED while `run_after_us` is in the future, else AVAILABLE."""
+    return SCHEDULED if run_after_us > now_us else AVAILABLE
+
+
+def reported_state(stored_state: int, run_after_us: int, now_us: int) -> int:
+    """The state a job is in at `now_us` (a due SCHEDULED job is AVAILABLE)."""
+    if stored_state == SCHEDULED:
+        return waiting_state(run_after_us, now_us)
+    return stored_state
+
+
+def backoff_us(attempt: int, base_us: int, cap_us: int, rand: float) -> int:
+    """The delay after failed attempt `attempt` (1-based), with equal jitter.
+
+    The exponential step is min(cap, base * 2^(attempt-1)); the delay is half
+    of it plus a random share (`rand` in [0, 1)) of the other half ("equal
+    jitter"). Delays therefore never shrink from one attempt to the next
+    while the step is below the cap, and stay within [cap/2, cap] there.
+    """
+    step = min(cap_us, base_us << min(max(attempt - 1, 0), 62))
+    half = step // 2
+    return half + int((step - half) * rand)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where a job goes after a failed attempt: its stored state and run_after."""
+
+    state: int
+    run_after_us: int
+
+
+def after_failure(
+    row: JobRow, now_us: int, *, retryable: bool, retry_delay_us: int | None, rand: float
+) -> Outcome:
+    """Decide a failed attempt of `row`: retried while attempts remain, else DEAD.
+
+    Attempt n is retried when `retryable` and n <= max_retries, after
+    `retry_delay_us` when given, else after the job's backoff.
+    """
+    if not retryable or row.attempt > row.max_retries:
+        return Outcome(DEAD, row.run_after)
+    if retry_delay_us is None:
+        retry_delay_us = backoff_us(row.attempt, row.backoff_base, row.backoff_cap, rand)
+    run_after = now_us + retry_delay_us
+    return Outcome(waiting_state(run_after, now_us), run_after)
+
+
+def lease_is_held(row: JobRow, lease_id: str, now_us: int) -> bool:
+    """Whether `lease_id` is the job's live lease at `now_us`."""
+    return (
+        row.state == RUNNING
+        and row.lease_id == lease_id
+        and row.lease_expire is not None
+        and row.lease_expire > now_us
+    )
+
+
+def check_lease(row: JobRow, lease_id: str, now_us: int) -> None:
+    """Raise LEASE_STALE unless `lease_id` is the job's live lease."""
+    if not lease_is_held(row, lease_id, now_us):
+        raise lease_stale(row, lease_id, now_us)
+
+
+def cancel_allowed(row: JobRow) -> bool:
+    """Whether cancelling changes the job: False for CANCELLED; FailedPrecondition if finished."""
+    if row.state == CANCELLED:
+        return False
+    if row.state in (SUCCEEDED, DEAD):
+        raise FailedPrecondition(
+            "JOB_FINISHED",
+            f"job {row.job_id} is {state_name(row.state)} and cannot be cancelled",
+            job_id=row.job_id,
+            state=state_name(row.state),
+        )
+    return True
+
+
+def check_retry_allowed(row: JobRow, now_us: int) -> None:
+    """Raise JOB_NOT_RETRYABLE unless the job is DEAD or CANCELLED."""
+    if row.state not in (DEAD, CANCELLED):
+        state = reported_state(row.state, row.run_after, now_us)
+        raise FailedPrecondition(
+            "JOB_NOT_RETRYABLE",
+            f"job {row.job_id} is {state_name(state)}; only DEAD or CANCELLED jobs can be retried",
+            job_id=row.job_id,
+            state=state_name(state),
+        )
+
+
+def record_error(row: JobRow, message: str, now_us: int) -> str:
+    """The row's stored errors with the current attempt's failure appended."""
+    errors = _load_errors(row)
+    errors.append(
+        {
+            "attempt": row.attempt,
+            "message": message[:MAX_ERROR_LENGTH],
+            "fail_time": now_us,
+            "worker_id": row.worker_id or "",
+        }
+    )
+    return json.dumps(errors[-MAX_KEPT_ERRORS:], separators=(",", ":"))
+
+
+# -- errors --------------------------------------------------------------------------
+
+
+def state_name(state: int) -> str:
+    """`RUNNING` for JOB_STATE_RUNNING, and so on."""
+    return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_")  # type: ignore[arg-type]
+
+
+def job_not_found(job_id: str) -> NotFound:
+    """The error of every backend for an unknown job."""
+    return NotFound("JOB_NOT_FOUND", f"job {job_id} does not exist", job_id=job_id)
+
+
+def lease_stale(row: JobRow, lease_id: str, now_us: int) -> FailedPrecondition:
+    """The error for a call made under a lease the job no longer honours."""
+    state = reported_state(row.state, row.run_after, now_us)
+    if row.lease_id != lease_id:
+        why = "it is not the job's current lease"
+    elif row.state == RUNNING:
+        why = "it expired"
+    else:
+        why = f"the job is {state_name(state)}"
+    return FailedPrecondition(
+        "LEASE_STALE",
+        f"lease {lease_id} of job {row.job_id} is no longer held: {why}",
+        job_id=row.job_id,
+        lease_id=lease_id,
+        state=state_name(state),
+    )
+
+
+def idempotency_key_in_use(row: JobRow, holder: str) -> FailedPrecondition:
+    """The error for reviving a job whose idempotency key another job now holds."""
+    return FailedPrecondition(
+        "IDEMPOTENCY_KEY_IN_USE",
+        f"job {holder} now holds idempotency key {row.idempotency_key!r} of job {row.job_id}",
+        job_id=row.job_id,
+        holder_job_id=holder,
+    )
+
+
+def changes_trimmed(after: int, trimmed_through: int) -> OutOfRange:
+    """The error for resuming a watch at a position whose changes were deleted."""
+    return OutOfRange(
+        "CHANGES_TRIMMED",
+        f"changes up to {trimmed_through} were deleted by retention; cannot resume after {after}",
+        trimmed_through=trimmed_through,
+    )
+
+
+# -- decoding --------------------------------------------------------------------------
+
+
+def decode_struct(job_id: str, data: bytes) -> struct_pb2.Struct:
+    """Parse a stored payload or result; DataLoss (CORRUPT_JOB) if it is unreadable."""
+    try:
+        return struct_pb2.Struct.FromString(data)
+    except DecodeError as exc:
+        raise _corrupt(job_id) from exc
+
+
+def _corrupt(job_id: str) -> DataLoss:
+    return DataLoss("CORRUPT_JOB", f"the stored job {job_id} is corrupt", job_id=job_id)
+
+
+def _load_errors(row: JobRow) -> list[dict[str, object]]:
+    try:
+        errors = json.loads(row.errors)
+    except ValueError as exc:
+        raise _corrupt(row.job_id) from exc
+    if not isinstance(errors, list):
+        raise _corrupt(row.job_id)
+    return errors
+
+
+def _attempt_error(job_id: str, item: object) -> jobs_pb2.JobAttemptError:
+    if not isinstance(item, dict):
+        raise _corrupt(job_id)
+    try:
+        return jobs_pb2.JobAttemptError(
+            attempt=int(item["attempt"]),
+            message=str(item["message"]),
+            fail_time=to_timestamp(int(item["fail_time"])),
+            worker_id=str(item["worker_id"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _corrupt(job_id) from exc
+
+
+def job_from_row(row: JobRow, now_us: int) -> jobs_pb2.Job:
+    """The API's view of a stored job at `now_us`."""
+    job = jobs_pb2.Job(
+        job_id=row.job_id,
+        queue=row.queue,
+        kind=row.kind,
+        payload=decode_struct(row.job_id, row.payload),
+        priority=row.priority,  # type: ignore[arg-type]
+        state=reported_state(row.state, row.run_after, now_us),  # type: ignore[arg-type]
+        attempt=row.attempt,
+        max_retries=row.max_retries,
+        run_after=to_timestamp(row.run_after),
+        create_time=to_timestamp(row.create_time),
+        update_time=to_timestamp(row.update_time),
+        errors=[_attempt_error(row.job_id, item) for item in _load_errors(row)],
+        idempotency_key=row.idempotency_key or "",
+    )
+    job.retry_backoff_base.FromMicroseconds(row.backoff_base)
+    job.retry_backoff_cap.FromMicroseconds(row.backoff_cap)
+    if row.finish_time is not None:
+        job.finish_time.CopyFrom(to_timestamp(row.finish_time))
+    if row.result is not None:
+        job.result.CopyFrom(decode_struct(row.job_id, row.result))
+    if row.state == RUNNING:
+        job.lease.CopyFrom(row_lease(row))
+    return job
+
+
+def row_lease(row: JobRow) -> jobs_pb2.JobLease:
+    """The lease recorded on `row` (empty fields when it has none)."""
+    lease = jobs_pb2.JobLease(lease_id=row.lease_id or "", worker_id=row.worker_id or "")
+    if row.lease_expire is not None:
+        lease.expire_time.CopyFrom(to_timestamp(row.lease_expire))
+    return lease
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    """A stored change-log record as every backend reads it."""
+
+    change_id: int
+    job_id: str
+    queue: str
+    kind: str
+    previous_state: int
+    state: int
+    attempt: int
+    change_time: int
+    run_after: int | None
+    worker_id: str | None
+    error: str | None
+    result: bytes | None
+
+
+def change_from_row(row: ChangeRow) -> jobs_pb2.JobChange:
+    """The API's view of a stored change."""
+    change = jobs_pb2.JobChange(
+        change_id=row.change_id,
+        job_id=row.job_id,
+        queue=row.queue,
+        kind=row.kind,
+        previous_state=row.previous_state,  # type: ignore[arg-type]
+        state=row.state,  # type: ignore[arg-type]
+        attempt=row.attempt,
+        change_time=to_timestamp(row.change_time),
+        worker_id=row.worker_id or "",
+        error=row.error or "",
+    )
+    if row.run_after is not None:
+        change.run_after.CopyFrom(to_timestamp(row.run_after))
+    if row.result is not None:
+        change.result.CopyFrom(decode_struct(row.job_id, row.result))
+    return change
+
+
+def list_filters(where: JobFilter) -> dict[str, object]:
+    """The filters a page token is bound to."""
+    return {"queue": where.queue, "kind": where.kind, "state": where.state}

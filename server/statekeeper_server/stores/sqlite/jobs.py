@@ -1,0 +1,791 @@
+"""The job queue in SQLite: one `jobs` table and a `job_changes` log.
+
+Order: `seq` (INTEGER PRIMARY KEY AUTOINCREMENT) is the monotonic enqueue
+sequence; leasing scans the partial index of AVAILABLE jobs ordered by
+(namespace, queue, priority DESC, seq), so claiming is an index scan inside
+the single writer's transaction and therefore atomic. A waiting job is
+stored SCHEDULED (state 1) while its run_after is in the future; it is
+promoted to AVAILABLE (state 2) by the next lease of its queue or by the
+sweeper, and reported AVAILABLE by reads as soon as run_after has passed.
+
+On PostgreSQL the same layout works with `FOR UPDATE SKIP LOCKED` on the
+lease scan and a sequence for `seq` and `change_id`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import random
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import fields, replace
+from typing import TypeVar
+
+import uuid_utils
+from google.protobuf import struct_pb2
+
+from statekeeper.v1 import jobs_pb2
+from statekeeper_server.notifier import Notifier
+from statekeeper_server.stores.jobs import (
+    ANY_NAMESPACE,
+    AVAILABLE,
+    BUILTIN_QUEUE,
+    CANCELLED,
+    DEAD,
+    LEASE_EXPIRED_ERROR,
+    RUNNING,
+    SCHEDULED,
+    SUCCEEDED,
+    TIMERS_KEY,
+    ChangeFilter,
+    ChangePage,
+    ChangeRow,
+    Effects,
+    Enqueued,
+    HeartbeatResult,
+    JobFilter,
+    JobPage,
+    JobRow,
+    LeasedJob,
+    LeaseResult,
+    NewJob,
+    Outcome,
+    SweepResult,
+    after_failure,
+    cancel_allowed,
+    change_from_row,
+    changes_key,
+    changes_trimmed,
+    check_lease,
+    check_retry_allowed,
+    idempotency_key_in_use,
+    job_from_row,
+    job_not_found,
+    list_filters,
+    queue_key,
+    record_error,
+    reported_state,
+    row_lease,
+    waiting_state,
+)
+from statekeeper_server.stores.paging import decode_page_token, encode_page_token
+from statekeeper_server.stores.sqlite.engine import SQLiteEngine
+from statekeeper_server.timestamps import now_us
+
+T = TypeVar("T")
+
+MIGRATIONS = [
+    [
+        """CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            namespace TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            priority INTEGER NOT NULL,
+            state INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            max_retries INTEGER NOT NULL,
+            run_after INTEGER NOT NULL,
+            create_time INTEGER NOT NULL,
+            update_time INTEGER NOT NULL,
+            finish_time INTEGER,
+            errors TEXT NOT NULL,
+            result BLOB,
+            lease_id TEXT,
+            worker_id TEXT,
+            lease_expire INTEGER,
+            idempotency_key TEXT,
+            backoff_base INTEGER NOT NULL,
+            backoff_cap INTEGER NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX jobs_by_id ON jobs (namespace, job_id)",
+        "CREATE INDEX jobs_by_namespace ON jobs (namespace)",
+        "CREATE INDEX jobs_by_queue ON jobs (namespace, queue, state, priority)",
+        "CREATE INDEX jobs_available ON jobs (namespace, queue, priority DESC, seq)"
+        " WHERE state = 2",
+        f"CREATE INDEX jobs_builtin_available ON jobs (priority DESC, seq)"
+        f" WHERE state = 2 AND queue = '{BUILTIN_QUEUE}'",
+        "CREATE INDEX jobs_scheduled ON jobs (namespace, queue, run_after) WHERE state = 1",
+        "CREATE INDEX jobs_scheduled_due ON jobs (run_after) WHERE state = 1",
+        "CREATE INDEX jobs_running ON jobs (lease_expire) WHERE state = 3",
+        "CREATE UNIQUE INDEX jobs_idempotency ON jobs (namespace, idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL AND state IN (1, 2, 3)",
+        "CREATE INDEX jobs_finished ON jobs (finish_time) WHERE state IN (4, 5, 6)",
+        """CREATE TABLE job_changes (
+            change_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            namespace TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            previous_state INTEGER NOT NULL,
+            state INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            change_time INTEGER NOT NULL,
+            run_after INTEGER,
+            worker_id TEXT,
+            error TEXT,
+            result BLOB
+        )""",
+        "CREATE INDEX job_changes_by_namespace ON job_changes (namespace)",
+        "CREATE INDEX job_changes_by_time ON job_changes (change_time)",
+        """CREATE TABLE job_changes_trimmed (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            through INTEGER NOT NULL
+        )""",
+    ],
+]
+
+JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
+CHANGE_COLUMNS = ", ".join(f.name for f in fields(ChangeRow))
+SETTLE_BATCH = 1000
+PURGE_JOBS_BATCH = 1000
+PURGE_CHANGES_BATCH = 5000
+
+Write = Callable[[sqlite3.Connection, Effects], T]
+
+
+class SQLiteJobStore:
+    """JobStore on a SQLiteEngine (see stores.jobs for guarantees)."""
+
+    def __init__(self, engine: SQLiteEngine, notifier: Notifier) -> None:
+        self._engine = engine
+        self._notifier = notifier
+
+    # -- writes ----------------------------------------------------------------
+
+    async def enqueue(self, namespace: str, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Insert `jobs` in one transaction, returning existing ones for held keys."""
+
+        def work(conn: sqlite3.Connection, effects: Effects) -> list[Enqueued]:
+            now = now_us()
+            return [_enqueue_one(conn, effects, namespace, new, now) for new in jobs]
+
+        return await self._write(work)
+
+    async def lease(
+        self,
+        namespace: str,
+        queue: str,
+        kinds: Sequence[str],
+        worker_id: str,
+        count: int,
+        lease_us: int,
+    ) -> LeaseResult:
+        """Settle the queue's due jobs, then claim the first `count` runnable ones."""
+        return await self._write(
+            lambda conn, effects: _lease(
+                conn, effects, _Scope(namespace, queue, tuple(kinds)), worker_id, count, lease_us
+            )
+        )
+
+    async def lease_builtin(self, worker_id: str, count: int, lease_us: int) -> LeaseResult:
+        """Claim runnable built-in jobs of every namespace."""
+        return await self._write(
+            lambda conn, effects: _lease(
+                conn, effects, _Scope(None, BUILTIN_QUEUE, ()), worker_id, count, lease_us
+            )
+        )
+
+    async def heartbeat(
+        self, namespace: str, job_id: str, lease_id: str, lease_us: int
+    ) -> HeartbeatResult:
+        """Extend a live lease; report a cancellation made under it."""
+
+        def work(conn: sqlite3.Connection, effects: Effects) -> HeartbeatResult:
+            now = now_us()
+            row = _require(conn, namespace, job_id)
+            if row.state == CANCELLED and row.lease_id == lease_id:
+                return HeartbeatResult(row_lease(row), cancelled=True)
+            check_lease(row, lease_id, now)
+            row = replace(row, lease_expire=now + lease_us)
+            conn.execute(
+                "UPDATE jobs SET lease_expire = ? WHERE seq = ?", (row.lease_expire, row.seq)
+            )
+            return HeartbeatResult(row_lease(row), cancelled=False)
+
+        return await self._write(work)
+
+    async def complete(
+        self, namespace: str, job_id: str, lease_id: str, result: struct_pb2.Struct
+    ) -> jobs_pb2.Job:
+        """SUCCEEDED with `result` under a live lease."""
+
+        def work(conn: sqlite3.Connection, effects: Effects) -> jobs_pb2.Job:
+            now = now_us()
+            row = _require(conn, namespace, job_id)
+            if row.state == SUCCEEDED and row.lease_id == lease_id:
+                return job_from_row(row, now)
+            check_lease(row, lease_id, now)
+            data = result.SerializeToString()
+            row = replace(row, state=SUCCEEDED, result=data, finish_time=now, update_time=now)
+            conn.execute(
+                "UPDATE jobs SET state = ?, result = ?, finish_time = ?, update_time = ?"
+                " WHERE seq = ?",
+                (SUCCEEDED, data, now, now, row.seq),
+            )
+            _record(conn, effects, row, RUNNING, now, result=data)
+            return job_from_row(row, now)
+
+        return await self._write(work)
+
+    async def fail(
+        self,
+        namespace: str,
+        job_id: str,
+        lease_id: str,
+        error: str,
+        retryable: bool,
+        retry_delay_us: int | None,
+    ) -> jobs_pb2.Job:
+        """Record the failed attempt and reschedule or bury the job."""
+
+        def work(conn: sqlite3.Connection, effects: Effects) -> jobs_pb2.Job:
+            now = now_us()
+            row = _require(conn, namespace, job_id)
+            check_lease(row, lease_id, now)
+            outcome = after_failure(
+                row, now, retryable=retryable, retry_delay_us=retry_delay_us, rand=random.random()
+            )
+            return job_from_row(_apply_failure(conn, effects, row, outcome, error, now), now)
+
+        return await self._write(work)
+
+    async def cancel(self, namespace: str, job_id: str) -> jobs_pb2.Job:
+        """CANCELLED; a running job keeps its lease id so its heartbeat learns why."""
+
+        def work(conn: sqlite3.Connection, effects: Effects) -> jobs_pb2.Job:
+            now = now_us()
+            row = _require(conn, namespace, job_id)
+            if not cancel_allowed(row):
+                return job_from_row(row, now)
+            previous = reported_state(row.state, row.run_after, now)
+            row = replace(row, state=CANCELLED, finish_time=now, update_time=now)
+            conn.execute(
+                "UPDATE jobs SET state = ?, finish_time = ?, update_time = ? WHERE seq = ?",
+                (CANCELLED, now, now, row.seq),
+            )
+            _record(conn, effects, row, previous, now)
+            return job_from_row(row, now)
+
+        return await self._write(work)
+
+    async def retry(self, namespace: str, job_id: str, delay_us: int) -> jobs_pb2.Job:
+        """A DEAD or CANCELLED job back to its queue with attempt 0."""
+
+        def work(conn: sqlite3.Connection, effects: Effects) -> jobs_pb2.Job:
+            now = now_us()
+            row = _require(conn, namespace, job_id)
+            check_retry_allowed(row, now)
+            if row.idempotency_key is not None:
+                holder = _key_holder(conn, namespace, row.idempotency_key)
+                if holder is not None:
+                    raise idempotency_key_in_use(row, holder.job_id)
+            run_after = now + delay_us
+            state = waiting_state(run_after, now)
+            previous = row.state
+            row = replace(
+                row,
+                state=state,
+                attempt=0,
+                run_after=run_after,
+                update_time=now,
+                finish_time=None,
+                result=None,
+                lease_id=None,
+                worker_id=None,
+                lease_expire=None,
+            )
+            conn.execute(
+                "UPDATE jobs SET state = ?, attempt = 0, run_after = ?, update_time = ?,"
+                " finish_time = NULL, result = NULL, lease_id = NULL, worker_id = NULL,"
+                " lease_expire = NULL WHERE seq = ?",
+                (state, run_after, now, row.seq),
+            )
+            _record(conn, effects, row, previous, now)
+            return job_from_row(row, now)
+
+        return await self._write(work)
+
+    async def sweep(self) -> SweepResult:
+        """Promote due jobs and settle expired leases of every queue."""
+
+        def work(conn: sqlite3.Connection, effects: Effects) -> SweepResult:
+            now = now_us()
+            scope = _Scope(None, None, ())
+            if _settle(conn, effects, now, scope):
+                return SweepResult(more=True, next_due_us=None)
+            return SweepResult(more=False, next_due_us=_next_due(conn, now, scope))
+
+        return await self._write(work)
+
+    async def purge(self, finished_before_us: int, changes_before_us: int) -> int:
+        """Delete, in bounded batches, finished jobs and changes older than the cutoffs."""
+
+        def work(conn: sqlite3.Connection, effects: Effects) -> tuple[int, bool]:
+            seqs = [
+                seq
+                for (seq,) in conn.execute(
+                    "SELECT seq FROM jobs WHERE state IN (4, 5, 6) AND finish_time < ? LIMIT ?",
+                    (finished_before_us, PURGE_JOBS_BATCH),
+                )
+            ]
+            conn.executemany("DELETE FROM jobs WHERE seq = ?", [(seq,) for seq in seqs])
+            ids = [
+                change_id
+                for (change_id,) in conn.execute(
+                    "SELECT change_id FROM job_changes WHERE change_time < ? LIMIT ?",
+                    (changes_before_us, PURGE_CHANGES_BATCH),
+                )
+            ]
+            if ids:
+                conn.executemany("DELETE FROM job_changes WHERE change_id = ?", [(i,) for i in ids])
+                conn.execute(
+                    "INSERT INTO job_changes_trimmed (id, through) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET through = max(through, excluded.through)",
+                    (max(ids),),
+                )
+            more = len(seqs) == PURGE_JOBS_BATCH or len(ids) == PURGE_CHANGES_BATCH
+            return len(seqs), more
+
+        deleted = 0
+        while True:
+            count, more = await self._write(work)
+            deleted += count
+            if not more:
+                return deleted
+
+    # -- reads -----------------------------------------------------------------
+
+    async def get(self, namespace: str, job_id: str) -> jobs_pb2.Job:
+        """The job now; an expired lease is settled first."""
+        row = await self._engine.read(lambda conn: _fetch(conn, namespace, job_id))
+        if row is None:
+            raise job_not_found(job_id)
+        if _lapsed(row, now_us()):
+            row = await self._write(
+                lambda conn, effects: _settle_job(conn, effects, namespace, job_id)
+            )
+        return job_from_row(row, now_us())
+
+    async def list(
+        self, namespace: str, where: JobFilter, page_size: int, page_token: str
+    ) -> JobPage:
+        """A page of jobs after the token's seq, filtered by queue, kind and state."""
+        filters = list_filters(where)
+        after = int(decode_page_token(page_token, filters) or 0)
+
+        def work(conn: sqlite3.Connection) -> tuple[list[JobRow], int]:
+            now = now_us()
+            sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE namespace = ? AND seq > ?"
+            params: list[object] = [namespace, after]
+            if where.queue:
+                sql += " AND queue = ?"
+                params.append(where.queue)
+            if where.kind:
+                sql += " AND kind = ?"
+                params.append(where.kind)
+            if where.state:
+                condition, extra = _state_condition(where.state, now)
+                sql += " AND " + condition
+                params.extend(extra)
+            sql += " ORDER BY seq LIMIT ?"
+            params.append(page_size + 1)
+            return [JobRow(*row) for row in conn.execute(sql, params)], now
+
+        rows, now = await self._read_settled(namespace, work)
+        jobs = [job_from_row(row, now) for row in rows[:page_size]]
+        token = encode_page_token(rows[page_size - 1].seq, filters) if len(rows) > page_size else ""
+        return JobPage(jobs, token)
+
+    async def stats(self, namespace: str, queue: str) -> builtins.list[jobs_pb2.QueueStats]:
+        """Counts per queue, reported state and priority; oldest available age."""
+
+        def work(
+            conn: sqlite3.Connection,
+        ) -> tuple[list[tuple[str, int, int, int]], dict[str, int], int]:
+            now = now_us()
+            scope, params = "namespace = ?", [namespace]
+            if queue:
+                scope += " AND queue = ?"
+                params.append(queue)
+            counts = conn.execute(
+                "SELECT queue, CASE WHEN state = 1 AND run_after <= ? THEN 2 ELSE state END AS s,"
+                f" priority, COUNT(*) FROM jobs WHERE {scope}"
+                " GROUP BY queue, s, priority ORDER BY queue, s, priority",
+                [now, *params],
+            ).fetchall()
+            oldest = dict(
+                conn.execute(
+                    f"SELECT queue, MIN(run_after) FROM jobs WHERE {scope}"
+                    " AND (state = 2 OR (state = 1 AND run_after <= ?)) GROUP BY queue",
+                    [*params, now],
+                ).fetchall()
+            )
+            return counts, oldest, now
+
+        counts, oldest, now = await self._read_settled(namespace, work)
+        by_queue: dict[str, jobs_pb2.QueueStats] = {}
+        if queue:
+            by_queue[queue] = jobs_pb2.QueueStats(queue=queue)
+        for name, state, priority, count in counts:
+            stats = by_queue.setdefault(name, jobs_pb2.QueueStats(queue=name))
+            stats.counts.add(state=state, priority=priority, count=count)
+        for name, run_after in oldest.items():
+            by_queue[name].oldest_available_age.FromMicroseconds(max(0, now - run_after))
+        return [by_queue[name] for name in sorted(by_queue)]
+
+    async def change_position(self) -> int:
+        """The newest change id ever assigned."""
+        return await self._engine.read(_change_position)
+
+    async def changes(
+        self, namespace: str, where: ChangeFilter, after: int, limit: int
+    ) -> ChangePage:
+        """Matching changes after `after`, and how far the log was read."""
+
+        def work(conn: sqlite3.Connection) -> tuple[list[ChangeRow], int]:
+            row = conn.execute("SELECT through FROM job_changes_trimmed WHERE id = 1").fetchone()
+            trimmed_through = int(row[0]) if row else 0
+            if 0 < after < trimmed_through:
+                raise changes_trimmed(after, trimmed_through)
+            sql = f"SELECT {CHANGE_COLUMNS} FROM job_changes WHERE namespace = ? AND change_id > ?"
+            params: list[object] = [namespace, after]
+            if where.queue:
+                sql += " AND queue = ?"
+                params.append(where.queue)
+            if where.kind:
+                sql += " AND kind = ?"
+                params.append(where.kind)
+            if where.job_ids:
+                sql += f" AND job_id IN ({_marks(where.job_ids)})"
+                params.extend(where.job_ids)
+            sql += " ORDER BY change_id LIMIT ?"
+            params.append(limit)
+            rows = [ChangeRow(*r) for r in conn.execute(sql, params)]
+            through = rows[-1].change_id if len(rows) == limit else _change_position(conn)
+            return rows, max(through, after)
+
+        rows, through = await self._engine.read(work)
+        return ChangePage([change_from_row(row) for row in rows], through)
+
+    # -- internals ---------------------------------------------------------------
+
+    async def _write(self, work: Write[T]) -> T:
+        """Run `work` in a write transaction; after COMMIT, wake whoever it concerns."""
+        effects = Effects()
+        result = await self._engine.write(lambda conn: work(conn, effects))
+        for namespace, queue in effects.ready_queues:
+            self._notifier.notify(queue_key(namespace, queue))
+            self._notifier.notify(queue_key(ANY_NAMESPACE, queue))
+        for namespace in effects.changed_namespaces:
+            self._notifier.notify(changes_key(namespace))
+        if effects.new_timers:
+            self._notifier.notify(TIMERS_KEY)
+        return result
+
+    async def _read_settled(self, namespace: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run the read `work`; if the namespace has expired leases, settle them and re-read."""
+
+        def checked(conn: sqlite3.Connection) -> tuple[T, bool]:
+            lapsed = conn.execute(
+                "SELECT 1 FROM jobs WHERE state = 3 AND lease_expire <= ? AND namespace = ?"
+                " LIMIT 1",
+                (now_us(), namespace),
+            ).fetchone()
+            return work(conn), lapsed is not None
+
+        result, lapsed = await self._engine.read(checked)
+        if not lapsed:
+            return result
+        scope = _Scope(namespace, None, ())
+        while await self._write(lambda conn, effects: _settle(conn, effects, now_us(), scope)):
+            continue
+        return await self._engine.read(work)
+
+
+# -- transaction steps (run on the writer thread) -----------------------------------
+
+
+class _Scope:
+    """Which jobs a settle or a lease looks at: None matches every value."""
+
+    def __init__(self, namespace: str | None, queue: str | None, kinds: tuple[str, ...]) -> None:
+        self.namespace = namespace
+        self.queue = queue
+        self.kinds = kinds
+
+    def sql(self) -> tuple[str, list[object]]:
+        """The ` AND ...` conditions of the scope and their parameters."""
+        sql, params = "", list[object]()
+        if self.namespace is not None:
+            sql += " AND namespace = ?"
+            params.append(self.namespace)
+        if self.queue == BUILTIN_QUEUE and self.namespace is None:
+            # A literal lets SQLite use the partial index of built-in jobs.
+            sql += f" AND queue = '{BUILTIN_QUEUE}'"
+        elif self.queue is not None:
+            sql += " AND queue = ?"
+            params.append(self.queue)
+        if self.kinds:
+            sql += f" AND kind IN ({_marks(self.kinds)})"
+            params.extend(self.kinds)
+        return sql, params
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _fetch(conn: sqlite3.Connection, namespace: str, job_id: str) -> JobRow | None:
+    row = conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE namespace = ? AND job_id = ?", (namespace, job_id)
+    ).fetchone()
+    return JobRow(*row) if row else None
+
+
+def _require(conn: sqlite3.Connection, namespace: str, job_id: str) -> JobRow:
+    row = _fetch(conn, namespace, job_id)
+    if row is None:
+        raise job_not_found(job_id)
+    return row
+
+
+def _key_holder(conn: sqlite3.Connection, namespace: str, key: str) -> JobRow | None:
+    row = conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE namespace = ? AND idempotency_key = ?"
+        " AND state IN (1, 2, 3)",
+        (namespace, key),
+    ).fetchone()
+    return JobRow(*row) if row else None
+
+
+def _lapsed(row: JobRow, now: int) -> bool:
+    return row.state == RUNNING and row.lease_expire is not None and row.lease_expire <= now
+
+
+def _change_position(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'job_changes'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _state_condition(state: int, now: int) -> tuple[str, list[object]]:
+    """SQL selecting jobs whose reported state at `now` is `state`."""
+    if state == SCHEDULED:
+        return "state = 1 AND run_after > ?", [now]
+    if state == AVAILABLE:
+        return "(state = 2 OR (state = 1 AND run_after <= ?))", [now]
+    return "state = ?", [state]
+
+
+def _record(
+    conn: sqlite3.Connection,
+    effects: Effects,
+    row: JobRow,
+    previous: int,
+    now: int,
+    *,
+    error: str | None = None,
+    result: bytes | None = None,
+) -> None:
+    """Append the change to `row`'s current state to the log; note whom to wake."""
+    conn.execute(
+        "INSERT INTO job_changes (namespace, job_id, queue, kind, previous_state, state, attempt,"
+        " change_time, run_after, worker_id, error, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        " ?, ?)",
+        (
+            row.namespace,
+            row.job_id,
+            row.queue,
+            row.kind,
+            previous,
+            row.state,
+            row.attempt,
+            now,
+            row.run_after if row.state == SCHEDULED else None,
+            row.worker_id if row.state == RUNNING else None,
+            error,
+            result,
+        ),
+    )
+    effects.changed_namespaces.add(row.namespace)
+    if row.state == AVAILABLE:
+        effects.ready_queues.add((row.namespace, row.queue))
+    elif row.state == SCHEDULED:
+        effects.new_timers = True
+
+
+def _enqueue_one(
+    conn: sqlite3.Connection, effects: Effects, namespace: str, new: NewJob, now: int
+) -> Enqueued:
+    if new.idempotency_key:
+        existing = _key_holder(conn, namespace, new.idempotency_key)
+        if existing is not None:
+            return Enqueued(job_from_row(existing, now), created=False)
+    run_after = new.resolve_run_after(now)
+    row = JobRow(
+        seq=0,
+        namespace=namespace,
+        job_id=str(uuid_utils.uuid7()),
+        queue=new.queue,
+        kind=new.kind,
+        payload=new.payload.SerializeToString(),
+        priority=new.priority,
+        state=waiting_state(run_after, now),
+        attempt=0,
+        max_retries=new.max_retries,
+        run_after=run_after,
+        create_time=now,
+        update_time=now,
+        finish_time=None,
+        errors="[]",
+        result=None,
+        lease_id=None,
+        worker_id=None,
+        lease_expire=None,
+        idempotency_key=new.idempotency_key or None,
+        backoff_base=new.backoff_base_us,
+        backoff_cap=new.backoff_cap_us,
+    )
+    values = [getattr(row, f.name) for f in fields(JobRow)][1:]
+    cursor = conn.execute(
+        f"INSERT INTO jobs ({JOB_COLUMNS.removeprefix('seq, ')}) VALUES ({_marks(values)})",
+        values,
+    )
+    row = replace(row, seq=int(cursor.lastrowid or 0))
+    _record(conn, effects, row, jobs_pb2.JOB_STATE_UNSPECIFIED, now)
+    return Enqueued(job_from_row(row, now), created=True)
+
+
+def _lease(
+    conn: sqlite3.Connection,
+    effects: Effects,
+    scope: _Scope,
+    worker_id: str,
+    count: int,
+    lease_us: int,
+) -> LeaseResult:
+    now = now_us()
+    _settle(conn, effects, now, _Scope(scope.namespace, scope.queue, ()))
+    where, params = scope.sql()
+    rows = [
+        JobRow(*row)
+        for row in conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 2{where}"
+            " ORDER BY priority DESC, seq LIMIT ?",
+            [*params, count],
+        )
+    ]
+    leased: list[LeasedJob] = []
+    for row in rows:
+        row = replace(
+            row,
+            state=RUNNING,
+            attempt=row.attempt + 1,
+            lease_id=str(uuid_utils.uuid7()),
+            worker_id=worker_id,
+            lease_expire=now + lease_us,
+            update_time=now,
+        )
+        conn.execute(
+            "UPDATE jobs SET state = 3, attempt = ?, lease_id = ?, worker_id = ?,"
+            " lease_expire = ?, update_time = ? WHERE seq = ?",
+            (row.attempt, row.lease_id, worker_id, row.lease_expire, now, row.seq),
+        )
+        _record(conn, effects, row, AVAILABLE, now)
+        leased.append(LeasedJob(row.namespace, job_from_row(row, now)))
+    next_due = None if leased else _next_due(conn, now, scope)
+    return LeaseResult(leased, next_due)
+
+
+def _settle(conn: sqlite3.Connection, effects: Effects, now: int, scope: _Scope) -> bool:
+    """Promote due SCHEDULED jobs and settle expired leases in `scope`.
+
+    Works on at most SETTLE_BATCH jobs of each kind; returns whether more
+    were due than that.
+    """
+    where, params = scope.sql()
+    due = [
+        JobRow(*row)
+        for row in conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 1 AND run_after <= ?{where}"
+            " ORDER BY run_after LIMIT ?",
+            [now, *params, SETTLE_BATCH],
+        )
+    ]
+    for row in due:
+        row = replace(row, state=AVAILABLE, update_time=now)
+        conn.execute("UPDATE jobs SET state = 2, update_time = ? WHERE seq = ?", (now, row.seq))
+        _record(conn, effects, row, SCHEDULED, now)
+    expired = [
+        JobRow(*row)
+        for row in conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 3 AND lease_expire <= ?{where}"
+            " ORDER BY lease_expire LIMIT ?",
+            [now, *params, SETTLE_BATCH],
+        )
+    ]
+    for row in expired:
+        _expire(conn, effects, row, now)
+    return len(due) == SETTLE_BATCH or len(expired) == SETTLE_BATCH
+
+
+def _settle_job(conn: sqlite3.Connection, effects: Effects, namespace: str, job_id: str) -> JobRow:
+    """Settle one job's expired lease (if it still is) and return the job's row."""
+    now = now_us()
+    row = _require(conn, namespace, job_id)
+    if _lapsed(row, now):
+        row = _expire(conn, effects, row, now)
+    return row
+
+
+def _expire(conn: sqlite3.Connection, effects: Effects, row: JobRow, now: int) -> JobRow:
+    """The expired lease's attempt failed: the job is runnable again at once, or DEAD."""
+    outcome = after_failure(row, now, retryable=True, retry_delay_us=0, rand=0.0)
+    return _apply_failure(conn, effects, row, outcome, LEASE_EXPIRED_ERROR, now)
+
+
+def _apply_failure(
+    conn: sqlite3.Connection,
+    effects: Effects,
+    row: JobRow,
+    outcome: Outcome,
+    error: str,
+    now: int,
+) -> JobRow:
+    errors = record_error(row, error, now)
+    finish_time = now if outcome.state == DEAD else None
+    row = replace(
+        row,
+        state=outcome.state,
+        run_after=outcome.run_after_us,
+        errors=errors,
+        update_time=now,
+        finish_time=finish_time,
+        lease_id=None,
+        worker_id=None,
+        lease_expire=None,
+    )
+    conn.execute(
+        "UPDATE jobs SET state = ?, run_after = ?, errors = ?, update_time = ?, finish_time = ?,"
+        " lease_id = NULL, worker_id = NULL, lease_expire = NULL WHERE seq = ?",
+        (row.state, row.run_after, errors, now, finish_time, row.seq),
+    )
+    _record(conn, effects, row, RUNNING, now, error=error)
+    return row
+
+
+def _next_due(conn: sqlite3.Connection, now: int, scope: _Scope) -> int | None:
+    """The earliest future run_after or lease expiry in `scope`."""
+    where, params = scope.sql()
+    times = [
+        conn.execute(
+            f"SELECT {column} FROM jobs WHERE state = {state} AND {column} > ?{where}"
+            f" ORDER BY {column} LIMIT 1",
+            [now, *params],
+        ).fetchone()
+        for state, column in ((SCHEDULED, "run_after"), (RUNNING, "lease_expire"))
+    ]
+    found = [int(row[0]) for row in times if row is not None]
+    return min(found) if found else None
