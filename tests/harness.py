@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+
 from statekeeper_server.app import Application
 from statekeeper_server.config import Settings
 

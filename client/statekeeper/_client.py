@@ -8,11 +8,16 @@ from typing import Any
 
 import grpc
 
-from statekeeper import snapshots
+from statekeeper import checkpoints, events, jobs, snapshots
 from statekeeper._calls import NAMESPACE_HEADER, CallOptions, retry_service_config
 
-IDEMPOTENT_METHODS = [*snapshots.IDEMPOTENT]
-FAMILIES = ("snapshots",)
+IDEMPOTENT_METHODS = [
+    *snapshots.IDEMPOTENT,
+    *checkpoints.IDEMPOTENT,
+    *events.IDEMPOTENT,
+    *jobs.IDEMPOTENT,
+]
+FAMILIES = ("snapshots", "checkpoints", "events", "jobs")
 """The attributes of a client that hold one family's methods."""
 
 
@@ -45,6 +50,9 @@ class AsyncClient:
         self.namespace = namespace
         call_options = CallOptions(metadata=((NAMESPACE_HEADER, namespace),), timeout=timeout)
         self.snapshots = snapshots.SnapshotsClient(self._channel, call_options)
+        self.checkpoints = checkpoints.CheckpointsClient(self._channel, call_options)
+        self.events = events.EventsClient(self._channel, call_options)
+        self.jobs = jobs.JobsClient(self._channel, call_options)
 
     @property
     def channel(self) -> grpc.aio.Channel:

@@ -21,6 +21,9 @@ from statekeeper_server.config import Settings
 from statekeeper_server.errors import ServiceError
 from statekeeper_server.interceptors import ErrorInterceptor
 from statekeeper_server.services import Service
+from statekeeper_server.services.checkpoints import CheckpointServicer
+from statekeeper_server.services.events import EventLogServicer
+from statekeeper_server.services.jobs import JobServicer
 from statekeeper_server.services.snapshots import SnapshotServicer
 from statekeeper_server.stores import Store, open_store
 
@@ -34,6 +37,9 @@ def build_services(store: Store, settings: Settings, stopping: asyncio.Event) ->
     """Every servicer of the API, over `store`."""
     return [
         SnapshotServicer(store.snapshots),
+        CheckpointServicer(store.checkpoints, settings),
+        EventLogServicer(store.events, store.notifier, stopping, settings.heartbeat_interval),
+        JobServicer(store.jobs, store.events, store.notifier, settings, stopping),
     ]
 
 
@@ -58,7 +64,7 @@ class Application:
 
     async def start(self) -> None:
         """Open the store, bind the address and start serving."""
-        self._store = await open_store(self.settings.store)
+        self._store = await open_store(self.settings.store, self.settings)
         try:
             await self._start_server(self._store)
         except BaseException:

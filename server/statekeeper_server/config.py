@@ -23,6 +23,25 @@ class Settings(BaseSettings):
         "file:./data/statekeeper.db",
         description="store URL: memory:, file:PATH or postgresql://user@host:port/db",
     )
+    postgres_schema: str = Field(
+        "statekeeper",
+        description="PostgreSQL schema holding the tables (the URL's ?schema= wins)",
+    )
+    postgres_pool_size: int = Field(
+        10, gt=0, description="most PostgreSQL connections per replica (the URL's ?pool_size= wins)"
+    )
+    postgres_statement_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="seconds a PostgreSQL statement may run, 0 for no limit "
+        "(the URL's ?statement_timeout= wins)",
+    )
+    postgres_connect_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds to wait for a PostgreSQL connection "
+        "(the URL's ?connect_timeout= wins)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="lowest level of log lines written to stderr"
     )
@@ -37,4 +56,35 @@ class Settings(BaseSettings):
     )
     heartbeat_interval: float = Field(
         5.0, gt=0, description="seconds of silence before an idle stream gets a heartbeat"
+    )
+    job_lease_duration: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="seconds a job lease lasts when LeaseJobs or HeartbeatJob sets none",
+    )
+    job_retention: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="seconds finished jobs (SUCCEEDED, DEAD, CANCELLED) are kept before deletion",
+    )
+    job_change_retention: float = Field(
+        86400.0, ge=0, description="seconds job state changes are kept for WatchJobs to resume"
+    )
+    job_sweep_interval: float = Field(
+        1.0,
+        gt=0,
+        description="most seconds between sweeps of the job queue (due jobs, expired leases,"
+        " retention)",
+    )
+    checkpoint_keep_last: int = Field(
+        0, ge=0, description="checkpoints kept per run or agent, newest first; 0 keeps all"
+    )
+    checkpoint_ttl: float = Field(
+        0.0,
+        ge=0,
+        description="seconds a checkpoint is kept (the newest always is); 0 keeps them forever",
+    )
+    checkpoint_sweep_interval: float = Field(
+        60.0, gt=0, description="seconds between sweeps applying checkpoint retention"
     )

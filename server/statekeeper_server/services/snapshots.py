@@ -6,9 +6,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 import grpc
+
 from statekeeper.v1 import snapshots_pb2, snapshots_pb2_grpc
 from statekeeper.v1.common_pb2 import FinishReason
-
 from statekeeper_server.errors import InvalidArgument
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.stores.snapshots import SnapshotFilter, SnapshotStore

@@ -10,7 +10,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from statekeeper_server.config import Settings
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.stores.checkpoints import CheckpointStore
+from statekeeper_server.stores.events import EventStore
+from statekeeper_server.stores.jobs import JobStore
 from statekeeper_server.stores.snapshots import SnapshotStore
 
 
@@ -24,6 +28,9 @@ class Store:
     """
 
     snapshots: SnapshotStore
+    checkpoints: CheckpointStore
+    events: EventStore
+    jobs: JobStore
     notifier: Notifier
     close: Callable[[], Awaitable[None]]
     ping: Callable[[], Awaitable[None]]
@@ -33,8 +40,12 @@ class StoreURLError(ValueError):
     """The store URL names no known backend."""
 
 
-async def open_store(url: str) -> Store:
-    """Open (and migrate) the store named by `url`."""
+async def open_store(url: str, settings: Settings | None = None) -> Store:
+    """Open (and migrate) the store named by `url`.
+
+    `settings` tunes backends that have options (the PostgreSQL pool, timeouts
+    and schema); None means their defaults.
+    """
     if url == "memory:" or url.startswith("memory:"):
         from statekeeper_server.stores.sqlite import open_sqlite_store
 
@@ -46,6 +57,10 @@ async def open_store(url: str) -> Store:
         if not path:
             raise StoreURLError("file: needs a path, such as file:./data/statekeeper.db")
         return await open_sqlite_store(Path(path))
+    if url.startswith(("postgresql://", "postgres://")):
+        from statekeeper_server.stores.postgres import open_postgres_store
+
+        return await open_postgres_store(url, settings)
     raise StoreURLError(
         f"unknown store URL {url!r}: use memory:, file:PATH or postgresql://user@host/db"
     )

@@ -7,11 +7,14 @@ from pathlib import Path
 
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores import Store
-from statekeeper_server.stores.sqlite import snapshots
+from statekeeper_server.stores.sqlite import checkpoints, events, jobs, snapshots
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
 
 MIGRATIONS = {
     "snapshots": snapshots.MIGRATIONS,
+    "checkpoints": checkpoints.MIGRATIONS,
+    "events": events.MIGRATIONS,
+    "jobs": jobs.MIGRATIONS,
 }
 
 
@@ -29,6 +32,9 @@ async def open_sqlite_store(path: Path | None) -> Store:
 
     return Store(
         snapshots=snapshots.SQLiteSnapshotStore(engine),
+        checkpoints=checkpoints.SQLiteCheckpointStore(engine),
+        events=events.SQLiteEventStore(engine, notifier),
+        jobs=jobs.SQLiteJobStore(engine, notifier),
         notifier=notifier,
         close=engine.close,
         ping=ping,
