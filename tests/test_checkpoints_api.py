@@ -309,6 +309,25 @@ async def test_invalid_checkpoint_ids_are_invalid_argument_naming_the_field(
     assert await invalid_field(stub.SaveWorkflowCheckpoint(save)) == ["expected_parent"]
 
 
+async def test_text_holding_nul_is_invalid_argument_naming_the_field(
+    stub: checkpoints_pb2_grpc.CheckpointServiceStub,
+) -> None:
+    named = checkpoints_pb2.SaveWorkflowCheckpointRequest(
+        checkpoint=checkpoints_pb2.WorkflowCheckpoint(run_id="run-1", workflow_name="w\x00f")
+    )
+    assert await invalid_field(stub.SaveWorkflowCheckpoint(named)) == ["checkpoint.workflow_name"]
+    tagged = checkpoints_pb2.SaveWorkflowCheckpointRequest(
+        checkpoint=checkpoints_pb2.WorkflowCheckpoint(run_id="run-1", workflow_name="wf")
+    )
+    tagged.checkpoint.metadata.update({"notes": ["ok", "a\x00b"]})
+    assert await invalid_field(stub.SaveWorkflowCheckpoint(tagged)) == ["checkpoint.metadata"]
+    by_name = checkpoints_pb2.ListWorkflowCheckpointsRequest(workflow_name="w\x00f")
+    assert await invalid_field(stub.ListWorkflowCheckpoints(by_name)) == ["workflow_name"]
+    by_value = checkpoints_pb2.ListWorkflowCheckpointsRequest()
+    by_value.metadata_filter.update({"stage": "a\x00b"})
+    assert await invalid_field(stub.ListWorkflowCheckpoints(by_value)) == ["metadata_filter.stage"]
+
+
 async def test_malformed_requests_name_the_offending_field(
     stub: checkpoints_pb2_grpc.CheckpointServiceStub,
 ) -> None:

@@ -516,6 +516,14 @@ async def test_metadata_that_json_cannot_carry_is_invalid(store: Store) -> None:
     assert caught.value.field == "checkpoint.metadata"
 
 
+async def test_metadata_holding_nul_is_invalid(store: Store) -> None:
+    checkpoint = workflow(metadata=struct({"outer": {"a\x00b": 1}}))
+    with pytest.raises(InvalidArgument) as caught:
+        await save(store, checkpoint)
+    assert caught.value.field == "checkpoint.metadata"
+    assert await history(store) == []
+
+
 # -- parent compare-and-set ---------------------------------------------------------
 
 

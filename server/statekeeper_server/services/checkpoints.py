@@ -14,6 +14,7 @@ from statekeeper_server.config import Settings
 from statekeeper_server.errors import InvalidArgument
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.stores.checkpoints import (
+    NUL_RULE,
     CheckpointStore,
     RetentionOverride,
     RetentionPolicy,
@@ -82,10 +83,8 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
             raise InvalidArgument("checkpoint", "is required")
         checkpoint = request.checkpoint
         require_id(checkpoint.run_id, "checkpoint.run_id")
-        require_text(
-            checkpoint.workflow_name, "checkpoint.workflow_name", max_length=MAX_NAME_LENGTH
-        )
-        _optional_text(checkpoint.next_node_id, "checkpoint.next_node_id")
+        _text(checkpoint.workflow_name, "checkpoint.workflow_name", required=True)
+        _text(checkpoint.next_node_id, "checkpoint.next_node_id", required=False)
         expected_parent = None
         if request.HasField("expected_parent"):
             expected_parent = optional_id(request.expected_parent, "expected_parent")
@@ -128,7 +127,7 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
         before = optional_id(request.before, "before")
         if before and not run_id:
             raise InvalidArgument("before", "requires run_id")
-        _optional_text(request.workflow_name, "workflow_name")
+        _text(request.workflow_name, "workflow_name", required=False)
         where = WorkflowFilter(
             workflow_name=request.workflow_name,
             metadata=metadata_conditions(request.metadata_filter, "metadata_filter"),
@@ -247,7 +246,9 @@ def _retention(
     return RetentionOverride(keep_last=keep_last, ttl_us=ttl_us)
 
 
-def _optional_text(value: str, field: str) -> None:
-    """Reject a text field longer than MAX_NAME_LENGTH; empty is fine."""
-    if value:
+def _text(value: str, field: str, *, required: bool) -> None:
+    """Reject text longer than MAX_NAME_LENGTH or holding U+0000; empty passes if not required."""
+    if value or required:
         require_text(value, field, max_length=MAX_NAME_LENGTH)
+    if "\x00" in value:
+        raise InvalidArgument(field, NUL_RULE)

@@ -3,7 +3,7 @@
 Besides the `CheckpointStore` protocol, this module holds everything every
 backend shares: retention decisions, the minting of ids and create times,
 metadata filters, decoding (with DataLoss for an unreadable record), the
-fall-back walk to the newest readable checkpoint, and the errors.
+fall-back walk to the newest readable checkpoint, paging, and the errors.
 """
 
 from __future__ import annotations
@@ -20,12 +20,16 @@ from google.protobuf.message import DecodeError
 
 from statekeeper.v1 import checkpoints_pb2
 from statekeeper_server.errors import Aborted, DataLoss, InvalidArgument, NotFound
+from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
 
 M = TypeVar("M", checkpoints_pb2.WorkflowCheckpoint, checkpoints_pb2.AgentCheckpoint)
 
 FALLBACK_CHUNK = 64
 """How many older checkpoints one read fetches while falling back."""
+
+NUL_RULE = "must not contain the character U+0000"
+"""Why text holding U+0000 is refused: not every backend can store it."""
 
 
 @dataclass(frozen=True)
@@ -115,11 +119,19 @@ class WorkflowFilter:
 def metadata_conditions(
     metadata_filter: struct_pb2.Struct, field: str
 ) -> tuple[MetadataCondition, ...]:
-    """The conditions of a filter object; InvalidArgument for a non-scalar value."""
+    """The conditions of a filter object.
+
+    InvalidArgument for a non-scalar value, or for text holding U+0000
+    (no stored metadata can hold it).
+    """
     conditions = []
     for key in sorted(metadata_filter.fields):
         value = metadata_filter.fields[key]
         which = value.WhichOneof("kind")
+        if "\x00" in key:
+            raise InvalidArgument(field, f"keys {NUL_RULE}")
+        if which == "string_value" and "\x00" in value.string_value:
+            raise InvalidArgument(f"{field}.{key}", NUL_RULE)
         if which == "string_value":
             conditions.append(MetadataCondition(key, "string", value.string_value))
         elif which == "number_value":
@@ -137,13 +149,26 @@ def metadata_json(metadata: struct_pb2.Struct, field: str = "checkpoint.metadata
     """The metadata as a JSON object (the copy filters run on).
 
     InvalidArgument naming `field` if it holds a number JSON cannot carry
-    (NaN or an infinity).
+    (NaN or an infinity), or text (a key or a string) holding U+0000.
     """
     try:
         document = json_format.MessageToDict(metadata)
     except ValueError:
         raise InvalidArgument(field, "numbers must be finite") from None
+    if _holds_nul(document):
+        raise InvalidArgument(field, NUL_RULE)
     return json.dumps(document, separators=(",", ":"), sort_keys=True)
+
+
+def _holds_nul(value: object) -> bool:
+    """Whether a decoded JSON value has U+0000 in any key or string."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 # -- records ---------------------------------------------------------------
@@ -157,6 +182,14 @@ class StoredCheckpoint:
     owner: str
     checkpoint_id: str
     data: bytes
+
+
+@dataclass(frozen=True)
+class Minted(Generic[M]):
+    """A checkpoint about to be stored, stamped, and its create time in microseconds."""
+
+    checkpoint: M
+    create_us: int
 
 
 @dataclass(frozen=True)
@@ -309,6 +342,37 @@ def _successor(checkpoint_id: str) -> str:
     return str(uuid.UUID(int=(millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b))
 
 
+def mint_workflow(
+    checkpoint: checkpoints_pb2.WorkflowCheckpoint,
+    *,
+    newest_id: str,
+    newest_create_us: int | None,
+    expected_parent: str | None,
+    now_us: int,
+) -> Minted[checkpoints_pb2.WorkflowCheckpoint]:
+    """The run's next checkpoint, after the newest (`newest_id`, "" if none).
+
+    Raises Aborted (PARENT_MISMATCH) if `expected_parent` is not the newest.
+    """
+    check_expected_parent(checkpoint.run_id, newest_id, expected_parent)
+    create_us = next_create_us(now_us, newest_create_us)
+    checkpoint_id = new_checkpoint_id(create_us, newest_id)
+    return Minted(stamp_workflow(checkpoint, checkpoint_id, newest_id, create_us), create_us)
+
+
+def mint_agent(
+    checkpoint: checkpoints_pb2.AgentCheckpoint,
+    *,
+    newest_id: str,
+    newest_create_us: int | None,
+    now_us: int,
+) -> Minted[checkpoints_pb2.AgentCheckpoint]:
+    """The agent's next checkpoint, after the newest (`newest_id`, "" if none)."""
+    create_us = next_create_us(now_us, newest_create_us)
+    checkpoint_id = new_checkpoint_id(create_us, newest_id)
+    return Minted(stamp_agent(checkpoint, checkpoint_id, create_us), create_us)
+
+
 def stamp_workflow(
     checkpoint: checkpoints_pb2.WorkflowCheckpoint,
     checkpoint_id: str,
@@ -389,6 +453,68 @@ async def newest_readable(
         f"no checkpoint of {kind.noun} {newest.owner} is readable ({len(skipped)} corrupt)",
         **newest_error.metadata,
     )
+
+
+# -- paging ------------------------------------------------------------------
+
+
+def workflow_history_filters(run_id: str, before: str, where: WorkflowFilter) -> dict[str, object]:
+    """The filters a page token of a run's history is bound to."""
+    return {"run_id": run_id, "before": before, **where.token_filters()}
+
+
+def latest_workflows_filters(where: WorkflowFilter) -> dict[str, object]:
+    """The filters a page token of the newest-per-run listing is bound to."""
+    return {"latest": True, **where.token_filters()}
+
+
+def agent_history_filters(agent_id: str, before: str) -> dict[str, object]:
+    """The filters a page token of an agent's history is bound to."""
+    return {"agent_id": agent_id, "before": before}
+
+
+def history_page(
+    message_type: type[M],
+    kind: CheckpointKind,
+    rows: Sequence[StoredCheckpoint],
+    page_size: int,
+    filters: dict[str, object],
+) -> CheckpointPage[M]:
+    """A history page from up to `page_size + 1` rows, newest first.
+
+    A row beyond `page_size` means more follow: the token then resumes
+    below the position of the page's last row.
+    """
+    return _page(message_type, kind, rows, page_size, filters, lambda row: row.position)
+
+
+def latest_page(
+    message_type: type[M],
+    kind: CheckpointKind,
+    rows: Sequence[StoredCheckpoint],
+    page_size: int,
+    filters: dict[str, object],
+) -> CheckpointPage[M]:
+    """A newest-per-run page from up to `page_size + 1` rows, in owner order.
+
+    A row beyond `page_size` means more follow: the token then resumes
+    after the owner of the page's last row.
+    """
+    return _page(message_type, kind, rows, page_size, filters, lambda row: row.owner)
+
+
+def _page(
+    message_type: type[M],
+    kind: CheckpointKind,
+    rows: Sequence[StoredCheckpoint],
+    page_size: int,
+    filters: dict[str, object],
+    resume_at: Callable[[StoredCheckpoint], object],
+) -> CheckpointPage[M]:
+    page = rows[:page_size]
+    checkpoints = [decode_checkpoint(message_type, kind, row) for row in page]
+    token = encode_page_token(resume_at(page[-1]), filters) if len(rows) > page_size else ""
+    return CheckpointPage(checkpoints, token)
 
 
 def history_position(position: object) -> int | None:

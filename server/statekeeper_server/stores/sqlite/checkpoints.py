@@ -31,20 +31,22 @@ from statekeeper_server.stores.checkpoints import (
     Saved,
     StoredCheckpoint,
     WorkflowFilter,
-    check_expected_parent,
+    agent_history_filters,
     checkpoint_not_found,
     decode_checkpoint,
+    history_page,
     history_position,
+    latest_page,
     latest_position,
+    latest_workflows_filters,
     metadata_json,
-    new_checkpoint_id,
+    mint_agent,
+    mint_workflow,
     newest_readable,
-    next_create_us,
     no_checkpoint,
-    stamp_agent,
-    stamp_workflow,
+    workflow_history_filters,
 )
-from statekeeper_server.stores.paging import decode_page_token, encode_page_token
+from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
 
 MIGRATIONS = [
@@ -138,12 +140,14 @@ class SQLiteCheckpointStore:
 
         def work(conn: sqlite3.Connection) -> Saved[checkpoints_pb2.WorkflowCheckpoint]:
             head = _head(conn, _WORKFLOWS, namespace, run_id)
-            parent = head.checkpoint_id if head else ""
-            check_expected_parent(run_id, parent, expected_parent)
-            create_us = next_create_us(now_us, head.create_us if head else None)
-            stored = stamp_workflow(
-                checkpoint, new_checkpoint_id(create_us, parent), parent, create_us
+            minted = mint_workflow(
+                checkpoint,
+                newest_id=head.checkpoint_id if head else "",
+                newest_create_us=head.create_us if head else None,
+                expected_parent=expected_parent,
+                now_us=now_us,
             )
+            stored, create_us = minted.checkpoint, minted.create_us
             _demote(conn, _WORKFLOWS, head)
             conn.execute(
                 "INSERT INTO workflow_checkpoints (namespace, run_id, checkpoint_id,"
@@ -192,14 +196,13 @@ class SQLiteCheckpointStore:
         page_token: str,
     ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
         """A page of the run's checkpoints, newest first, filtered in SQL."""
-        filters = {"run_id": run_id, "before": before, **where.token_filters()}
         return await self._history(
             checkpoints_pb2.WorkflowCheckpoint,
             _WORKFLOWS,
             namespace,
             run_id,
             _workflow_conditions(where),
-            filters,
+            workflow_history_filters(run_id, before, where),
             before=before,
             page_size=page_size,
             page_token=page_token,
@@ -209,7 +212,7 @@ class SQLiteCheckpointStore:
         self, namespace: str, where: WorkflowFilter, *, page_size: int, page_token: str
     ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
         """A page of run heads after the token's run_id, filtered in SQL."""
-        filters = {"latest": True, **where.token_filters()}
+        filters = latest_workflows_filters(where)
         after = latest_position(decode_page_token(page_token, filters))
         conditions, params = _workflow_conditions(where)
         sql = (
@@ -223,12 +226,7 @@ class SQLiteCheckpointStore:
             return [StoredCheckpoint(*row) for row in conn.execute(sql, args)]
 
         rows = await self._engine.read(work)
-        page = rows[:page_size]
-        checkpoints = [
-            decode_checkpoint(checkpoints_pb2.WorkflowCheckpoint, WORKFLOW, row) for row in page
-        ]
-        token = encode_page_token(page[-1].owner, filters) if len(rows) > page_size else ""
-        return CheckpointPage(checkpoints, token)
+        return latest_page(checkpoints_pb2.WorkflowCheckpoint, WORKFLOW, rows, page_size, filters)
 
     async def delete_workflow(self, namespace: str, run_id: str) -> int:
         """Delete every checkpoint of the run."""
@@ -251,9 +249,13 @@ class SQLiteCheckpointStore:
 
         def work(conn: sqlite3.Connection) -> Saved[checkpoints_pb2.AgentCheckpoint]:
             head = _head(conn, _AGENTS, namespace, agent_id)
-            create_us = next_create_us(now_us, head.create_us if head else None)
-            previous = head.checkpoint_id if head else ""
-            stored = stamp_agent(checkpoint, new_checkpoint_id(create_us, previous), create_us)
+            minted = mint_agent(
+                checkpoint,
+                newest_id=head.checkpoint_id if head else "",
+                newest_create_us=head.create_us if head else None,
+                now_us=now_us,
+            )
+            stored, create_us = minted.checkpoint, minted.create_us
             _demote(conn, _AGENTS, head)
             conn.execute(
                 "INSERT INTO agent_checkpoints (namespace, agent_id, checkpoint_id, is_head,"
@@ -291,7 +293,7 @@ class SQLiteCheckpointStore:
             namespace,
             agent_id,
             ("", []),
-            {"agent_id": agent_id, "before": before},
+            agent_history_filters(agent_id, before),
             before=before,
             page_size=page_size,
             page_token=page_token,
@@ -384,10 +386,7 @@ class SQLiteCheckpointStore:
         rows = await self._engine.read(work)
         if rows is None:
             raise checkpoint_not_found(table.kind, owner, before)
-        page = rows[:page_size]
-        checkpoints = [decode_checkpoint(message_type, table.kind, row) for row in page]
-        token = encode_page_token(page[-1].position, filters) if len(rows) > page_size else ""
-        return CheckpointPage(checkpoints, token)
+        return history_page(message_type, table.kind, rows, page_size, filters)
 
     async def _delete(self, table: _Table, namespace: str, owner: str) -> int:
         def work(conn: sqlite3.Connection) -> int:
