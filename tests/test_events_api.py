@@ -365,6 +365,17 @@ async def test_idle_follow_gets_heartbeats(
     assert kinds == ["batch", "caught_up", "heartbeat", "heartbeat"]
 
 
+async def test_follower_reads_again_before_each_heartbeat_so_a_lost_wake_up_only_delays(
+    app: Application, client: statekeeper.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await client.events.append(RUN, started().event)
+    replay = client.events.replay(RUN)
+    first = await anext(replay)
+    monkeypatch.setattr(app.store.notifier, "notify", lambda key: None)
+    await client.events.append_many(RUN, [custom().event, completed().event])
+    assert [first.seq] + [e.seq async for e in replay] == [1, 2, 3]
+
+
 async def test_deleting_a_followed_run_ends_its_streams_with_not_found(
     client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
 ) -> None:

@@ -138,6 +138,12 @@ async def test_read_respects_limit(store: Store) -> None:
     assert page.through_seq == 2
 
 
+async def test_read_after_the_largest_wire_seq_returns_nothing(store: Store) -> None:
+    await append(store, "run-1", started())
+    page = await store.events.read(NS, "run-1", 2**64 - 1, 10)
+    assert (page.envelopes, page.through_seq) == ([], 2**64 - 1)
+
+
 async def test_unknown_run_reads_as_no_run(store: Store) -> None:
     page = await store.events.read(NS, "no-such-run", 0, 10)
     assert page.run is None

@@ -6,12 +6,15 @@ read returned (stored envelope bytes, packed many to a message, never
 re-encoded), and once it has caught up waits on that event. A commit landing
 between the read and the wait has already set the event, so the switch from
 history to live has no gap and no duplicate, and a slow follower holds no
-events in server memory.
+events in server memory. An idle follower also reads again before each
+heartbeat, so a wake-up lost on its way from another replica delays an
+event by one heartbeat interval at most and never loses it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any
 
@@ -212,18 +215,16 @@ class EventLogServicer:
                 last_sent = loop.time()
             if not follow or (run is not None and run.terminal):
                 return
-            while not woken.is_set() and not self._stopping.is_set():
+            if loop.time() - last_sent >= self._heartbeat_interval:
+                yield events_pb2.ReplayEventsResponse(
+                    heartbeat=events_pb2.Heartbeat(sent_at=to_timestamp(now_us()))
+                )
+                last_sent = loop.time()
+            # Woken or not, read again once a heartbeat is due: a wake-up lost on its way
+            # from another replica then delays an event by one heartbeat interval at most.
+            with contextlib.suppress(asyncio.TimeoutError):
                 idle_for = self._heartbeat_interval - (loop.time() - last_sent)
-                if idle_for <= 0:
-                    yield events_pb2.ReplayEventsResponse(
-                        heartbeat=events_pb2.Heartbeat(sent_at=to_timestamp(now_us()))
-                    )
-                    last_sent = loop.time()
-                    continue
-                try:
-                    await asyncio.wait_for(woken.wait(), idle_for)
-                except asyncio.TimeoutError:
-                    continue
+                await asyncio.wait_for(woken.wait(), idle_for)
 
     async def ListRuns(
         self, request: events_pb2.ListRunsRequest, context: Context

@@ -32,6 +32,8 @@ from statekeeper_server.timestamps import to_timestamp
 from statekeeper_server.validation import enum_value, optional_id, require_id, require_text
 
 MAX_BATCH_EVENTS = 1000
+MAX_SEQ = 2**63 - 1
+"""No seq exceeds the largest signed 64-bit integer (the widest integer of every database)."""
 MAX_CUSTOM_TYPE_LENGTH = 128
 TERMINAL_KINDS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 EVENT_KINDS = ("run_started", "run_completed", "run_failed", "run_cancelled", "custom")
@@ -389,6 +391,67 @@ def merge_results(
     return [originals[retries[i]] if i in retries else next(fresh) for i in range(count)]
 
 
+def prepare_append(
+    run_id: str,
+    inputs: Sequence[events_pb2.EventInput],
+    expectation: events_pb2.SeqExpectation | None,
+) -> list[PreparedInput]:
+    """Validate an append and give each input its final event id (`prepare_inputs`).
+
+    Raises InvalidArgument naming `run_id`, `inputs[i]...` or `expectation...`.
+    """
+    require_id(run_id, "run_id")
+    validate_event_inputs(inputs, "inputs")
+    validate_expectation(expectation, "expectation")
+    return prepare_inputs(inputs)
+
+
+def supplied_event_ids(prepared: Sequence[PreparedInput]) -> list[str]:
+    """The event ids the caller chose (the only ones a stored event may already hold)."""
+    return [item.event_id for item in prepared if item.digest is not None]
+
+
+@dataclass(frozen=True)
+class AppendPlan:
+    """What an append does, decided against the run's state under the writer's lock."""
+
+    count: int
+    """Inputs of the append."""
+    retries: dict[int, int]
+    """Index of each input that repeats a stored event -> the seq it was stored as."""
+    fresh: list[PreparedInput]
+    """Inputs to store, in order; empty when the whole append is a retry."""
+
+    def results(
+        self,
+        originals: Mapping[int, events_pb2.EventEnvelope],
+        new: Iterable[events_pb2.EventEnvelope],
+    ) -> list[events_pb2.EventEnvelope]:
+        """One envelope per input (`merge_results`) from the originals and the new envelopes."""
+        return merge_results(self.count, self.retries, originals, new)
+
+
+def plan_append(
+    run_id: str,
+    prepared: Sequence[PreparedInput],
+    stored: Mapping[str, StoredEventId],
+    run: RunState | None,
+    expectation: events_pb2.SeqExpectation | None,
+) -> AppendPlan:
+    """Split an append into retries of stored events and inputs to store.
+
+    `stored` holds the run's events with any of `supplied_event_ids(prepared)`.
+    Raises as `resolve_retries` does, and, when anything is left to store, as
+    `check_append_allowed` does; a pure retry ignores terminal runs and
+    expectations.
+    """
+    retries = resolve_retries(run_id, prepared, stored, run)
+    fresh = [item for index, item in enumerate(prepared) if index not in retries]
+    if fresh:
+        check_append_allowed(run_id, run, expectation)
+    return AppendPlan(len(prepared), retries, fresh)
+
+
 # -- errors and decoding ---------------------------------------------------------
 
 
@@ -421,6 +484,18 @@ def check_read_position(run_id: str, run: RunState, after_seq: int) -> None:
         )
 
 
+def query_seq(seq: int) -> int:
+    """`seq` as a query bound: a wire seq (uint64) above MAX_SEQ selects as MAX_SEQ does."""
+    return min(seq, MAX_SEQ)
+
+
+def truncation_point(run: RunState, up_to_seq: int) -> int | None:
+    """The run's first kept seq once events up to `up_to_seq` are dropped (at most all
+    of them); None when that drops nothing more."""
+    first_seq = min(up_to_seq, run.last_seq) + 1
+    return first_seq if first_seq > run.first_seq else None
+
+
 def missing_event(run_id: str, seq: int) -> DataLoss:
     """The error for a seq the run's counters promise but the store does not hold."""
     return DataLoss(
@@ -429,6 +504,22 @@ def missing_event(run_id: str, seq: int) -> DataLoss:
         run_id=run_id,
         seq=seq,
     )
+
+
+def decode_originals(
+    run_id: str, seqs: Iterable[int], found: Mapping[int, bytes]
+) -> dict[int, events_pb2.EventEnvelope]:
+    """The envelopes of `seqs` from the stored bytes `found` by seq.
+
+    Raises DataLoss: MISSING_EVENT for a seq not found, CORRUPT_EVENT for
+    bytes that do not parse.
+    """
+    originals: dict[int, events_pb2.EventEnvelope] = {}
+    for seq in seqs:
+        if seq not in found:
+            raise missing_event(run_id, seq)
+        originals[seq] = decode_envelope(run_id, found[seq])
+    return originals
 
 
 def decode_envelope(run_id: str, data: bytes) -> events_pb2.EventEnvelope:

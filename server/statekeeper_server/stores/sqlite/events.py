@@ -22,21 +22,18 @@ from statekeeper_server.stores.events import (
     StoredEventId,
     Truncation,
     build_envelopes,
-    check_append_allowed,
-    decode_envelope,
+    decode_originals,
     event_key,
-    merge_results,
-    missing_event,
-    prepare_inputs,
-    resolve_retries,
+    plan_append,
+    prepare_append,
+    query_seq,
     run_not_found,
-    validate_event_inputs,
-    validate_expectation,
+    supplied_event_ids,
+    truncation_point,
 )
 from statekeeper_server.stores.paging import decode_page_token, encode_page_token
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
 from statekeeper_server.timestamps import now_us
-from statekeeper_server.validation import require_id
 
 MIGRATIONS = [
     [
@@ -115,16 +112,16 @@ def _load_event_ids(
 def _load_envelopes(
     conn: sqlite3.Connection, namespace: str, run_id: str, seqs: Iterable[int]
 ) -> dict[int, events_pb2.EventEnvelope]:
-    found: dict[int, events_pb2.EventEnvelope] = {}
-    for seq in set(seqs):
+    wanted = set(seqs)
+    found: dict[int, bytes] = {}
+    for seq in wanted:
         row = conn.execute(
             "SELECT envelope FROM events WHERE namespace = ? AND run_id = ? AND seq = ?",
             (namespace, run_id, seq),
         ).fetchone()
-        if row is None:
-            raise missing_event(run_id, seq)
-        found[seq] = decode_envelope(run_id, row[0])
-    return found
+        if row is not None:
+            found[seq] = row[0]
+    return decode_originals(run_id, wanted, found)
 
 
 class SQLiteEventStore:
@@ -142,26 +139,21 @@ class SQLiteEventStore:
         expectation: events_pb2.SeqExpectation | None,
     ) -> list[events_pb2.EventEnvelope]:
         """Validate, then append in one writer transaction and wake the run's followers."""
-        require_id(run_id, "run_id")
-        validate_event_inputs(inputs, "inputs")
-        validate_expectation(expectation, "expectation")
-        prepared = prepare_inputs(inputs)
+        prepared = prepare_append(run_id, inputs, expectation)
         appended = False
 
         def work(conn: sqlite3.Connection) -> list[events_pb2.EventEnvelope]:
             nonlocal appended
             run = _load_run(conn, namespace, run_id)
-            supplied = [item.event_id for item in prepared if item.digest is not None]
+            supplied = supplied_event_ids(prepared)
             stored = _load_event_ids(conn, namespace, run_id, supplied) if run and supplied else {}
-            retries = resolve_retries(run_id, prepared, stored, run)
-            originals = _load_envelopes(conn, namespace, run_id, retries.values())
-            fresh = [item for i, item in enumerate(prepared) if i not in retries]
-            if not fresh:
-                return merge_results(len(prepared), retries, originals, [])
-            check_append_allowed(run_id, run, expectation)
-            new = _insert(conn, namespace, run_id, run, fresh)
+            plan = plan_append(run_id, prepared, stored, run, expectation)
+            originals = _load_envelopes(conn, namespace, run_id, plan.retries.values())
+            if not plan.fresh:
+                return plan.results(originals, [])
+            new = _insert(conn, namespace, run_id, run, plan.fresh)
             appended = True
-            return merge_results(len(prepared), retries, originals, new)
+            return plan.results(originals, new)
 
         envelopes = await self._engine.write(work)
         if appended:
@@ -178,7 +170,7 @@ class SQLiteEventStore:
             rows = conn.execute(
                 "SELECT seq, envelope FROM events WHERE namespace = ? AND run_id = ? AND seq > ?"
                 " ORDER BY seq LIMIT ?",
-                (namespace, run_id, after_seq, limit),
+                (namespace, run_id, query_seq(after_seq), limit),
             ).fetchall()
             through = rows[-1][0] if rows else after_seq
             return EventPage(run, [row[1] for row in rows], through)
@@ -223,8 +215,8 @@ class SQLiteEventStore:
             run = _load_run(conn, namespace, run_id)
             if run is None:
                 raise run_not_found(run_id)
-            first_seq = min(up_to_seq, run.last_seq) + 1
-            if first_seq <= run.first_seq:
+            first_seq = truncation_point(run, up_to_seq)
+            if first_seq is None:
                 return Truncation(run.first_seq, 0)
             cursor = conn.execute(
                 "DELETE FROM events WHERE namespace = ? AND run_id = ? AND seq < ?",
