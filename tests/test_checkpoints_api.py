@@ -11,12 +11,11 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 import statekeeper
 from statekeeper.v1 import checkpoints_pb2, checkpoints_pb2_grpc
 from tests.harness import data_file, running_app
+from tests.rpc_errors import bad_request_fields, error_info
 
 BAD_IDS = [
     pytest.param("../../etc/passwd", id="path"),
@@ -40,28 +39,6 @@ async def client(store_url: str) -> AsyncIterator[statekeeper.AsyncClient]:
 @pytest.fixture
 def stub(client: statekeeper.AsyncClient) -> checkpoints_pb2_grpc.CheckpointServiceStub:
     return checkpoints_pb2_grpc.CheckpointServiceStub(client.channel)
-
-
-def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("no ErrorInfo in status")
-
-
-def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return [violation.field for violation in bad.field_violations]
-    raise AssertionError("no BadRequest in status")
 
 
 async def invalid_field(call: Any) -> list[str]:

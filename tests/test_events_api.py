@@ -9,15 +9,14 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 import statekeeper
 from statekeeper.events import custom_event, expect_last_seq, is_terminal
 from statekeeper.v1 import events_pb2, events_pb2_grpc
 from statekeeper_server.app import Application
 from tests.harness import running_app
+from tests.rpc_errors import error_details
 from tests.test_events_store import cancelled, completed, custom, started
 
 RUN = "run-1"
@@ -39,21 +38,6 @@ async def client(app: Application) -> AsyncIterator[statekeeper.AsyncClient]:
 @pytest.fixture
 def stub(client: statekeeper.AsyncClient) -> events_pb2_grpc.EventLogServiceStub:
     return events_pb2_grpc.EventLogServiceStub(client.channel)
-
-
-def details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[str]]:
-    """The ErrorInfo of a failed call and the fields its BadRequest names."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    info, fields = error_details_pb2.ErrorInfo(), []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields = [violation.field for violation in bad.field_violations]
-    return info, fields
 
 
 async def fails(call: object) -> grpc.aio.AioRpcError:
@@ -133,7 +117,7 @@ async def test_list_of_an_unknown_run_is_run_not_found(
 ) -> None:
     error = await fails(stub.ListEvents(events_pb2.ListEventsRequest(run_id="nope")))
     assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert details(error)[0].reason == "RUN_NOT_FOUND"
+    assert error_details(error)[0].reason == "RUN_NOT_FOUND"
 
 
 async def test_list_limit_defaults_to_100_and_is_capped_at_1000(
@@ -158,7 +142,7 @@ async def test_failed_expectation_reports_the_actual_last_seq(
     await client.events.append_many(RUN, [started().event, custom().event])
     error = await fails(client.events.append(RUN, custom().event, expectation=expect_last_seq(1)))
     assert error.code() == grpc.StatusCode.ABORTED
-    info = details(error)[0]
+    info = error_details(error)[0]
     assert (info.reason, info.metadata["actual_last_seq"]) == ("SEQ_MISMATCH", "2")
 
 
@@ -168,7 +152,7 @@ async def test_invalid_event_in_a_batch_names_its_field(
     request = events_pb2.AppendEventsRequest(run_id=RUN, inputs=[custom(), custom(""), custom()])
     error = await fails(stub.AppendEvents(request))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert details(error)[1] == ["inputs[1].event.custom.type"]
+    assert error_details(error)[1] == ["inputs[1].event.custom.type"]
     assert await fails(stub.ListEvents(events_pb2.ListEventsRequest(run_id=RUN)))
 
 
@@ -177,13 +161,13 @@ async def test_single_append_names_the_input_field(
 ) -> None:
     error = await fails(stub.AppendEvent(events_pb2.AppendEventRequest(run_id=RUN)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert details(error)[1] == ["input.event"]
+    assert error_details(error)[1] == ["input.event"]
 
 
 async def test_bad_run_id_is_invalid_argument(stub: events_pb2_grpc.EventLogServiceStub) -> None:
     request = events_pb2.AppendEventRequest(run_id="../x", input=custom())
     error = await fails(stub.AppendEvent(request))
-    assert details(error)[1] == ["run_id"]
+    assert error_details(error)[1] == ["run_id"]
 
 
 async def test_reused_event_id_with_other_content_is_already_exists(
@@ -192,7 +176,7 @@ async def test_reused_event_id_with_other_content_is_already_exists(
     await client.events.append(RUN, custom(n=1).event, event_id="e-1")
     error = await fails(client.events.append(RUN, custom(n=2).event, event_id="e-1"))
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert details(error)[0].reason == "EVENT_ID_CONFLICT"
+    assert error_details(error)[0].reason == "EVENT_ID_CONFLICT"
 
 
 async def test_append_after_the_terminal_event_is_failed_precondition(
@@ -201,7 +185,7 @@ async def test_append_after_the_terminal_event_is_failed_precondition(
     await client.events.append(RUN, cancelled().event)
     error = await fails(client.events.append(RUN, custom().event))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert details(error)[0].reason == "RUN_TERMINATED"
+    assert error_details(error)[0].reason == "RUN_TERMINATED"
 
 
 async def test_runs_are_listed_truncated_and_deleted_through_the_client(
@@ -220,7 +204,7 @@ async def test_runs_are_listed_truncated_and_deleted_through_the_client(
 
 async def test_truncate_needs_a_positive_seq(stub: events_pb2_grpc.EventLogServiceStub) -> None:
     error = await fails(stub.TruncateRun(events_pb2.TruncateRunRequest(run_id=RUN)))
-    assert details(error)[1] == ["up_to_seq"]
+    assert error_details(error)[1] == ["up_to_seq"]
 
 
 # -- replay --------------------------------------------------------------------
@@ -273,7 +257,7 @@ async def test_replay_from_a_truncated_seq_is_out_of_range_naming_the_first_seq(
     ):
         error = await fails(call)
         assert error.code() == grpc.StatusCode.OUT_OF_RANGE
-        info = details(error)[0]
+        info = error_details(error)[0]
         assert (info.reason, info.metadata["first_seq"]) == ("SEQ_TRUNCATED", "5")
     assert await collect(client, after_seq=4, follow=False) == [5, 6, 7, 8, 9, 10]
 
@@ -284,7 +268,7 @@ async def test_replay_after_the_last_seq_is_out_of_range(
     await client.events.append_many(RUN, [custom().event] * 3)
     error = await fails(client.events.replay(RUN, after_seq=4))
     assert error.code() == grpc.StatusCode.OUT_OF_RANGE
-    assert details(error)[0].reason == "SEQ_BEYOND_LAST"
+    assert error_details(error)[0].reason == "SEQ_BEYOND_LAST"
 
 
 async def test_follow_ends_after_the_terminal_event(client: statekeeper.AsyncClient) -> None:
@@ -385,7 +369,10 @@ async def test_deleting_a_followed_run_ends_its_streams_with_not_found(
     assert (await next_message(call)).HasField("caught_up")
     await client.events.delete_run(RUN)
     error = await fails(call)
-    assert (error.code(), details(error)[0].reason) == (grpc.StatusCode.NOT_FOUND, "RUN_NOT_FOUND")
+    assert (error.code(), error_details(error)[0].reason) == (
+        grpc.StatusCode.NOT_FOUND,
+        "RUN_NOT_FOUND",
+    )
 
 
 async def test_client_replay_delivers_single_envelopes_until_terminal(
@@ -453,7 +440,7 @@ async def test_server_stop_ends_followers_with_server_stopping(store_url: str) -
         await stopping
         await channel.close()
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert details(error)[0].reason == "SERVER_STOPPING"
+    assert error_details(error)[0].reason == "SERVER_STOPPING"
 
 
 async def test_event_log_is_served_with_health(app: Application) -> None:

@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 import statekeeper
 from statekeeper.jobs import job_spec
 from statekeeper.v1 import jobs_pb2, jobs_pb2_grpc
 from statekeeper_server.app import Application
 from tests.harness import running_app
+from tests.rpc_errors import error_details
 
 SCHEDULED = jobs_pb2.JOB_STATE_SCHEDULED
 AVAILABLE = jobs_pb2.JOB_STATE_AVAILABLE
@@ -41,21 +40,6 @@ async def client(app: Application) -> AsyncIterator[statekeeper.AsyncClient]:
 @pytest.fixture
 def stub(client: statekeeper.AsyncClient) -> jobs_pb2_grpc.JobServiceStub:
     return jobs_pb2_grpc.JobServiceStub(client.channel)
-
-
-def details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[str]]:
-    """The ErrorInfo of a failed call and the fields its BadRequest names."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    info, fields = error_details_pb2.ErrorInfo(), []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields = [violation.field for violation in bad.field_violations]
-    return info, fields
 
 
 def seconds(value: float) -> duration_pb2.Duration:
@@ -103,7 +87,7 @@ async def test_enqueue_jobs_is_atomic_and_names_the_invalid_job(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.EnqueueJobs(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert details(caught.value)[1] == ["jobs[1].kind"]
+    assert error_details(caught.value)[1] == ["jobs[1].kind"]
     assert [job async for job in client.jobs.list()] == []
 
 
@@ -151,7 +135,7 @@ async def test_an_invalid_job_is_invalid_argument_naming_its_field(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.EnqueueJob(jobs_pb2.EnqueueJobRequest(job=spec))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert details(caught.value)[1] == [field]
+    assert error_details(caught.value)[1] == [field]
 
 
 @pytest.mark.parametrize(
@@ -174,7 +158,7 @@ async def test_an_invalid_lease_request_is_invalid_argument_naming_its_field(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.LeaseJobs(request_)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert details(caught.value)[1] == [field]
+    assert error_details(caught.value)[1] == [field]
 
 
 # -- leases and fencing ---------------------------------------------------------------
@@ -191,7 +175,7 @@ async def test_a_stale_lease_is_failed_precondition_with_its_reason(
             jobs_pb2.CompleteJobRequest(job_id=job.job_id, lease_id=leased.lease.lease_id)
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    info = details(caught.value)[0]
+    info = error_details(caught.value)[0]
     assert info.reason == "LEASE_STALE"
     assert dict(info.metadata) == {
         "job_id": job.job_id,
@@ -206,7 +190,7 @@ async def test_an_unknown_job_is_not_found(stub: jobs_pb2_grpc.JobServiceStub) -
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetJob(jobs_pb2.GetJobRequest(job_id="missing"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert details(caught.value)[0].reason == "JOB_NOT_FOUND"
+    assert error_details(caught.value)[0].reason == "JOB_NOT_FOUND"
 
 
 async def test_fail_retry_and_cancel_through_the_client(client: statekeeper.AsyncClient) -> None:
@@ -339,7 +323,7 @@ async def test_watch_from_a_position_deleted_by_retention_is_out_of_range(
             await asyncio.sleep(0.05)
     assert refused is not None
     assert refused.code() == grpc.StatusCode.OUT_OF_RANGE
-    assert details(refused)[0].reason == "CHANGES_TRIMMED"
+    assert error_details(refused)[0].reason == "CHANGES_TRIMMED"
 
 
 async def test_finished_jobs_are_deleted_after_the_retention(store_url: str) -> None:

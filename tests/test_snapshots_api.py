@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 import statekeeper
 from statekeeper.v1 import snapshots_pb2, snapshots_pb2_grpc
 from tests.harness import running_app
+from tests.rpc_errors import bad_request_fields, error_info
 
 
 @pytest.fixture
@@ -31,28 +30,6 @@ def snapshot(run_id: str = "run-1", **fields: object) -> snapshots_pb2.Snapshot:
     }
     values.update(fields)
     return snapshots_pb2.Snapshot(run_id=run_id, **values)  # type: ignore[arg-type]
-
-
-def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("no ErrorInfo in status")
-
-
-def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return [violation.field for violation in bad.field_violations]
-    raise AssertionError("no BadRequest in status")
 
 
 async def test_saved_snapshot_loads_back_identical(client: statekeeper.AsyncClient) -> None:
