@@ -36,6 +36,8 @@ DEAD = jobs_pb2.JOB_STATE_DEAD
 CANCELLED = jobs_pb2.JOB_STATE_CANCELLED
 LONG_LEASE = 30_000_000
 SHORT_LEASE = 40_000
+HEARTBEAT_LEASE = 300_000
+"""A lease short enough to outlive in a test, long enough for a heartbeat on any backend."""
 
 
 def spec(
@@ -119,7 +121,7 @@ async def test_a_delayed_critical_job_does_not_block_a_runnable_low_one(store: S
 
 
 async def test_a_delayed_job_is_leased_once_its_run_after_has_passed(store: Store) -> None:
-    [job] = await enqueue(store, spec(delay_us=50_000))
+    [job] = await enqueue(store, spec(delay_us=300_000))
     result = await store.jobs.lease(NS, QUEUE, [], "w1", 1, LONG_LEASE)
     assert result.jobs == []
     assert result.next_due_us == from_timestamp(job.run_after)
@@ -207,7 +209,7 @@ async def test_a_lease_past_its_expiry_cannot_complete_the_job(store: Store) -> 
 
 async def test_a_heartbeat_extends_the_lease(store: Store) -> None:
     await enqueue(store, spec())
-    [job] = await lease(store, lease_us=SHORT_LEASE)
+    [job] = await lease(store, lease_us=HEARTBEAT_LEASE)
     beat = await store.jobs.heartbeat(NS, job.job_id, job.lease.lease_id, LONG_LEASE)
     assert not beat.cancelled
     assert from_timestamp(beat.lease.expire_time) > from_timestamp(job.lease.expire_time)
@@ -372,6 +374,19 @@ async def test_a_key_repeated_in_one_batch_resolves_to_the_first_job(store: Stor
     assert results[2].job.job_id == results[0].job.job_id
 
 
+async def test_keys_and_failure_messages_keep_every_character(store: Store) -> None:
+    key, error = "nul\x00key é", "failed:\x00 with NUL ✗"
+    [job] = await enqueue(store, spec(key=key))
+    [again] = await store.jobs.enqueue(NS, [spec(key=key)])
+    assert (again.created, again.job.job_id, again.job.idempotency_key) == (False, job.job_id, key)
+    start = await store.jobs.change_position()
+    [leased] = await lease(store)
+    await store.jobs.fail(NS, job.job_id, leased.lease.lease_id, error, False, None)
+    assert [e.message for e in (await store.jobs.get(NS, job.job_id)).errors] == [error]
+    page = await store.jobs.changes(NS, ChangeFilter(job_ids=(job.job_id,)), start, 10)
+    assert [change.error for change in page.changes] == ["", error]
+
+
 async def test_keys_are_scoped_to_the_namespace(store: Store) -> None:
     [a] = await store.jobs.enqueue(NS, [spec(key="k")])
     [b] = await store.jobs.enqueue("tenant-b", [spec(key="k")])
@@ -410,10 +425,10 @@ async def test_list_pages_in_enqueue_order_with_filters(store: Store) -> None:
 
 
 async def test_list_filters_by_the_state_a_job_is_in_now(store: Store) -> None:
-    [soon] = await enqueue(store, spec(delay_us=30_000))
-    [later] = await enqueue(store, spec(delay_us=60_000_000))
     await enqueue(store, spec("busy"))
     await lease(store, kinds=["busy"])
+    [later] = await enqueue(store, spec(delay_us=60_000_000))
+    [soon] = await enqueue(store, spec(delay_us=200_000))
     scheduled = await store.jobs.list(NS, JobFilter(state=SCHEDULED), 50, "")
     assert {job.job_id for job in scheduled.jobs} == {soon.job_id, later.job_id}
     await sleep_past(from_timestamp(soon.run_after))
@@ -539,9 +554,9 @@ async def test_a_sweep_promotes_due_jobs_settles_expired_leases_and_reports_the_
     store: Store,
 ) -> None:
     start = await store.jobs.change_position()
-    [delayed] = await enqueue(store, spec("delayed", delay_us=30_000))
     await enqueue(store, spec("held"))
     [held] = await lease(store, kinds=["held"], lease_us=SHORT_LEASE)
+    [delayed] = await enqueue(store, spec("delayed", delay_us=30_000))
     [later] = await enqueue(store, spec("later", delay_us=60_000_000))
     await sleep_past(max(from_timestamp(delayed.run_after), from_timestamp(held.lease.expire_time)))
     swept = await store.jobs.sweep()

@@ -73,10 +73,10 @@ async def test_an_exception_fails_the_job_retryably_and_the_loop_goes_on(
 
 async def test_heartbeats_keep_a_long_job_leased(client: statekeeper.AsyncClient) -> None:
     job = await client.jobs.enqueue("slow")
-    async with contextlib.aclosing(client.jobs.work(lease_duration=0.15, wait=5)) as work:
+    async with contextlib.aclosing(client.jobs.work(lease_duration=0.3, wait=5)) as work:
         async for item in work:
             async with item:
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.7)
             break
     done = await client.jobs.get(job.job_id)
     assert (done.state, done.attempt, list(done.errors)) == (SUCCEEDED, 1, [])
@@ -86,7 +86,7 @@ async def test_a_cancelled_job_is_flagged_while_its_body_runs(
     client: statekeeper.AsyncClient,
 ) -> None:
     job = await client.jobs.enqueue("long")
-    async with contextlib.aclosing(client.jobs.work(lease_duration=0.15, wait=5)) as work:
+    async with contextlib.aclosing(client.jobs.work(lease_duration=0.3, wait=5)) as work:
         async for item in work:
             async with item:
                 await client.jobs.cancel(item.id)

@@ -9,7 +9,8 @@ is the payload's `event_id`, else the job id, so a job that runs twice
 The sweeper promotes jobs whose run_after came, settles expired leases
 (waking long-polling leasers), and deletes finished jobs and old change
 records past their retention. Both loops wait on the notifier or on the
-next timer the store reports; neither polls.
+next timer the store reports, and re-read at least every REREAD_INTERVAL
+seconds, so a wake-up lost on its way from another replica only delays.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ APPEND_EVENT_FIELDS = ("run_id", "event", "event_id", "expectation")
 RUNNER_BATCH = 32
 ERROR_PAUSE = 1.0
 """Seconds a loop waits after the store failed before it tries again."""
+REREAD_INTERVAL = 2.0
+"""Most seconds a waiter (long poll, watch, runner) sleeps before re-reading the store
+without a wake-up: the periodic safety re-read that bounds the delay a lost
+notification from another replica can cause."""
 MAX_PURGE_EVERY = 60.0
 
 
@@ -185,7 +190,7 @@ class BuiltinJobRunner:
             log.warning("cannot lease built-in jobs: %s", exc)
             return ERROR_PAUSE
         if not leased.jobs:
-            return seconds_until(leased.next_due_us, None)
+            return seconds_until(leased.next_due_us, REREAD_INTERVAL)
         await asyncio.gather(*(self._run_one(job) for job in leased.jobs))
         return 0
 

@@ -16,6 +16,7 @@ from statekeeper_server.notifier import Notifier
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.services.job_runner import (
     BUILTIN_KINDS,
+    REREAD_INTERVAL,
     BuiltinJobRunner,
     SweepSettings,
     parse_append_event,
@@ -143,7 +144,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             remaining = deadline - loop.time()
             if leased.jobs or remaining <= 0 or self._stopping.is_set():
                 return jobs_pb2.LeaseJobsResponse(jobs=[item.job for item in leased.jobs])
-            await wait_for_wake(wake, self._stopping, seconds_until(leased.next_due_us, remaining))
+            limit = min(remaining, REREAD_INTERVAL)
+            await wait_for_wake(wake, self._stopping, seconds_until(leased.next_due_us, limit))
 
     async def HeartbeatJob(
         self, request: jobs_pb2.HeartbeatJobRequest, context: Context
@@ -253,6 +255,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             position = await self._jobs.change_position()
         started = False
         key = changes_key(namespace)
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
         while True:
             wake = self._notifier.watch(key)
             page = await self._jobs.changes(namespace, where, position, WATCH_BATCH)
@@ -265,19 +269,22 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 yield jobs_pb2.WatchJobsResponse(
                     changes=jobs_pb2.JobChangeBatch(changes=page.changes)
                 )
+                last_sent = loop.time()
             position = page.through
             if len(page.changes) == WATCH_BATCH:
                 continue
-            woken = await wait_for_wake(wake, self._stopping, self._settings.heartbeat_interval)
+            idle_for = self._settings.heartbeat_interval - (loop.time() - last_sent)
+            if idle_for <= 0:
+                yield jobs_pb2.WatchJobsResponse(
+                    heartbeat=events_pb2.Heartbeat(sent_at=to_timestamp(now_us()))
+                )
+                last_sent, idle_for = loop.time(), self._settings.heartbeat_interval
+            await wait_for_wake(wake, self._stopping, min(idle_for, REREAD_INTERVAL))
             if self._stopping.is_set():
                 raise Unavailable(
                     "SERVER_STOPPING",
                     f"the server is shutting down; resume with after_change_id={position}",
                     after_change_id=position,
-                )
-            if not woken:
-                yield jobs_pb2.WatchJobsResponse(
-                    heartbeat=events_pb2.Heartbeat(sent_at=to_timestamp(now_us()))
                 )
 
     # -- helpers ---------------------------------------------------------------

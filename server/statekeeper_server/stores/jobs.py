@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
+import uuid_utils
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from statekeeper.v1 import jobs_pb2
 from statekeeper_server.errors import DataLoss, FailedPrecondition, NotFound, OutOfRange
+from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
 
 SCHEDULED = jobs_pb2.JOB_STATE_SCHEDULED
@@ -196,6 +198,30 @@ class Effects:
     ready_queues: set[tuple[str, str]] = field(default_factory=set)
     changed_namespaces: set[str] = field(default_factory=set)
     new_timers: bool = False
+
+    def note(self, row: JobRow) -> None:
+        """Remember whom the change of `row` to its current state concerns."""
+        self.changed_namespaces.add(row.namespace)
+        if row.state == AVAILABLE:
+            self.ready_queues.add((row.namespace, row.queue))
+        elif row.state == SCHEDULED:
+            self.new_timers = True
+
+    def wake_keys(self) -> list[Hashable]:
+        """The notifier keys to wake once the write committed, in a stable order.
+
+        A ready queue wakes the key its leasers watch: the built-in queue is
+        leased across namespaces (`ANY_NAMESPACE`), every other queue per
+        namespace.
+        """
+        keys: list[Hashable] = [
+            queue_key(ANY_NAMESPACE if queue == BUILTIN_QUEUE else namespace, queue)
+            for namespace, queue in sorted(self.ready_queues)
+        ]
+        keys += [changes_key(namespace) for namespace in sorted(self.changed_namespaces)]
+        if self.new_timers:
+            keys.append(TIMERS_KEY)
+        return list(dict.fromkeys(keys))
 
 
 class JobStore(Protocol):
@@ -426,6 +452,157 @@ def record_error(row: JobRow, message: str, now_us: int) -> str:
     return json.dumps(errors[-MAX_KEPT_ERRORS:], separators=(",", ":"))
 
 
+# -- transitions ---------------------------------------------------------------------
+# Each returns the row as it is stored after the transition; the backend writes it
+# and appends `change_of(new_row, previous_state, now)` to the change log.
+
+
+def new_row(namespace: str, new: NewJob, now_us: int) -> JobRow:
+    """The row of a job enqueued at `now_us` (seq 0 until the store assigns one)."""
+    run_after = new.resolve_run_after(now_us)
+    return JobRow(
+        seq=0,
+        namespace=namespace,
+        job_id=str(uuid_utils.uuid7()),
+        queue=new.queue,
+        kind=new.kind,
+        payload=new.payload.SerializeToString(),
+        priority=new.priority,
+        state=waiting_state(run_after, now_us),
+        attempt=0,
+        max_retries=new.max_retries,
+        run_after=run_after,
+        create_time=now_us,
+        update_time=now_us,
+        finish_time=None,
+        errors="[]",
+        result=None,
+        lease_id=None,
+        worker_id=None,
+        lease_expire=None,
+        idempotency_key=new.idempotency_key or None,
+        backoff_base=new.backoff_base_us,
+        backoff_cap=new.backoff_cap_us,
+    )
+
+
+def leased_row(row: JobRow, worker_id: str, lease_us: int, now_us: int) -> JobRow:
+    """`row` leased to `worker_id` for its next attempt, under a new lease id."""
+    return replace(
+        row,
+        state=RUNNING,
+        attempt=row.attempt + 1,
+        lease_id=str(uuid_utils.uuid7()),
+        worker_id=worker_id,
+        lease_expire=now_us + lease_us,
+        update_time=now_us,
+    )
+
+
+def promoted_row(row: JobRow, now_us: int) -> JobRow:
+    """A SCHEDULED `row` whose run_after came, stored AVAILABLE."""
+    return replace(row, state=AVAILABLE, update_time=now_us)
+
+
+def lease_lapsed(row: JobRow, now_us: int) -> bool:
+    """Whether `row` is RUNNING under a lease that expired by `now_us`."""
+    return row.state == RUNNING and row.lease_expire is not None and row.lease_expire <= now_us
+
+
+def failed_row(row: JobRow, outcome: Outcome, error: str, now_us: int) -> JobRow:
+    """`row` after a failed attempt decided as `outcome`, its error recorded."""
+    return replace(
+        row,
+        state=outcome.state,
+        run_after=outcome.run_after_us,
+        errors=record_error(row, error, now_us),
+        update_time=now_us,
+        finish_time=now_us if outcome.state == DEAD else None,
+        lease_id=None,
+        worker_id=None,
+        lease_expire=None,
+    )
+
+
+def expired_row(row: JobRow, now_us: int) -> JobRow:
+    """`row` whose lease expired: the attempt failed, the job is runnable at once or DEAD."""
+    outcome = after_failure(row, now_us, retryable=True, retry_delay_us=0, rand=0.0)
+    return failed_row(row, outcome, LEASE_EXPIRED_ERROR, now_us)
+
+
+def completed_row(row: JobRow, result: bytes, now_us: int) -> JobRow:
+    """`row` SUCCEEDED with the encoded `result` (its lease kept, so a repeat is recognised)."""
+    return replace(row, state=SUCCEEDED, result=result, finish_time=now_us, update_time=now_us)
+
+
+def extended_row(row: JobRow, lease_id: str, lease_us: int, now_us: int) -> JobRow | None:
+    """`row` with its live lease `lease_id` extended to `now_us + lease_us`.
+
+    None when the job was cancelled under that lease (the heartbeat reports
+    it and nothing is written); FailedPrecondition LEASE_STALE when the lease
+    is not held.
+    """
+    if row.state == CANCELLED and row.lease_id == lease_id:
+        return None
+    check_lease(row, lease_id, now_us)
+    return replace(row, lease_expire=now_us + lease_us)
+
+
+def completion_repeated(row: JobRow, lease_id: str) -> bool:
+    """Whether `row` was already completed under `lease_id` (the call is a retry)."""
+    return row.state == SUCCEEDED and row.lease_id == lease_id
+
+
+def cancelled_row(row: JobRow, now_us: int) -> JobRow:
+    """`row` CANCELLED (a running job keeps its lease id so its heartbeat learns why)."""
+    return replace(row, state=CANCELLED, finish_time=now_us, update_time=now_us)
+
+
+def revived_row(row: JobRow, delay_us: int, now_us: int) -> JobRow:
+    """A DEAD or CANCELLED `row` back in its queue with attempt 0, after `delay_us`."""
+    run_after = now_us + delay_us
+    return replace(
+        row,
+        state=waiting_state(run_after, now_us),
+        attempt=0,
+        run_after=run_after,
+        update_time=now_us,
+        finish_time=None,
+        result=None,
+        lease_id=None,
+        worker_id=None,
+        lease_expire=None,
+    )
+
+
+def change_of(
+    row: JobRow,
+    previous: int,
+    now_us: int,
+    *,
+    error: str | None = None,
+    result: bytes | None = None,
+) -> ChangeRow:
+    """The change-log record of `row` reaching its current state from `previous`.
+
+    change_id is 0 until the store assigns it.
+    """
+    return ChangeRow(
+        change_id=0,
+        job_id=row.job_id,
+        queue=row.queue,
+        kind=row.kind,
+        previous_state=previous,
+        state=row.state,
+        attempt=row.attempt,
+        change_time=now_us,
+        run_after=row.run_after if row.state == SCHEDULED else None,
+        worker_id=row.worker_id if row.state == RUNNING else None,
+        error=error,
+        result=result,
+    )
+
+
 # -- errors --------------------------------------------------------------------------
 
 
@@ -569,6 +746,12 @@ class ChangeRow:
     result: bytes | None
 
 
+JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
+"""The stored columns of a job, as every backend names them, in JobRow's order."""
+CHANGE_COLUMNS = ", ".join(f.name for f in fields(ChangeRow))
+"""The stored columns of a change, as every backend names them, in ChangeRow's order."""
+
+
 def change_from_row(row: ChangeRow) -> jobs_pb2.JobChange:
     """The API's view of a stored change."""
     change = jobs_pb2.JobChange(
@@ -593,3 +776,34 @@ def change_from_row(row: ChangeRow) -> jobs_pb2.JobChange:
 def list_filters(where: JobFilter) -> dict[str, object]:
     """The filters a page token is bound to."""
     return {"queue": where.queue, "kind": where.kind, "state": where.state}
+
+
+def job_page(
+    rows: Sequence[JobRow], page_size: int, filters: dict[str, object], now_us: int
+) -> JobPage:
+    """A listing page from up to `page_size + 1` rows in seq order (one more: a next page)."""
+    jobs = [job_from_row(row, now_us) for row in rows[:page_size]]
+    token = encode_page_token(rows[page_size - 1].seq, filters) if len(rows) > page_size else ""
+    return JobPage(jobs, token)
+
+
+def queue_stats(
+    queue: str,
+    counts: Iterable[tuple[str, int, int, int]],
+    oldest_run_after: Mapping[str, int],
+    now_us: int,
+) -> list[jobs_pb2.QueueStats]:
+    """Per-queue stats, sorted by queue, from (queue, reported state, priority, count)
+    rows and each queue's earliest run_after among its runnable jobs.
+
+    `queue` (when set) is listed even with no jobs.
+    """
+    by_queue: dict[str, jobs_pb2.QueueStats] = {}
+    if queue:
+        by_queue[queue] = jobs_pb2.QueueStats(queue=queue)
+    for name, state, priority, count in counts:
+        stats = by_queue.setdefault(name, jobs_pb2.QueueStats(queue=name))
+        stats.counts.add(state=state, priority=priority, count=count)
+    for name, run_after in oldest_run_after.items():
+        by_queue[name].oldest_available_age.FromMicroseconds(max(0, now_us - run_after))
+    return [by_queue[name] for name in sorted(by_queue)]

@@ -14,20 +14,17 @@ and its store in the `Store(...)` that `open_postgres_store` returns.
 
 from __future__ import annotations
 
-from typing import cast
-
 from statekeeper_server.config import Settings
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores import Store
-from statekeeper_server.stores.checkpoints import CheckpointStore
-from statekeeper_server.stores.events import EventStore
-from statekeeper_server.stores.jobs import JobStore
-from statekeeper_server.stores.postgres import snapshots
+from statekeeper_server.stores.postgres import checkpoints, events, jobs, snapshots
 from statekeeper_server.stores.postgres.engine import PostgresEngine, PostgresOptions
 from statekeeper_server.stores.postgres.migrations import Migrations
-from statekeeper_server.stores.postgres.unported import UnportedFamily
 
 MIGRATIONS: Migrations = {
+    "checkpoints": checkpoints.MIGRATIONS,
+    "events": events.MIGRATIONS,
+    "jobs": jobs.MIGRATIONS,
     "snapshots": snapshots.MIGRATIONS,
 }
 
@@ -45,9 +42,9 @@ async def open_postgres_store(url: str, settings: Settings | None = None) -> Sto
     await engine.open()
     return Store(
         snapshots=snapshots.PostgresSnapshotStore(engine),
-        checkpoints=cast(CheckpointStore, UnportedFamily("checkpoints")),
-        events=cast(EventStore, UnportedFamily("events")),
-        jobs=cast(JobStore, UnportedFamily("jobs")),
+        checkpoints=checkpoints.PostgresCheckpointStore(engine),
+        events=events.PostgresEventStore(engine),
+        jobs=jobs.PostgresJobStore(engine),
         notifier=notifier,
         close=engine.close,
         ping=engine.ping,

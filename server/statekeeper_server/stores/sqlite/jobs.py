@@ -8,8 +8,8 @@ stored SCHEDULED (state 1) while its run_after is in the future; it is
 promoted to AVAILABLE (state 2) by the next lease of its queue or by the
 sweeper, and reported AVAILABLE by reads as soon as run_after has passed.
 
-On PostgreSQL the same layout works with `FOR UPDATE SKIP LOCKED` on the
-lease scan and a sequence for `seq` and `change_id`.
+The transitions themselves (what a lease, a failure or a retry makes of a
+row) are decided in stores.jobs; this module reads and writes the rows.
 """
 
 from __future__ import annotations
@@ -21,22 +21,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from typing import TypeVar
 
-import uuid_utils
 from google.protobuf import struct_pb2
 
 from statekeeper.v1 import jobs_pb2
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores.jobs import (
-    ANY_NAMESPACE,
     AVAILABLE,
     BUILTIN_QUEUE,
     CANCELLED,
-    DEAD,
+    CHANGE_COLUMNS,
+    JOB_COLUMNS,
     LEASE_EXPIRED_ERROR,
     RUNNING,
     SCHEDULED,
     SUCCEEDED,
-    TIMERS_KEY,
     ChangeFilter,
     ChangePage,
     ChangeRow,
@@ -49,26 +47,35 @@ from statekeeper_server.stores.jobs import (
     LeasedJob,
     LeaseResult,
     NewJob,
-    Outcome,
     SweepResult,
     after_failure,
     cancel_allowed,
+    cancelled_row,
     change_from_row,
-    changes_key,
+    change_of,
     changes_trimmed,
     check_lease,
     check_retry_allowed,
+    completed_row,
+    completion_repeated,
+    expired_row,
+    extended_row,
+    failed_row,
     idempotency_key_in_use,
     job_from_row,
     job_not_found,
+    job_page,
+    lease_lapsed,
+    leased_row,
     list_filters,
-    queue_key,
-    record_error,
+    new_row,
+    promoted_row,
+    queue_stats,
     reported_state,
+    revived_row,
     row_lease,
-    waiting_state,
 )
-from statekeeper_server.stores.paging import decode_page_token, encode_page_token
+from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
 from statekeeper_server.timestamps import now_us
 
@@ -137,8 +144,6 @@ MIGRATIONS = [
     ],
 ]
 
-JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
-CHANGE_COLUMNS = ", ".join(f.name for f in fields(ChangeRow))
 SETTLE_BATCH = 1000
 PURGE_JOBS_BATCH = 1000
 PURGE_CHANGES_BATCH = 5000
@@ -196,10 +201,10 @@ class SQLiteJobStore:
         def work(conn: sqlite3.Connection, effects: Effects) -> HeartbeatResult:
             now = now_us()
             row = _require(conn, namespace, job_id)
-            if row.state == CANCELLED and row.lease_id == lease_id:
+            extended = extended_row(row, lease_id, lease_us, now)
+            if extended is None:
                 return HeartbeatResult(row_lease(row), cancelled=True)
-            check_lease(row, lease_id, now)
-            row = replace(row, lease_expire=now + lease_us)
+            row = extended
             conn.execute(
                 "UPDATE jobs SET lease_expire = ? WHERE seq = ?", (row.lease_expire, row.seq)
             )
@@ -215,11 +220,11 @@ class SQLiteJobStore:
         def work(conn: sqlite3.Connection, effects: Effects) -> jobs_pb2.Job:
             now = now_us()
             row = _require(conn, namespace, job_id)
-            if row.state == SUCCEEDED and row.lease_id == lease_id:
+            if completion_repeated(row, lease_id):
                 return job_from_row(row, now)
             check_lease(row, lease_id, now)
             data = result.SerializeToString()
-            row = replace(row, state=SUCCEEDED, result=data, finish_time=now, update_time=now)
+            row = completed_row(row, data, now)
             conn.execute(
                 "UPDATE jobs SET state = ?, result = ?, finish_time = ?, update_time = ?"
                 " WHERE seq = ?",
@@ -248,7 +253,9 @@ class SQLiteJobStore:
             outcome = after_failure(
                 row, now, retryable=retryable, retry_delay_us=retry_delay_us, rand=random.random()
             )
-            return job_from_row(_apply_failure(conn, effects, row, outcome, error, now), now)
+            return job_from_row(
+                _store_failure(conn, effects, failed_row(row, outcome, error, now), error), now
+            )
 
         return await self._write(work)
 
@@ -261,7 +268,7 @@ class SQLiteJobStore:
             if not cancel_allowed(row):
                 return job_from_row(row, now)
             previous = reported_state(row.state, row.run_after, now)
-            row = replace(row, state=CANCELLED, finish_time=now, update_time=now)
+            row = cancelled_row(row, now)
             conn.execute(
                 "UPDATE jobs SET state = ?, finish_time = ?, update_time = ? WHERE seq = ?",
                 (CANCELLED, now, now, row.seq),
@@ -282,26 +289,13 @@ class SQLiteJobStore:
                 holder = _key_holder(conn, namespace, row.idempotency_key)
                 if holder is not None:
                     raise idempotency_key_in_use(row, holder.job_id)
-            run_after = now + delay_us
-            state = waiting_state(run_after, now)
             previous = row.state
-            row = replace(
-                row,
-                state=state,
-                attempt=0,
-                run_after=run_after,
-                update_time=now,
-                finish_time=None,
-                result=None,
-                lease_id=None,
-                worker_id=None,
-                lease_expire=None,
-            )
+            row = revived_row(row, delay_us, now)
             conn.execute(
                 "UPDATE jobs SET state = ?, attempt = 0, run_after = ?, update_time = ?,"
                 " finish_time = NULL, result = NULL, lease_id = NULL, worker_id = NULL,"
                 " lease_expire = NULL WHERE seq = ?",
-                (state, run_after, now, row.seq),
+                (row.state, row.run_after, now, row.seq),
             )
             _record(conn, effects, row, previous, now)
             return job_from_row(row, now)
@@ -363,7 +357,7 @@ class SQLiteJobStore:
         row = await self._engine.read(lambda conn: _fetch(conn, namespace, job_id))
         if row is None:
             raise job_not_found(job_id)
-        if _lapsed(row, now_us()):
+        if lease_lapsed(row, now_us()):
             row = await self._write(
                 lambda conn, effects: _settle_job(conn, effects, namespace, job_id)
             )
@@ -395,9 +389,7 @@ class SQLiteJobStore:
             return [JobRow(*row) for row in conn.execute(sql, params)], now
 
         rows, now = await self._read_settled(namespace, work)
-        jobs = [job_from_row(row, now) for row in rows[:page_size]]
-        token = encode_page_token(rows[page_size - 1].seq, filters) if len(rows) > page_size else ""
-        return JobPage(jobs, token)
+        return job_page(rows, page_size, filters, now)
 
     async def stats(self, namespace: str, queue: str) -> builtins.list[jobs_pb2.QueueStats]:
         """Counts per queue, reported state and priority; oldest available age."""
@@ -426,15 +418,7 @@ class SQLiteJobStore:
             return counts, oldest, now
 
         counts, oldest, now = await self._read_settled(namespace, work)
-        by_queue: dict[str, jobs_pb2.QueueStats] = {}
-        if queue:
-            by_queue[queue] = jobs_pb2.QueueStats(queue=queue)
-        for name, state, priority, count in counts:
-            stats = by_queue.setdefault(name, jobs_pb2.QueueStats(queue=name))
-            stats.counts.add(state=state, priority=priority, count=count)
-        for name, run_after in oldest.items():
-            by_queue[name].oldest_available_age.FromMicroseconds(max(0, now - run_after))
-        return [by_queue[name] for name in sorted(by_queue)]
+        return queue_stats(queue, counts, oldest, now)
 
     async def change_position(self) -> int:
         """The newest change id ever assigned."""
@@ -476,13 +460,8 @@ class SQLiteJobStore:
         """Run `work` in a write transaction; after COMMIT, wake whoever it concerns."""
         effects = Effects()
         result = await self._engine.write(lambda conn: work(conn, effects))
-        for namespace, queue in effects.ready_queues:
-            self._notifier.notify(queue_key(namespace, queue))
-            self._notifier.notify(queue_key(ANY_NAMESPACE, queue))
-        for namespace in effects.changed_namespaces:
-            self._notifier.notify(changes_key(namespace))
-        if effects.new_timers:
-            self._notifier.notify(TIMERS_KEY)
+        for key in effects.wake_keys():
+            self._notifier.notify(key)
         return result
 
     async def _read_settled(self, namespace: str, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -561,10 +540,6 @@ def _key_holder(conn: sqlite3.Connection, namespace: str, key: str) -> JobRow | 
     return JobRow(*row) if row else None
 
 
-def _lapsed(row: JobRow, now: int) -> bool:
-    return row.state == RUNNING and row.lease_expire is not None and row.lease_expire <= now
-
-
 def _change_position(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'job_changes'").fetchone()
     return int(row[0]) if row else 0
@@ -590,30 +565,14 @@ def _record(
     result: bytes | None = None,
 ) -> None:
     """Append the change to `row`'s current state to the log; note whom to wake."""
+    change = change_of(row, previous, now, error=error, result=result)
+    values = [getattr(change, f.name) for f in fields(ChangeRow)][1:]
     conn.execute(
-        "INSERT INTO job_changes (namespace, job_id, queue, kind, previous_state, state, attempt,"
-        " change_time, run_after, worker_id, error, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        " ?, ?)",
-        (
-            row.namespace,
-            row.job_id,
-            row.queue,
-            row.kind,
-            previous,
-            row.state,
-            row.attempt,
-            now,
-            row.run_after if row.state == SCHEDULED else None,
-            row.worker_id if row.state == RUNNING else None,
-            error,
-            result,
-        ),
+        f"INSERT INTO job_changes (namespace, {CHANGE_COLUMNS.removeprefix('change_id, ')})"
+        f" VALUES (?, {_marks(values)})",
+        [row.namespace, *values],
     )
-    effects.changed_namespaces.add(row.namespace)
-    if row.state == AVAILABLE:
-        effects.ready_queues.add((row.namespace, row.queue))
-    elif row.state == SCHEDULED:
-        effects.new_timers = True
+    effects.note(row)
 
 
 def _enqueue_one(
@@ -623,31 +582,7 @@ def _enqueue_one(
         existing = _key_holder(conn, namespace, new.idempotency_key)
         if existing is not None:
             return Enqueued(job_from_row(existing, now), created=False)
-    run_after = new.resolve_run_after(now)
-    row = JobRow(
-        seq=0,
-        namespace=namespace,
-        job_id=str(uuid_utils.uuid7()),
-        queue=new.queue,
-        kind=new.kind,
-        payload=new.payload.SerializeToString(),
-        priority=new.priority,
-        state=waiting_state(run_after, now),
-        attempt=0,
-        max_retries=new.max_retries,
-        run_after=run_after,
-        create_time=now,
-        update_time=now,
-        finish_time=None,
-        errors="[]",
-        result=None,
-        lease_id=None,
-        worker_id=None,
-        lease_expire=None,
-        idempotency_key=new.idempotency_key or None,
-        backoff_base=new.backoff_base_us,
-        backoff_cap=new.backoff_cap_us,
-    )
+    row = new_row(namespace, new, now)
     values = [getattr(row, f.name) for f in fields(JobRow)][1:]
     cursor = conn.execute(
         f"INSERT INTO jobs ({JOB_COLUMNS.removeprefix('seq, ')}) VALUES ({_marks(values)})",
@@ -679,15 +614,7 @@ def _lease(
     ]
     leased: list[LeasedJob] = []
     for row in rows:
-        row = replace(
-            row,
-            state=RUNNING,
-            attempt=row.attempt + 1,
-            lease_id=str(uuid_utils.uuid7()),
-            worker_id=worker_id,
-            lease_expire=now + lease_us,
-            update_time=now,
-        )
+        row = leased_row(row, worker_id, lease_us, now)
         conn.execute(
             "UPDATE jobs SET state = 3, attempt = ?, lease_id = ?, worker_id = ?,"
             " lease_expire = ?, update_time = ? WHERE seq = ?",
@@ -715,7 +642,7 @@ def _settle(conn: sqlite3.Connection, effects: Effects, now: int, scope: _Scope)
         )
     ]
     for row in due:
-        row = replace(row, state=AVAILABLE, update_time=now)
+        row = promoted_row(row, now)
         conn.execute("UPDATE jobs SET state = 2, update_time = ? WHERE seq = ?", (now, row.seq))
         _record(conn, effects, row, SCHEDULED, now)
     expired = [
@@ -727,7 +654,7 @@ def _settle(conn: sqlite3.Connection, effects: Effects, now: int, scope: _Scope)
         )
     ]
     for row in expired:
-        _expire(conn, effects, row, now)
+        _store_failure(conn, effects, expired_row(row, now), LEASE_EXPIRED_ERROR)
     return len(due) == SETTLE_BATCH or len(expired) == SETTLE_BATCH
 
 
@@ -735,44 +662,19 @@ def _settle_job(conn: sqlite3.Connection, effects: Effects, namespace: str, job_
     """Settle one job's expired lease (if it still is) and return the job's row."""
     now = now_us()
     row = _require(conn, namespace, job_id)
-    if _lapsed(row, now):
-        row = _expire(conn, effects, row, now)
+    if lease_lapsed(row, now):
+        row = _store_failure(conn, effects, expired_row(row, now), LEASE_EXPIRED_ERROR)
     return row
 
 
-def _expire(conn: sqlite3.Connection, effects: Effects, row: JobRow, now: int) -> JobRow:
-    """The expired lease's attempt failed: the job is runnable again at once, or DEAD."""
-    outcome = after_failure(row, now, retryable=True, retry_delay_us=0, rand=0.0)
-    return _apply_failure(conn, effects, row, outcome, LEASE_EXPIRED_ERROR, now)
-
-
-def _apply_failure(
-    conn: sqlite3.Connection,
-    effects: Effects,
-    row: JobRow,
-    outcome: Outcome,
-    error: str,
-    now: int,
-) -> JobRow:
-    errors = record_error(row, error, now)
-    finish_time = now if outcome.state == DEAD else None
-    row = replace(
-        row,
-        state=outcome.state,
-        run_after=outcome.run_after_us,
-        errors=errors,
-        update_time=now,
-        finish_time=finish_time,
-        lease_id=None,
-        worker_id=None,
-        lease_expire=None,
-    )
+def _store_failure(conn: sqlite3.Connection, effects: Effects, row: JobRow, error: str) -> JobRow:
+    """Write `row` as a failed attempt left it (see `failed_row`) and log the change."""
     conn.execute(
         "UPDATE jobs SET state = ?, run_after = ?, errors = ?, update_time = ?, finish_time = ?,"
         " lease_id = NULL, worker_id = NULL, lease_expire = NULL WHERE seq = ?",
-        (row.state, row.run_after, errors, now, finish_time, row.seq),
+        (row.state, row.run_after, row.errors, row.update_time, row.finish_time, row.seq),
     )
-    _record(conn, effects, row, RUNNING, now, error=error)
+    _record(conn, effects, row, RUNNING, row.update_time, error=error)
     return row
 
 
