@@ -63,8 +63,9 @@ async def test_reflection_lists_every_service() -> None:
 
 
 async def test_shutdown_turns_health_not_serving_before_closing() -> None:
+    # The open Watch stream is an in-flight call: a short grace period ends it.
     async with (
-        running_app("memory:") as app,
+        running_app("memory:", grace_period=0.5) as app,
         grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
     ):
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
