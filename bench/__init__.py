@@ -1,0 +1,1 @@
+"""Benchmarks of statekeeper against the bare gRPC limit and its peers (see README.md)."""

@@ -1,0 +1,189 @@
+"""The bare reference: a grpc.aio server that does no work beyond moving the bytes.
+
+It answers the same calls as statekeeper's hot paths with pre-built
+responses of the same size (built by `bench.payloads`), with no store, no
+validation and no interceptor: the limit of a Python gRPC server on this
+machine. Requests arrive as raw bytes and are not decoded, except by the
+relay, which must read the run id and the event to fan it out.
+
+Run as its own process, like the server: `python bench/echo_server.py
+--listen 127.0.0.1:PORT`; it prints `echo listening on ...` once it serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import payloads
+from statekeeper.v1 import events_pb2, jobs_pb2
+
+SERVICE = "bench.Echo"
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def method(name: str) -> str:
+    """The full method path of an echo call."""
+    return f"/{SERVICE}/{name}"
+
+
+class Relay:
+    """Minimal publish/subscribe: each published event goes to the run's subscribers."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, set[asyncio.Queue[bytes]]] = defaultdict(set)
+        self._seqs: dict[str, int] = defaultdict(int)
+
+    async def publish(self, request: bytes, context: Context) -> bytes:
+        """Wrap the event in an envelope, encode it once and hand it to every subscriber."""
+        append = events_pb2.AppendEventRequest.FromString(request)
+        self._seqs[append.run_id] += 1
+        message = events_pb2.ReplayEventsResponse(
+            batch=events_pb2.EventBatch(
+                envelopes=[
+                    events_pb2.EventEnvelope(
+                        run_id=append.run_id,
+                        seq=self._seqs[append.run_id],
+                        event=append.input.event,
+                    )
+                ]
+            )
+        ).SerializeToString()
+        for queue in self._subscribers[append.run_id]:
+            queue.put_nowait(message)
+        return APPEND_RESPONSE
+
+    async def subscribe(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        """Stream everything published to the requested run from now on."""
+        run = events_pb2.ReplayEventsRequest.FromString(request).run_id
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._subscribers[run].add(queue)
+        try:
+            yield CAUGHT_UP
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers[run].discard(queue)
+
+
+APPEND_RESPONSE = payloads.append_response()
+CAUGHT_UP = events_pb2.ReplayEventsResponse(
+    caught_up=events_pb2.CaughtUp(last_seq=0)
+).SerializeToString()
+
+
+def _unary(response: bytes) -> grpc.RpcMethodHandler:
+    async def handle(request: bytes, context: Context) -> bytes:
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(handle)
+
+
+_pages: dict[int, bytes] = {}
+
+
+def _page(events_per_page: int) -> bytes:
+    if events_per_page not in _pages:
+        _pages[events_per_page] = payloads.replay_page(events_per_page)
+    return _pages[events_per_page]
+
+
+async def replay(request: bytes, context: Context) -> AsyncIterator[bytes]:
+    """`pages` pre-built pages of `events_per_page` envelopes, then CaughtUp.
+
+    The request is JSON: {"pages": N, "events_per_page": M}.
+    """
+    spec = json.loads(request)
+    page = _page(int(spec["events_per_page"]))
+    for _ in range(int(spec["pages"])):
+        yield page
+    yield CAUGHT_UP
+
+
+async def flood(request: bytes, context: Context) -> AsyncIterator[bytes]:
+    """Pre-built pages for as long as the caller keeps the stream (flow control bounds it)."""
+    page = _page(int(json.loads(request)["events_per_page"]))
+    while True:
+        yield page
+
+
+async def idle(request: bytes, context: Context) -> AsyncIterator[bytes]:
+    """CaughtUp, then nothing until the caller leaves (an idle follower)."""
+    yield CAUGHT_UP
+    await asyncio.Event().wait()
+
+
+def handlers(batch_size: int, lease_size: int) -> dict[str, grpc.RpcMethodHandler]:
+    """Every echo method, with responses the size of statekeeper's."""
+    relay = Relay()
+    enqueue = jobs_pb2.EnqueueJobsResponse(
+        jobs=[payloads.job(i) for i in range(lease_size)], created=[True] * lease_size
+    )
+    lease = jobs_pb2.LeaseJobsResponse(
+        jobs=[payloads.job(i, leased=True) for i in range(lease_size)]
+    )
+    complete = jobs_pb2.CompleteJobResponse(job=payloads.job(leased=True))
+    return {
+        "AppendEvent": _unary(APPEND_RESPONSE),
+        "AppendEvents": _unary(payloads.append_batch_response(batch_size)),
+        "EnqueueJobs": _unary(enqueue.SerializeToString()),
+        "LeaseJobs": _unary(lease.SerializeToString()),
+        "CompleteJob": _unary(complete.SerializeToString()),
+        "Publish": grpc.unary_unary_rpc_method_handler(relay.publish),
+        "Subscribe": grpc.unary_stream_rpc_method_handler(relay.subscribe),
+        "Replay": grpc.unary_stream_rpc_method_handler(replay),
+        "Flood": grpc.unary_stream_rpc_method_handler(flood),
+        "Idle": grpc.unary_stream_rpc_method_handler(idle),
+    }
+
+
+async def serve(listen: str, batch_size: int, lease_size: int) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ]
+    )
+    methods = handlers(batch_size, lease_size)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
+    server.add_registered_method_handlers(SERVICE, methods)  # type: ignore[attr-defined]
+    if server.add_insecure_port(listen) == 0:
+        raise SystemExit(f"cannot listen on {listen}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"echo listening on {listen}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await server.stop(0.5)
+
+
+def main() -> None:
+    """Parse the flags and serve."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:50052")
+    parser.add_argument("--batch-size", type=int, default=100, help="events per AppendEvents")
+    parser.add_argument(
+        "--lease-size", type=int, default=10, help="jobs per EnqueueJobs and per LeaseJobs"
+    )
+    args = parser.parse_args()
+    asyncio.run(serve(args.listen, args.batch_size, args.lease_size))
+
+
+if __name__ == "__main__":
+    main()

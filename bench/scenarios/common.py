@@ -1,0 +1,111 @@
+"""Pieces the scenarios share: method paths, comparison rows, and peer measurements."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from bench import servers
+from bench.harness import Bench, Measurement, Watched, best
+from bench.load import ServiceUnavailable, Window, method
+from bench.report import ERROR, UNAVAILABLE, Row, Target
+
+APPEND_EVENT = method("EventLogService", "AppendEvent")
+APPEND_EVENTS = method("EventLogService", "AppendEvents")
+LIST_EVENTS = method("EventLogService", "ListEvents")
+REPLAY_EVENTS = method("EventLogService", "ReplayEvents")
+ENQUEUE_JOBS = method("JobService", "EnqueueJobs")
+LEASE_JOBS = method("JobService", "LeaseJobs")
+COMPLETE_JOB = method("JobService", "CompleteJob")
+SAVE_SNAPSHOT = method("SnapshotService", "SaveSnapshot")
+LOAD_SNAPSHOT = method("SnapshotService", "LoadSnapshot")
+PERSIST_AGENT_CHECKPOINT = method("CheckpointService", "PersistAgentCheckpoint")
+RECOVER_AGENT_CHECKPOINT = method("CheckpointService", "RecoverAgentCheckpoint")
+
+
+def echo(name: str) -> str:
+    """The echo reference's method of that name."""
+    return f"/bench.Echo/{name}"
+
+
+def store_label(store: str) -> str:
+    """`[file]`, `[postgres]`, `[memory]`."""
+    return f"[{store}]"
+
+
+def compare(
+    scenario: str,
+    measured: Measurement,
+    reference_label: str,
+    reference: Measurement | None,
+    unit: str,
+    targets: Sequence[Target] = (),
+    note: str = "",
+) -> Row:
+    """A row comparing a statekeeper measurement with a reference of the same run."""
+    notes = [part for part in (note, measured.note()) if part]
+    if reference is not None:
+        notes.append(f"reference: {reference.note()}")
+    return Row(
+        scenario,
+        figure=measured.rate,
+        unit=unit,
+        reference=reference_label,
+        reference_figure=reference.rate if reference is not None else None,
+        targets=targets,
+        note="; ".join(notes),
+    )
+
+
+def repeated(
+    bench: Bench, *measures: Callable[[], Measurement], lower_is_better: bool = False
+) -> list[Measurement]:
+    """Run the measures in turn, `repeats` times interleaved; the best of each.
+
+    Interleaving puts statekeeper and its reference under the same
+    disturbances from the rest of the machine.
+    """
+    results: list[list[Measurement]] = [[] for _ in measures]
+    for _ in range(bench.mode.repeats):
+        for index, measure in enumerate(measures):
+            results[index].append(measure())
+    return [best(r, lower_is_better) for r in results]
+
+
+def peer_row(
+    bench: Bench,
+    scenario: str,
+    measured: float | None,
+    unit: str,
+    label: str,
+    function: Callable[..., Awaitable[Window]],
+    watched: tuple[str, int] | None = None,
+    note: str = "",
+    latency: bool = False,
+    **kwargs: Any,
+) -> Row:
+    """statekeeper's figure against a peer's, measured now in a generator process.
+
+    `watched` (name, port) is the peer server whose CPU is read; with
+    `latency` the figures are median latencies in ms, else rates.
+    """
+    server: Watched | None = None
+    if watched is not None:
+        server = servers.listening_process(*watched)
+    try:
+        result = bench.measure(function, server, f"{scenario} {label}", **kwargs)
+    except ServiceUnavailable as exc:
+        return Row(f"  vs {label}", status=UNAVAILABLE, note=str(exc))
+    except Exception as exc:
+        # A peer (an outside server and its client library) that fails under
+        # this load is reported in its row; it does not break the run.
+        return Row(f"  vs {label}", status=ERROR, note=f"{type(exc).__name__}: {exc}")
+    notes = [part for part in (note, result.note()) if part]
+    return Row(
+        f"  vs {label}",
+        figure=measured,
+        unit=unit,
+        reference_figure=result.window.p50 * 1000 if latency else result.rate,
+        note="; ".join(notes),
+        lower_is_better=latency,
+    )
