@@ -573,7 +573,7 @@ async def asyncpg_reads(count: int, page: int, start_at: float, duration: float)
         return _fixed_work(read, began, cpu)
 
 
-# -- helpers -------------------------------------------------------------------------
+# -- windows and pacing ------------------------------------------------------------
 
 
 def _fixed_work(operations: int, began: float, cpu: float) -> Window:

@@ -52,10 +52,10 @@ async def lagging_follower(
     request = events_pb2.ReplayEventsRequest(run_id=run, follow=True).SerializeToString()
     async with open_channels(target, 1) as (channel,), rpc_errors("ReplayEvents"):
         messages = raw_stream(channel, REPLAY_EVENTS)(request).__aiter__()
-        while not events_pb2.ReplayEventsResponse.FromString(await messages.__anext__()).HasField(
-            "caught_up"
-        ):
-            pass
+        caught_up = False
+        while not caught_up:
+            message = events_pb2.ReplayEventsResponse.FromString(await messages.__anext__())
+            caught_up = message.HasField("caught_up")
         await asyncio.to_thread(ready.set)
         await asyncio.to_thread(resume.wait)
         received = 0
