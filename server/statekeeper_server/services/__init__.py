@@ -16,8 +16,6 @@ class Service(Protocol):
 
     def add_to(self, server: grpc.aio.Server) -> None:
         """Register the servicer's handlers on `server`."""
-        ...
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         """Loops to run while the server serves; cancelled on shutdown."""
-        ...

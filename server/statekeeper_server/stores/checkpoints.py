@@ -240,13 +240,11 @@ class CheckpointStore(Protocol):
         now_us: int,
     ) -> Saved[checkpoints_pb2.WorkflowCheckpoint]:
         """Add `checkpoint` as its run's newest; Aborted if `expected_parent` differs."""
-        ...
 
     async def load_workflow(
         self, namespace: str, run_id: str, checkpoint_id: str, *, fallback_to_readable: bool
     ) -> Recovered[checkpoints_pb2.WorkflowCheckpoint]:
         """The run's newest checkpoint, or the one named; NotFound if there is none."""
-        ...
 
     async def list_workflow_history(
         self,
@@ -259,17 +257,14 @@ class CheckpointStore(Protocol):
         page_token: str,
     ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
         """A page of the run's checkpoints, newest first."""
-        ...
 
     async def list_latest_workflows(
         self, namespace: str, where: WorkflowFilter, *, page_size: int, page_token: str
     ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
         """A page of the newest checkpoint of each run, in run_id order."""
-        ...
 
     async def delete_workflow(self, namespace: str, run_id: str) -> int:
         """Delete the run's whole history; how many checkpoints it had."""
-        ...
 
     async def persist_agent(
         self,
@@ -281,27 +276,22 @@ class CheckpointStore(Protocol):
         now_us: int,
     ) -> Saved[checkpoints_pb2.AgentCheckpoint]:
         """Add `checkpoint` as its agent's newest."""
-        ...
 
     async def recover_agent(
         self, namespace: str, agent_id: str, *, fallback_to_readable: bool
     ) -> Recovered[checkpoints_pb2.AgentCheckpoint]:
         """The agent's newest (readable) checkpoint; NotFound if there is none."""
-        ...
 
     async def list_agent_history(
         self, namespace: str, agent_id: str, *, before: str, page_size: int, page_token: str
     ) -> CheckpointPage[checkpoints_pb2.AgentCheckpoint]:
         """A page of the agent's checkpoints, newest first."""
-        ...
 
     async def delete_agent(self, namespace: str, agent_id: str) -> int:
         """Delete the agent's whole history; how many checkpoints it had."""
-        ...
 
     async def sweep(self, defaults: RetentionPolicy, now_us: int) -> int:
         """Apply retention to every run and agent; how many checkpoints it dropped."""
-        ...
 
 
 # -- minting ---------------------------------------------------------------

@@ -142,23 +142,18 @@ class EventStore(Protocol):
         EVENT_TRUNCATED), FailedPrecondition (RUN_TERMINATED) or Aborted
         (SEQ_MISMATCH with `actual_last_seq`); then nothing is stored.
         """
-        ...
 
     async def read(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage:
         """Up to `limit` committed envelopes with seq > after_seq, and the run's state."""
-        ...
 
     async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
         """A page of the namespace's runs in run_id order."""
-        ...
 
     async def delete_run(self, namespace: str, run_id: str) -> bool:
         """Delete the run, its events and its event ids; whether it existed."""
-        ...
 
     async def truncate(self, namespace: str, run_id: str, up_to_seq: int) -> Truncation:
         """Drop the run's events with seq <= up_to_seq; NotFound for an unknown run."""
-        ...
 
 
 def event_key(namespace: str, run_id: str) -> tuple[str, str, str]:

@@ -239,7 +239,6 @@ class JobStore(Protocol):
 
     async def enqueue(self, namespace: str, jobs: Sequence[NewJob]) -> list[Enqueued]:
         """Store `jobs` atomically, deduplicating by idempotency key, in order."""
-        ...
 
     async def lease(
         self,
@@ -251,23 +250,19 @@ class JobStore(Protocol):
         lease_us: int,
     ) -> LeaseResult:
         """Lease up to `count` runnable jobs of the queue (any kind when `kinds` is empty)."""
-        ...
 
     async def lease_builtin(self, worker_id: str, count: int, lease_us: int) -> LeaseResult:
         """Lease up to `count` runnable jobs of BUILTIN_QUEUE across every namespace."""
-        ...
 
     async def heartbeat(
         self, namespace: str, job_id: str, lease_id: str, lease_us: int
     ) -> HeartbeatResult:
         """Extend the lease to now + lease_us; FailedPrecondition LEASE_STALE if not held."""
-        ...
 
     async def complete(
         self, namespace: str, job_id: str, lease_id: str, result: struct_pb2.Struct
     ) -> jobs_pb2.Job:
         """Mark the leased job SUCCEEDED (again returning it for the lease that did)."""
-        ...
 
     async def fail(
         self,
@@ -279,50 +274,40 @@ class JobStore(Protocol):
         retry_delay_us: int | None,
     ) -> jobs_pb2.Job:
         """Record a failed attempt; the job waits for a retry or is DEAD (`after_failure`)."""
-        ...
 
     async def cancel(self, namespace: str, job_id: str) -> jobs_pb2.Job:
         """Cancel an unfinished job; a CANCELLED one is returned as is."""
-        ...
 
     async def retry(self, namespace: str, job_id: str, delay_us: int) -> jobs_pb2.Job:
         """Put a DEAD or CANCELLED job back with attempt 0, runnable after `delay_us`."""
-        ...
 
     async def get(self, namespace: str, job_id: str) -> jobs_pb2.Job:
         """The job as it stands now; NotFound (JOB_NOT_FOUND) if absent."""
-        ...
 
     async def list(
         self, namespace: str, where: JobFilter, page_size: int, page_token: str
     ) -> JobPage:
         """A page of jobs in enqueue order."""
-        ...
 
     async def stats(self, namespace: str, queue: str) -> builtins.list[jobs_pb2.QueueStats]:
         """Counts per queue, state and priority (one queue when `queue` is set)."""
-        ...
 
     async def change_position(self) -> int:
         """The newest change id committed so far (0 when none)."""
-        ...
 
     async def changes(
         self, namespace: str, where: ChangeFilter, after: int, limit: int
     ) -> ChangePage:
         """Up to `limit` matching changes with id > `after`; OutOfRange if trimmed."""
-        ...
 
     async def sweep(self) -> SweepResult:
         """Promote due jobs and settle expired leases, a bounded batch at a time."""
-        ...
 
     async def purge(self, finished_before_us: int, changes_before_us: int) -> int:
         """Delete jobs finished before, and changes committed before, the given times.
 
         Returns how many jobs were deleted.
         """
-        ...
 
 
 # -- notifier keys ---------------------------------------------------------------

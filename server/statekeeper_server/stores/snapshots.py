@@ -41,21 +41,17 @@ class SnapshotStore(Protocol):
         self, namespace: str, snapshot: snapshots_pb2.Snapshot, expected_version: int | None
     ) -> snapshots_pb2.Snapshot:
         """Store `snapshot` as the run's latest; Aborted on a version mismatch."""
-        ...
 
     async def load(self, namespace: str, run_id: str) -> snapshots_pb2.Snapshot:
         """The run's latest snapshot; NotFound if there is none."""
-        ...
 
     async def list(
         self, namespace: str, where: SnapshotFilter, page_size: int, page_token: str
     ) -> SnapshotPage:
         """A page of snapshots in run_id order."""
-        ...
 
     async def delete(self, namespace: str, run_id: str) -> bool:
         """Delete the run's snapshot; whether one existed."""
-        ...
 
 
 def snapshot_not_found(run_id: str) -> NotFound:
