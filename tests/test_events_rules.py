@@ -6,11 +6,10 @@ import pytest
 
 from statekeeper.v1 import events_pb2
 from statekeeper_server.errors import InvalidArgument
-from statekeeper_server.services.events import serialize_replay_message, split_by_size
+from statekeeper_server.services.events import serialize_response, split_by_size
+from statekeeper_server.stores.event_wire import pack_envelopes, replay_batch_message
 from statekeeper_server.stores.events import (
     is_terminal,
-    pack_envelopes,
-    replay_batch_message,
     validate_event_inputs,
     validate_expectation,
 )
@@ -155,9 +154,9 @@ def test_replay_batch_of_nothing_is_an_empty_batch() -> None:
 
 def test_replay_messages_pass_encoded_batches_through_unchanged() -> None:
     wire = replay_batch_message([envelope(1).SerializeToString()])
-    assert serialize_replay_message(wire) is wire
+    assert serialize_response(wire) is wire
     caught_up = events_pb2.ReplayEventsResponse(caught_up=events_pb2.CaughtUp(last_seq=4))
-    assert serialize_replay_message(caught_up) == caught_up.SerializeToString()
+    assert serialize_response(caught_up) == caught_up.SerializeToString()
 
 
 def test_split_by_size_closes_a_chunk_once_it_reaches_the_limit() -> None:

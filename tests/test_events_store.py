@@ -67,7 +67,8 @@ async def append(
     *inputs: events_pb2.EventInput,
     expectation: events_pb2.SeqExpectation | None = None,
 ) -> list[events_pb2.EventEnvelope]:
-    return await store.events.append(NS, run_id, inputs, expectation)
+    appended = await store.events.append(NS, run_id, inputs, expectation)
+    return [events_pb2.EventEnvelope.FromString(data) for data in appended]
 
 
 async def stored(store: Store, run_id: str, after_seq: int = 0) -> list[events_pb2.EventEnvelope]:
@@ -454,8 +455,8 @@ async def test_list_runs_pages_in_run_id_order(store: Store) -> None:
 
 async def test_namespaces_are_isolated(store: Store) -> None:
     await store.events.append("tenant-a", "run-1", [custom()], None)
-    (envelope,) = await store.events.append("tenant-b", "run-1", [custom()], None)
-    assert envelope.seq == 1
+    (data,) = await store.events.append("tenant-b", "run-1", [custom()], None)
+    assert events_pb2.EventEnvelope.FromString(data).seq == 1
     assert [r.run_id for r in (await store.events.list_runs("tenant-c", 10, "")).runs] == []
 
 
@@ -478,3 +479,48 @@ async def test_failed_append_wakes_no_one(store: Store) -> None:
     with pytest.raises(Aborted):
         await append(store, "run-2", custom(), expectation=Expectation(run_exists=True))
     assert not any(woken.is_set() for woken in watchers)
+
+
+# -- the newest commit, kept for followers ------------------------------------------
+
+
+async def test_recent_page_is_what_a_read_returns(store: Store) -> None:
+    await append(store, "run-1", started(), custom())
+    await append(store, "run-1", custom("a"), custom("b"))
+    recent = store.events.recent(NS, "run-1", 2, 100)
+    if recent is not None:
+        assert recent == await store.events.read(NS, "run-1", 2, 100)
+
+
+async def test_embedded_store_keeps_the_newest_commit(store_url: str, store: Store) -> None:
+    await append(store, "run-1", started(), custom())
+    recent = store.events.recent(NS, "run-1", 0, 100)
+    if store_url.startswith("postgresql"):
+        assert recent is None  # other replicas commit too: followers always read
+    else:
+        assert recent == await store.events.read(NS, "run-1", 0, 100)
+
+
+async def test_recent_page_is_only_the_newest_commit(store: Store) -> None:
+    await append(store, "run-1", started(), custom())
+    await append(store, "run-1", custom())
+    assert store.events.recent(NS, "run-1", 0, 100) is None
+
+
+async def test_recent_page_is_dropped_by_truncation(store: Store) -> None:
+    await append(store, "run-1", started(), custom())
+    await store.events.truncate(NS, "run-1", 1)
+    assert store.events.recent(NS, "run-1", 0, 100) is None
+
+
+async def test_recent_page_is_dropped_with_its_run(store: Store) -> None:
+    await append(store, "run-1", started())
+    await store.events.delete_run(NS, "run-1")
+    assert store.events.recent(NS, "run-1", 0, 100) is None
+
+
+async def test_retries_leave_the_recent_page_alone(store: Store) -> None:
+    await append(store, "run-1", started(event_id="e-1"))
+    before = store.events.recent(NS, "run-1", 0, 100)
+    await append(store, "run-1", started(event_id="e-1"))
+    assert store.events.recent(NS, "run-1", 0, 100) == before

@@ -44,7 +44,8 @@ async def append(
     *inputs: events_pb2.EventInput,
     expectation: events_pb2.SeqExpectation | None = None,
 ) -> list[events_pb2.EventEnvelope]:
-    return await store.events.append(NS, RUN, inputs, expectation)
+    appended = await store.events.append(NS, RUN, inputs, expectation)
+    return [events_pb2.EventEnvelope.FromString(data) for data in appended]
 
 
 async def stored_seqs(store: Store) -> list[int]:

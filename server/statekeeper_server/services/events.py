@@ -19,18 +19,18 @@ from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from statekeeper.v1 import events_pb2
 from statekeeper_server.errors import InvalidArgument, Unavailable
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.services.context import request_namespace
+from statekeeper_server.stores.event_wire import pack_envelopes, replay_batch_message
 from statekeeper_server.stores.events import (
     EventStore,
     check_read_position,
     event_key,
     missing_event,
-    pack_envelopes,
-    replay_batch_message,
     run_not_found,
     validate_event_input,
 )
@@ -40,6 +40,8 @@ from statekeeper_server.validation import page_size, require_id
 Context = grpc.aio.ServicerContext[Any, Any]
 ReplayMessage = bytes | events_pb2.ReplayEventsResponse
 """A replay stream message: a pre-encoded batch, or a caught-up / heartbeat message."""
+Response = bytes | Message
+"""A response: wire bytes built from stored envelopes, or a message to encode."""
 
 SERVICE_NAME = events_pb2.DESCRIPTOR.services_by_name["EventLogService"].full_name
 DEFAULT_LIST_LIMIT = 100
@@ -52,8 +54,8 @@ REPLAY_MESSAGE_BYTES = 1024 * 1024
 """A replay message is closed once its envelopes reach this size (at least one each)."""
 
 
-def serialize_replay_message(message: ReplayMessage) -> bytes:
-    """Wire bytes of a replay message; batches arrive already encoded."""
+def serialize_response(message: Response) -> bytes:
+    """Wire bytes of a response; bytes are already encoded and pass as they are."""
     if isinstance(message, bytes):
         return message
     return message.SerializeToString()
@@ -94,7 +96,7 @@ class EventLogServicer:
         self._heartbeat_interval = heartbeat_interval
 
     def add_to(self, server: grpc.aio.Server) -> None:
-        """Register the handlers; ReplayEvents sends pre-encoded batches as they are."""
+        """Register the handlers; pre-encoded responses are sent as they are."""
         handlers = {
             "AppendEvent": _unary(self.AppendEvent, events_pb2.AppendEventRequest),
             "AppendEvents": _unary(self.AppendEvents, events_pb2.AppendEventsRequest),
@@ -102,7 +104,7 @@ class EventLogServicer:
             "ReplayEvents": grpc.unary_stream_rpc_method_handler(
                 self.ReplayEvents,
                 request_deserializer=events_pb2.ReplayEventsRequest.FromString,
-                response_serializer=serialize_replay_message,
+                response_serializer=serialize_response,
             ),
             "ListRuns": _unary(self.ListRuns, events_pb2.ListRunsRequest),
             "DeleteRun": _unary(self.DeleteRun, events_pb2.DeleteRunRequest),
@@ -121,26 +123,25 @@ class EventLogServicer:
         await self._stopping.wait()
         self._notifier.notify_all()
 
-    async def AppendEvent(
-        self, request: events_pb2.AppendEventRequest, context: Context
-    ) -> events_pb2.AppendEventResponse:
-        """Append one event (validated as `input`)."""
+    async def AppendEvent(self, request: events_pb2.AppendEventRequest, context: Context) -> bytes:
+        """Append one event (validated as `input`); the AppendEventResponse's wire bytes."""
         namespace = request_namespace(context)
         run_id = require_id(request.run_id, "run_id")
         validate_event_input(request.input, "input")
         expectation = request.expectation if request.HasField("expectation") else None
         envelopes = await self._store.append(namespace, run_id, [request.input], expectation)
-        return events_pb2.AppendEventResponse(envelope=envelopes[0])
+        return pack_envelopes(envelopes)
 
     async def AppendEvents(
         self, request: events_pb2.AppendEventsRequest, context: Context
-    ) -> events_pb2.AppendEventsResponse:
-        """Append a batch atomically (the store validates it as `inputs`)."""
+    ) -> bytes:
+        """Append a batch atomically (the store validates it as `inputs`); the
+        AppendEventsResponse's wire bytes."""
         namespace = request_namespace(context)
         run_id = require_id(request.run_id, "run_id")
         expectation = request.expectation if request.HasField("expectation") else None
         envelopes = await self._store.append(namespace, run_id, request.inputs, expectation)
-        return events_pb2.AppendEventsResponse(envelopes=envelopes)
+        return pack_envelopes(envelopes)
 
     async def ListEvents(
         self, request: events_pb2.ListEventsRequest, context: Context
@@ -189,7 +190,9 @@ class EventLogServicer:
                 )
             # Taken before the read: a commit landing after the read has already set it.
             woken = self._notifier.watch(key)
-            page = await self._store.read(namespace, run_id, position, REPLAY_READ_EVENTS)
+            page = self._store.recent(namespace, run_id, position, REPLAY_READ_EVENTS)
+            if page is None:
+                page = await self._store.read(namespace, run_id, position, REPLAY_READ_EVENTS)
             run = page.run
             if run is None or (created_us is not None and run.create_us != created_us):
                 # Only a follower from the start waits for a run it has never seen; a
@@ -258,13 +261,9 @@ class EventLogServicer:
 
 
 def _unary(behavior: Any, request_type: Any) -> grpc.RpcMethodHandler[Any, Any]:
-    """A unary handler decoding `request_type` and encoding the proto response."""
+    """A unary handler decoding `request_type` and encoding its response."""
     return grpc.unary_unary_rpc_method_handler(
         behavior,
         request_deserializer=request_type.FromString,
-        response_serializer=_serialize,
+        response_serializer=serialize_response,
     )
-
-
-def _serialize(message: Any) -> bytes:
-    return message.SerializeToString()  # type: ignore[no-any-return]

@@ -230,7 +230,7 @@ class BuiltinJobRunner:
         envelopes = await self._events.append(
             leased.namespace, call.run_id, [item], call.expectation
         )
-        return envelopes[0]
+        return events_pb2.EventEnvelope.FromString(envelopes[0])
 
     @staticmethod
     async def _settle(settling: Awaitable[object], job_id: str) -> None:

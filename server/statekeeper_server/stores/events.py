@@ -3,8 +3,8 @@
 Backends keep the SQL; this module keeps what does not depend on a
 database: validation of events, the decisions of an append (idempotent
 retries, terminal runs, seq expectations), error construction, the key
-followers are woken on, and the wire encoding that lets replay send stored
-envelope bytes without decoding them.
+followers are woken on. Envelopes travel as bytes (see `event_wire`):
+appends encode them once, reads and replays send them as stored.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import uuid_utils
-from google.protobuf.message import DecodeError
 
 from statekeeper.v1 import events_pb2
 from statekeeper.v1.common_pb2 import FinishReason
@@ -28,6 +27,7 @@ from statekeeper_server.errors import (
     NotFound,
     OutOfRange,
 )
+from statekeeper_server.stores import event_wire
 from statekeeper_server.timestamps import to_timestamp
 from statekeeper_server.validation import enum_value, optional_id, require_id, require_text
 
@@ -133,8 +133,8 @@ class EventStore(Protocol):
         run_id: str,
         inputs: Sequence[events_pb2.EventInput],
         expectation: events_pb2.SeqExpectation | None,
-    ) -> list[events_pb2.EventEnvelope]:
-        """Append `inputs` in order; return one envelope per input, in order.
+    ) -> list[bytes]:
+        """Append `inputs` in order; return one serialized envelope per input, in order.
 
         Inputs whose event_id is already stored with the same event yield
         their original envelope and store nothing. Raises InvalidArgument
@@ -145,6 +145,15 @@ class EventStore(Protocol):
 
     async def read(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage:
         """Up to `limit` committed envelopes with seq > after_seq, and the run's state."""
+
+    def recent(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage | None:
+        """What `read` would return right after this process's newest append to the run,
+        from memory, when that append's page starts right after `after_seq` and holds at
+        most `limit` envelopes; else None (then read).
+
+        For followers woken by that append: it may lag a commit made elsewhere
+        (another replica), which wakes them again.
+        """
 
     async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
         """A page of the namespace's runs in run_id order."""
@@ -334,10 +343,11 @@ def check_append_allowed(
 
 @dataclass(frozen=True)
 class NewEvents:
-    """Envelopes built for an append, and the run's state after it."""
+    """Serialized envelopes built for an append, and the run's state after it."""
 
-    envelopes: list[events_pb2.EventEnvelope]
     encoded: list[bytes]
+    first_seq: int
+    """Seq of the first envelope; the others follow it one by one."""
     session_id: str
     last_seq: int
     terminal: bool
@@ -346,41 +356,56 @@ class NewEvents:
 def build_envelopes(
     run_id: str, run: RunState | None, prepared: Sequence[PreparedInput], now_us: int
 ) -> NewEvents:
-    """Number `prepared` after the run's last seq and wrap each in its envelope.
+    """Number `prepared` after the run's last seq and encode each in its envelope.
 
     A RunStarted sets the session of itself and of every later envelope.
     """
     session_id = run.session_id if run is not None else ""
     seq = run.last_seq if run is not None else 0
-    emitted_at = to_timestamp(now_us)
-    envelopes: list[events_pb2.EventEnvelope] = []
+    first_seq = seq + 1
+    run_field = event_wire.run_id_field(run_id)
+    session_field = event_wire.session_id_field(session_id)
+    time_field = event_wire.timestamp_field(now_us)
     encoded: list[bytes] = []
     terminal = False
     for item in prepared:
         seq += 1
         event = item.input.event
-        if event.HasField("run_started"):
+        kind = event.WhichOneof("kind")
+        if kind == "run_started":
             session_id = event.run_started.session_id
-        terminal = terminal or is_terminal(event)
-        envelope = events_pb2.EventEnvelope(
-            event_id=item.event_id,
-            seq=seq,
-            run_id=run_id,
-            session_id=session_id,
-            event=event,
-            emitted_at=emitted_at,
+            session_field = event_wire.session_id_field(session_id)
+        elif kind in TERMINAL_KINDS:
+            terminal = True
+        encoded.append(
+            event_wire.envelope(
+                item.event_id,
+                seq,
+                run_field,
+                session_field,
+                event.SerializeToString(),
+                time_field,
+            )
         )
-        envelopes.append(envelope)
-        encoded.append(envelope.SerializeToString())
-    return NewEvents(envelopes, encoded, session_id, seq, terminal)
+    return NewEvents(encoded, first_seq, session_id, seq, terminal)
+
+
+def run_after_append(run_id: str, run: RunState | None, new: NewEvents, now_us: int) -> RunState:
+    """The run's state once `new` is committed (a first append creates the run at `now_us`)."""
+    return RunState(
+        run_id=run_id,
+        session_id=new.session_id,
+        first_seq=run.first_seq if run is not None else 1,
+        last_seq=new.last_seq,
+        terminal=new.terminal,
+        create_us=run.create_us if run is not None else now_us,
+        update_us=now_us,
+    )
 
 
 def merge_results(
-    count: int,
-    retries: Mapping[int, int],
-    originals: Mapping[int, events_pb2.EventEnvelope],
-    new: Iterable[events_pb2.EventEnvelope],
-) -> list[events_pb2.EventEnvelope]:
+    count: int, retries: Mapping[int, int], originals: Mapping[int, bytes], new: Iterable[bytes]
+) -> list[bytes]:
     """One envelope per input, in input order: the original for a retry, else the next new one."""
     fresh = iter(new)
     return [originals[retries[i]] if i in retries else next(fresh) for i in range(count)]
@@ -417,11 +442,7 @@ class AppendPlan:
     fresh: list[PreparedInput]
     """Inputs to store, in order; empty when the whole append is a retry."""
 
-    def results(
-        self,
-        originals: Mapping[int, events_pb2.EventEnvelope],
-        new: Iterable[events_pb2.EventEnvelope],
-    ) -> list[events_pb2.EventEnvelope]:
+    def results(self, originals: Mapping[int, bytes], new: Iterable[bytes]) -> list[bytes]:
         """One envelope per input (`merge_results`) from the originals and the new envelopes."""
         return merge_results(self.count, self.retries, originals, new)
 
@@ -501,57 +522,14 @@ def missing_event(run_id: str, seq: int) -> DataLoss:
     )
 
 
-def decode_originals(
+def require_originals(
     run_id: str, seqs: Iterable[int], found: Mapping[int, bytes]
-) -> dict[int, events_pb2.EventEnvelope]:
-    """The envelopes of `seqs` from the stored bytes `found` by seq.
-
-    Raises DataLoss: MISSING_EVENT for a seq not found, CORRUPT_EVENT for
-    bytes that do not parse.
-    """
-    originals: dict[int, events_pb2.EventEnvelope] = {}
+) -> dict[int, bytes]:
+    """The stored envelopes of `seqs` from `found` by seq; DataLoss MISSING_EVENT for a
+    seq not found."""
+    originals: dict[int, bytes] = {}
     for seq in seqs:
         if seq not in found:
             raise missing_event(run_id, seq)
-        originals[seq] = decode_envelope(run_id, found[seq])
+        originals[seq] = found[seq]
     return originals
-
-
-def decode_envelope(run_id: str, data: bytes) -> events_pb2.EventEnvelope:
-    """Parse a stored envelope; DataLoss (CORRUPT_EVENT) if it is unreadable."""
-    try:
-        return events_pb2.EventEnvelope.FromString(data)
-    except DecodeError as exc:
-        raise DataLoss(
-            "CORRUPT_EVENT", f"a stored event of run {run_id} is corrupt", run_id=run_id
-        ) from exc
-
-
-# -- wire encoding -------------------------------------------------------------------
-
-_FIELD_1_BYTES = b"\x0a"
-"""Tag of field 1 with wire type 2 (length-delimited)."""
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def pack_envelopes(envelopes: Iterable[bytes]) -> bytes:
-    """The wire form of `repeated EventEnvelope envelopes = 1` from encoded envelopes.
-
-    Both EventBatch and ListEventsResponse hold their envelopes in field 1,
-    so these bytes parse as either (and merge into a ListEventsResponse).
-    """
-    return b"".join(_FIELD_1_BYTES + _varint(len(data)) + data for data in envelopes)
-
-
-def replay_batch_message(envelopes: Iterable[bytes]) -> bytes:
-    """The wire form of `ReplayEventsResponse{batch: EventBatch{envelopes}}`."""
-    batch = pack_envelopes(envelopes)
-    return _FIELD_1_BYTES + _varint(len(batch)) + batch

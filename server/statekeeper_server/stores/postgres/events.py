@@ -36,11 +36,11 @@ from statekeeper_server.stores.events import (
     StoredEventId,
     Truncation,
     build_envelopes,
-    decode_originals,
     event_key,
     plan_append,
     prepare_append,
     query_seq,
+    require_originals,
     run_not_found,
     supplied_event_ids,
     truncation_point,
@@ -167,7 +167,7 @@ async def _load_event_ids(
 
 async def _load_envelopes(
     tx: Transaction, namespace: str, run_id: str, seqs: Iterable[int]
-) -> dict[int, events_pb2.EventEnvelope]:
+) -> dict[int, bytes]:
     wanted = sorted(set(seqs))
     if not wanted:
         return {}
@@ -178,7 +178,7 @@ async def _load_envelopes(
         run_id,
         wanted,
     )
-    return decode_originals(run_id, wanted, {row["seq"]: row["envelope"] for row in rows})
+    return require_originals(run_id, wanted, {row["seq"]: row["envelope"] for row in rows})
 
 
 async def _write(
@@ -193,8 +193,8 @@ async def _write(
     """Store `new` (built from `fresh`) after the run's last seq; False if the run was
     new here but a concurrent first append created it first (then nothing is written)."""
     supplied = [
-        (item.event_id, envelope.seq, item.digest)
-        for item, envelope in zip(fresh, new.envelopes, strict=True)
+        (item.event_id, seq, item.digest)
+        for seq, item in enumerate(fresh, new.first_seq)
         if item.digest is not None
     ]
     written: bool = await tx.conn.fetchval(
@@ -227,7 +227,7 @@ class PostgresEventStore:
         run_id: str,
         inputs: Sequence[events_pb2.EventInput],
         expectation: events_pb2.SeqExpectation | None,
-    ) -> list[events_pb2.EventEnvelope]:
+    ) -> list[bytes]:
         """Validate, then append in one transaction holding the run's row; wake its followers."""
         prepared = prepare_append(run_id, inputs, expectation)
         supplied = supplied_event_ids(prepared)
@@ -247,7 +247,11 @@ class PostgresEventStore:
                 new = build_envelopes(run_id, run, plan.fresh, now)
                 if await _write(tx, namespace, run_id, run, plan.fresh, new, now):
                     await tx.notify(event_key(namespace, run_id))
-                    return plan.results(originals, new.envelopes)
+                    return plan.results(originals, new.encoded)
+
+    def recent(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage | None:
+        """Always None: other replicas commit too, so only the database knows the newest."""
+        return None
 
     async def read(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage:
         """Up to `limit` stored envelopes after `after_seq`, with the run, in one snapshot."""

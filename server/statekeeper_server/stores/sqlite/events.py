@@ -16,22 +16,25 @@ from statekeeper.v1 import events_pb2
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores.events import (
     EventPage,
+    NewEvents,
     PreparedInput,
     RunPage,
     RunState,
     StoredEventId,
     Truncation,
     build_envelopes,
-    decode_originals,
     event_key,
     plan_append,
     prepare_append,
     query_seq,
+    require_originals,
+    run_after_append,
     run_not_found,
     supplied_event_ids,
     truncation_point,
 )
 from statekeeper_server.stores.paging import decode_page_token, encode_page_token
+from statekeeper_server.stores.recent_commits import RecentCommits
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
 from statekeeper_server.timestamps import now_us
 
@@ -111,7 +114,7 @@ def _load_event_ids(
 
 def _load_envelopes(
     conn: sqlite3.Connection, namespace: str, run_id: str, seqs: Iterable[int]
-) -> dict[int, events_pb2.EventEnvelope]:
+) -> dict[int, bytes]:
     wanted = set(seqs)
     found: dict[int, bytes] = {}
     for seq in wanted:
@@ -121,7 +124,7 @@ def _load_envelopes(
         ).fetchone()
         if row is not None:
             found[seq] = row[0]
-    return decode_originals(run_id, wanted, found)
+    return require_originals(run_id, wanted, found)
 
 
 class SQLiteEventStore:
@@ -130,6 +133,7 @@ class SQLiteEventStore:
     def __init__(self, engine: SQLiteEngine, notifier: Notifier) -> None:
         self._engine = engine
         self._notifier = notifier
+        self._recent = RecentCommits()
 
     async def append(
         self,
@@ -137,13 +141,13 @@ class SQLiteEventStore:
         run_id: str,
         inputs: Sequence[events_pb2.EventInput],
         expectation: events_pb2.SeqExpectation | None,
-    ) -> list[events_pb2.EventEnvelope]:
+    ) -> list[bytes]:
         """Validate, then append in one writer transaction and wake the run's followers."""
         prepared = prepare_append(run_id, inputs, expectation)
-        appended = False
+        committed: tuple[int, RunState, list[bytes]] | None = None
 
-        def work(conn: sqlite3.Connection) -> list[events_pb2.EventEnvelope]:
-            nonlocal appended
+        def work(conn: sqlite3.Connection) -> list[bytes]:
+            nonlocal committed
             run = _load_run(conn, namespace, run_id)
             supplied = supplied_event_ids(prepared)
             stored = _load_event_ids(conn, namespace, run_id, supplied) if run and supplied else {}
@@ -151,14 +155,23 @@ class SQLiteEventStore:
             originals = _load_envelopes(conn, namespace, run_id, plan.retries.values())
             if not plan.fresh:
                 return plan.results(originals, [])
-            new = _insert(conn, namespace, run_id, run, plan.fresh)
-            appended = True
-            return plan.results(originals, new)
+            now = now_us()
+            new = build_envelopes(run_id, run, plan.fresh, now)
+            _insert(conn, namespace, run_id, plan.fresh, new, now)
+            committed = (new.first_seq - 1, run_after_append(run_id, run, new, now), new.encoded)
+            return plan.results(originals, new.encoded)
 
         envelopes = await self._engine.write(work)
-        if appended:
-            self._notifier.notify(event_key(namespace, run_id))
+        if committed is not None:
+            key = event_key(namespace, run_id)
+            self._recent.publish(key, *committed)
+            self._notifier.notify(key)
         return envelopes
+
+    def recent(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage | None:
+        """The page the newest append of the run committed, if it starts right after
+        `after_seq` and holds at most `limit` envelopes."""
+        return self._recent.page_after(event_key(namespace, run_id), after_seq, limit)
 
     async def read(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage:
         """Up to `limit` stored envelopes after `after_seq`, with the run, in one snapshot."""
@@ -205,7 +218,9 @@ class SQLiteEventStore:
 
         deleted = await self._engine.write(work)
         if deleted:
-            self._notifier.notify(event_key(namespace, run_id))
+            key = event_key(namespace, run_id)
+            self._recent.forget(key)
+            self._notifier.notify(key)
         return deleted
 
     async def truncate(self, namespace: str, run_id: str, up_to_seq: int) -> Truncation:
@@ -230,7 +245,9 @@ class SQLiteEventStore:
 
         truncation = await self._engine.write(work)
         if truncation.dropped:
-            self._notifier.notify(event_key(namespace, run_id))
+            key = event_key(namespace, run_id)
+            self._recent.forget(key)
+            self._notifier.notify(key)
         return truncation
 
 
@@ -238,27 +255,27 @@ def _insert(
     conn: sqlite3.Connection,
     namespace: str,
     run_id: str,
-    run: RunState | None,
     fresh: Sequence[PreparedInput],
-) -> list[events_pb2.EventEnvelope]:
-    """Store `fresh` after the run's last seq and move the run's counters."""
-    now = now_us()
-    new = build_envelopes(run_id, run, fresh, now)
+    new: NewEvents,
+    now: int,
+) -> None:
+    """Store `new` (built from `fresh`) after the run's last seq and move the run's counters."""
+    seqs = range(new.first_seq, new.last_seq + 1)
     conn.executemany(
         "INSERT INTO events (namespace, run_id, seq, envelope) VALUES (?, ?, ?, ?)",
-        [
-            (namespace, run_id, envelope.seq, data)
-            for envelope, data in zip(new.envelopes, new.encoded, strict=True)
-        ],
+        [(namespace, run_id, seq, data) for seq, data in zip(seqs, new.encoded, strict=True)],
     )
-    conn.executemany(
-        "INSERT INTO event_ids (namespace, run_id, event_id, seq, digest) VALUES (?, ?, ?, ?, ?)",
-        [
-            (namespace, run_id, item.event_id, envelope.seq, item.digest)
-            for item, envelope in zip(fresh, new.envelopes, strict=True)
-            if item.digest is not None
-        ],
-    )
+    supplied = [
+        (namespace, run_id, item.event_id, seq, item.digest)
+        for item, seq in zip(fresh, seqs, strict=True)
+        if item.digest is not None
+    ]
+    if supplied:
+        conn.executemany(
+            "INSERT INTO event_ids (namespace, run_id, event_id, seq, digest)"
+            " VALUES (?, ?, ?, ?, ?)",
+            supplied,
+        )
     conn.execute(
         "INSERT INTO event_runs (namespace, run_id, session_id, first_seq, last_seq, terminal,"
         " create_us, update_us) VALUES (?, ?, ?, 1, ?, ?, ?, ?)"
@@ -267,4 +284,3 @@ def _insert(
         " update_us = excluded.update_us",
         (namespace, run_id, new.session_id, new.last_seq, int(new.terminal), now, now),
     )
-    return new.envelopes

@@ -1,0 +1,102 @@
+"""Protobuf wire bytes of the event log, built by concatenation.
+
+An append builds each `EventEnvelope` from the event's own bytes and a few
+strings and varints, and a read answers with the stored bytes as they are:
+no envelope is ever built as a message object or re-encoded on the hot
+paths. The bytes are exactly what protobuf's own encoder produces for the
+same fields (fields in number order, defaults omitted), so every client
+decodes them as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
+
+# Tags (field number << 3 | wire type) of the fields written here.
+_ENVELOPE_EVENT_ID = b"\x0a"  # 1: string
+_ENVELOPE_SEQ = b"\x10"  # 2: uint64
+_ENVELOPE_RUN_ID = b"\x1a"  # 3: string
+_ENVELOPE_SESSION_ID = b"\x22"  # 4: string
+_ENVELOPE_EVENT = b"\x2a"  # 5: AgentEvent
+_ENVELOPE_EMITTED_AT = b"\x32"  # 6: Timestamp
+_TIMESTAMP_SECONDS = b"\x08"  # 1: int64
+_TIMESTAMP_NANOS = b"\x10"  # 2: int32
+_FIELD_1 = b"\x0a"
+"""Tag of field 1, length-delimited: the envelopes of every response and batch."""
+
+
+def varint(value: int) -> bytes:
+    """The base-128 varint of a non-negative integer."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _delimited(tag: bytes, data: bytes) -> bytes:
+    return tag + varint(len(data)) + data
+
+
+def _string(tag: bytes, text: str) -> bytes:
+    """A string field; empty (the default) is omitted."""
+    return _delimited(tag, text.encode()) if text else b""
+
+
+def timestamp_field(micros: int) -> bytes:
+    """`emitted_at` of an envelope: a Timestamp of `micros` microseconds since the epoch."""
+    seconds, rest = divmod(micros, 1_000_000)
+    body = (_TIMESTAMP_SECONDS + varint(seconds) if seconds else b"") + (
+        _TIMESTAMP_NANOS + varint(rest * 1000) if rest else b""
+    )
+    return _delimited(_ENVELOPE_EMITTED_AT, body)
+
+
+def run_id_field(run_id: str) -> bytes:
+    """`run_id` of an envelope."""
+    return _string(_ENVELOPE_RUN_ID, run_id)
+
+
+def session_id_field(session_id: str) -> bytes:
+    """`session_id` of an envelope (nothing when empty)."""
+    return _string(_ENVELOPE_SESSION_ID, session_id)
+
+
+def envelope(
+    event_id: str, seq: int, run_field: bytes, session_field: bytes, event: bytes, time_field: bytes
+) -> bytes:
+    """A serialized `EventEnvelope`; the `*_field` parts come from the functions above."""
+    return b"".join(
+        (
+            _string(_ENVELOPE_EVENT_ID, event_id),
+            _ENVELOPE_SEQ,
+            varint(seq),
+            run_field,
+            session_field,
+            _ENVELOPE_EVENT,
+            varint(len(event)),
+            event,
+            time_field,
+        )
+    )
+
+
+def pack_envelopes(envelopes: Iterable[bytes]) -> bytes:
+    """The wire form of a message holding `envelopes` in field 1 from their encodings.
+
+    `AppendEventResponse` (its one envelope), `AppendEventsResponse`,
+    `EventBatch` and `ListEventsResponse` all keep their envelopes in field
+    1, so these bytes are a whole response of the first three and merge
+    into the last.
+    """
+    return b"".join([_FIELD_1 + varint(len(data)) + data for data in envelopes])
+
+
+def replay_batch_message(envelopes: Iterable[bytes]) -> bytes:
+    """The wire form of `ReplayEventsResponse{batch: EventBatch{envelopes}}`."""
+    return _delimited(_FIELD_1, pack_envelopes(envelopes))

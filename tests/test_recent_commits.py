@@ -1,0 +1,83 @@
+"""The per-run cache of the newest commit that woken followers share."""
+
+from __future__ import annotations
+
+from statekeeper_server.stores.events import RunState
+from statekeeper_server.stores.recent_commits import MAX_PAGE_BYTES, RecentCommits
+
+KEY = ("events", "default", "run-1")
+
+
+def run(last_seq: int, create_us: int = 1) -> RunState:
+    return RunState("run-1", "s", 1, last_seq, False, create_us, create_us)
+
+
+def test_a_follower_at_the_commits_start_gets_its_page() -> None:
+    recent = RecentCommits()
+    recent.publish(KEY, 2, run(4), [b"three", b"four"])
+    page = recent.page_after(KEY, 2, 100)
+    assert page is not None
+    assert (page.envelopes, page.through_seq, page.run) == ([b"three", b"four"], 4, run(4))
+
+
+def test_a_follower_anywhere_else_gets_nothing() -> None:
+    recent = RecentCommits()
+    recent.publish(KEY, 2, run(4), [b"three", b"four"])
+    assert recent.page_after(KEY, 1, 100) is None
+    assert recent.page_after(KEY, 3, 100) is None
+    assert recent.page_after(KEY, 4, 100) is None
+    assert recent.page_after(("events", "default", "run-2"), 2, 100) is None
+
+
+def test_a_page_larger_than_the_limit_is_not_returned() -> None:
+    recent = RecentCommits()
+    recent.publish(KEY, 2, run(4), [b"three", b"four"])
+    assert recent.page_after(KEY, 2, 1) is None
+
+
+def test_only_the_newest_commit_is_held() -> None:
+    recent = RecentCommits()
+    recent.publish(KEY, 2, run(4), [b"three", b"four"])
+    recent.publish(KEY, 4, run(5), [b"five"])
+    assert recent.page_after(KEY, 2, 100) is None
+    assert recent.page_after(KEY, 4, 100) is not None
+
+
+def test_an_older_commit_published_late_is_ignored() -> None:
+    recent = RecentCommits()
+    recent.publish(KEY, 4, run(5), [b"five"])
+    recent.publish(KEY, 2, run(4), [b"three", b"four"])
+    assert recent.page_after(KEY, 2, 100) is None
+    assert recent.page_after(KEY, 4, 100) is not None
+
+
+def test_a_recreated_run_replaces_the_old_runs_commit() -> None:
+    recent = RecentCommits()
+    recent.publish(KEY, 4, run(5, create_us=1), [b"five"])
+    recent.publish(KEY, 0, run(1, create_us=2), [b"one"])
+    page = recent.page_after(KEY, 0, 100)
+    assert page is not None
+    assert page.run == run(1, create_us=2)
+
+
+def test_forget_drops_the_runs_commit() -> None:
+    recent = RecentCommits()
+    recent.publish(KEY, 0, run(1), [b"one"])
+    recent.forget(KEY)
+    assert recent.page_after(KEY, 0, 100) is None
+
+
+def test_the_oldest_runs_go_first_once_the_budget_is_spent() -> None:
+    recent = RecentCommits(budget_bytes=10)
+    keys = [("events", "default", f"run-{n}") for n in range(3)]
+    for key in keys:
+        recent.publish(key, 0, run(1), [b"x" * 4])
+    assert recent.page_after(keys[0], 0, 100) is None
+    assert recent.page_after(keys[1], 0, 100) is not None
+    assert recent.page_after(keys[2], 0, 100) is not None
+
+
+def test_a_commit_larger_than_a_page_is_not_held() -> None:
+    recent = RecentCommits()
+    recent.publish(KEY, 0, run(2), [b"x" * MAX_PAGE_BYTES, b"y"])
+    assert recent.page_after(KEY, 0, 100) is None
