@@ -17,11 +17,11 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 import uuid_utils
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 
 from statekeeper.v1 import jobs_pb2
@@ -52,6 +52,8 @@ MAX_BACKOFF_CAP_US = 86_400_000_000
 MAX_ERROR_LENGTH = 4096
 MAX_KEPT_ERRORS = 100
 LEASE_EXPIRED_ERROR = "lease expired"
+NO_ERRORS = "[]"
+"""The stored errors of a job that never failed."""
 
 
 # -- records -------------------------------------------------------------------
@@ -80,9 +82,12 @@ class NewJob:
         return self.run_after_us if self.run_after_us is not None else now_us + self.delay_us
 
 
-@dataclass(frozen=True)
-class JobRow:
-    """A stored job as every backend reads it (times in microseconds)."""
+class JobRow(NamedTuple):
+    """A stored job as every backend reads it (times in microseconds).
+
+    A named tuple, so a transition's copy is cheap and the stored columns
+    are its values in order.
+    """
 
     seq: int
     namespace: str
@@ -460,7 +465,7 @@ def new_row(namespace: str, new: NewJob, now_us: int) -> JobRow:
         create_time=now_us,
         update_time=now_us,
         finish_time=None,
-        errors="[]",
+        errors=NO_ERRORS,
         result=None,
         lease_id=None,
         worker_id=None,
@@ -473,8 +478,7 @@ def new_row(namespace: str, new: NewJob, now_us: int) -> JobRow:
 
 def leased_row(row: JobRow, worker_id: str, lease_us: int, now_us: int) -> JobRow:
     """`row` leased to `worker_id` for its next attempt, under a new lease id."""
-    return replace(
-        row,
+    return row._replace(
         state=RUNNING,
         attempt=row.attempt + 1,
         lease_id=str(uuid_utils.uuid7()),
@@ -486,7 +490,7 @@ def leased_row(row: JobRow, worker_id: str, lease_us: int, now_us: int) -> JobRo
 
 def promoted_row(row: JobRow, now_us: int) -> JobRow:
     """A SCHEDULED `row` whose run_after came, stored AVAILABLE."""
-    return replace(row, state=AVAILABLE, update_time=now_us)
+    return row._replace(state=AVAILABLE, update_time=now_us)
 
 
 def lease_lapsed(row: JobRow, now_us: int) -> bool:
@@ -496,8 +500,7 @@ def lease_lapsed(row: JobRow, now_us: int) -> bool:
 
 def failed_row(row: JobRow, outcome: Outcome, error: str, now_us: int) -> JobRow:
     """`row` after a failed attempt decided as `outcome`, its error recorded."""
-    return replace(
-        row,
+    return row._replace(
         state=outcome.state,
         run_after=outcome.run_after_us,
         errors=record_error(row, error, now_us),
@@ -517,7 +520,7 @@ def expired_row(row: JobRow, now_us: int) -> JobRow:
 
 def completed_row(row: JobRow, result: bytes, now_us: int) -> JobRow:
     """`row` SUCCEEDED with the encoded `result` (its lease kept, so a repeat is recognised)."""
-    return replace(row, state=SUCCEEDED, result=result, finish_time=now_us, update_time=now_us)
+    return row._replace(state=SUCCEEDED, result=result, finish_time=now_us, update_time=now_us)
 
 
 def extended_row(row: JobRow, lease_id: str, lease_us: int, now_us: int) -> JobRow | None:
@@ -530,7 +533,7 @@ def extended_row(row: JobRow, lease_id: str, lease_us: int, now_us: int) -> JobR
     if row.state == CANCELLED and row.lease_id == lease_id:
         return None
     check_lease(row, lease_id, now_us)
-    return replace(row, lease_expire=now_us + lease_us)
+    return row._replace(lease_expire=now_us + lease_us)
 
 
 def completion_repeated(row: JobRow, lease_id: str) -> bool:
@@ -540,14 +543,13 @@ def completion_repeated(row: JobRow, lease_id: str) -> bool:
 
 def cancelled_row(row: JobRow, now_us: int) -> JobRow:
     """`row` CANCELLED (a running job keeps its lease id so its heartbeat learns why)."""
-    return replace(row, state=CANCELLED, finish_time=now_us, update_time=now_us)
+    return row._replace(state=CANCELLED, finish_time=now_us, update_time=now_us)
 
 
 def revived_row(row: JobRow, delay_us: int, now_us: int) -> JobRow:
     """A DEAD or CANCELLED `row` back in its queue with attempt 0, after `delay_us`."""
     run_after = now_us + delay_us
-    return replace(
-        row,
+    return row._replace(
         state=waiting_state(run_after, now_us),
         attempt=0,
         run_after=run_after,
@@ -678,44 +680,65 @@ def _attempt_error(job_id: str, item: object) -> jobs_pb2.JobAttemptError:
 
 
 def job_from_row(row: JobRow, now_us: int) -> jobs_pb2.Job:
-    """The API's view of a stored job at `now_us`."""
+    """The API's view of a stored job at `now_us`; DataLoss (CORRUPT_JOB) if unreadable."""
+    # Filled in place: building sub-messages and copying them in costs more.
     job = jobs_pb2.Job(
         job_id=row.job_id,
         queue=row.queue,
         kind=row.kind,
-        payload=decode_struct(row.job_id, row.payload),
         priority=row.priority,  # type: ignore[arg-type]
         state=reported_state(row.state, row.run_after, now_us),  # type: ignore[arg-type]
         attempt=row.attempt,
         max_retries=row.max_retries,
-        run_after=to_timestamp(row.run_after),
-        create_time=to_timestamp(row.create_time),
-        update_time=to_timestamp(row.update_time),
-        errors=[_attempt_error(row.job_id, item) for item in _load_errors(row)],
         idempotency_key=row.idempotency_key or "",
     )
+    _merge_struct(job.payload, row.job_id, row.payload)
+    _set_time(job.run_after, row.run_after)
+    _set_time(job.create_time, row.create_time)
+    _set_time(job.update_time, row.update_time)
+    if row.errors != NO_ERRORS:
+        job.errors.extend(_attempt_error(row.job_id, item) for item in _load_errors(row))
     job.retry_backoff_base.FromMicroseconds(row.backoff_base)
     job.retry_backoff_cap.FromMicroseconds(row.backoff_cap)
     if row.finish_time is not None:
-        job.finish_time.CopyFrom(to_timestamp(row.finish_time))
+        _set_time(job.finish_time, row.finish_time)
     if row.result is not None:
-        job.result.CopyFrom(decode_struct(row.job_id, row.result))
+        _merge_struct(job.result, row.job_id, row.result)
     if row.state == RUNNING:
-        job.lease.CopyFrom(row_lease(row))
+        _fill_lease(job.lease, row)
     return job
 
 
 def row_lease(row: JobRow) -> jobs_pb2.JobLease:
     """The lease recorded on `row` (empty fields when it has none)."""
-    lease = jobs_pb2.JobLease(lease_id=row.lease_id or "", worker_id=row.worker_id or "")
-    if row.lease_expire is not None:
-        lease.expire_time.CopyFrom(to_timestamp(row.lease_expire))
+    lease = jobs_pb2.JobLease()
+    _fill_lease(lease, row)
     return lease
 
 
-@dataclass(frozen=True)
-class ChangeRow:
-    """A stored change-log record as every backend reads it."""
+def _fill_lease(lease: jobs_pb2.JobLease, row: JobRow) -> None:
+    lease.lease_id = row.lease_id or ""
+    lease.worker_id = row.worker_id or ""
+    if row.lease_expire is not None:
+        _set_time(lease.expire_time, row.lease_expire)
+
+
+def _merge_struct(target: struct_pb2.Struct, job_id: str, data: bytes) -> None:
+    """`decode_struct` straight into `target` (an empty field of a message)."""
+    try:
+        target.MergeFromString(data)
+    except DecodeError as exc:
+        raise _corrupt(job_id) from exc
+
+
+def _set_time(target: timestamp_pb2.Timestamp, micros: int) -> None:
+    """`to_timestamp(micros)` written into `target` (a field of a message)."""
+    target.seconds, rest = divmod(micros, 1_000_000)
+    target.nanos = rest * 1000
+
+
+class ChangeRow(NamedTuple):
+    """A stored change-log record as every backend reads it (a named tuple, as JobRow)."""
 
     change_id: int
     job_id: str
@@ -731,9 +754,9 @@ class ChangeRow:
     result: bytes | None
 
 
-JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
+JOB_COLUMNS = ", ".join(JobRow._fields)
 """The stored columns of a job, as every backend names them, in JobRow's order."""
-CHANGE_COLUMNS = ", ".join(f.name for f in fields(ChangeRow))
+CHANGE_COLUMNS = ", ".join(ChangeRow._fields)
 """The stored columns of a change, as every backend names them, in ChangeRow's order."""
 
 

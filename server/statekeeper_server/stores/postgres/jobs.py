@@ -61,7 +61,7 @@ import hashlib
 import itertools
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from google.protobuf import struct_pb2
@@ -239,7 +239,9 @@ _CHANGE_TYPES = {
     "error": "bytea",
     "result": "bytea",
 }
-_NEW_JOB_COLUMNS = [f.name for f in fields(JobRow)][1:]
+_NEW_JOB_COLUMNS = list(JobRow._fields[1:])
+_KEY_INDEX = JobRow._fields.index("idempotency_key")
+_ERROR_INDEX = ChangeRow._fields.index("error")
 _MUTABLE_COLUMNS = [
     "state",
     "attempt",
@@ -777,10 +779,9 @@ def _job(record: asyncpg.Record) -> JobRow:
 
 def _job_values(row: JobRow) -> list[object]:
     """The stored values of `row` in column order (the key as UTF-8)."""
-    return [
-        _bytes(row.idempotency_key) if f.name == "idempotency_key" else getattr(row, f.name)
-        for f in fields(JobRow)
-    ]
+    values: list[object] = list(row)
+    values[_KEY_INDEX] = _bytes(row.idempotency_key)
+    return values
 
 
 def _change(record: asyncpg.Record) -> ChangeRow:
@@ -791,10 +792,9 @@ def _change(record: asyncpg.Record) -> ChangeRow:
 
 def _change_values(change: ChangeRow) -> list[object]:
     """The stored values of `change` in column order (the error as UTF-8)."""
-    return [
-        _bytes(change.error) if f.name == "error" else getattr(change, f.name)
-        for f in fields(ChangeRow)
-    ]
+    values: list[object] = list(change)
+    values[_ERROR_INDEX] = _bytes(change.error)
+    return values
 
 
 async def _require(conn: Connection, namespace: str, job_id: str) -> JobRow:
@@ -839,7 +839,7 @@ async def _insert(write: _Write, rows: Sequence[JobRow], now: int) -> list[Enque
     }
     enqueued = []
     for row in rows:
-        row = replace(row, seq=seqs[row.job_id])
+        row = row._replace(seq=seqs[row.job_id])
         write.record(row, jobs_pb2.JOB_STATE_UNSPECIFIED, now)
         enqueued.append(Enqueued(job_from_row(row, now), created=True))
     return enqueued
@@ -851,7 +851,7 @@ async def _enqueue_keyed(write: _Write, namespace: str, new: NewJob, now: int) -
         row = new_row(namespace, new, now)
         seq = await write.conn.fetchval(_INSERT_KEYED_JOB, *_job_values(row)[1:])
         if seq is not None:
-            row = replace(row, seq=seq)
+            row = row._replace(seq=seq)
             write.record(row, jobs_pb2.JOB_STATE_UNSPECIFIED, now)
             return Enqueued(job_from_row(row, now), created=True)
         holder = await _key_holder(write.conn, namespace, new.idempotency_key)

@@ -18,7 +18,6 @@ import builtins
 import random
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import fields, replace
 from typing import TypeVar
 
 from google.protobuf import struct_pb2
@@ -148,6 +147,31 @@ SETTLE_BATCH = 1000
 PURGE_JOBS_BATCH = 1000
 PURGE_CHANGES_BATCH = 5000
 
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
+
+
+_SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE namespace = ? AND job_id = ?"
+_SELECT_KEY_HOLDER = (
+    f"SELECT {JOB_COLUMNS} FROM jobs WHERE namespace = ? AND idempotency_key = ?"
+    " AND state IN (1, 2, 3)"
+)
+_INSERT_JOB = (
+    f"INSERT INTO jobs ({', '.join(JobRow._fields[1:])}) VALUES ({_marks(JobRow._fields[1:])})"
+)
+_INSERT_CHANGE = (
+    f"INSERT INTO job_changes (namespace, {', '.join(ChangeRow._fields[1:])})"
+    f" VALUES (?, {_marks(ChangeRow._fields[1:])})"
+)
+_LEASE_JOB = (
+    "UPDATE jobs SET state = 3, attempt = ?, lease_id = ?, worker_id = ?,"
+    " lease_expire = ?, update_time = ? WHERE seq = ?"
+)
+_COMPLETE_JOB = (
+    "UPDATE jobs SET state = ?, result = ?, finish_time = ?, update_time = ? WHERE seq = ?"
+)
+
 Write = Callable[[sqlite3.Connection, Effects], T]
 
 
@@ -165,7 +189,10 @@ class SQLiteJobStore:
 
         def work(conn: sqlite3.Connection, effects: Effects) -> list[Enqueued]:
             now = now_us()
-            return [_enqueue_one(conn, effects, namespace, new, now) for new in jobs]
+            created: list[JobRow] = []
+            enqueued = [_enqueue_one(conn, namespace, new, now, created) for new in jobs]
+            _record_all(conn, effects, created, jobs_pb2.JOB_STATE_UNSPECIFIED, now)
+            return enqueued
 
         return await self._write(work)
 
@@ -225,11 +252,7 @@ class SQLiteJobStore:
             check_lease(row, lease_id, now)
             data = result.SerializeToString()
             row = completed_row(row, data, now)
-            conn.execute(
-                "UPDATE jobs SET state = ?, result = ?, finish_time = ?, update_time = ?"
-                " WHERE seq = ?",
-                (SUCCEEDED, data, now, now, row.seq),
-            )
+            conn.execute(_COMPLETE_JOB, (SUCCEEDED, data, now, now, row.seq))
             _record(conn, effects, row, RUNNING, now, result=data)
             return job_from_row(row, now)
 
@@ -513,15 +536,9 @@ class _Scope:
         return sql, params
 
 
-def _marks(values: Sequence[object]) -> str:
-    return ", ".join("?" * len(values))
-
-
 def _fetch(conn: sqlite3.Connection, namespace: str, job_id: str) -> JobRow | None:
-    row = conn.execute(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE namespace = ? AND job_id = ?", (namespace, job_id)
-    ).fetchone()
-    return JobRow(*row) if row else None
+    row = conn.execute(_SELECT_JOB, (namespace, job_id)).fetchone()
+    return JobRow._make(row) if row else None
 
 
 def _require(conn: sqlite3.Connection, namespace: str, job_id: str) -> JobRow:
@@ -532,12 +549,8 @@ def _require(conn: sqlite3.Connection, namespace: str, job_id: str) -> JobRow:
 
 
 def _key_holder(conn: sqlite3.Connection, namespace: str, key: str) -> JobRow | None:
-    row = conn.execute(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE namespace = ? AND idempotency_key = ?"
-        " AND state IN (1, 2, 3)",
-        (namespace, key),
-    ).fetchone()
-    return JobRow(*row) if row else None
+    row = conn.execute(_SELECT_KEY_HOLDER, (namespace, key)).fetchone()
+    return JobRow._make(row) if row else None
 
 
 def _change_position(conn: sqlite3.Connection) -> int:
@@ -566,30 +579,34 @@ def _record(
 ) -> None:
     """Append the change to `row`'s current state to the log; note whom to wake."""
     change = change_of(row, previous, now, error=error, result=result)
-    values = [getattr(change, f.name) for f in fields(ChangeRow)][1:]
-    conn.execute(
-        f"INSERT INTO job_changes (namespace, {CHANGE_COLUMNS.removeprefix('change_id, ')})"
-        f" VALUES (?, {_marks(values)})",
-        [row.namespace, *values],
-    )
+    conn.execute(_INSERT_CHANGE, (row.namespace, *change[1:]))
     effects.note(row)
 
 
+def _record_all(
+    conn: sqlite3.Connection, effects: Effects, rows: Sequence[JobRow], previous: int, now: int
+) -> None:
+    """`_record` every row of `rows` (each changed from `previous`), in their order."""
+    conn.executemany(
+        _INSERT_CHANGE,
+        [(row.namespace, *change_of(row, previous, now)[1:]) for row in rows],
+    )
+    for row in rows:
+        effects.note(row)
+
+
 def _enqueue_one(
-    conn: sqlite3.Connection, effects: Effects, namespace: str, new: NewJob, now: int
+    conn: sqlite3.Connection, namespace: str, new: NewJob, now: int, created: list[JobRow]
 ) -> Enqueued:
+    """Insert `new` (appending its row to `created`) unless an unfinished job holds its key."""
     if new.idempotency_key:
         existing = _key_holder(conn, namespace, new.idempotency_key)
         if existing is not None:
             return Enqueued(job_from_row(existing, now), created=False)
     row = new_row(namespace, new, now)
-    values = [getattr(row, f.name) for f in fields(JobRow)][1:]
-    cursor = conn.execute(
-        f"INSERT INTO jobs ({JOB_COLUMNS.removeprefix('seq, ')}) VALUES ({_marks(values)})",
-        values,
-    )
-    row = replace(row, seq=int(cursor.lastrowid or 0))
-    _record(conn, effects, row, jobs_pb2.JOB_STATE_UNSPECIFIED, now)
+    # The row keeps seq 0: nothing downstream of an enqueue reads it.
+    conn.execute(_INSERT_JOB, row[1:])
+    created.append(row)
     return Enqueued(job_from_row(row, now), created=True)
 
 
@@ -605,23 +622,19 @@ def _lease(
     _settle(conn, effects, now, _Scope(scope.namespace, scope.queue, ()))
     where, params = scope.sql()
     rows = [
-        JobRow(*row)
+        leased_row(JobRow._make(row), worker_id, lease_us, now)
         for row in conn.execute(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 2{where}"
             " ORDER BY priority DESC, seq LIMIT ?",
             [*params, count],
         )
     ]
-    leased: list[LeasedJob] = []
-    for row in rows:
-        row = leased_row(row, worker_id, lease_us, now)
-        conn.execute(
-            "UPDATE jobs SET state = 3, attempt = ?, lease_id = ?, worker_id = ?,"
-            " lease_expire = ?, update_time = ? WHERE seq = ?",
-            (row.attempt, row.lease_id, worker_id, row.lease_expire, now, row.seq),
-        )
-        _record(conn, effects, row, AVAILABLE, now)
-        leased.append(LeasedJob(row.namespace, job_from_row(row, now)))
+    conn.executemany(
+        _LEASE_JOB,
+        [(row.attempt, row.lease_id, worker_id, row.lease_expire, now, row.seq) for row in rows],
+    )
+    _record_all(conn, effects, rows, AVAILABLE, now)
+    leased = [LeasedJob(row.namespace, job_from_row(row, now)) for row in rows]
     next_due = None if leased else _next_due(conn, now, scope)
     return LeaseResult(leased, next_due)
 
