@@ -62,6 +62,8 @@ DEADLINE_MARGIN_SECONDS = 1.0
 WATCH_BATCH = 500
 MIN_TIMESTAMP_SECONDS = -62_135_596_800
 MAX_TIMESTAMP_SECONDS = 253_402_300_799
+JOB_PRIORITIES = frozenset(jobs_pb2.JobPriority.values())
+JOB_STATES = frozenset(jobs_pb2.JobState.values())
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
@@ -222,7 +224,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         where = JobFilter(
             queue=optional_id(request.queue, "queue"),
             kind=optional_id(request.kind, "kind"),
-            state=enum_value(request.state, "state", jobs_pb2.JobState.values(), required=False),
+            state=enum_value(request.state, "state", JOB_STATES, required=False),
         )
         page = await self._jobs.list(namespace, where, size, request.page_token)
         return jobs_pb2.ListJobsResponse(jobs=page.jobs, next_page_token=page.next_page_token)
@@ -364,9 +366,7 @@ def new_job(spec: jobs_pb2.JobSpec, field: str) -> NewJob:
         parse_append_event(spec.payload, f"{field}.payload")
     else:
         queue = worker_queue(spec.queue, f"{field}.queue")
-    priority = enum_value(
-        spec.priority, f"{field}.priority", jobs_pb2.JobPriority.values(), required=False
-    )
+    priority = enum_value(spec.priority, f"{field}.priority", JOB_PRIORITIES, required=False)
     if spec.HasField("run_after") and spec.HasField("delay"):
         raise InvalidArgument(f"{field}.delay", "cannot be set together with run_after")
     run_after = None
