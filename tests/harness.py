@@ -6,7 +6,6 @@ tests never collide on a port.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -16,8 +15,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-
-import grpc
 
 from statekeeper_server.app import Application
 from statekeeper_server.config import Settings
@@ -121,12 +118,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def wait_serving(target: str, timeout: float = 10.0) -> None:
-    """Wait until a channel to `target` is ready."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout)
 
 
 def data_file(tmp_path: Path) -> str:

@@ -429,6 +429,23 @@ async def test_cancelled_stream_leaves_no_task_behind(
     assert len(asyncio.all_tasks()) <= baseline
 
 
+async def test_replay_cancelled_in_the_middle_of_history_leaves_no_task_behind(
+    client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
+) -> None:
+    for _ in range(3):
+        await client.events.append_many(RUN, [custom().event] * 600)
+    baseline = len(asyncio.all_tasks())
+    call = open_replay(stub)
+    first = await next_message(call)
+    assert len(first.batch.envelopes) == 500
+    call.cancel()
+    for _ in range(500):
+        if len(asyncio.all_tasks()) <= baseline:
+            break
+        await asyncio.sleep(0.01)
+    assert len(asyncio.all_tasks()) <= baseline
+
+
 async def test_server_stop_ends_followers_with_server_stopping(store_url: str) -> None:
     async with running_app(store_url, grace_period=60.0) as app:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")

@@ -51,7 +51,7 @@ async def _serve(overrides: dict[str, Any]) -> int:
     return 0
 
 
-async def _health(target: str, service: str, timeout: float) -> int:
+async def _health(target: str, service: str, deadline: float) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -60,7 +60,7 @@ async def _health(target: str, service: str, timeout: float) -> int:
         stub: Any = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+                health_pb2.HealthCheckRequest(service=service), timeout=deadline
             )
         except grpc.aio.AioRpcError as exc:
             print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)

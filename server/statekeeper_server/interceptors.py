@@ -30,7 +30,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     Streaming handlers are wrapped when they are async generators (ours are);
     handlers that write through `context.write` (health's Watch) pass as is.
+    Each handler is wrapped once, on its first call.
     """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, Any] = {}
 
     async def intercept_service(
         self,
@@ -38,14 +42,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         """Wrap the handler's behaviour; leave unknown methods alone."""
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = handler_call_details.method
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
-        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
-            return handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
+            handler = handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
+        elif handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+            handler = handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
+        self._wrapped[method] = handler
         return handler
 
 

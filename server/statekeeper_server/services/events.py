@@ -27,6 +27,7 @@ from statekeeper_server.notifier import Notifier
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.stores.event_wire import pack_envelopes, replay_batch_message
 from statekeeper_server.stores.events import (
+    EventPage,
     EventStore,
     check_read_position,
     event_key,
@@ -171,63 +172,87 @@ class EventLogServicer:
         async for message in self._replay(namespace, run_id, request.after_seq, request.follow):
             yield message
 
+    async def _read(
+        self, namespace: str, run_id: str, after_seq: int
+    ) -> tuple[asyncio.Event, EventPage]:
+        """The run's next page, and the wake-up event taken before reading it.
+
+        A commit landing after the read has already set that event. A
+        follower woken by a commit of this process usually finds that commit
+        kept in memory (`recent`) and skips the store.
+        """
+        woken = self._notifier.watch(event_key(namespace, run_id))
+        page = self._store.recent(namespace, run_id, after_seq, REPLAY_READ_EVENTS)
+        if page is None:
+            page = await self._store.read(namespace, run_id, after_seq, REPLAY_READ_EVENTS)
+        return woken, page
+
     async def _replay(
         self, namespace: str, run_id: str, after_seq: int, follow: bool
     ) -> AsyncIterator[ReplayMessage]:
-        key = event_key(namespace, run_id)
         loop = asyncio.get_running_loop()
         position = after_seq
         created_us: int | None = None
         caught_up = False
         last_sent = loop.time()
-        while True:
-            if self._stopping.is_set():
-                raise Unavailable(
-                    "SERVER_STOPPING",
-                    f"the server is shutting down; resume after seq {position}",
-                    run_id=run_id,
-                    last_seq=position,
-                )
-            # Taken before the read: a commit landing after the read has already set it.
-            woken = self._notifier.watch(key)
-            page = self._store.recent(namespace, run_id, position, REPLAY_READ_EVENTS)
-            if page is None:
-                page = await self._store.read(namespace, run_id, position, REPLAY_READ_EVENTS)
-            run = page.run
-            if run is None or (created_us is not None and run.create_us != created_us):
-                # Only a follower from the start waits for a run it has never seen; a
-                # run that vanished (or came back as a new run) was deleted.
-                if created_us is not None or not follow or after_seq > 0:
-                    raise run_not_found(run_id, deleted=created_us is not None)
-            else:
-                created_us = run.create_us
-                check_read_position(run_id, run, position)
-                for chunk in split_by_size(page.envelopes, REPLAY_MESSAGE_BYTES):
-                    yield replay_batch_message(chunk)
+        # While a page of history is sent, the next one is read (one page ahead at most).
+        ahead: asyncio.Future[tuple[asyncio.Event, EventPage]] | None = None
+        try:
+            while True:
+                if self._stopping.is_set():
+                    raise Unavailable(
+                        "SERVER_STOPPING",
+                        f"the server is shutting down; resume after seq {position}",
+                        run_id=run_id,
+                        last_seq=position,
+                    )
+                if ahead is None:
+                    woken, page = await self._read(namespace, run_id, position)
+                else:
+                    woken, page = await ahead
+                    ahead = None
+                run = page.run
+                if run is None or (created_us is not None and run.create_us != created_us):
+                    # Only a follower from the start waits for a run it has never seen; a
+                    # run that vanished (or came back as a new run) was deleted.
+                    if created_us is not None or not follow or after_seq > 0:
+                        raise run_not_found(run_id, deleted=created_us is not None)
+                else:
+                    created_us = run.create_us
+                    check_read_position(run_id, run, position)
+                    if position < run.last_seq and not page.envelopes:
+                        raise missing_event(run_id, position + 1)
+                    if page.through_seq < run.last_seq:
+                        ahead = asyncio.ensure_future(
+                            self._read(namespace, run_id, page.through_seq)
+                        )
+                    for chunk in split_by_size(page.envelopes, REPLAY_MESSAGE_BYTES):
+                        yield replay_batch_message(chunk)
+                        last_sent = loop.time()
+                    position = page.through_seq
+                    if position < run.last_seq:
+                        continue
+                if not caught_up:
+                    caught_up = True
+                    yield events_pb2.ReplayEventsResponse(
+                        caught_up=events_pb2.CaughtUp(last_seq=position)
+                    )
                     last_sent = loop.time()
-                if position < run.last_seq and not page.envelopes:
-                    raise missing_event(run_id, position + 1)
-                position = page.through_seq
-                if position < run.last_seq:
-                    continue
-            if not caught_up:
-                caught_up = True
-                yield events_pb2.ReplayEventsResponse(
-                    caught_up=events_pb2.CaughtUp(last_seq=position)
-                )
-                last_sent = loop.time()
-            if not follow or (run is not None and run.terminal):
-                return
-            if loop.time() - last_sent >= self._heartbeat_interval:
-                yield events_pb2.ReplayEventsResponse(
-                    heartbeat=events_pb2.Heartbeat(sent_at=to_timestamp(now_us()))
-                )
-                last_sent = loop.time()
-            # Woken or not, read again once a heartbeat is due: a wake-up lost on its way
-            # from another replica then delays an event by one heartbeat interval at most.
-            with contextlib.suppress(asyncio.TimeoutError):
-                idle_for = self._heartbeat_interval - (loop.time() - last_sent)
-                await asyncio.wait_for(woken.wait(), idle_for)
+                if not follow or (run is not None and run.terminal):
+                    return
+                if loop.time() - last_sent >= self._heartbeat_interval:
+                    yield events_pb2.ReplayEventsResponse(
+                        heartbeat=events_pb2.Heartbeat(sent_at=to_timestamp(now_us()))
+                    )
+                    last_sent = loop.time()
+                # Woken or not, read again once a heartbeat is due: a wake-up lost on its
+                # way from another replica then delays an event by one heartbeat at most.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(last_sent + self._heartbeat_interval - loop.time()):
+                        await woken.wait()
+        finally:
+            if ahead is not None:
+                ahead.cancel()
 
     async def ListRuns(
         self, request: events_pb2.ListRunsRequest, context: Context

@@ -239,7 +239,7 @@ class PostgresEngine:
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), self.options.connect_timeout)
-            except (Exception, asyncio.TimeoutError):
+            except (TimeoutError, Exception):
                 self._pool.terminate()
 
     async def ping(self) -> None:
