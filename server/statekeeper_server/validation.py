@@ -15,11 +15,16 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 ID_RULE = "must be 1-128 characters of [A-Za-z0-9._:@-], starting with a letter or digit"
 
 
+def is_id(value: str) -> bool:
+    """Whether `value` is a valid id (see ID_RULE); a path like `../x` never is."""
+    return ID_PATTERN.fullmatch(value) is not None
+
+
 def require_id(value: str, field: str) -> str:
-    """Return `value` if it is a valid id; a path like `../x` never is."""
+    """Return `value` if it is a valid id."""
     if not value:
         raise InvalidArgument(field, "is required")
-    if ID_PATTERN.fullmatch(value) is None:
+    if not is_id(value):
         raise InvalidArgument(field, ID_RULE)
     return value
 

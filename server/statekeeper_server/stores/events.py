@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import uuid_utils
 
@@ -29,7 +29,7 @@ from statekeeper_server.errors import (
 )
 from statekeeper_server.stores import event_wire
 from statekeeper_server.timestamps import to_timestamp
-from statekeeper_server.validation import enum_value, optional_id, require_id, require_text
+from statekeeper_server.validation import enum_value, is_id, require_id, require_text
 
 MAX_BATCH_EVENTS = 1000
 MAX_SEQ = 2**63 - 1
@@ -37,6 +37,7 @@ MAX_SEQ = 2**63 - 1
 MAX_CUSTOM_TYPE_LENGTH = 128
 TERMINAL_KINDS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 EVENT_KINDS = ("run_started", "run_completed", "run_failed", "run_cancelled", "custom")
+FINISH_REASONS = frozenset(FinishReason.values())
 
 
 # -- records ---------------------------------------------------------------
@@ -98,14 +99,14 @@ class Truncation:
     dropped: int
 
 
-@dataclass(frozen=True)
-class PreparedInput:
-    """An input ready for the writer: its final event id and, if the caller chose
-    that id, the digest that recognises a retry."""
+class PreparedInput(NamedTuple):
+    """An input ready for the writer: its event and kind, its final event id and, if
+    the caller chose that id, the digest that recognises a retry."""
 
-    input: events_pb2.EventInput
+    event: events_pb2.AgentEvent
     event_id: str
     digest: bytes | None
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -178,61 +179,69 @@ def is_terminal(event: events_pb2.AgentEvent) -> bool:
     return event.WhichOneof("kind") in TERMINAL_KINDS
 
 
-def validate_event_input(item: events_pb2.EventInput, field: str) -> None:
-    """Raise InvalidArgument naming the part of `item` (called `field`) that is wrong.
+def validate_event_input(item: events_pb2.EventInput, field: str) -> str:
+    """Return the event's kind; raise InvalidArgument naming the part of `item` (called
+    `field`) that is wrong.
 
     The event must set one kind; a RunStarted needs a session_id (an id), a
     RunCompleted a known finish reason, a custom event a type of 1-128
     characters; a supplied event_id must be an id.
     """
-    if not item.HasField("event"):
-        raise InvalidArgument(f"{field}.event", "is required")
     event = item.event
     kind = event.WhichOneof("kind")
+    # Field names are spelled out only on the way to an error: this runs per event.
     if kind is None:
+        if not item.HasField("event"):
+            raise InvalidArgument(f"{field}.event", "is required")
         raise InvalidArgument(f"{field}.event", "must set one of " + ", ".join(EVENT_KINDS))
-    if kind == "run_started":
+    if kind == "custom":
+        if not 0 < len(event.custom.type) <= MAX_CUSTOM_TYPE_LENGTH:
+            require_text(
+                event.custom.type, f"{field}.event.custom.type", max_length=MAX_CUSTOM_TYPE_LENGTH
+            )
+    elif kind == "run_started":
         require_id(event.run_started.session_id, f"{field}.event.run_started.session_id")
     elif kind == "run_completed":
         enum_value(
             event.run_completed.finish_reason,
             f"{field}.event.run_completed.finish_reason",
-            FinishReason.values(),
+            FINISH_REASONS,
             required=False,
         )
-    elif kind == "custom":
-        require_text(
-            event.custom.type, f"{field}.event.custom.type", max_length=MAX_CUSTOM_TYPE_LENGTH
-        )
-    optional_id(item.event_id, f"{field}.event_id")
+    if item.event_id and not is_id(item.event_id):
+        require_id(item.event_id, f"{field}.event_id")
+    return kind
 
 
-def validate_event_inputs(inputs: Sequence[events_pb2.EventInput], field_prefix: str) -> None:
-    """Raise InvalidArgument naming `<field_prefix>[i]...` unless the batch can be appended.
+def validate_event_inputs(inputs: Sequence[events_pb2.EventInput], field_prefix: str) -> list[str]:
+    """Return each input's kind; raise InvalidArgument naming `<field_prefix>[i]...`
+    unless the batch can be appended.
 
     A batch holds 1 to 1000 valid inputs (`validate_event_input`), no event
     id twice, and nothing after a terminal event.
     """
     if not 1 <= len(inputs) <= MAX_BATCH_EVENTS:
         raise InvalidArgument(field_prefix, f"must hold 1 to {MAX_BATCH_EVENTS} events")
+    kinds: list[str] = []
     first_use: dict[str, int] = {}
     terminal_at: int | None = None
     for index, item in enumerate(inputs):
-        field = f"{field_prefix}[{index}]"
-        validate_event_input(item, field)
+        kinds.append(validate_event_input(item, f"{field_prefix}[{index}]"))
         if terminal_at is not None:
             raise InvalidArgument(
-                f"{field}.event",
+                f"{field_prefix}[{index}].event",
                 f"follows the terminal event {field_prefix}[{terminal_at}]; nothing may follow it",
             )
-        if is_terminal(item.event):
+        if kinds[-1] in TERMINAL_KINDS:
             terminal_at = index
         if item.event_id:
             earlier = first_use.setdefault(item.event_id, index)
             if earlier != index:
                 raise InvalidArgument(
-                    f"{field}.event_id", f"repeats {field_prefix}[{earlier}].event_id"
+                    f"{field_prefix}[{index}].event_id",
+                    f"repeats {field_prefix}[{earlier}].event_id",
                 )
+    return kinds
 
 
 def validate_expectation(expectation: events_pb2.SeqExpectation | None, field: str) -> None:
@@ -252,16 +261,19 @@ def event_digest(event: events_pb2.AgentEvent) -> bytes:
     return hashlib.sha256(event.SerializeToString(deterministic=True)).digest()
 
 
-def prepare_inputs(inputs: Sequence[events_pb2.EventInput]) -> list[PreparedInput]:
-    """Give every input its final event id (a minted UUIDv7 unless supplied).
+def prepare_inputs(
+    inputs: Sequence[events_pb2.EventInput], kinds: Sequence[str]
+) -> list[PreparedInput]:
+    """Give every input (of the kind in `kinds`) its final event id: a minted UUIDv7
+    unless supplied.
 
     Only supplied ids get a digest: minted ones are new by construction.
     """
     return [
-        PreparedInput(item, item.event_id, event_digest(item.event))
+        PreparedInput(item.event, item.event_id, event_digest(item.event), kind)
         if item.event_id
-        else PreparedInput(item, str(uuid_utils.uuid7()), None)
-        for item in inputs
+        else PreparedInput(item.event, str(uuid_utils.uuid7()), None, kind)
+        for item, kind in zip(inputs, kinds, strict=True)
     ]
 
 
@@ -370,12 +382,10 @@ def build_envelopes(
     terminal = False
     for item in prepared:
         seq += 1
-        event = item.input.event
-        kind = event.WhichOneof("kind")
-        if kind == "run_started":
-            session_id = event.run_started.session_id
+        if item.kind == "run_started":
+            session_id = item.event.run_started.session_id
             session_field = event_wire.session_id_field(session_id)
-        elif kind in TERMINAL_KINDS:
+        elif item.kind in TERMINAL_KINDS:
             terminal = True
         encoded.append(
             event_wire.envelope(
@@ -383,7 +393,7 @@ def build_envelopes(
                 seq,
                 run_field,
                 session_field,
-                event.SerializeToString(),
+                item.event.SerializeToString(),
                 time_field,
             )
         )
@@ -421,9 +431,9 @@ def prepare_append(
     Raises InvalidArgument naming `run_id`, `inputs[i]...` or `expectation...`.
     """
     require_id(run_id, "run_id")
-    validate_event_inputs(inputs, "inputs")
+    kinds = validate_event_inputs(inputs, "inputs")
     validate_expectation(expectation, "expectation")
-    return prepare_inputs(inputs)
+    return prepare_inputs(inputs, kinds)
 
 
 def supplied_event_ids(prepared: Sequence[PreparedInput]) -> list[str]:
