@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from google.protobuf import struct_pb2
+
+from statekeeper_server.errors import DataLoss
 from statekeeper_server.stores.jobs import (
     AVAILABLE,
     DEAD,
     RUNNING,
     SCHEDULED,
+    SUCCEEDED,
     JobRow,
     after_failure,
     backoff_us,
+    job_from_row,
     reported_state,
 )
 
@@ -95,3 +101,76 @@ def test_a_scheduled_job_is_reported_available_once_its_time_has_come() -> None:
     assert reported_state(SCHEDULED, run_after_us=50, now_us=49) == SCHEDULED
     assert reported_state(SCHEDULED, run_after_us=50, now_us=50) == AVAILABLE
     assert reported_state(RUNNING, run_after_us=50, now_us=99) == RUNNING
+
+
+def test_the_view_of_a_job_carries_every_stored_field() -> None:
+    payload = struct_pb2.Struct()
+    payload.update({"document": "doc-1"})
+    error = {"attempt": 1, "message": "boom", "fail_time": 2_500_000, "worker_id": "w"}
+    row = running_row(2)._replace(
+        payload=payload.SerializeToString(),
+        run_after=-1_500_001,
+        create_time=1_000_001,
+        update_time=3_000_000,
+        errors=json.dumps([error]),
+        idempotency_key="key-1",
+    )
+    job = job_from_row(row, 5)
+    assert (job.job_id, job.queue, job.kind, job.state, job.attempt) == (
+        "job-1",
+        "default",
+        "k",
+        RUNNING,
+        2,
+    )
+    assert (job.priority, job.max_retries, job.idempotency_key) == (2, 3, "key-1")
+    assert job.payload == payload
+    assert (job.run_after.seconds, job.run_after.nanos) == (-2, 499_999_000)
+    assert (job.create_time.seconds, job.create_time.nanos) == (1, 1000)
+    assert job.update_time.ToMicroseconds() == 3_000_000
+    assert [
+        (e.attempt, e.message, e.fail_time.ToMicroseconds(), e.worker_id) for e in job.errors
+    ] == [(1, "boom", 2_500_000, "w")]
+    assert job.retry_backoff_base.ToMicroseconds() == BASE
+    assert job.retry_backoff_cap.ToMicroseconds() == CAP
+    assert (job.lease.lease_id, job.lease.worker_id, job.lease.expire_time.ToMicroseconds()) == (
+        "lease-1",
+        "w",
+        10,
+    )
+    assert not job.HasField("finish_time")
+    assert not job.HasField("result")
+
+
+def test_the_view_of_a_finished_job_has_its_result_and_no_lease() -> None:
+    result = struct_pb2.Struct()
+    result.update({"words": 120})
+    row = running_row(1)._replace(
+        state=SUCCEEDED, result=result.SerializeToString(), finish_time=4_000_000
+    )
+    job = job_from_row(row, 5)
+    assert job.state == SUCCEEDED
+    assert job.result == result
+    assert job.finish_time.ToMicroseconds() == 4_000_000
+    assert not job.HasField("lease")
+    assert list(job.errors) == []
+    assert job.HasField("payload")
+
+
+@pytest.mark.parametrize(
+    "corruption",
+    [
+        {"payload": b"\xff"},
+        {"result": b"\xff"},
+        {"errors": "["},
+        {"errors": "{}"},
+        {"errors": '[{"attempt": 1}]'},
+        {"errors": "[1]"},
+    ],
+)
+def test_a_job_stored_unreadable_is_data_loss_naming_it(corruption: dict[str, object]) -> None:
+    row = running_row(1)._replace(**corruption)
+    with pytest.raises(DataLoss) as raised:
+        job_from_row(row, 5)
+    assert raised.value.reason == "CORRUPT_JOB"
+    assert "job-1" in raised.value.message

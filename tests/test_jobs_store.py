@@ -499,6 +499,23 @@ async def test_every_transition_is_recorded_in_commit_order(store: Store) -> Non
     assert page.changes[2].run_after == failed.run_after
 
 
+async def test_the_jobs_of_one_batch_are_recorded_in_its_order(store: Store) -> None:
+    start = await store.jobs.change_position()
+    low, high, normal = await enqueue(store, spec(priority=LOW), spec(priority=HIGH), spec())
+    leased = await lease(store, 3)
+    assert [job.job_id for job in leased] == [high.job_id, normal.job_id, low.job_id]
+    page = await store.jobs.changes(NS, ChangeFilter(), start, 100)
+    assert [(c.job_id, c.state) for c in page.changes] == [
+        (low.job_id, AVAILABLE),
+        (high.job_id, AVAILABLE),
+        (normal.job_id, AVAILABLE),
+        (high.job_id, RUNNING),
+        (normal.job_id, RUNNING),
+        (low.job_id, RUNNING),
+    ]
+    assert all(c.worker_id == "w1" for c in page.changes[3:])
+
+
 async def test_changes_are_filtered_by_queue_kind_and_job_ids(store: Store) -> None:
     start = await store.jobs.change_position()
     a, b = await enqueue(store, spec("a"), spec("b"))
