@@ -12,11 +12,11 @@ from statekeeper_server.timestamps import to_timestamp
 def built(event_id: str, seq: int, run_id: str, session_id: str, micros: int) -> bytes:
     event = events_pb2.AgentEvent(custom=events_pb2.CustomEvent(type="tool.call"))
     return event_wire.envelope(
-        event_id,
+        event_wire.event_id_field(event_id),
         seq,
         event_wire.run_id_field(run_id),
         event_wire.session_id_field(session_id),
-        event.SerializeToString(),
+        event_wire.event_field(event.SerializeToString()),
         event_wire.timestamp_field(micros),
     )
 
@@ -53,7 +53,12 @@ def test_built_envelope_equals_protobufs_encoding(
 
 def test_empty_event_is_still_present() -> None:
     data = event_wire.envelope(
-        "e", 1, event_wire.run_id_field("r"), b"", b"", event_wire.timestamp_field(1)
+        event_wire.event_id_field("e"),
+        1,
+        event_wire.run_id_field("r"),
+        b"",
+        event_wire.event_field(b""),
+        event_wire.timestamp_field(1),
     )
     assert events_pb2.EventEnvelope.FromString(data).HasField("event")
 

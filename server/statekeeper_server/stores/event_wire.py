@@ -57,6 +57,16 @@ def timestamp_field(micros: int) -> bytes:
     return _delimited(_ENVELOPE_EMITTED_AT, body)
 
 
+def event_id_field(event_id: str) -> bytes:
+    """`event_id` of an envelope."""
+    return _string(_ENVELOPE_EVENT_ID, event_id)
+
+
+def event_field(event: bytes) -> bytes:
+    """`event` of an envelope from the event's encoding (present even when empty)."""
+    return _delimited(_ENVELOPE_EVENT, event)
+
+
 def run_id_field(run_id: str) -> bytes:
     """`run_id` of an envelope."""
     return _string(_ENVELOPE_RUN_ID, run_id)
@@ -68,21 +78,17 @@ def session_id_field(session_id: str) -> bytes:
 
 
 def envelope(
-    event_id: str, seq: int, run_field: bytes, session_field: bytes, event: bytes, time_field: bytes
+    id_field: bytes,
+    seq: int,
+    run_field: bytes,
+    session_field: bytes,
+    event_field: bytes,
+    time_field: bytes,
 ) -> bytes:
-    """A serialized `EventEnvelope`; the `*_field` parts come from the functions above."""
+    """A serialized `EventEnvelope` of `seq`; the `*_field` parts come from the
+    functions above."""
     return b"".join(
-        (
-            _string(_ENVELOPE_EVENT_ID, event_id),
-            _ENVELOPE_SEQ,
-            varint(seq),
-            run_field,
-            session_field,
-            _ENVELOPE_EVENT,
-            varint(len(event)),
-            event,
-            time_field,
-        )
+        (id_field, _ENVELOPE_SEQ, varint(seq), run_field, session_field, event_field, time_field)
     )
 
 

@@ -100,13 +100,16 @@ class Truncation:
 
 
 class PreparedInput(NamedTuple):
-    """An input ready for the writer: its event and kind, its final event id and, if
-    the caller chose that id, the digest that recognises a retry."""
+    """An input ready for the writer: its event and kind, its final event id, the digest
+    that recognises a retry if the caller chose that id, and the two fields of its
+    envelope that need no seq, already encoded (so the writer only joins bytes)."""
 
     event: events_pb2.AgentEvent
     event_id: str
     digest: bytes | None
     kind: str
+    id_field: bytes
+    event_field: bytes
 
 
 @dataclass(frozen=True)
@@ -264,17 +267,25 @@ def event_digest(event: events_pb2.AgentEvent) -> bytes:
 def prepare_inputs(
     inputs: Sequence[events_pb2.EventInput], kinds: Sequence[str]
 ) -> list[PreparedInput]:
-    """Give every input (of the kind in `kinds`) its final event id: a minted UUIDv7
-    unless supplied.
+    """Give every input (of the kind in `kinds`) its final event id, a minted UUIDv7
+    unless supplied, and encode what its envelope takes from it.
 
     Only supplied ids get a digest: minted ones are new by construction.
     """
-    return [
-        PreparedInput(item.event, item.event_id, event_digest(item.event), kind)
-        if item.event_id
-        else PreparedInput(item.event, str(uuid_utils.uuid7()), None, kind)
-        for item, kind in zip(inputs, kinds, strict=True)
-    ]
+    prepared: list[PreparedInput] = []
+    for item, kind in zip(inputs, kinds, strict=True):
+        event = item.event
+        if item.event_id:
+            event_id, digest = item.event_id, event_digest(event)
+        else:
+            event_id, digest = str(uuid_utils.uuid7()), None
+        encoded = event_wire.event_field(event.SerializeToString())
+        prepared.append(
+            PreparedInput(
+                event, event_id, digest, kind, event_wire.event_id_field(event_id), encoded
+            )
+        )
+    return prepared
 
 
 def resolve_retries(
@@ -389,12 +400,7 @@ def build_envelopes(
             terminal = True
         encoded.append(
             event_wire.envelope(
-                item.event_id,
-                seq,
-                run_field,
-                session_field,
-                item.event.SerializeToString(),
-                time_field,
+                item.id_field, seq, run_field, session_field, item.event_field, time_field
             )
         )
     return NewEvents(encoded, first_seq, session_id, seq, terminal)
