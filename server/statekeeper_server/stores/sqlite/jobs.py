@@ -164,6 +164,9 @@ _INSERT_CHANGE = (
     f"INSERT INTO job_changes (namespace, {', '.join(ChangeRow._fields[1:])})"
     f" VALUES (?, {_marks(ChangeRow._fields[1:])})"
 )
+# Expired leases are few and settled soon, so reading them by expiry beats
+# reading every leased job of the namespace or queue, which SQLite would pick.
+_EXPIRED_LEASES = "INDEXED BY jobs_running WHERE state = 3 AND lease_expire <= ?"
 _LEASE_JOB = (
     "UPDATE jobs SET state = 3, attempt = ?, lease_id = ?, worker_id = ?,"
     " lease_expire = ?, update_time = ? WHERE seq = ?"
@@ -492,8 +495,7 @@ class SQLiteJobStore:
 
         def checked(conn: sqlite3.Connection) -> tuple[T, bool]:
             lapsed = conn.execute(
-                "SELECT 1 FROM jobs WHERE state = 3 AND lease_expire <= ? AND namespace = ?"
-                " LIMIT 1",
+                f"SELECT 1 FROM jobs {_EXPIRED_LEASES} AND namespace = ? LIMIT 1",
                 (now_us(), namespace),
             ).fetchone()
             return work(conn), lapsed is not None
@@ -661,7 +663,7 @@ def _settle(conn: sqlite3.Connection, effects: Effects, now: int, scope: _Scope)
     expired = [
         JobRow(*row)
         for row in conn.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 3 AND lease_expire <= ?{where}"
+            f"SELECT {JOB_COLUMNS} FROM jobs {_EXPIRED_LEASES}{where}"
             " ORDER BY lease_expire LIMIT ?",
             [now, *params, SETTLE_BATCH],
         )
