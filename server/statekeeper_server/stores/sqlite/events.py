@@ -9,6 +9,8 @@ got and a digest of the event, for as long as the run exists.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import sqlite3
 from collections.abc import Iterable, Sequence
 
@@ -251,6 +253,35 @@ class SQLiteEventStore:
         return truncation
 
 
+MAX_ROWS_PER_INSERT = 256
+
+
+def _row_chunks(count: int) -> list[int]:
+    """Split `count` rows into chunks whose sizes are powers of two (largest first, at
+    most MAX_ROWS_PER_INSERT), so that few distinct statements ever get prepared."""
+    chunks: list[int] = []
+    size = MAX_ROWS_PER_INSERT
+    while count:
+        while size > count:
+            size //= 2
+        chunks.append(size)
+        count -= size
+    return chunks
+
+
+@functools.cache
+def _insert_events_sql(rows: int) -> str:
+    """One INSERT of `rows` events of a run: ?1 namespace, ?2 run_id, then seq and
+    envelope per row.
+
+    One statement for many rows, rather than `executemany`, because the
+    writer thread gives up the GIL for every statement it steps and must
+    win it back from a busy event loop each time.
+    """
+    values = ", ".join(f"(?1, ?2, ?{3 + 2 * row}, ?{4 + 2 * row})" for row in range(rows))
+    return f"INSERT INTO events (namespace, run_id, seq, envelope) VALUES {values}"
+
+
 def _insert(
     conn: sqlite3.Connection,
     namespace: str,
@@ -261,10 +292,11 @@ def _insert(
 ) -> None:
     """Store `new` (built from `fresh`) after the run's last seq and move the run's counters."""
     seqs = range(new.first_seq, new.last_seq + 1)
-    conn.executemany(
-        "INSERT INTO events (namespace, run_id, seq, envelope) VALUES (?, ?, ?, ?)",
-        [(namespace, run_id, seq, data) for seq, data in zip(seqs, new.encoded, strict=True)],
-    )
+    start = 0
+    for rows in _row_chunks(len(new.encoded)):
+        pairs = zip(seqs[start : start + rows], new.encoded[start : start + rows], strict=True)
+        conn.execute(_insert_events_sql(rows), (namespace, run_id, *itertools.chain(*pairs)))
+        start += rows
     supplied = [
         (namespace, run_id, item.event_id, seq, item.digest)
         for item, seq in zip(fresh, seqs, strict=True)
