@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from statekeeper_server.errors import Unavailable
+from statekeeper_server.errors import InvalidArgument, Unavailable
 from statekeeper_server.stores.sqlite.engine import (
     SchemaTooNewError,
     SQLiteEngine,
@@ -61,6 +61,45 @@ async def test_a_failing_write_is_rolled_back_alone(engine: SQLiteEngine) -> Non
     assert isinstance(outcomes[1], ValueError)
     assert outcomes[2] == "after"
     assert await engine.read(names) == ["after", "before"]
+
+
+async def test_a_checks_first_write_that_refuses_leaves_the_others_to_commit(
+    engine: SQLiteEngine,
+) -> None:
+    def refuse(conn: sqlite3.Connection) -> None:
+        raise InvalidArgument("name", "is taken")
+
+    outcomes = await asyncio.gather(
+        engine.write(insert("before")),
+        engine.write(refuse, checks_first=True),
+        engine.write(insert("after"), checks_first=True),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == "before"
+    assert isinstance(outcomes[1], InvalidArgument)
+    assert outcomes[2] == "after"
+    assert await engine.read(names) == ["after", "before"]
+    assert engine.rollbacks == 0
+
+
+async def test_a_checks_first_write_failing_after_a_change_is_undone_alone(
+    engine: SQLiteEngine,
+) -> None:
+    def insert_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO items (name) VALUES ('doomed')")
+        raise ValueError("broken")
+
+    outcomes = await asyncio.gather(
+        engine.write(insert("before"), checks_first=True),
+        engine.write(insert_then_fail, checks_first=True),
+        engine.write(insert("after")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == "before"
+    assert isinstance(outcomes[1], ValueError)
+    assert outcomes[2] == "after"
+    assert await engine.read(names) == ["after", "before"]
+    assert engine.rollbacks == 1
 
 
 async def test_a_sqlite_error_in_a_write_is_unavailable(engine: SQLiteEngine) -> None:

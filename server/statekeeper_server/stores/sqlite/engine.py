@@ -7,6 +7,13 @@ SAVEPOINT inside one transaction, and commits once: with
 rolled back alone; the others still commit. A caller's future resolves only
 after COMMIT returned, so an acknowledged write is on disk.
 
+A write that makes all its checks before its first change (`checks_first`)
+runs without a savepoint: its ServiceError leaves nothing to undo. Should it
+fail any other way, the whole group is rolled back and run again with a
+savepoint around every write. Every statement costs the writer thread the
+GIL, which it then has to win back from a busy event loop, so the two
+statements a savepoint takes are worth saving on the hottest writes.
+
 Reads run on a small pool of reader threads with their own connections (WAL
 lets them read while the writer writes), each read in its own transaction so
 it sees one consistent snapshot. The in-memory database has no readers: its
@@ -54,6 +61,7 @@ class _Op:
     work: Work
     future: asyncio.Future[Any]
     is_read: bool = False
+    checks_first: bool = False
     outcome: tuple[bool, Any] = field(default=(False, None))
 
 
@@ -88,6 +96,9 @@ class SQLiteEngine:
         self._closed = False
         self.transactions = 0
         """Group transactions committed so far (for tests and benchmarks)."""
+        self.rollbacks = 0
+        """Group transactions rolled back so far: whatever the writer thread remembers of
+        what it wrote is stale once this moves."""
 
     @property
     def path(self) -> Path | None:
@@ -116,9 +127,15 @@ class SQLiteEngine:
         if self._path is not None:
             self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-reader")
 
-    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in the next group transaction; return after COMMIT."""
-        return cast(T, await self._submit(work, is_read=False))
+    async def write(
+        self, work: Callable[[sqlite3.Connection], T], *, checks_first: bool = False
+    ) -> T:
+        """Run `work` in the next group transaction; return after COMMIT.
+
+        `checks_first` promises that `work` raises a ServiceError only before
+        its first change, so it needs no savepoint of its own.
+        """
+        return cast(T, await self._submit(work, is_read=False, checks_first=checks_first))
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` on a consistent snapshot of committed data."""
@@ -144,13 +161,13 @@ class SQLiteEngine:
 
     # -- internals ---------------------------------------------------------
 
-    async def _submit(self, work: Work, *, is_read: bool) -> Any:
+    async def _submit(self, work: Work, *, is_read: bool, checks_first: bool = False) -> Any:
         if self._closed:
             raise Unavailable("STORE_CLOSED", "the store is shutting down")
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Op(work, future, is_read))
+        self._queue.put(_Op(work, future, is_read, checks_first))
         return await future
 
     def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
@@ -219,15 +236,17 @@ class SQLiteEngine:
         writes = [op for op in batch if not op.is_read]
         if writes:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                for op in writes:
-                    op.outcome = _run_in_savepoint(conn, op.work)
+                if not _apply(conn, writes, guard_all=False):
+                    conn.execute("ROLLBACK")
+                    self.rollbacks += 1
+                    _apply(conn, writes, guard_all=True)
                 conn.execute("COMMIT")
                 self.transactions += 1
             except sqlite3.Error as exc:
                 log.error("group commit of %d writes failed: %s", len(writes), exc)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self.rollbacks += 1
                 for op in writes:
                     op.outcome = (False, _unavailable(exc))
         for op in batch:
@@ -239,6 +258,27 @@ class SQLiteEngine:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _apply(conn: sqlite3.Connection, writes: list[_Op], *, guard_all: bool) -> bool:
+    """Begin the group transaction and run `writes`, setting each one's outcome.
+
+    False when a `checks_first` write failed other than with a ServiceError
+    (it may have changed something): the caller rolls back and applies the
+    group again with `guard_all`, a savepoint around every write.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    for op in writes:
+        if op.checks_first and not guard_all:
+            try:
+                op.outcome = (True, op.work(conn))
+            except ServiceError as exc:
+                op.outcome = (False, exc)
+            except Exception:
+                return False
+        else:
+            op.outcome = _run_in_savepoint(conn, op.work)
+    return True
 
 
 def _run_in_savepoint(conn: sqlite3.Connection, work: Work) -> tuple[bool, Any]:

@@ -9,6 +9,7 @@ got and a digest of the event, for as long as the run exists.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import sqlite3
@@ -129,6 +130,44 @@ def _load_envelopes(
     return require_originals(run_id, wanted, found)
 
 
+MAX_REMEMBERED_RUNS = 10_000
+
+
+class _WriterRuns:
+    """Each run's state as the writer thread last wrote it, so appends skip a SELECT.
+
+    Used on the writer thread only, by every write that changes a run's row.
+    Forgets everything when the engine rolls back a group transaction (what
+    it remembered may not have been committed); holds at most
+    MAX_REMEMBERED_RUNS runs, forgetting the oldest first.
+    """
+
+    def __init__(self, engine: SQLiteEngine) -> None:
+        self._engine = engine
+        self._rollbacks = engine.rollbacks
+        self._runs: dict[tuple[str, str], RunState | None] = {}
+
+    def get(self, conn: sqlite3.Connection, namespace: str, run_id: str) -> RunState | None:
+        """The run's state (None: no run), from memory or else from `conn`."""
+        if self._rollbacks != self._engine.rollbacks:
+            self._runs.clear()
+            self._rollbacks = self._engine.rollbacks
+        key = (namespace, run_id)
+        if key in self._runs:
+            return self._runs[key]
+        run = _load_run(conn, namespace, run_id)
+        self.put(namespace, run_id, run)
+        return run
+
+    def put(self, namespace: str, run_id: str, run: RunState | None) -> None:
+        """Remember what the current write made of the run's row (None: deleted)."""
+        key = (namespace, run_id)
+        self._runs.pop(key, None)
+        if len(self._runs) >= MAX_REMEMBERED_RUNS:
+            del self._runs[next(iter(self._runs))]
+        self._runs[key] = run
+
+
 class SQLiteEventStore:
     """EventStore on a SQLiteEngine (see stores.events for guarantees)."""
 
@@ -136,6 +175,7 @@ class SQLiteEventStore:
         self._engine = engine
         self._notifier = notifier
         self._recent = RecentCommits()
+        self._runs = _WriterRuns(engine)
 
     async def append(
         self,
@@ -150,7 +190,7 @@ class SQLiteEventStore:
 
         def work(conn: sqlite3.Connection) -> list[bytes]:
             nonlocal committed
-            run = _load_run(conn, namespace, run_id)
+            run = self._runs.get(conn, namespace, run_id)
             supplied = supplied_event_ids(prepared)
             stored = _load_event_ids(conn, namespace, run_id, supplied) if run and supplied else {}
             plan = plan_append(run_id, prepared, stored, run, expectation)
@@ -160,10 +200,13 @@ class SQLiteEventStore:
             now = now_us()
             new = build_envelopes(run_id, run, plan.fresh, now)
             _insert(conn, namespace, run_id, plan.fresh, new, now)
-            committed = (new.first_seq - 1, run_after_append(run_id, run, new, now), new.encoded)
+            after = run_after_append(run_id, run, new, now)
+            self._runs.put(namespace, run_id, after)
+            committed = (new.first_seq - 1, after, new.encoded)
             return plan.results(originals, new.encoded)
 
-        envelopes = await self._engine.write(work)
+        # Everything an append checks, it checks before it writes.
+        envelopes = await self._engine.write(work, checks_first=True)
         if committed is not None:
             key = event_key(namespace, run_id)
             self._recent.publish(key, *committed)
@@ -216,6 +259,7 @@ class SQLiteEventStore:
             conn.execute("DELETE FROM events WHERE namespace = ? AND run_id = ?", key)
             conn.execute("DELETE FROM event_ids WHERE namespace = ? AND run_id = ?", key)
             cursor = conn.execute("DELETE FROM event_runs WHERE namespace = ? AND run_id = ?", key)
+            self._runs.put(namespace, run_id, None)
             return cursor.rowcount > 0
 
         deleted = await self._engine.write(work)
@@ -229,7 +273,7 @@ class SQLiteEventStore:
         """Drop events up to `up_to_seq` (at most all of them); the counters stay."""
 
         def work(conn: sqlite3.Connection) -> Truncation:
-            run = _load_run(conn, namespace, run_id)
+            run = self._runs.get(conn, namespace, run_id)
             if run is None:
                 raise run_not_found(run_id)
             first_seq = truncation_point(run, up_to_seq)
@@ -243,6 +287,7 @@ class SQLiteEventStore:
                 "UPDATE event_runs SET first_seq = ? WHERE namespace = ? AND run_id = ?",
                 (first_seq, namespace, run_id),
             )
+            self._runs.put(namespace, run_id, dataclasses.replace(run, first_seq=first_seq))
             return Truncation(first_seq, cursor.rowcount)
 
         truncation = await self._engine.write(work)
