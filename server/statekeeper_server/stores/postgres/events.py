@@ -122,16 +122,20 @@ written) when a concurrent first append created the run first."""
 
 _READ = """
     SELECT r.run_id, r.session_id, r.first_seq, r.last_seq, r.terminal, r.create_us,
-           r.update_us, page.seq, page.envelope
+           r.update_us, page.through_seq, page.envelopes
     FROM event_runs AS r
     LEFT JOIN LATERAL (
-        SELECT e.seq, e.envelope FROM events AS e
-        WHERE e.namespace = r.namespace AND e.run_id = r.run_id AND e.seq > $3
-        ORDER BY e.seq
-        LIMIT $4
+        SELECT max(e.seq) AS through_seq, array_agg(e.envelope ORDER BY e.seq) AS envelopes
+        FROM (
+            SELECT seq, envelope FROM events
+            WHERE namespace = r.namespace AND run_id = r.run_id AND seq > $3
+            ORDER BY seq
+            LIMIT $4
+        ) AS e
     ) AS page ON true
-    WHERE r.namespace = $1 AND r.run_id = $2
-    ORDER BY page.seq"""
+    WHERE r.namespace = $1 AND r.run_id = $2"""
+"""The run and a page of its envelopes as one row: one array decodes far faster
+than a row per envelope."""
 
 
 def _run_state(row: asyncpg.Record) -> RunState:
@@ -258,9 +262,10 @@ class PostgresEventStore:
         rows = await self._engine.fetch(_READ, namespace, run_id, query_seq(after_seq), limit)
         if not rows:
             return EventPage(None, [], after_seq)
-        events = [row for row in rows if row["seq"] is not None]
-        through = events[-1]["seq"] if events else after_seq
-        return EventPage(_run_state(rows[0]), [row["envelope"] for row in events], through)
+        row = rows[0]
+        if row["envelopes"] is None:
+            return EventPage(_run_state(row), [], after_seq)
+        return EventPage(_run_state(row), row["envelopes"], row["through_seq"])
 
     async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
         """A page of runs after the token's run_id."""
