@@ -57,14 +57,14 @@ MAX_PURGE_EVERY = 60.0
 
 
 async def wait_for_wake(
-    wake: asyncio.Event, stopping: asyncio.Event, timeout: float | None
+    wake: asyncio.Event, stopping: asyncio.Event, seconds: float | None
 ) -> bool:
-    """Wait until `wake` or `stopping` is set or `timeout` seconds pass; whether one was set."""
+    """Wait until `wake` or `stopping` is set or `seconds` pass; whether one was set."""
     if wake.is_set() or stopping.is_set():
         return True
     waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopping.wait())]
     try:
-        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
