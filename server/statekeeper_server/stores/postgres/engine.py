@@ -183,10 +183,17 @@ class Transaction:
         ("events", namespace, run_id).
         """
         if key not in self.keys:
-            await self.conn.execute(
-                "SELECT pg_notify($1, $2)", self._channel, encode_payload(self._origin, key)
-            )
-            self.keys[key] = None
+            await self.conn.execute("SELECT pg_notify($1, $2)", *self.notification(key))
+            self.notified(key)
+
+    def notification(self, key: Hashable) -> tuple[str, str]:
+        """The channel and payload of `pg_notify` for `key`, for a statement that calls it
+        itself (saving a round trip); then `notified(key)` once it did."""
+        return self._channel, encode_payload(self._origin, key)
+
+    def notified(self, key: Hashable) -> None:
+        """Record that a statement of this transaction called `pg_notify` for `key`."""
+        self.keys[key] = None
 
 
 class PostgresEngine:

@@ -115,10 +115,12 @@ _WRITE = """
         FROM unnest($10::text[], $11::bigint[], $12::bytea[]) AS ids (event_id, seq, digest)
         WHERE EXISTS (SELECT FROM written)
     )
-    SELECT EXISTS (SELECT FROM written)"""
+    SELECT EXISTS (SELECT FROM written),
+           (SELECT pg_notify($13, $14) WHERE EXISTS (SELECT FROM written))"""
 """Store an append's events, ids and counters: updating the locked row of an existing
-run ($9 false), or inserting the row of a new one ($9 true). False (and nothing
-written) when a concurrent first append created the run first."""
+run ($9 false), or inserting the row of a new one ($9 true), and notify $13 with
+$14 on commit. False (and nothing written or notified) when a concurrent first
+append created the run first."""
 
 _READ = """
     SELECT r.run_id, r.session_id, r.first_seq, r.last_seq, r.terminal, r.create_us,
@@ -194,8 +196,10 @@ async def _write(
     new: NewEvents,
     now: int,
 ) -> bool:
-    """Store `new` (built from `fresh`) after the run's last seq; False if the run was
-    new here but a concurrent first append created it first (then nothing is written)."""
+    """Store `new` (built from `fresh`) after the run's last seq and wake its followers on
+    commit; False if the run was new here but a concurrent first append created it
+    first (then nothing is written)."""
+    key = event_key(namespace, run_id)
     supplied = [
         (item.event_id, seq, item.digest)
         for seq, item in enumerate(fresh, new.first_seq)
@@ -215,7 +219,10 @@ async def _write(
         [event_id for event_id, _, _ in supplied],
         [seq for _, seq, _ in supplied],
         [digest for _, _, digest in supplied],
+        *tx.notification(key),
     )
+    if written:
+        tx.notified(key)
     return written
 
 
@@ -250,7 +257,6 @@ class PostgresEventStore:
                 now = now_us()
                 new = build_envelopes(run_id, run, plan.fresh, now)
                 if await _write(tx, namespace, run_id, run, plan.fresh, new, now):
-                    await tx.notify(event_key(namespace, run_id))
                     return plan.results(originals, new.encoded)
 
     def recent(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage | None:
