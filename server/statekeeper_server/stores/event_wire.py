@@ -58,13 +58,14 @@ def timestamp_field(micros: int) -> bytes:
 
 
 def event_id_field(event_id: str) -> bytes:
-    """`event_id` of an envelope."""
-    return _string(_ENVELOPE_EVENT_ID, event_id)
+    """`event_id` of an envelope (never empty)."""
+    data = event_id.encode()
+    return _ENVELOPE_EVENT_ID + varint(len(data)) + data
 
 
 def event_field(event: bytes) -> bytes:
     """`event` of an envelope from the event's encoding (present even when empty)."""
-    return _delimited(_ENVELOPE_EVENT, event)
+    return _ENVELOPE_EVENT + varint(len(event)) + event
 
 
 def run_id_field(run_id: str) -> bytes:

@@ -274,15 +274,17 @@ def prepare_inputs(
     """
     prepared: list[PreparedInput] = []
     for item, kind in zip(inputs, kinds, strict=True):
-        event = item.event
-        if item.event_id:
-            event_id, digest = item.event_id, event_digest(event)
-        else:
-            event_id, digest = str(uuid_utils.uuid7()), None
-        encoded = event_wire.event_field(event.SerializeToString())
+        event, event_id = item.event, item.event_id
+        digest = event_digest(event) if event_id else None
+        event_id = event_id or str(uuid_utils.uuid7())
         prepared.append(
             PreparedInput(
-                event, event_id, digest, kind, event_wire.event_id_field(event_id), encoded
+                event,
+                event_id,
+                digest,
+                kind,
+                event_wire.event_id_field(event_id),
+                event_wire.event_field(event.SerializeToString()),
             )
         )
     return prepared
