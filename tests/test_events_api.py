@@ -412,21 +412,38 @@ async def test_client_replay_gives_up_after_its_reconnect_timeout() -> None:
 # -- lifecycle of streams ------------------------------------------------------
 
 
+def running_tasks() -> int:
+    """The server's tasks running calls (grpc.aio runs each in `_schedule_rpc_coro`).
+
+    Other tasks come and go on their own (grpc's pool of tasks waiting for
+    calls, the job runner's waits), so they are not counted.
+    """
+    return sum(
+        task.get_coro().__qualname__ == "_schedule_rpc_coro"  # type: ignore[union-attr]
+        for task in asyncio.all_tasks()
+    )
+
+
+async def calls_settle_at(count: int) -> int:
+    """Wait (at most 5 s) until the server runs `count` calls; how many it runs then."""
+    for _ in range(500):
+        if running_tasks() == count:
+            break
+        await asyncio.sleep(0.01)
+    return running_tasks()
+
+
 async def test_cancelled_stream_leaves_no_task_behind(
     client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
 ) -> None:
     await client.events.append(RUN, started().event)
-    baseline = len(asyncio.all_tasks())
+    assert await calls_settle_at(0) == 0
     call = open_replay(stub)
     await next_message(call)
     await next_message(call)
-    assert len(asyncio.all_tasks()) > baseline
+    assert running_tasks() == 1
     call.cancel()
-    for _ in range(500):
-        if len(asyncio.all_tasks()) <= baseline:
-            break
-        await asyncio.sleep(0.01)
-    assert len(asyncio.all_tasks()) <= baseline
+    assert await calls_settle_at(0) == 0
 
 
 async def test_replay_cancelled_in_the_middle_of_history_leaves_no_task_behind(
@@ -434,16 +451,12 @@ async def test_replay_cancelled_in_the_middle_of_history_leaves_no_task_behind(
 ) -> None:
     for _ in range(3):
         await client.events.append_many(RUN, [custom().event] * 600)
-    baseline = len(asyncio.all_tasks())
+    assert await calls_settle_at(0) == 0
     call = open_replay(stub)
     first = await next_message(call)
     assert len(first.batch.envelopes) == 500
     call.cancel()
-    for _ in range(500):
-        if len(asyncio.all_tasks()) <= baseline:
-            break
-        await asyncio.sleep(0.01)
-    assert len(asyncio.all_tasks()) <= baseline
+    assert await calls_settle_at(0) == 0
 
 
 async def test_server_stop_ends_followers_with_server_stopping(store_url: str) -> None:

@@ -32,6 +32,13 @@ class Notifier:
 
     def notify(self, key: Hashable) -> None:
         """Wake everyone watching `key`."""
+        self._wake(key)
+
+    def wake_at(self, when: float, key: Hashable) -> asyncio.TimerHandle:
+        """Wake everyone watching `key` at loop time `when` (a timer, not a commit)."""
+        return asyncio.get_running_loop().call_at(when, self._wake, key)
+
+    def _wake(self, key: Hashable) -> None:
         event = self._events.pop(key, None)
         if event is not None:
             event.set()

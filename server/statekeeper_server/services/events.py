@@ -14,7 +14,6 @@ event by one heartbeat interval at most and never loses it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any
 
@@ -169,27 +168,8 @@ class EventLogServicer:
         """History after `after_seq`, CaughtUp, then (with follow) live events."""
         namespace = request_namespace(context)
         run_id = require_id(request.run_id, "run_id")
-        async for message in self._replay(namespace, run_id, request.after_seq, request.follow):
-            yield message
-
-    async def _read(
-        self, namespace: str, run_id: str, after_seq: int
-    ) -> tuple[asyncio.Event, EventPage]:
-        """The run's next page, and the wake-up event taken before reading it.
-
-        A commit landing after the read has already set that event. A
-        follower woken by a commit of this process usually finds that commit
-        kept in memory (`recent`) and skips the store.
-        """
-        woken = self._notifier.watch(event_key(namespace, run_id))
-        page = self._store.recent(namespace, run_id, after_seq, REPLAY_READ_EVENTS)
-        if page is None:
-            page = await self._store.read(namespace, run_id, after_seq, REPLAY_READ_EVENTS)
-        return woken, page
-
-    async def _replay(
-        self, namespace: str, run_id: str, after_seq: int, follow: bool
-    ) -> AsyncIterator[ReplayMessage]:
+        after_seq, follow = request.after_seq, request.follow
+        key = event_key(namespace, run_id)
         loop = asyncio.get_running_loop()
         position = after_seq
         created_us: int | None = None
@@ -197,6 +177,9 @@ class EventLogServicer:
         last_sent = loop.time()
         # While a page of history is sent, the next one is read (one page ahead at most).
         ahead: asyncio.Future[tuple[asyncio.Event, EventPage]] | None = None
+        # Wakes the run's followers when this one may owe a heartbeat. Re-armed only once
+        # it went off, not for every message: a timer per wait cost more than the wait.
+        alarm: asyncio.TimerHandle | None = None
         try:
             while True:
                 if self._stopping.is_set():
@@ -240,19 +223,38 @@ class EventLogServicer:
                     last_sent = loop.time()
                 if not follow or (run is not None and run.terminal):
                     return
-                if loop.time() - last_sent >= self._heartbeat_interval:
+                now = loop.time()
+                if now - last_sent >= self._heartbeat_interval:
                     yield events_pb2.ReplayEventsResponse(
                         heartbeat=events_pb2.Heartbeat(sent_at=to_timestamp(now_us()))
                     )
-                    last_sent = loop.time()
+                    last_sent = now = loop.time()
                 # Woken or not, read again once a heartbeat is due: a wake-up lost on its
                 # way from another replica then delays an event by one heartbeat at most.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(last_sent + self._heartbeat_interval - loop.time()):
-                        await woken.wait()
+                if alarm is None or alarm.when() <= now:
+                    due = last_sent + self._heartbeat_interval
+                    alarm = self._notifier.wake_at(due, key)
+                await woken.wait()
         finally:
             if ahead is not None:
                 ahead.cancel()
+            if alarm is not None:
+                alarm.cancel()
+
+    async def _read(
+        self, namespace: str, run_id: str, after_seq: int
+    ) -> tuple[asyncio.Event, EventPage]:
+        """The run's next page, and the wake-up event taken before reading it.
+
+        A commit landing after the read has already set that event. A
+        follower woken by a commit of this process usually finds that commit
+        kept in memory (`recent`) and skips the store.
+        """
+        woken = self._notifier.watch(event_key(namespace, run_id))
+        page = self._store.recent(namespace, run_id, after_seq, REPLAY_READ_EVENTS)
+        if page is None:
+            page = await self._store.read(namespace, run_id, after_seq, REPLAY_READ_EVENTS)
+        return woken, page
 
     async def ListRuns(
         self, request: events_pb2.ListRunsRequest, context: Context
