@@ -43,9 +43,12 @@ FINISH_REASONS = frozenset(FinishReason.values())
 # -- records ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunState:
-    """What a backend knows about one run of the event log."""
+class RunState(NamedTuple):
+    """What a backend knows about one run of the event log.
+
+    A named tuple: the writer thread builds one per append, and a frozen
+    dataclass takes several times longer to construct.
+    """
 
     run_id: str
     session_id: str

@@ -9,9 +9,7 @@ got and a digest of the event, for as long as the run exists.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import itertools
 import sqlite3
 from collections.abc import Iterable, Sequence
 
@@ -194,7 +192,11 @@ class SQLiteEventStore:
             supplied = supplied_event_ids(prepared)
             stored = _load_event_ids(conn, namespace, run_id, supplied) if run and supplied else {}
             plan = plan_append(run_id, prepared, stored, run, expectation)
-            originals = _load_envelopes(conn, namespace, run_id, plan.retries.values())
+            originals = (
+                _load_envelopes(conn, namespace, run_id, plan.retries.values())
+                if plan.retries
+                else {}
+            )
             if not plan.fresh:
                 return plan.results(originals, [])
             now = now_us()
@@ -203,7 +205,7 @@ class SQLiteEventStore:
             after = run_after_append(run_id, run, new, now)
             self._runs.put(namespace, run_id, after)
             committed = (new.first_seq - 1, after, new.encoded)
-            return plan.results(originals, new.encoded)
+            return plan.results(originals, new.encoded) if plan.retries else new.encoded
 
         # Everything an append checks, it checks before it writes.
         envelopes = await self._engine.write(work, checks_first=True)
@@ -287,7 +289,7 @@ class SQLiteEventStore:
                 "UPDATE event_runs SET first_seq = ? WHERE namespace = ? AND run_id = ?",
                 (first_seq, namespace, run_id),
             )
-            self._runs.put(namespace, run_id, dataclasses.replace(run, first_seq=first_seq))
+            self._runs.put(namespace, run_id, run._replace(first_seq=first_seq))
             return Truncation(first_seq, cursor.rowcount)
 
         truncation = await self._engine.write(work)
@@ -336,12 +338,14 @@ def _insert(
     now: int,
 ) -> None:
     """Store `new` (built from `fresh`) after the run's last seq and move the run's counters."""
-    seqs = range(new.first_seq, new.last_seq + 1)
     start = 0
     for rows in _row_chunks(len(new.encoded)):
-        pairs = zip(seqs[start : start + rows], new.encoded[start : start + rows], strict=True)
-        conn.execute(_insert_events_sql(rows), (namespace, run_id, *itertools.chain(*pairs)))
+        params: list[object] = [namespace, run_id]
+        for index in range(start, start + rows):
+            params += (new.first_seq + index, new.encoded[index])
+        conn.execute(_insert_events_sql(rows), params)
         start += rows
+    seqs = range(new.first_seq, new.last_seq + 1)
     supplied = [
         (namespace, run_id, item.event_id, seq, item.digest)
         for item, seq in zip(fresh, seqs, strict=True)
