@@ -72,8 +72,7 @@ class RunState(NamedTuple):
         )
 
 
-@dataclass(frozen=True)
-class EventPage:
+class EventPage(NamedTuple):
     """Committed envelopes after a seq, read in one snapshot with their run's state.
 
     `envelopes` are serialized `EventEnvelope`s in seq order, exactly as

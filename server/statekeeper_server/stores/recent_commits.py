@@ -12,7 +12,7 @@ and the whole cache is held under a byte budget, oldest runs dropped first.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from statekeeper_server.stores.events import EventPage, RunState
 
@@ -21,8 +21,7 @@ MAX_PAGE_BYTES = 256 * 1024
 """Commits larger than this are not kept: their followers read the store."""
 
 
-@dataclass(frozen=True)
-class _Commit:
+class _Commit(NamedTuple):
     after_seq: int
     create_us: int
     page: EventPage

@@ -31,7 +31,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -56,13 +56,13 @@ class SchemaTooNewError(RuntimeError):
     """The database was written by a newer statekeeper."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Op:
     work: Work
     future: asyncio.Future[Any]
-    is_read: bool = False
-    checks_first: bool = False
-    outcome: tuple[bool, Any] = field(default=(False, None))
+    is_read: bool
+    checks_first: bool
+    outcome: tuple[bool, Any] = (False, None)
 
 
 _STOP = object()
