@@ -501,10 +501,14 @@ async def test_embedded_store_keeps_the_newest_commit(store_url: str, store: Sto
         assert recent == await store.events.read(NS, "run-1", 0, 100)
 
 
-async def test_recent_page_is_only_the_newest_commit(store: Store) -> None:
+async def test_recent_page_covers_consecutive_commits(store_url: str, store: Store) -> None:
     await append(store, "run-1", started(), custom())
     await append(store, "run-1", custom())
-    assert store.events.recent(NS, "run-1", 0, 100) is None
+    recent = store.events.recent(NS, "run-1", 1, 100)
+    if store_url.startswith("postgresql"):
+        assert recent is None
+    else:
+        assert recent == await store.events.read(NS, "run-1", 1, 100)
 
 
 async def test_recent_page_is_dropped_by_truncation(store: Store) -> None:
@@ -517,6 +521,15 @@ async def test_recent_page_is_dropped_with_its_run(store: Store) -> None:
     await append(store, "run-1", started())
     await store.events.delete_run(NS, "run-1")
     assert store.events.recent(NS, "run-1", 0, 100) is None
+
+
+async def test_recent_page_of_a_caught_up_follower_is_empty(store_url: str, store: Store) -> None:
+    await append(store, "run-1", started(), custom())
+    recent = store.events.recent(NS, "run-1", 2, 100)
+    if not store_url.startswith("postgresql"):
+        assert recent == await store.events.read(NS, "run-1", 2, 100)
+        assert recent is not None
+        assert recent.envelopes == []
 
 
 async def test_retries_leave_the_recent_page_alone(store: Store) -> None:

@@ -153,12 +153,11 @@ class EventStore(Protocol):
         """Up to `limit` committed envelopes with seq > after_seq, and the run's state."""
 
     def recent(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage | None:
-        """What `read` would return right after this process's newest append to the run,
-        from memory, when that append's page starts right after `after_seq` and holds at
-        most `limit` envelopes; else None (then read).
+        """What `read` would return, from memory, when the run's newest commits made by
+        this process are kept there and reach back to `after_seq`; else None (then read).
 
-        For followers woken by that append: it may lag a commit made elsewhere
-        (another replica), which wakes them again.
+        For followers woken by those commits: it may lag a commit made
+        elsewhere (another replica), which wakes them again.
         """
 
     async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:

@@ -216,8 +216,8 @@ class SQLiteEventStore:
         return envelopes
 
     def recent(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage | None:
-        """The page the newest append of the run committed, if it starts right after
-        `after_seq` and holds at most `limit` envelopes."""
+        """Up to `limit` envelopes after `after_seq` from the run's newest commits kept in
+        memory, if they reach back to `after_seq`."""
         return self._recent.page_after(event_key(namespace, run_id), after_seq, limit)
 
     async def read(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage:
