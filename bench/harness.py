@@ -123,6 +123,8 @@ class Bench:
     peers: bool = True
     generator_processes: int = 1
     profile_dir: Path | None = None
+    profile_gil: bool = False
+    """Sample only the thread holding the GIL (py-spy --gil)."""
     profiles: dict[str, str] = field(default_factory=dict)
 
     @contextlib.contextmanager
@@ -158,7 +160,9 @@ class Bench:
             self.generators.submit(function, **kwargs, **own, start_at=start_at, duration=duration)
             for own in per_process
         ]
-        cpu = ServerCpu(server, start_at, duration, self.recording_path(label, server))
+        cpu = ServerCpu(
+            server, start_at, duration, self.recording_path(label, server), gil=self.profile_gil
+        )
         try:
             windows = [future.result() for future in futures]
         finally:
@@ -180,22 +184,33 @@ class ServerCpu:
     and a py-spy recording of the same time when asked for."""
 
     def __init__(
-        self, server: Watched | None, start_at: float, duration: float, profile: Path | None
+        self,
+        server: Watched | None,
+        start_at: float,
+        duration: float,
+        profile: Path | None,
+        *,
+        gil: bool = False,
     ) -> None:
         self.share: float | None = None
         self.profile_summary: str | None = None
         self._finished = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(server, start_at, duration, profile), daemon=True
+            target=self._run, args=(server, start_at, duration, profile, gil), daemon=True
         )
         self._thread.start()
 
     def _run(
-        self, server: Watched | None, start_at: float, duration: float, profile: Path | None
+        self,
+        server: Watched | None,
+        start_at: float,
+        duration: float,
+        profile: Path | None,
+        gil: bool,
     ) -> None:
         if self._finished.wait(max(0.0, start_at - time.time())) or server is None:
             return
-        recording = Recording(server.pid, duration, profile) if profile else None
+        recording = Recording(server.pid, duration, profile, gil=gil) if profile else None
         with contextlib.suppress(Exception):
             before, began = server.cpu_seconds(), time.monotonic()
             self._finished.wait(duration)

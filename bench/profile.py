@@ -33,10 +33,16 @@ def py_spy() -> str:
 
 
 class Recording:
-    """A py-spy recording of `pid` for `seconds`, running in the background."""
+    """A py-spy recording of `pid` for `seconds`, running in the background.
 
-    def __init__(self, pid: int, seconds: float, output: Path) -> None:
+    With `gil`, only the thread holding the GIL is sampled: the shares then
+    say where the GIL goes, which bounds a Python server on any number of
+    cores.
+    """
+
+    def __init__(self, pid: int, seconds: float, output: Path, *, gil: bool = False) -> None:
         self.output = output
+        self._gil = gil
         output.parent.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
             [
@@ -51,6 +57,7 @@ class Recording:
                 "--format",
                 "raw",
                 "--nonblocking",
+                *(["--gil"] if gil else []),
                 "--output",
                 str(output),
             ],
@@ -72,7 +79,7 @@ class Recording:
             self._process.wait()
         if not self.output.exists():
             return None
-        return Profile.read(self.output)
+        return Profile.read(self.output, gil=self._gil)
 
 
 @dataclass
@@ -80,16 +87,18 @@ class Profile:
     """Sample counts per collapsed stack."""
 
     stacks: Counter[str]
+    gil: bool = False
+    """Only the thread holding the GIL was sampled."""
 
     @classmethod
-    def read(cls, path: Path) -> Profile:
+    def read(cls, path: Path, *, gil: bool = False) -> Profile:
         """Parse py-spy's raw (collapsed) output."""
         stacks: Counter[str] = Counter()
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
             if stack and count.isdigit():
                 stacks[stack] += int(count)
-        return cls(stacks)
+        return cls(stacks, gil)
 
     @property
     def samples(self) -> int:
@@ -118,7 +127,8 @@ class Profile:
         """Samples per thread, then the top functions by self and by total share, as text."""
         samples = self.samples or 1
         own, total = self.shares()
-        lines = [f"{self.samples} samples at {SAMPLE_RATE} Hz (all threads)", "thread%  thread"]
+        sampled = "the thread holding the GIL" if self.gil else "all threads"
+        lines = [f"{self.samples} samples at {SAMPLE_RATE} Hz ({sampled})", "thread%  thread"]
         lines += [f"{100 * n / samples:5.1f}  {k}" for k, n in self.threads().most_common()]
         lines += ["self%  function"]
         lines += [f"{100 * n / samples:5.1f}  {f}" for f, n in own.most_common(top)]

@@ -72,6 +72,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="record the server with py-spy into DIR"
     )
+    parser.add_argument(
+        "--gil", action="store_true", help="with --profile, sample only the thread holding the GIL"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report as markdown here")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     return parser.parse_args(argv)
@@ -114,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             peers=not args.no_peers,
             generator_processes=args.generators,
             profile_dir=args.profile,
+            profile_gil=args.gil,
         )
         for index, store in enumerate(args.store):
             for scenario in selected:

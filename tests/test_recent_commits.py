@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from statekeeper_server.stores.events import RunState
-from statekeeper_server.stores.recent_commits import MAX_TAIL_BYTES, RecentCommits
+from statekeeper_server.stores.recent_commits import (
+    MAX_TAIL_BYTES,
+    MAX_TAIL_ENVELOPES,
+    RecentCommits,
+)
 
 KEY = ("events", "default", "run-1")
 
@@ -122,3 +126,22 @@ def test_a_commit_larger_than_a_tail_keeps_only_its_newest_envelopes() -> None:
     page = recent.page_after(KEY, 1, 100)
     assert page is not None
     assert page.envelopes == [b"y"]
+
+
+def test_a_tail_keeps_at_most_its_number_of_envelopes() -> None:
+    recent = RecentCommits()
+    for seq in range(MAX_TAIL_ENVELOPES + 5):
+        recent.publish(KEY, seq, run(seq + 1), [b"e"])
+    assert recent.page_after(KEY, 4, 1000) is None
+    page = recent.page_after(KEY, 5, 1000)
+    assert page is not None
+    assert len(page.envelopes) == MAX_TAIL_ENVELOPES
+
+
+def test_the_budget_counts_a_tail_once_however_often_it_grew() -> None:
+    recent = RecentCommits(budget_bytes=10)
+    for seq in range(10):
+        recent.publish(KEY, seq, run(seq + 1), [b"e"])
+    page = recent.page_after(KEY, 0, 1000)
+    assert page is not None
+    assert len(page.envelopes) == 10

@@ -20,7 +20,8 @@ from statekeeper_server.stores.events import EventPage, RunState
 
 DEFAULT_BUDGET_BYTES = 8 * 1024 * 1024
 MAX_TAIL_BYTES = 256 * 1024
-"""A run's tail keeps at most this many bytes of envelopes, dropping its oldest."""
+MAX_TAIL_ENVELOPES = 128
+"""A run's tail keeps at most this many envelopes and bytes, dropping its oldest."""
 
 
 class _Tail(NamedTuple):
@@ -54,15 +55,17 @@ class RecentCommits:
         that does not follow the tail starts a new one; a commit older than
         the tail (published late) is ignored.
         """
+        size = sum(len(data) for data in envelopes)
         held = self._tails.get(key)
         if held is not None and held.run.create_us == run.create_us:
             if held.run.last_seq >= run.last_seq:
                 return
             if held.run.last_seq == after_seq:
                 after_seq, envelopes = held.after_seq, held.envelopes + envelopes
+                size += held.size
         self.forget(key)
-        size = sum(len(data) for data in envelopes)
-        drop = 0
+        drop = max(0, len(envelopes) - MAX_TAIL_ENVELOPES)
+        size -= sum(len(data) for data in envelopes[:drop])
         while size > MAX_TAIL_BYTES and drop < len(envelopes):
             size -= len(envelopes[drop])
             drop += 1
