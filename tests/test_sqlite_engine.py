@@ -46,59 +46,49 @@ async def test_concurrent_writes_share_transactions(engine: SQLiteEngine) -> Non
     assert len(await engine.read(names)) == 200
 
 
-async def test_a_failing_write_is_rolled_back_alone(engine: SQLiteEngine) -> None:
-    def insert_then_fail(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT INTO items (name) VALUES ('doomed')")
-        raise ValueError("refused")
+def insert_then_fail(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO items (name) VALUES ('doomed')")
+    raise ValueError("broken")
 
+
+def refuse(conn: sqlite3.Connection) -> None:
+    raise InvalidArgument("name", "is taken")
+
+
+async def outcome_between_two_inserts(
+    engine: SQLiteEngine, middle: Callable[[sqlite3.Connection], None], *, checks_first: bool
+) -> object:
+    """Write `before`, `middle` and `after` at once; check that both inserts, and only
+    they, were stored; return what `middle` gave."""
     outcomes = await asyncio.gather(
-        engine.write(insert("before")),
-        engine.write(insert_then_fail),
+        engine.write(insert("before"), checks_first=checks_first),
+        engine.write(middle, checks_first=checks_first),
         engine.write(insert("after")),
         return_exceptions=True,
     )
-    assert outcomes[0] == "before"
-    assert isinstance(outcomes[1], ValueError)
-    assert outcomes[2] == "after"
+    assert (outcomes[0], outcomes[2]) == ("before", "after")
     assert await engine.read(names) == ["after", "before"]
+    return outcomes[1]
+
+
+async def test_a_failing_write_is_rolled_back_alone(engine: SQLiteEngine) -> None:
+    failed = await outcome_between_two_inserts(engine, insert_then_fail, checks_first=False)
+    assert isinstance(failed, ValueError)
 
 
 async def test_a_checks_first_write_that_refuses_leaves_the_others_to_commit(
     engine: SQLiteEngine,
 ) -> None:
-    def refuse(conn: sqlite3.Connection) -> None:
-        raise InvalidArgument("name", "is taken")
-
-    outcomes = await asyncio.gather(
-        engine.write(insert("before")),
-        engine.write(refuse, checks_first=True),
-        engine.write(insert("after"), checks_first=True),
-        return_exceptions=True,
-    )
-    assert outcomes[0] == "before"
-    assert isinstance(outcomes[1], InvalidArgument)
-    assert outcomes[2] == "after"
-    assert await engine.read(names) == ["after", "before"]
+    refused = await outcome_between_two_inserts(engine, refuse, checks_first=True)
+    assert isinstance(refused, InvalidArgument)
     assert engine.rollbacks == 0
 
 
 async def test_a_checks_first_write_failing_after_a_change_is_undone_alone(
     engine: SQLiteEngine,
 ) -> None:
-    def insert_then_fail(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT INTO items (name) VALUES ('doomed')")
-        raise ValueError("broken")
-
-    outcomes = await asyncio.gather(
-        engine.write(insert("before"), checks_first=True),
-        engine.write(insert_then_fail, checks_first=True),
-        engine.write(insert("after")),
-        return_exceptions=True,
-    )
-    assert outcomes[0] == "before"
-    assert isinstance(outcomes[1], ValueError)
-    assert outcomes[2] == "after"
-    assert await engine.read(names) == ["after", "before"]
+    failed = await outcome_between_two_inserts(engine, insert_then_fail, checks_first=True)
+    assert isinstance(failed, ValueError)
     assert engine.rollbacks == 1
 
 
