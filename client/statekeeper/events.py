@@ -204,7 +204,7 @@ class EventsClient:
 
         try:
             await asyncio.wait_for(ready(), within)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
