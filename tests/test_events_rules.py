@@ -117,7 +117,7 @@ def test_only_completed_failed_and_cancelled_are_terminal() -> None:
         "run_failed": events_pb2.AgentEvent(run_failed=events_pb2.RunFailed()),
         "run_cancelled": events_pb2.AgentEvent(run_cancelled=events_pb2.RunCancelled()),
     }
-    terminal = {name for name, event in kinds.items() if is_terminal(event)}
+    terminal = {name for name, event in kinds.items() if is_terminal(event.WhichOneof("kind"))}
     assert terminal == {"run_completed", "run_failed", "run_cancelled"}
 
 

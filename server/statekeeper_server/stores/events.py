@@ -178,9 +178,10 @@ def event_key(namespace: str, run_id: str) -> tuple[str, str, str]:
 # -- validation --------------------------------------------------------------
 
 
-def is_terminal(event: events_pb2.AgentEvent) -> bool:
-    """Whether `event` ends its run (completed, failed or cancelled)."""
-    return event.WhichOneof("kind") in TERMINAL_KINDS
+def is_terminal(kind: str | None) -> bool:
+    """Whether an event of `kind` (its `kind` oneof) ends its run: completed, failed or
+    cancelled."""
+    return kind in TERMINAL_KINDS
 
 
 def validate_event_input(item: events_pb2.EventInput, field: str) -> str:
@@ -236,7 +237,7 @@ def validate_event_inputs(inputs: Sequence[events_pb2.EventInput], field_prefix:
                 f"{field_prefix}[{index}].event",
                 f"follows the terminal event {field_prefix}[{terminal_at}]; nothing may follow it",
             )
-        if kinds[-1] in TERMINAL_KINDS:
+        if is_terminal(kinds[-1]):
             terminal_at = index
         if item.event_id:
             earlier = first_use.setdefault(item.event_id, index)
@@ -399,7 +400,7 @@ def build_envelopes(
         if item.kind == "run_started":
             session_id = item.event.run_started.session_id
             session_field = event_wire.session_id_field(session_id)
-        elif item.kind in TERMINAL_KINDS:
+        elif is_terminal(item.kind):
             terminal = True
         encoded.append(
             event_wire.envelope(
