@@ -763,37 +763,37 @@ def _columns(rows: Sequence[Sequence[object]]) -> list[list[object]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode()
-
-
-def _bytes(value: str | None) -> bytes | None:
-    return None if value is None else value.encode()
-
-
 def _job(record: asyncpg.Record) -> JobRow:
-    values = dict(record)
-    values["idempotency_key"] = _text(values["idempotency_key"])
-    return JobRow(**values)
+    return _decoded(record, JobRow, "idempotency_key")
 
 
 def _job_values(row: JobRow) -> list[object]:
     """The stored values of `row` in column order (the key as UTF-8)."""
-    values: list[object] = list(row)
-    values[_KEY_INDEX] = _bytes(row.idempotency_key)
-    return values
+    return _stored(row, _KEY_INDEX)
 
 
 def _change(record: asyncpg.Record) -> ChangeRow:
-    values = dict(record)
-    values["error"] = _text(values["error"])
-    return ChangeRow(**values)
+    return _decoded(record, ChangeRow, "error")
 
 
 def _change_values(change: ChangeRow) -> list[object]:
     """The stored values of `change` in column order (the error as UTF-8)."""
-    values: list[object] = list(change)
-    values[_ERROR_INDEX] = _bytes(change.error)
+    return _stored(change, _ERROR_INDEX)
+
+
+def _decoded(record: asyncpg.Record, row_type: Callable[..., T], text_field: str) -> T:
+    """A row from `record`, its one text column stored as bytes decoded from UTF-8."""
+    values = dict(record)
+    stored = values[text_field]
+    values[text_field] = None if stored is None else stored.decode()
+    return row_type(**values)
+
+
+def _stored(row: tuple[object, ...], text_index: int) -> list[object]:
+    """The values of `row` to store, its one text column at `text_index` as UTF-8."""
+    values = list(row)
+    text = values[text_index]
+    values[text_index] = None if text is None else str(text).encode()
     return values
 
 
