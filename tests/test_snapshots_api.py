@@ -191,11 +191,18 @@ async def test_blocking_client_has_the_same_methods(store_url: str) -> None:
         assert await asyncio.to_thread(use_blocking_client) == (1, ["run-1"], True)
 
 
-async def test_client_applies_its_default_deadline(store_url: str) -> None:
+async def test_client_applies_its_default_deadline(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def slow_load(*args: object) -> object:
+        await asyncio.sleep(5)
+        raise AssertionError("the call should have timed out")
+
     async with (
         running_app(store_url) as app,
-        statekeeper.AsyncClient(f"127.0.0.1:{app.port}", timeout=1e-6) as client,
+        statekeeper.AsyncClient(f"127.0.0.1:{app.port}", timeout=0.2) as client,
     ):
+        monkeypatch.setattr(app.store.snapshots, "load", slow_load)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.snapshots.load("run-1")
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
