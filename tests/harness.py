@@ -39,6 +39,8 @@ class ServerProcess:
         self.extra_args = extra_args
         self.port = 0
         self.process: subprocess.Popen[str] | None = None
+        self.startup_log: list[str] = []
+        """What the server wrote to stderr until it was listening."""
 
     @property
     def target(self) -> str:
@@ -78,6 +80,7 @@ class ServerProcess:
                 break
         else:
             raise RuntimeError("server exited before serving:\n" + "".join(lines))
+        self.startup_log = lines
         _drain(self.process)
         return self
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,22 @@ async def test_snapshot_acknowledged_before_sigkill_survives_restart(tmp_path: P
             assert await client.snapshots.load("run-1") == saved
     finally:
         server.stop()
+
+
+def test_serving_process_freezes_its_startup_objects_out_of_the_collector(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(data_file(tmp_path), "--log-level", "debug").start()
+    try:
+        frozen = [
+            int(match.group(1))
+            for line in server.startup_log
+            if (match := re.search(r"(\d+) objects from startup are out of the collector", line))
+        ]
+    finally:
+        server.stop()
+    assert len(frozen) == 1
+    assert frozen[0] > 1000
 
 
 def test_second_server_on_the_same_file_fails_fast(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -90,6 +91,46 @@ async def test_a_checks_first_write_failing_after_a_change_is_undone_alone(
     failed = await outcome_between_two_inserts(engine, insert_then_fail, checks_first=True)
     assert isinstance(failed, ValueError)
     assert engine.rollbacks == 1
+
+
+async def test_on_commit_runs_on_the_loop_before_any_writer_of_the_group_resumes(
+    engine: SQLiteEngine,
+) -> None:
+    loop_thread = threading.get_ident()
+    seen: list[tuple[str, str, bool]] = []
+
+    def committed(name: str) -> None:
+        seen.append(("committed", name, threading.get_ident() == loop_thread))
+
+    async def write(name: str) -> None:
+        await engine.write(insert(name), on_commit=committed)
+        seen.append(("resumed", name, True))
+
+    await asyncio.gather(write("a"), write("b"))
+    assert engine.transactions == 1
+    assert seen[:2] == [("committed", "a", True), ("committed", "b", True)]
+    assert sorted(seen[2:]) == [("resumed", "a", True), ("resumed", "b", True)]
+
+
+async def test_on_commit_is_skipped_for_a_write_that_failed(engine: SQLiteEngine) -> None:
+    committed: list[object] = []
+    outcomes = await asyncio.gather(
+        engine.write(refuse, checks_first=True, on_commit=committed.append),
+        engine.write(insert_then_fail, on_commit=committed.append),
+        engine.write(insert("kept"), on_commit=committed.append),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], InvalidArgument)
+    assert isinstance(outcomes[1], ValueError)
+    assert committed == ["kept"]
+
+
+async def test_a_failing_on_commit_leaves_the_write_acknowledged(engine: SQLiteEngine) -> None:
+    def broken(_: str) -> None:
+        raise RuntimeError("follow-up failed")
+
+    assert await engine.write(insert("kept"), on_commit=broken) == "kept"
+    assert await engine.read(names) == ["kept"]
 
 
 async def test_a_sqlite_error_in_a_write_is_unavailable(engine: SQLiteEngine) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -28,6 +29,21 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, **kwargs)
 
 
+def freeze_startup_objects() -> int:
+    """Move every object alive now out of the garbage collector's sight; return how many.
+
+    What a server makes while starting (modules, descriptors, connections)
+    lives as long as the process. Left in the collector's oldest generation,
+    every full collection walks all of it again while calls wait: tens of
+    milliseconds of stalled deliveries each time.
+    """
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.debug("%d objects from startup are out of the collector's sight", frozen)
+    return frozen
+
+
 async def _serve(overrides: dict[str, Any]) -> int:
     from statekeeper_server.app import Application
     from statekeeper_server.config import Settings
@@ -41,6 +57,7 @@ async def _serve(overrides: dict[str, Any]) -> int:
     except Exception as exc:
         log.error("cannot start: %s", exc)
         return 1
+    freeze_startup_objects()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -18,6 +18,11 @@ Reads run on a small pool of reader threads with their own connections (WAL
 lets them read while the writer writes), each read in its own transaction so
 it sees one consistent snapshot. The in-memory database has no readers: its
 reads run on the writer thread between batches, outside any transaction.
+
+A write may name what follows its commit (`on_commit`, waking whoever waits
+for the change): it runs on the event loop in the same callback that
+delivers the group's results, before any writer resumes, so nobody waiting
+for a commit pays for an extra turn of the loop.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from statekeeper_server.errors import ServiceError, Unavailable
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
+OnCommit = Callable[[Any], None]
 Migrations = Mapping[str, Sequence[Sequence[str]]]
 """Per component, its schema steps in order; a step is a list of statements."""
 
@@ -62,6 +68,7 @@ class _Op:
     future: asyncio.Future[Any]
     is_read: bool
     checks_first: bool
+    on_commit: OnCommit | None = None
     outcome: tuple[bool, Any] = (False, None)
 
 
@@ -128,14 +135,24 @@ class SQLiteEngine:
             self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-reader")
 
     async def write(
-        self, work: Callable[[sqlite3.Connection], T], *, checks_first: bool = False
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        *,
+        checks_first: bool = False,
+        on_commit: Callable[[T], None] | None = None,
     ) -> T:
         """Run `work` in the next group transaction; return after COMMIT.
 
         `checks_first` promises that `work` raises a ServiceError only before
-        its first change, so it needs no savepoint of its own.
+        its first change, so it needs no savepoint of its own. `on_commit`
+        gets the result on the event loop once the write committed, before
+        this call (or any other of the group) returns; never for a write
+        that failed.
         """
-        return cast(T, await self._submit(work, is_read=False, checks_first=checks_first))
+        return cast(
+            T,
+            await self._submit(work, is_read=False, checks_first=checks_first, on_commit=on_commit),
+        )
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` on a consistent snapshot of committed data."""
@@ -161,13 +178,20 @@ class SQLiteEngine:
 
     # -- internals ---------------------------------------------------------
 
-    async def _submit(self, work: Work, *, is_read: bool, checks_first: bool = False) -> Any:
+    async def _submit(
+        self,
+        work: Work,
+        *,
+        is_read: bool,
+        checks_first: bool = False,
+        on_commit: OnCommit | None = None,
+    ) -> Any:
         if self._closed:
             raise Unavailable("STORE_CLOSED", "the store is shutting down")
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Op(work, future, is_read, checks_first))
+        self._queue.put(_Op(work, future, is_read, checks_first, on_commit))
         return await future
 
     def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
@@ -313,6 +337,14 @@ def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
 
 
 def _settle_all(batch: list[_Op]) -> None:
+    for op in batch:
+        ok, value = op.outcome
+        if ok and op.on_commit is not None:
+            try:
+                op.on_commit(value)
+            except Exception:
+                # The write is committed whatever its follow-up does: report, don't fail it.
+                log.exception("the follow-up of a committed write failed")
     for op in batch:
         _settle(op.future, op.outcome)
 

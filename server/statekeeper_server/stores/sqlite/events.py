@@ -207,13 +207,14 @@ class SQLiteEventStore:
             committed = (new.first_seq - 1, after, new.encoded)
             return plan.results(originals, new.encoded) if plan.retries else new.encoded
 
+        def wake_followers(_: list[bytes]) -> None:
+            if committed is not None:
+                key = event_key(namespace, run_id)
+                self._recent.publish(key, *committed)
+                self._notifier.notify(key)
+
         # Everything an append checks, it checks before it writes.
-        envelopes = await self._engine.write(work, checks_first=True)
-        if committed is not None:
-            key = event_key(namespace, run_id)
-            self._recent.publish(key, *committed)
-            self._notifier.notify(key)
-        return envelopes
+        return await self._engine.write(work, checks_first=True, on_commit=wake_followers)
 
     def recent(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage | None:
         """Up to `limit` envelopes after `after_seq` from the run's newest commits kept in
@@ -264,12 +265,11 @@ class SQLiteEventStore:
             self._runs.put(namespace, run_id, None)
             return cursor.rowcount > 0
 
-        deleted = await self._engine.write(work)
-        if deleted:
-            key = event_key(namespace, run_id)
-            self._recent.forget(key)
-            self._notifier.notify(key)
-        return deleted
+        def wake_followers(deleted: bool) -> None:
+            if deleted:
+                self._forget_run(namespace, run_id)
+
+        return await self._engine.write(work, on_commit=wake_followers)
 
     async def truncate(self, namespace: str, run_id: str, up_to_seq: int) -> Truncation:
         """Drop events up to `up_to_seq` (at most all of them); the counters stay."""
@@ -292,12 +292,17 @@ class SQLiteEventStore:
             self._runs.put(namespace, run_id, run._replace(first_seq=first_seq))
             return Truncation(first_seq, cursor.rowcount)
 
-        truncation = await self._engine.write(work)
-        if truncation.dropped:
-            key = event_key(namespace, run_id)
-            self._recent.forget(key)
-            self._notifier.notify(key)
-        return truncation
+        def wake_followers(truncation: Truncation) -> None:
+            if truncation.dropped:
+                self._forget_run(namespace, run_id)
+
+        return await self._engine.write(work, on_commit=wake_followers)
+
+    def _forget_run(self, namespace: str, run_id: str) -> None:
+        """Drop the run's newest commits kept in memory and wake its followers."""
+        key = event_key(namespace, run_id)
+        self._recent.forget(key)
+        self._notifier.notify(key)
 
 
 MAX_ROWS_PER_INSERT = 256

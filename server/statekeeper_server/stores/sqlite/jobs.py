@@ -483,12 +483,14 @@ class SQLiteJobStore:
     # -- internals ---------------------------------------------------------------
 
     async def _write(self, work: Write[T]) -> T:
-        """Run `work` in a write transaction; after COMMIT, wake whoever it concerns."""
+        """Run `work` in a write transaction; on COMMIT, wake whoever it concerns."""
         effects = Effects()
-        result = await self._engine.write(lambda conn: work(conn, effects))
-        for key in effects.wake_keys():
-            self._notifier.notify(key)
-        return result
+
+        def wake(_: T) -> None:
+            for key in effects.wake_keys():
+                self._notifier.notify(key)
+
+        return await self._engine.write(lambda conn: work(conn, effects), on_commit=wake)
 
     async def _read_settled(self, namespace: str, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run the read `work`; if the namespace has expired leases, settle them and re-read."""
