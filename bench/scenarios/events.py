@@ -144,7 +144,7 @@ def append(bench: Bench, store: str, with_peers: bool) -> list[Row]:
     load = {"per_process": _callers(bench, requests, CALLERS), "channels": CHANNELS}
     with bench.statekeeper(store) as server:
         bench.generators.run(start_runs, target=server.target, runs=runs)
-        measured, reference = repeated(
+        measured, reference, hop = repeated(
             bench,
             lambda: bench.measure(
                 unary_load, server, name, target=server.target, path=APPEND_EVENT, **load
@@ -157,6 +157,14 @@ def append(bench: Bench, store: str, with_peers: bool) -> list[Row]:
                 path=echo("AppendEvent"),
                 **load,
             ),
+            lambda: bench.measure(
+                unary_load,
+                bench.echo,
+                name + " echo through a thread",
+                target=bench.echo.target,
+                path=echo("AppendEventHop"),
+                **load,
+            ),
         )
     rows = [
         compare(
@@ -167,7 +175,14 @@ def append(bench: Bench, store: str, with_peers: bool) -> list[Row]:
             "events/s",
             [Target(0.75, on_ratio=True)],
             note=_generators_note(bench),
-        )
+        ),
+        Row(
+            "  vs bare echo answering from a thread, as the writer does",
+            figure=measured.rate,
+            unit="events/s",
+            reference_figure=hop.rate,
+            note=f"the thread alone: {hop.rate / reference.rate:.2f}x the bare echo; {hop.note()}",
+        ),
     ]
     figure = measured.rate
     if store == "postgres":
