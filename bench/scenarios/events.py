@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench import payloads, peers
@@ -144,27 +144,24 @@ def append(bench: Bench, store: str, with_peers: bool) -> list[Row]:
     load = {"per_process": _callers(bench, requests, CALLERS), "channels": CHANNELS}
     with bench.statekeeper(store) as server:
         bench.generators.run(start_runs, target=server.target, runs=runs)
+
+        def on_echo(method: str, label: str) -> Callable[[], Measurement]:
+            return lambda: bench.measure(
+                unary_load,
+                bench.echo,
+                f"{name} {label}",
+                target=bench.echo.target,
+                path=echo(method),
+                **load,
+            )
+
         measured, reference, hop = repeated(
             bench,
             lambda: bench.measure(
                 unary_load, server, name, target=server.target, path=APPEND_EVENT, **load
             ),
-            lambda: bench.measure(
-                unary_load,
-                bench.echo,
-                name + " echo",
-                target=bench.echo.target,
-                path=echo("AppendEvent"),
-                **load,
-            ),
-            lambda: bench.measure(
-                unary_load,
-                bench.echo,
-                name + " echo through a thread",
-                target=bench.echo.target,
-                path=echo("AppendEventHop"),
-                **load,
-            ),
+            on_echo("AppendEvent", "echo"),
+            on_echo("AppendEventHop", "echo through a thread"),
         )
     rows = [
         compare(
