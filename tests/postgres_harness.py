@@ -110,6 +110,8 @@ class TcpProxy:
 
     `stop` refuses new connections and resets every open one, as a database
     host that vanished would; `start` accepts again on the same port.
+    `silence` keeps every connection open but relays nothing, as a network
+    that drops packets would, until `resume`.
     """
 
     def __init__(self) -> None:
@@ -118,6 +120,16 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def silence(self) -> None:
+        """Hold every byte in either direction; connections stay open."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Relay again, starting with what was held."""
+        self._flowing.set()
 
     async def start(self) -> None:
         """Accept connections on `port` (a free one the first time)."""
@@ -154,18 +166,20 @@ class TcpProxy:
             return
         self._open.update((client, server))
         await asyncio.gather(
-            _pipe(client_reader, server), _pipe(server_reader, client), return_exceptions=True
+            self._pipe(client_reader, server),
+            self._pipe(server_reader, client),
+            return_exceptions=True,
         )
         for writer in (client, server):
             self._open.discard(writer)
             writer.transport.abort()
 
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-    writer.close()
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            await self._flowing.wait()
+            writer.write(data)
+            await writer.drain()
+        writer.close()
 
 
 @contextlib.asynccontextmanager

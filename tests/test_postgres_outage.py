@@ -139,3 +139,28 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
     return str(info.reason)
+
+
+async def test_health_turns_not_serving_when_the_database_goes_silent(
+    proxied_url: str, proxy: TcpProxy
+) -> None:
+    # Neither a new connection nor a statement gives up by itself before the check must.
+    patient_url = proxied_url.replace("connect_timeout=2", "connect_timeout=60")
+    async with (
+        running_app(patient_url, health_check_interval=0.05) as app,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest())  # type: ignore[attr-defined]
+        await asyncio.wait_for(
+            next_status(watch, health_pb2.HealthCheckResponse.SERVING), WAKE_TIMEOUT
+        )
+        proxy.silence()
+        await asyncio.wait_for(
+            next_status(watch, health_pb2.HealthCheckResponse.NOT_SERVING), WAKE_TIMEOUT
+        )
+        proxy.resume()
+        await asyncio.wait_for(
+            next_status(watch, health_pb2.HealthCheckResponse.SERVING), WAKE_TIMEOUT
+        )
+        watch.cancel()

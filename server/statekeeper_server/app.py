@@ -18,7 +18,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from statekeeper_server.config import Settings
-from statekeeper_server.errors import ServiceError
 from statekeeper_server.interceptors import ErrorInterceptor
 from statekeeper_server.services import Service
 from statekeeper_server.services.checkpoints import CheckpointServicer
@@ -31,6 +30,8 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+PING_DEADLINE_FLOOR = 1.0
+"""Fewest seconds the health watch waits for the store's answer to one ping."""
 
 
 def build_services(store: Store, settings: Settings, stopping: asyncio.Event) -> list[Service]:
@@ -124,17 +125,25 @@ class Application:
             await self._health.set(name, status)
 
     async def _watch_store(self, store: Store) -> None:
-        """Keep health in step with whether the store answers."""
+        """Keep health in step with whether the store answers.
+
+        A ping that fails in any way, or takes longer than a check interval
+        (at least PING_DEADLINE_FLOOR), means the store is not answering: a
+        database that went silent without closing its connections must turn
+        health NOT_SERVING too, and nothing a ping raises may end the watch.
+        """
+        interval = self.settings.health_check_interval
         healthy = True
         while True:
-            await asyncio.sleep(self.settings.health_check_interval)
+            await asyncio.sleep(interval)
             try:
-                await store.ping()
+                async with asyncio.timeout(max(interval, PING_DEADLINE_FLOOR)):
+                    await store.ping()
                 now_healthy = True
-            except (ServiceError, OSError) as exc:
+            except Exception as exc:
                 now_healthy = False
                 if healthy:
-                    log.warning("store is not answering: %s", exc)
+                    log.warning("store is not answering: %s", str(exc) or type(exc).__name__)
             if now_healthy != healthy and not self.stopping.is_set():
                 healthy = now_healthy
                 await self._set_health(SERVING if healthy else NOT_SERVING)

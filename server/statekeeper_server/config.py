@@ -52,7 +52,10 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, gt=0, description="largest request accepted, in bytes"
     )
     health_check_interval: float = Field(
-        2.0, gt=0, description="seconds between checks of the store for the health service"
+        2.0,
+        gt=0,
+        description="seconds between checks of the store for the health service; a store "
+        "that does not answer within that time (at least 1 s) counts as down",
     )
     heartbeat_interval: float = Field(
         5.0, gt=0, description="seconds of silence before an idle stream gets a heartbeat"
