@@ -7,6 +7,7 @@ import os
 import platform
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -146,6 +147,27 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+LOOP_STEPS = 2_000_000
+
+
+def python_loop_time() -> str:
+    """How long this machine takes for a fixed loop of plain Python right now (the best of
+    three): its speed moves with the host's other load, and every figure moves with it."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for step in range(LOOP_STEPS):
+            total += step
+        best = min(best, time.perf_counter() - started)
+    return f"{best * 1000:.0f} ms for {LOOP_STEPS:,} additions"
+
+
 def machine_info(extra: dict[str, Callable[[], str]] | None = None) -> dict[str, str]:
     """Cores, memory, OS and the versions that decide the figures."""
     info = {
@@ -160,7 +182,8 @@ def machine_info(extra: dict[str, Callable[[], str]] | None = None) -> dict[str,
         "asyncpg": _version("asyncpg"),
         "redis-py": _version("redis"),
         "nats-py": _version("nats-py"),
-        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load average at start": load_average(),
+        "python loop at start": python_loop_time(),
     }
     for name, probe in (extra or {}).items():
         info[name] = probe()

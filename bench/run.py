@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -36,8 +35,10 @@ from bench.report import (  # noqa: E402
     ERROR,
     UNAVAILABLE,
     Row,
+    load_average,
     machine_info,
     markdown_table,
+    python_loop_time,
     text_table,
 )
 from bench.scenarios import Scenario, all_scenarios  # noqa: E402
@@ -139,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo.stop()
         generators.close()
     total = time.monotonic() - started
-    info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    info["load average at end"] = load_average()
+    info["python loop at end"] = python_loop_time()
     print()
     print(text_table(rows))
     print(f"\n{mode.name} run took {total:.0f} s")
