@@ -77,20 +77,23 @@ async def test_a_failing_write_is_rolled_back_alone(engine: SQLiteEngine) -> Non
     assert isinstance(failed, ValueError)
 
 
-async def test_a_checks_first_write_that_refuses_leaves_the_others_to_commit(
+@pytest.mark.parametrize(
+    ("middle", "error", "rollbacks"),
+    [
+        pytest.param(refuse, InvalidArgument, 0, id="refusing-leaves-the-others-to-commit"),
+        pytest.param(insert_then_fail, ValueError, 1, id="failing-after-a-change-is-undone-alone"),
+    ],
+)
+async def test_a_checks_first_write_that_fails_costs_the_others_nothing(
     engine: SQLiteEngine,
+    middle: Callable[[sqlite3.Connection], None],
+    error: type[Exception],
+    rollbacks: int,
 ) -> None:
-    refused = await outcome_between_two_inserts(engine, refuse, checks_first=True)
-    assert isinstance(refused, InvalidArgument)
-    assert engine.rollbacks == 0
-
-
-async def test_a_checks_first_write_failing_after_a_change_is_undone_alone(
-    engine: SQLiteEngine,
-) -> None:
-    failed = await outcome_between_two_inserts(engine, insert_then_fail, checks_first=True)
-    assert isinstance(failed, ValueError)
-    assert engine.rollbacks == 1
+    """A refusal needs no rollback; a failure after a change reruns the group once."""
+    failed = await outcome_between_two_inserts(engine, middle, checks_first=True)
+    assert isinstance(failed, error)
+    assert engine.rollbacks == rollbacks
 
 
 async def test_on_commit_runs_on_the_loop_before_any_writer_of_the_group_resumes(
