@@ -116,3 +116,14 @@ async def test_an_unreachable_server_at_start_is_unavailable() -> None:
     with pytest.raises(Unavailable) as raised:
         await open_store("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
     assert raised.value.reason == "STORE_UNAVAILABLE"
+
+
+async def test_a_connection_goes_back_to_the_pool_without_another_round_trip(
+    postgres_url: str,
+) -> None:
+    async with open_engine(postgres_url) as engine:
+        sent: list[str] = []
+        async with engine.transaction() as tx:
+            tx.conn.add_query_logger(lambda record: sent.append(record.query))
+            await tx.conn.fetchval("SELECT 1")
+        assert sent == ["SELECT 1", "COMMIT;"]

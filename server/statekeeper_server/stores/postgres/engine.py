@@ -196,6 +196,17 @@ class Transaction:
         self.keys[key] = None
 
 
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Return a pooled connection as it is, without asyncpg's reset query.
+
+    Nothing is left to undo: statekeeper never leaves session state on a
+    pooled connection (no LISTEN, cursor, SET or session-level advisory
+    lock; session settings come with the connection), and asyncpg still
+    rolls back a transaction left open. The reset query would cost every
+    call one more round trip to the database.
+    """
+
+
 class PostgresEngine:
     """An asyncpg pool over one schema, its migrations and its LISTEN connection.
 
@@ -230,6 +241,7 @@ class PostgresEngine:
                 timeout=self.options.connect_timeout,
                 command_timeout=self._command_timeout(),
                 server_settings=dict(self.options.server_settings),
+                reset=_keep_session,
             )
             try:
                 await self.listener.start()
