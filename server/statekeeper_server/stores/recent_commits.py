@@ -14,7 +14,6 @@ dropped first.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import NamedTuple
 
 from statekeeper_server.stores.events import EventPage, RunState
 
@@ -24,13 +23,18 @@ MAX_TAIL_ENVELOPES = 128
 """A run's tail keeps at most this many envelopes and bytes, dropping its oldest."""
 
 
-class _Tail(NamedTuple):
-    after_seq: int
-    """The seq just before the first envelope held."""
-    run: RunState
-    """The run's state after its newest commit."""
-    envelopes: list[bytes]
-    size: int
+class _Tail:
+    """One run's newest envelopes, contiguous after `after_seq`, grown in place."""
+
+    __slots__ = ("after_seq", "envelopes", "run", "size")
+
+    def __init__(self, after_seq: int, run: RunState) -> None:
+        self.after_seq = after_seq
+        """The seq just before the first envelope held."""
+        self.run = run
+        """The run's state after its newest commit."""
+        self.envelopes: list[bytes] = []
+        self.size = 0
 
 
 class RecentCommits:
@@ -39,7 +43,9 @@ class RecentCommits:
     Guarantees: `page_after(key, n)` returns a page only if it holds, in
     order, envelopes committed right after seq `n` with no gap, and the
     run's state after the newest commit published for that key; what is
-    held never exceeds the byte budget.
+    held never exceeds the byte budget. Publishing costs in proportion to
+    the envelopes published, not to the tail they join: it runs for every
+    append.
     """
 
     def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
@@ -55,28 +61,41 @@ class RecentCommits:
         that does not follow the tail starts a new one; a commit older than
         the tail (published late) is ignored.
         """
-        size = sum(len(data) for data in envelopes)
-        held = self._tails.get(key)
-        if held is not None and held.run.create_us == run.create_us:
-            if held.run.last_seq >= run.last_seq:
+        # Popped and put back: the dict stays ordered by publication, oldest first.
+        tail = self._tails.pop(key, None)
+        if tail is not None:
+            if tail.run.create_us == run.create_us and tail.run.last_seq >= run.last_seq:
+                self._tails[key] = tail
                 return
-            if held.run.last_seq == after_seq:
-                after_seq, envelopes = held.after_seq, held.envelopes + envelopes
-                size += held.size
-        self.forget(key)
-        drop = max(0, len(envelopes) - MAX_TAIL_ENVELOPES)
-        size -= sum(len(data) for data in envelopes[:drop])
-        while size > MAX_TAIL_BYTES and drop < len(envelopes):
-            size -= len(envelopes[drop])
-            drop += 1
-        if drop == len(envelopes):
-            return
-        if drop:
-            after_seq, envelopes = after_seq + drop, envelopes[drop:]
-        self._tails[key] = _Tail(after_seq, run, envelopes, size)
-        self._size += size
+            if tail.run.create_us != run.create_us or tail.run.last_seq != after_seq:
+                self._size -= tail.size
+                tail = None
+        if tail is None:
+            tail = _Tail(after_seq, run)
+        tail.run = run
+        tail.envelopes += envelopes
+        added = sum(map(len, envelopes))
+        tail.size += added
+        self._size += added
+        self._trim(tail)
+        if tail.envelopes:
+            self._tails[key] = tail
         while self._size > self._budget:
             self.forget(next(iter(self._tails)))
+
+    def _trim(self, tail: _Tail) -> None:
+        """Drop the tail's oldest envelopes beyond its count and byte limits."""
+        held = tail.envelopes
+        drop = max(0, len(held) - MAX_TAIL_ENVELOPES)
+        dropped = sum(map(len, held[:drop]))
+        while tail.size - dropped > MAX_TAIL_BYTES and drop < len(held):
+            dropped += len(held[drop])
+            drop += 1
+        if drop:
+            del held[:drop]
+            tail.after_seq += drop
+            tail.size -= dropped
+            self._size -= dropped
 
     def forget(self, key: Hashable) -> None:
         """Drop what is held for `key` (its run was truncated or deleted)."""
