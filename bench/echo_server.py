@@ -4,7 +4,11 @@ It answers the same calls as statekeeper's hot paths with pre-built
 responses of the same size (built by `bench.payloads`), with no store, no
 validation and no interceptor: the limit of a Python gRPC server on this
 machine. Requests arrive as raw bytes and are not decoded, except by the
-relay, which must read the run id and the event to fan it out.
+relay, which must read the run id and the event to fan it out, and by
+`AppendEventDurable`, which writes each call's rows as statekeeper's file
+store would (SQLite on a worker thread, a durable group commit) and shows
+what that write costs a Python gRPC server without the rest of
+statekeeper.
 
 Run as its own process, like the server: `python bench/echo_server.py
 --listen 127.0.0.1:PORT`; it prints `echo listening on ...` once it serves.
@@ -17,10 +21,13 @@ import asyncio
 import json
 import queue
 import signal
+import sqlite3
 import sys
+import tempfile
 import threading
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +36,7 @@ import grpc
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import payloads
+from bench import payloads, peers
 from statekeeper.v1 import events_pb2, jobs_pb2
 
 SERVICE = "bench.Echo"
@@ -87,15 +94,19 @@ CAUGHT_UP = events_pb2.ReplayEventsResponse(
 
 
 class ThreadHop:
-    """Answers calls from a worker thread: the round trip a durable write pays, minus the work.
+    """Answers calls from a worker thread: the round trip a durable write pays.
 
-    Calls queue for one thread, which takes every call waiting and hands
-    them back to the event loop in one callback, as statekeeper's SQLite
-    writer does with a group commit.
+    Calls queue for one thread, which takes every call waiting, hands their
+    requests to `work` (none: no work at all) and answers them on the event
+    loop in one callback, as statekeeper's SQLite writer does with a group
+    commit.
     """
 
-    def __init__(self) -> None:
-        self._calls: queue.SimpleQueue[tuple[asyncio.Future[bytes], bytes]] = queue.SimpleQueue()
+    def __init__(self, work: Callable[[list[bytes]], None] | None = None) -> None:
+        self._work = work
+        self._calls: queue.SimpleQueue[tuple[asyncio.Future[bytes], bytes, bytes]] = (
+            queue.SimpleQueue()
+        )
         threading.Thread(target=self._run, name="echo-hop", daemon=True).start()
 
     def handler(self, response: bytes) -> grpc.RpcMethodHandler:
@@ -103,7 +114,7 @@ class ThreadHop:
 
         async def handle(request: bytes, context: Context) -> bytes:
             answered = asyncio.get_running_loop().create_future()
-            self._calls.put((answered, response))
+            self._calls.put((answered, request, response))
             return await answered
 
         return grpc.unary_unary_rpc_method_handler(handle)
@@ -116,11 +127,46 @@ class ThreadHop:
                     calls.append(self._calls.get_nowait())
                 except queue.Empty:
                     break
+            if self._work is not None:
+                self._work([request for _, request, _ in calls])
             calls[0][0].get_loop().call_soon_threadsafe(_answer, calls)
 
 
-def _answer(calls: list[tuple[asyncio.Future[bytes], bytes]]) -> None:
-    for answered, response in calls:
+class DurableRows:
+    """The rows of appends written the way statekeeper's file store writes them, with
+    nothing else: per call its envelope's row and its run's counter, per group of
+    calls one transaction and one fsync (SQLite, WAL, synchronous=FULL).
+
+    Runs on the worker thread of a `ThreadHop`, which opens its own connection.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+        self._seqs: dict[str, int] = defaultdict(int)
+        self._envelope = peers.envelope_bytes()
+
+    def __call__(self, requests: list[bytes]) -> None:
+        """Write one row per request (an AppendEventRequest) and commit them together."""
+        if self._conn is None:
+            self._conn = peers.open_raw_sqlite(self._path)
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        now = time.time_ns() // 1000
+        for request in requests:
+            run = events_pb2.AppendEventRequest.FromString(request).run_id
+            self._seqs[run] += 1
+            conn.execute(INSERT_EVENT, ("default", run, self._seqs[run], self._envelope))
+            conn.execute(UPSERT_RUN, ("default", run, self._seqs[run], now))
+        conn.execute("COMMIT")
+
+
+INSERT_EVENT = peers.INSERT_EVENT.format("?, ?, ?, ?")
+UPSERT_RUN = peers.UPSERT_RUN.format("?, ?, ?, ?")
+
+
+def _answer(calls: list[tuple[asyncio.Future[bytes], bytes, bytes]]) -> None:
+    for answered, _, response in calls:
         if not answered.done():
             answered.set_result(response)
 
@@ -166,8 +212,9 @@ async def idle(request: bytes, context: Context) -> AsyncIterator[bytes]:
     await asyncio.Event().wait()
 
 
-def handlers(batch_size: int, lease_size: int) -> dict[str, grpc.RpcMethodHandler]:
-    """Every echo method, with responses the size of statekeeper's."""
+def handlers(batch_size: int, lease_size: int, scratch: Path) -> dict[str, grpc.RpcMethodHandler]:
+    """Every echo method, with responses the size of statekeeper's; `scratch` is a
+    directory for the durable rows."""
     relay = Relay()
     enqueue = jobs_pb2.EnqueueJobsResponse(
         jobs=[payloads.job(i) for i in range(lease_size)], created=[True] * lease_size
@@ -179,6 +226,7 @@ def handlers(batch_size: int, lease_size: int) -> dict[str, grpc.RpcMethodHandle
     return {
         "AppendEvent": _unary(APPEND_RESPONSE),
         "AppendEventHop": ThreadHop().handler(APPEND_RESPONSE),
+        "AppendEventDurable": ThreadHop(DurableRows(scratch / "rows.db")).handler(APPEND_RESPONSE),
         "AppendEvents": _unary(payloads.append_batch_response(batch_size)),
         "EnqueueJobs": _unary(enqueue.SerializeToString()),
         "LeaseJobs": _unary(lease.SerializeToString()),
@@ -200,7 +248,8 @@ async def serve(listen: str, batch_size: int, lease_size: int) -> None:
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ]
     )
-    methods = handlers(batch_size, lease_size)
+    scratch = tempfile.TemporaryDirectory(prefix="statekeeper-bench-echo-")
+    methods = handlers(batch_size, lease_size, Path(scratch.name))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
     server.add_registered_method_handlers(SERVICE, methods)  # type: ignore[attr-defined]
     if server.add_insecure_port(listen) == 0:
@@ -213,6 +262,7 @@ async def serve(listen: str, batch_size: int, lease_size: int) -> None:
     print(f"echo listening on {listen}", file=sys.stderr, flush=True)
     await stop.wait()
     await server.stop(0.5)
+    scratch.cleanup()
 
 
 def main() -> None:

@@ -407,14 +407,21 @@ def _marks(style: str, count: int) -> str:
     return ", ".join("?" * count) if style == "?" else ", ".join(f"${i + 1}" for i in range(count))
 
 
+def open_raw_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection to a new raw event log at `path`, durable as statekeeper's file store
+    (WAL, an fsync at every commit)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    for statement in EVENT_TABLES:
+        conn.execute(statement.replace("BYTEA", "BLOB") + " WITHOUT ROWID")
+    return conn
+
+
 @contextlib.contextmanager
 def _sqlite_file() -> Iterator[sqlite3.Connection]:
     with tempfile.TemporaryDirectory(prefix="statekeeper-bench-sqlite-") as directory:
-        conn = sqlite3.connect(Path(directory) / "raw.db", isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        for statement in EVENT_TABLES:
-            conn.execute(statement.replace("BYTEA", "BLOB") + " WITHOUT ROWID")
+        conn = open_raw_sqlite(Path(directory) / "raw.db")
         try:
             yield conn
         finally:
