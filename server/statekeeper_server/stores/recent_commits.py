@@ -61,16 +61,16 @@ class RecentCommits:
         that does not follow the tail starts a new one; a commit older than
         the tail (published late) is ignored.
         """
-        # Popped and put back: the dict stays ordered by publication, oldest first.
-        tail = self._tails.pop(key, None)
-        if tail is not None:
-            if tail.run.create_us == run.create_us and tail.run.last_seq >= run.last_seq:
-                self._tails[key] = tail
-                return
-            if tail.run.create_us != run.create_us or tail.run.last_seq != after_seq:
-                self._size -= tail.size
-                tail = None
-        if tail is None:
+        held = self._tails.get(key)
+        same_run = held is not None and held.run.create_us == run.create_us
+        if held is not None and same_run and held.run.last_seq >= run.last_seq:
+            return
+        if held is not None and same_run and held.run.last_seq == after_seq:
+            # Put back below, at the end: the dict stays ordered by publication.
+            del self._tails[key]
+            tail = held
+        else:
+            self.forget(key)
             tail = _Tail(after_seq, run)
         tail.run = run
         tail.envelopes += envelopes
