@@ -132,6 +132,10 @@ class ThreadHop:
             calls[0][0].get_loop().call_soon_threadsafe(_answer, calls)
 
 
+INSERT_EVENT = peers.INSERT_EVENT.format("?, ?, ?, ?")
+UPSERT_RUN = peers.UPSERT_RUN.format("?, ?, ?, ?")
+
+
 class DurableRows:
     """The rows of appends written the way statekeeper's file store writes them, with
     nothing else: per call its envelope's row and its run's counter, per group of
@@ -159,10 +163,6 @@ class DurableRows:
             conn.execute(INSERT_EVENT, ("default", run, self._seqs[run], self._envelope))
             conn.execute(UPSERT_RUN, ("default", run, self._seqs[run], now))
         conn.execute("COMMIT")
-
-
-INSERT_EVENT = peers.INSERT_EVENT.format("?, ?, ?, ?")
-UPSERT_RUN = peers.UPSERT_RUN.format("?, ?, ?, ?")
 
 
 def _answer(calls: list[tuple[asyncio.Future[bytes], bytes, bytes]]) -> None:
