@@ -1,0 +1,71 @@
+"""Every size limit of statekeeper, defined once.
+
+Requests, stored records, pages, batches and stream messages are bounded in
+bytes as well as in counts. The numbers fit together so that whatever is
+accepted can always be answered:
+
+- every response and stream message stays within RESPONSE_BUDGET_BYTES,
+  under the 4 MiB that a standard gRPC client accepts by default;
+- a single stored record (a snapshot, a checkpoint, an event envelope, a
+  job with its payload, result and errors) is always smaller than that, so
+  a page or a batch can always hold at least one; pages, lease batches and
+  stream messages hold fewer records when records are large, never fail;
+- every Struct (JSON) value nests at most MAX_JSON_DEPTH levels, so any
+  protobuf client with the default recursion limit (100) decodes every
+  message that carries one, however deep inside the message it sits;
+- a write is checked against these limits before the store is touched: too
+  large is refused and nothing is stored.
+
+The README's "Limits" section and the protos document the same numbers.
+"""
+
+from __future__ import annotations
+
+KIB = 1024
+MIB = 1024 * KIB
+
+CLIENT_RECEIVE_LIMIT_BYTES = 4 * MIB
+"""The largest message a standard gRPC client accepts unless configured otherwise."""
+RESPONSE_BUDGET_BYTES = CLIENT_RECEIVE_LIMIT_BYTES - 64 * KIB
+"""No response or stream message is larger than this (the rest is room for framing)."""
+PAGE_BUDGET_BYTES = RESPONSE_BUDGET_BYTES
+"""Most bytes of records in one page, lease batch or batch of job changes."""
+
+DEFAULT_MAX_REQUEST_BYTES = 4 * MIB
+"""Default of `--max-message-bytes`: the largest request accepted."""
+MAX_REQUEST_BYTES_LIMIT = 64 * MIB
+"""The highest `--max-message-bytes` an operator may set."""
+TRANSPORT_SLACK_BYTES = 1 * MIB
+"""gRPC itself refuses requests only this far above `--max-message-bytes`; requests in
+between reach the server and are refused with an ErrorInfo (REQUEST_TOO_LARGE)."""
+
+MAX_RECORD_BYTES = 2 * MIB
+"""Largest snapshot, checkpoint or event envelope, encoded as stored and returned."""
+MAX_JOB_PAYLOAD_BYTES = 1 * MIB
+"""Largest encoded payload of a job."""
+MAX_JOB_RESULT_BYTES = 1 * MIB
+"""Largest encoded result a worker completes a job with."""
+MAX_JOB_ERROR_BYTES = 4 * KIB
+"""A failed attempt's error message is cut to this many bytes of UTF-8."""
+MAX_METADATA_BYTES = 64 * KIB
+"""Largest encoded `metadata` of a workflow checkpoint (it is also kept as JSON for filters)."""
+MAX_FILTER_KEYS = 32
+"""Most keys in a `metadata_filter`."""
+MAX_JSON_DEPTH = 20
+"""Deepest nesting of objects and lists in any Struct value: `{"a": 1}` is 1 deep,
+`{"a": [1]}` 2. Deeper values are INVALID_ARGUMENT."""
+
+MAX_PAGE_TOKEN_LENGTH = 512
+"""Longest page token accepted (the server's own are far shorter)."""
+
+REPLAY_MESSAGE_BYTES = 64 * KIB
+"""A replay message holds envelopes up to this many bytes (a larger envelope goes alone)."""
+REPLAY_READ_BYTES = 64 * KIB
+"""A replay reads this many bytes of envelopes from the store per step (at least one)."""
+
+MAX_ERROR_TEXT_LENGTH = 256
+"""Caller-supplied text quoted in an error message or its metadata is cut to this length."""
+
+INLINE_CHECK_BYTES = 16 * KIB
+"""Requests up to this size are checked on the event loop; larger ones on a worker
+thread, so that walking a large JSON value never stalls other callers."""
