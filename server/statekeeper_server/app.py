@@ -3,8 +3,10 @@
 It serves every family's servicer, the standard health service (overall and
 per service) and server reflection, and watches the store so that health
 says NOT_SERVING while the store is down. `stop` is the graceful shutdown:
-health NOT_SERVING first, then in-flight calls get the grace period, then
-background loops stop and the store closes.
+followers and long polls are told to end, health turns NOT_SERVING, new
+calls are refused with UNAVAILABLE while the calls already received finish
+(within the grace period), then the transport stops, background loops stop
+and the store closes.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from statekeeper_server.admission import Admission
 from statekeeper_server.config import Settings
-from statekeeper_server.interceptors import ErrorInterceptor
+from statekeeper_server.interceptors import (
+    AdmissionInterceptor,
+    ErrorInterceptor,
+    RequestInterceptor,
+)
+from statekeeper_server.limits import CLIENT_RECEIVE_LIMIT_BYTES, TRANSPORT_SLACK_BYTES
 from statekeeper_server.services import Service
 from statekeeper_server.services.checkpoints import CheckpointServicer
 from statekeeper_server.services.events import EventLogServicer
@@ -50,6 +58,7 @@ class Application:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stopping = asyncio.Event()
+        self.admission = Admission(settings.max_streams, settings.max_streams_per_connection)
         self.port = 0
         self._store: Store | None = None
         self._server: grpc.aio.Server | None = None
@@ -74,12 +83,12 @@ class Application:
 
     async def _start_server(self, store: Store) -> None:
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
-            options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
-                ("grpc.max_send_message_length", self.settings.max_message_bytes),
+            interceptors=[
+                ErrorInterceptor(),
+                AdmissionInterceptor(self.admission),
+                RequestInterceptor(self.settings.max_message_bytes),
             ],
+            options=transport_options(self.settings),
         )
         services = build_services(store, self.settings, self.stopping)
         for service in services:
@@ -102,12 +111,26 @@ class Application:
         log.info("serving on %s with store %s", self.settings.listen, _redact(self.settings.store))
 
     async def stop(self) -> None:
-        """Graceful shutdown: NOT_SERVING, drain calls, stop loops, close the store."""
+        """Graceful shutdown: drain calls, stop the transport and loops, close the store."""
         self.stopping.set()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
-            log.info("shutting down: %.1f s for in-flight calls", self.settings.grace_period)
-            await self._server.stop(self.settings.grace_period)
+            self.admission.start_draining()
+            grace = self.settings.grace_period
+            log.info(
+                "shutting down: %.1f s for %d calls in flight", grace, self.admission.in_flight
+            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.admission.drained()
+            except TimeoutError:
+                log.warning(
+                    "%d calls were still in flight at the end of the grace period",
+                    self.admission.in_flight,
+                )
+            await self._server.stop(max(deadline - loop.time(), 0.0))
             self._server = None
         for task in self._tasks:
             task.cancel()
@@ -149,6 +172,24 @@ class Application:
                 await self._set_health(SERVING if healthy else NOT_SERVING)
                 if healthy:
                     log.info("store answers again")
+
+
+def transport_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC channel arguments of the server: message sizes and connection limits.
+
+    The receive limit sits TRANSPORT_SLACK_BYTES above `max_message_bytes`, so
+    a request a little too large still reaches the server and is refused with
+    an ErrorInfo (REQUEST_TOO_LARGE); gRPC alone refuses larger ones, without
+    details. Nothing the server sends exceeds what a standard client accepts.
+    """
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", settings.max_message_bytes + TRANSPORT_SLACK_BYTES),
+        ("grpc.max_send_message_length", CLIENT_RECEIVE_LIMIT_BYTES),
+        # Streams past the server's own limit are refused by the admission check; this
+        # bounds what one connection can open before that check runs.
+        ("grpc.max_concurrent_streams", 2 * settings.max_streams_per_connection),
+    ]
 
 
 def _redact(url: str) -> str:

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from statekeeper_server.limits import DEFAULT_MAX_REQUEST_BYTES, KIB, MAX_REQUEST_BYTES_LIMIT
+
 
 class Settings(BaseSettings):
     """Everything `statekeeper serve` can be told."""
@@ -49,7 +51,20 @@ class Settings(BaseSettings):
         10.0, ge=0, description="seconds in-flight calls get to finish on SIGTERM/SIGINT"
     )
     max_message_bytes: int = Field(
-        4 * 1024 * 1024, gt=0, description="largest request accepted, in bytes"
+        DEFAULT_MAX_REQUEST_BYTES,
+        ge=64 * KIB,
+        le=MAX_REQUEST_BYTES_LIMIT,
+        description="largest request accepted, in bytes",
+    )
+    max_streams: int = Field(
+        10_000,
+        gt=0,
+        description="most ReplayEvents and WatchJobs streams open at once on the server",
+    )
+    max_streams_per_connection: int = Field(
+        1_000,
+        gt=0,
+        description="most ReplayEvents and WatchJobs streams open at once on one connection",
     )
     health_check_interval: float = Field(
         2.0,

@@ -8,14 +8,25 @@ metadata with `rpc_status.from_call`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from statekeeper_server.limits import MAX_ERROR_TEXT_LENGTH
+
 ERROR_DOMAIN = "statekeeper.dev"
+MAX_MESSAGE_LENGTH = 4 * MAX_ERROR_TEXT_LENGTH
+"""An error message is cut to this many characters (it travels in a header)."""
+
+
+def clip_text(text: str, max_length: int = MAX_ERROR_TEXT_LENGTH) -> str:
+    """`text` cut to `max_length` characters, marked with an ellipsis when cut.
+
+    Errors quote caller-supplied text (a key, an id, a field path); cutting it
+    keeps every status within the header sizes every gRPC client accepts.
+    """
+    return text if len(text) <= max_length else text[: max_length - 1] + "\u2026"
 
 
 class ServiceError(Exception):
@@ -28,10 +39,11 @@ class ServiceError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
     def __init__(self, reason: str, message: str, **metadata: object) -> None:
+        message = clip_text(message, MAX_MESSAGE_LENGTH)
         super().__init__(message)
         self.reason = reason
         self.message = message
-        self.metadata = {key: str(value) for key, value in metadata.items()}
+        self.metadata = {key: clip_text(str(value)) for key, value in metadata.items()}
 
     def details(self) -> list[any_pb2.Any]:
         """The `google.rpc` detail messages sent with the status."""
@@ -57,23 +69,14 @@ class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, field: str, description: str, reason: str = "INVALID_ARGUMENT") -> None:
+        field, description = clip_text(field), clip_text(description, MAX_MESSAGE_LENGTH)
         super().__init__(reason, f"{field}: {description}", field=field)
         self.field = field
         self.description = description
 
     def details(self) -> list[any_pb2.Any]:
         """ErrorInfo plus a BadRequest naming the offending field."""
-        bad_request = any_pb2.Any()
-        bad_request.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=self.field, description=self.description
-                    )
-                ]
-            )
-        )
-        return [*super().details(), bad_request]
+        return [*super().details(), bad_request(self.field, self.description)]
 
 
 class NotFound(ServiceError):
@@ -107,9 +110,32 @@ class OutOfRange(ServiceError):
 
 
 class ResourceExhausted(ServiceError):
-    """The request is too large."""
+    """The request is too large, or the server is at a limit (streams)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class TooLarge(ResourceExhausted):
+    """A request, record or batch is larger than its limit; names the field.
+
+    Carries ErrorInfo metadata `field`, `size_bytes` and `limit_bytes`, and
+    a BadRequest naming the field, so a caller knows what to shrink.
+    """
+
+    def __init__(self, reason: str, field: str, size: int, limit: int, what: str) -> None:
+        field = clip_text(field)
+        super().__init__(
+            reason,
+            f"{field}: {what} is {size} bytes, larger than the limit of {limit} bytes",
+            field=field,
+            size_bytes=size,
+            limit_bytes=limit,
+        )
+        self.field = field
+
+    def details(self) -> list[any_pb2.Any]:
+        """ErrorInfo plus a BadRequest naming the field that is too large."""
+        return [*super().details(), bad_request(self.field, self.message)]
 
 
 class Unavailable(ServiceError):
@@ -130,11 +156,19 @@ class Unauthenticated(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+def bad_request(field: str, description: str) -> any_pb2.Any:
+    """A packed `google.rpc.BadRequest` naming one field."""
+    packed = any_pb2.Any()
+    packed.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            ]
+        )
+    )
+    return packed
+
+
 def internal_status(message: str) -> grpc.Status:
     """The status of an unexpected server fault (never a caller mistake)."""
     return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=message))
-
-
-def error_metadata(error: ServiceError) -> Mapping[str, str]:
-    """The ErrorInfo metadata of `error` (for logs)."""
-    return error.metadata

@@ -1,9 +1,27 @@
-"""The server interceptor that turns errors into statuses and logs each call.
+"""The server interceptors: each cross-cutting concern of a call in one place.
 
-Every handler of every service is wrapped once: a `ServiceError` becomes its
-rich status (ErrorInfo, BadRequest); any other exception is a server fault,
-logged with its traceback and reported as INTERNAL without internals. A
-caller's mistake therefore never surfaces as UNKNOWN or INTERNAL.
+In the order a call meets them:
+
+1. `ErrorInterceptor` turns a `ServiceError` into its rich status (ErrorInfo,
+   BadRequest) and logs each failed call in one line, rate-limited; any
+   other exception is a server fault, logged with its traceback and reported
+   as INTERNAL without internals. A caller's mistake therefore never
+   surfaces as UNKNOWN or INTERNAL.
+2. `AdmissionInterceptor` decides whether the server takes the call: none
+   once it is draining for shutdown (UNAVAILABLE, SERVER_STOPPING), and
+   streams only up to the server's limits (RESOURCE_EXHAUSTED,
+   TOO_MANY_STREAMS). It counts calls in flight so a shutdown can wait for
+   them.
+3. `RequestInterceptor` decodes the request itself, so a body that is not
+   the method's message (corrupt bytes, a wrong wire type, text that is not
+   UTF-8, nesting beyond protobuf's limit) is INVALID_ARGUMENT rather than
+   a traceback; refuses a body over `--max-message-bytes`
+   (RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE); and runs `check_request`,
+   on a worker thread for a large body so walking it never stalls the loop.
+
+Each wraps a method's handler once, on its first call. Unary and
+server-streaming handlers are wrapped whole; for streaming requests (the
+reflection service) each message is checked as it arrives.
 """
 
 from __future__ import annotations
@@ -17,88 +35,296 @@ from typing import Any
 
 import grpc
 
-from statekeeper_server.errors import ServiceError, internal_status
+from statekeeper_server.admission import Admission
+from statekeeper_server.errors import InvalidArgument, ServiceError, TooLarge, internal_status
+from statekeeper_server.limits import INLINE_CHECK_BYTES
+from statekeeper_server.logs import RateLimit
+from statekeeper_server.request_checks import check_request
 
 log = logging.getLogger("statekeeper.calls")
 
-Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-ServerStream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Any
+"""A method handler: at run time a named tuple of grpc's (the stubs type it abstractly)."""
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+Unary = Callable[[Any, Context], Awaitable[Any]]
+ServerStream = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class _Wrapping(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once and reuses the wrapped handler."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, Handler | None] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        """The method's handler as this interceptor wraps it (None: unknown method)."""
+        method: str = handler_call_details.method
+        if method in self._wrapped:
+            return self._wrapped[method]
+        handler = await continuation(handler_call_details)
+        wrapped = None if handler is None else self.wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """The handler with this interceptor's concern around it."""
+        raise NotImplementedError
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+class ErrorInterceptor(_Wrapping):
     """Maps ServiceError to gRPC statuses for unary and server-streaming calls.
 
     Streaming handlers are wrapped when they are async generators (ours are);
     handlers that write through `context.write` (health's Watch) pass as is.
-    Each handler is wrapped once, on its first call.
     """
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, Any] = {}
+        super().__init__()
+        self._caller_lines = RateLimit()
+        self._fault_lines = RateLimit(per_second=1.0, burst=10)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        """Wrap the handler's behaviour; leave unknown methods alone."""
-        method: str = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """The handler with its errors mapped to statuses."""
         if handler.unary_unary is not None:
-            handler = handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
-        elif handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
-            handler = handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
-        self._wrapped[method] = handler
+            return handler._replace(unary_unary=self._wrap_unary(method, handler.unary_unary))
+        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+            return handler._replace(unary_stream=self._wrap_stream(method, handler.unary_stream))
+        return handler
+
+    def _wrap_unary(self, method: str, behavior: Unary) -> Unary:
+        async def wrapped(request: Any, context: Context) -> Any:
+            started = time.perf_counter()
+            try:
+                response = await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await self._abort(method, context, exc, started)
+                raise  # unreachable: abort raises
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s OK (%.1f ms)", method, (time.perf_counter() - started) * 1000)
+            return response
+
+        return wrapped
+
+    def _wrap_stream(self, method: str, behavior: ServerStream) -> ServerStream:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await self._abort(method, context, exc, started)
+                raise
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s OK (%.1f ms)", method, (time.perf_counter() - started) * 1000)
+
+        return wrapped
+
+    async def _abort(self, method: str, context: Context, exc: Exception, started: float) -> None:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if isinstance(exc, ServiceError):
+            if self._caller_lines.allow():
+                suppressed = self._caller_lines.take_suppressed()
+                log.info(
+                    "%s %s %s (%.1f ms): %s%s",
+                    method,
+                    exc.code.name,
+                    exc.reason,
+                    elapsed_ms,
+                    exc,
+                    f" ({suppressed} similar lines suppressed)" if suppressed else "",
+                )
+            await context.abort_with_status(exc.to_status())
+        if self._fault_lines.allow():
+            suppressed = self._fault_lines.take_suppressed()
+            log.error(
+                "%s INTERNAL (%.1f ms): unexpected error%s",
+                method,
+                elapsed_ms,
+                f" ({suppressed} more not logged)" if suppressed else "",
+                exc_info=exc,
+            )
+        await context.abort_with_status(internal_status("internal server error; see server logs"))
+
+
+# -- admission --------------------------------------------------------------------------
+
+
+class AdmissionInterceptor(_Wrapping):
+    """Admits calls through `admission`: none while draining, streams up to its limits."""
+
+    def __init__(self, admission: Admission) -> None:
+        super().__init__()
+        self._admission = admission
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """The handler, entered only when the server admits the call."""
+        admission = self._admission
+        if handler.unary_unary is not None:
+            behavior: Unary = handler.unary_unary
+
+            async def admitted_call(request: Any, context: Context) -> Any:
+                with admission.call():
+                    return await behavior(request, context)
+
+            return handler._replace(unary_unary=admitted_call)
+        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+            stream: ServerStream = handler.unary_stream
+
+            async def admitted_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                with admission.call(), admission.stream(context.peer()):
+                    async for response in stream(request, context):
+                        yield response
+
+            return handler._replace(unary_stream=admitted_stream)
         return handler
 
 
-async def _abort(
-    method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception, started: float
-) -> None:
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    if isinstance(exc, ServiceError):
-        log.info("%s %s %s (%.1f ms): %s", method, exc.code.name, exc.reason, elapsed_ms, exc)
-        await context.abort_with_status(exc.to_status())
-    log.exception("%s INTERNAL (%.1f ms): unexpected error", method, elapsed_ms, exc_info=exc)
-    await context.abort_with_status(internal_status("internal server error; see server logs"))
+# -- requests ---------------------------------------------------------------------------
 
 
-def _wrap_unary(method: str, behavior: Unary) -> Unary:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = time.perf_counter()
-        try:
-            response = await behavior(request, context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as exc:
-            await _abort(method, context, exc, started)
-            raise  # unreachable: abort raises
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s OK (%.1f ms)", method, (time.perf_counter() - started) * 1000)
-        return response
+class _Refused:
+    """What the decoder hands on for a request it refuses: the error to raise."""
 
-    return wrapped
+    __slots__ = ("error",)
+
+    def __init__(self, error: ServiceError) -> None:
+        self.error = error
 
 
-def _wrap_stream(method: str, behavior: ServerStream) -> ServerStream:
-    async def wrapped(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        try:
-            async for response in behavior(request, context):
+class _Unchecked:
+    """A decoded request too large to check on the event loop; checked on a thread."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+UNDECODABLE = (
+    "is not a valid encoding of this method's request message (corrupt bytes, a wrong wire"
+    " type, text that is not UTF-8, or nesting deeper than protobuf allows)"
+)
+
+
+class RequestInterceptor(_Wrapping):
+    """Decodes and checks every request before its handler runs."""
+
+    def __init__(self, max_request_bytes: int) -> None:
+        super().__init__()
+        self._max_request_bytes = max_request_bytes
+        self._refusals = RateLimit(per_second=1.0, burst=5)
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """The handler with a decoder that never raises, and checks before it runs."""
+        decode = self._decoder(method, handler.request_deserializer)
+        handler = handler._replace(request_deserializer=decode)
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_checked_unary(handler.unary_unary))
+        if handler.unary_stream is not None:
+            if inspect.isasyncgenfunction(handler.unary_stream):
+                return handler._replace(unary_stream=_checked_stream(handler.unary_stream))
+            return handler._replace(unary_stream=_checked_unary(handler.unary_stream))
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=_checked_requests(handler.stream_unary))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=_checked_requests(handler.stream_stream))
+        return handler
+
+    def _decoder(
+        self, method: str, deserialize: Callable[[bytes], Any] | None
+    ) -> Callable[[bytes], Any]:
+        """Decode a body into the request, or into `_Refused`; never raise."""
+        limit = self._max_request_bytes
+
+        def decode(data: bytes) -> Any:
+            if len(data) > limit:
+                return _Refused(
+                    TooLarge("REQUEST_TOO_LARGE", "request", len(data), limit, "the request")
+                )
+            if deserialize is None:
+                return data
+            try:
+                request = deserialize(data)
+            except Exception:
+                self._log_undecodable(method, len(data))
+                return _Refused(InvalidArgument("request", UNDECODABLE, "UNDECODABLE_REQUEST"))
+            if len(data) > INLINE_CHECK_BYTES:
+                return _Unchecked(request)
+            try:
+                check_request(request)
+            except ServiceError as error:
+                return _Refused(error)
+            return request
+
+        return decode
+
+    def _log_undecodable(self, method: str, size: int) -> None:
+        if self._refusals.allow():
+            suppressed = self._refusals.take_suppressed()
+            log.info(
+                "%s: refused a request body of %d bytes that does not decode%s",
+                method,
+                size,
+                f" ({suppressed} more since the last line)" if suppressed else "",
+            )
+
+
+async def _checked(request: Any) -> Any:
+    """The request to serve: raise a refusal, check a large request on a thread."""
+    if isinstance(request, _Refused):
+        raise request.error
+    if isinstance(request, _Unchecked):
+        await asyncio.to_thread(check_request, request.message)
+        return request.message
+    return request
+
+
+def _checked_unary(behavior: Unary) -> Unary:
+    async def checked(request: Any, context: Context) -> Any:
+        return await behavior(await _checked(request), context)
+
+    return checked
+
+
+def _checked_stream(behavior: ServerStream) -> ServerStream:
+    async def checked(request: Any, context: Context) -> AsyncIterator[Any]:
+        async for response in behavior(await _checked(request), context):
+            yield response
+
+    return checked
+
+
+def _checked_requests(behavior: Callable[[Any, Context], Any]) -> Callable[[Any, Context], Any]:
+    """A streaming-request handler that aborts on the first request it must refuse."""
+
+    def each(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        async def checked_requests() -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, _Refused):
+                    await context.abort_with_status(request.error.to_status())
+                yield request.message if isinstance(request, _Unchecked) else request
+
+        return checked_requests()
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def checked_stream(requests: AsyncIterator[Any], context: Context) -> Any:
+            async for response in behavior(each(requests, context), context):
                 yield response
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as exc:
-            await _abort(method, context, exc, started)
-            raise
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s OK (%.1f ms)", method, (time.perf_counter() - started) * 1000)
 
-    return wrapped
+        return checked_stream
+
+    async def checked(requests: AsyncIterator[Any], context: Context) -> Any:
+        return await behavior(each(requests, context), context)
+
+    return checked
