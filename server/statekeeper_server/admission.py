@@ -2,8 +2,10 @@
 
 A shutdown first *drains*: every call already received finishes, every new
 call is answered UNAVAILABLE (SERVER_STOPPING) at once, so a caller never
-has to guess whether a call cut off by the shutdown took effect. Only then
-does the transport stop.
+has to guess whether a call cut off by the shutdown took effect. Only once
+no call is in flight, and no call has arrived for a quiet period (a caller
+that just got its answer often sends the next call at once), does the
+transport stop: gRPC cancels a call that reaches it while it stops.
 
 Long-lived streams (ReplayEvents, WatchJobs) are counted server-wide and
 per connection; past either limit a new stream is RESOURCE_EXHAUSTED
@@ -27,6 +29,7 @@ class Admission:
         self.max_streams = max_streams
         self.max_streams_per_connection = max_streams_per_connection
         self._draining = False
+        self._last_arrival = 0.0
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -46,6 +49,7 @@ class Admission:
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
         """Hold one call in flight; Unavailable (SERVER_STOPPING) once draining."""
+        self._last_arrival = asyncio.get_running_loop().time()
         if self._draining:
             raise Unavailable(
                 "SERVER_STOPPING",
@@ -85,9 +89,15 @@ class Admission:
         """Refuse every call from now on; those in flight go on."""
         self._draining = True
 
-    async def drained(self) -> None:
-        """Return once no call is in flight."""
-        await self._idle.wait()
+    async def drained(self, quiet_seconds: float) -> None:
+        """Return once no call is in flight and none has arrived for `quiet_seconds`."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._idle.wait()
+            quiet_for = loop.time() - self._last_arrival
+            if quiet_for >= quiet_seconds and self._in_flight == 0:
+                return
+            await asyncio.sleep(quiet_seconds - quiet_for)
 
 
 def _too_many(where: str, limit: int) -> ResourceExhausted:

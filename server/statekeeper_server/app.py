@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+QUIET_PERIOD_SECONDS = 0.2
+"""Most seconds a draining server waits for callers to stop sending (see quiet_period)."""
 PING_DEADLINE_FLOOR = 1.0
 """Fewest seconds the health watch waits for the store's answer to one ping."""
 
@@ -124,7 +126,7 @@ class Application:
             deadline = loop.time() + grace
             try:
                 async with asyncio.timeout_at(deadline):
-                    await self.admission.drained()
+                    await self.admission.drained(quiet_period(grace))
             except TimeoutError:
                 log.warning(
                     "%d calls were still in flight at the end of the grace period",
@@ -172,6 +174,13 @@ class Application:
                 await self._set_health(SERVING if healthy else NOT_SERVING)
                 if healthy:
                     log.info("store answers again")
+
+
+def quiet_period(grace_period: float) -> float:
+    """Seconds without a new call a draining server waits for before stopping its
+    transport: long enough for a caller that just got an answer to send its next
+    call (and have it refused), a small share of the grace period."""
+    return min(QUIET_PERIOD_SECONDS, grace_period / 10)
 
 
 def transport_options(settings: Settings) -> list[tuple[str, int]]:
