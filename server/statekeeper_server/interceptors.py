@@ -222,11 +222,10 @@ class RequestInterceptor(_Wrapping):
     def __init__(self, max_request_bytes: int) -> None:
         super().__init__()
         self._max_request_bytes = max_request_bytes
-        self._refusals = RateLimit(per_second=1.0, burst=5)
 
     def wrap(self, method: str, handler: Handler) -> Handler:
         """The handler with a decoder that never raises, and checks before it runs."""
-        decode = self._decoder(method, handler.request_deserializer)
+        decode = self._decoder(handler.request_deserializer)
         handler = handler._replace(request_deserializer=decode)
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=_checked_unary(handler.unary_unary))
@@ -240,9 +239,7 @@ class RequestInterceptor(_Wrapping):
             return handler._replace(stream_stream=_checked_requests(handler.stream_stream))
         return handler
 
-    def _decoder(
-        self, method: str, deserialize: Callable[[bytes], Any] | None
-    ) -> Callable[[bytes], Any]:
+    def _decoder(self, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
         """Decode a body into the request, or into `_Refused`; never raise."""
         limit = self._max_request_bytes
 
@@ -256,7 +253,6 @@ class RequestInterceptor(_Wrapping):
             try:
                 request = deserialize(data)
             except Exception:
-                self._log_undecodable(method, len(data))
                 return _Refused(InvalidArgument("request", UNDECODABLE, "UNDECODABLE_REQUEST"))
             if len(data) > INLINE_CHECK_BYTES:
                 return _Unchecked(request)
@@ -267,16 +263,6 @@ class RequestInterceptor(_Wrapping):
             return request
 
         return decode
-
-    def _log_undecodable(self, method: str, size: int) -> None:
-        if self._refusals.allow():
-            suppressed = self._refusals.take_suppressed()
-            log.info(
-                "%s: refused a request body of %d bytes that does not decode%s",
-                method,
-                size,
-                f" ({suppressed} more since the last line)" if suppressed else "",
-            )
 
 
 async def _checked(request: Any) -> Any:
