@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 from statekeeper.v1 import events_pb2
 from statekeeper_server.errors import InvalidArgument, ServiceError, Unavailable
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.stores.events import EventStore, validate_event_input, validate_expectation
 from statekeeper_server.stores.jobs import (
     ANY_NAMESPACE,
@@ -134,6 +135,14 @@ def _parse(value: object, message: M, field: str) -> M:
         raise InvalidArgument(field, str(exc).splitlines()[0]) from None
 
 
+def append_result(envelope: bytes) -> struct_pb2.Struct:
+    """The result of an append_event job: `{"envelope": <EventEnvelope JSON>}`."""
+    stored = events_pb2.EventEnvelope.FromString(envelope)
+    return json_format.ParseDict(
+        {"envelope": json_format.MessageToDict(stored)}, struct_pb2.Struct()
+    )
+
+
 def is_retryable(error: Exception) -> bool:
     """Whether a built-in job failing with `error` may succeed on another attempt.
 
@@ -198,6 +207,7 @@ class BuiltinJobRunner:
         job = leased.job
         try:
             envelope = await self._append(leased)
+            result = await off_loop_if_large(len(envelope), append_result, envelope)
         except Exception as exc:
             if not isinstance(exc, ServiceError):
                 log.exception("built-in job %s failed unexpectedly", job.job_id)
@@ -213,24 +223,24 @@ class BuiltinJobRunner:
                 job.job_id,
             )
             return
-        result = json_format.ParseDict(
-            {"envelope": json_format.MessageToDict(envelope)}, struct_pb2.Struct()
-        )
         await self._settle(
             self._jobs.complete(leased.namespace, job.job_id, job.lease.lease_id, result),
             job.job_id,
         )
 
-    async def _append(self, leased: LeasedJob) -> events_pb2.EventEnvelope:
+    async def _append(self, leased: LeasedJob) -> bytes:
+        """Append the job's event; the stored envelope's bytes."""
         job = leased.job
-        call = parse_append_event(job.payload, "payload")
+        call = await off_loop_if_large(
+            job.payload.ByteSize(), parse_append_event, job.payload, "payload"
+        )
         item = events_pb2.EventInput()
         item.CopyFrom(call.input)
         item.event_id = item.event_id or job.job_id
         envelopes = await self._events.append(
             leased.namespace, call.run_id, [item], call.expectation
         )
-        return events_pb2.EventEnvelope.FromString(envelopes[0])
+        return envelopes[0]
 
     @staticmethod
     async def _settle(settling: Awaitable[object], job_id: str) -> None:
