@@ -6,7 +6,7 @@ import pytest
 
 from statekeeper.v1 import events_pb2
 from statekeeper_server.errors import InvalidArgument
-from statekeeper_server.services.events import serialize_response, split_by_size
+from statekeeper_server.services.events import serialize_response
 from statekeeper_server.stores.event_wire import pack_envelopes, replay_batch_message
 from statekeeper_server.stores.events import (
     is_terminal,
@@ -157,10 +157,3 @@ def test_replay_messages_pass_encoded_batches_through_unchanged() -> None:
     assert serialize_response(wire) is wire
     caught_up = events_pb2.ReplayEventsResponse(caught_up=events_pb2.CaughtUp(last_seq=4))
     assert serialize_response(caught_up) == caught_up.SerializeToString()
-
-
-def test_split_by_size_closes_a_chunk_once_it_reaches_the_limit() -> None:
-    sizes = [3, 3, 3, 10, 1]
-    chunks = list(split_by_size([b"x" * n for n in sizes], 6))
-    assert [[len(e) for e in chunk] for chunk in chunks] == [[3, 3], [3, 10], [1]]
-    assert list(split_by_size([], 6)) == []

@@ -3,7 +3,11 @@
 A replay is a loop over the store, never a private queue of events: the
 follower takes the run's notifier event *before* each read, sends what the
 read returned (stored envelope bytes, packed many to a message, never
-re-encoded), and once it has caught up waits on that event. A commit landing
+re-encoded), and once it has caught up waits on that event. History is read
+REPLAY_READ_BYTES at a time, with at most one read ahead, and each message
+holds at most REPLAY_MESSAGE_BYTES of envelopes: a follower that stops
+reading holds at most those few pages in server memory, whatever the size
+of the run. A commit landing
 between the read and the wait has already set the event, so the switch from
 history to live has no gap and no duplicate, and a slow follower holds no
 events in server memory. An idle follower also reads again before each
@@ -14,7 +18,7 @@ event by one heartbeat interval at most and never loses it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import grpc
@@ -22,8 +26,10 @@ from google.protobuf.message import Message
 
 from statekeeper.v1 import events_pb2
 from statekeeper_server.errors import InvalidArgument, Unavailable
+from statekeeper_server.limits import PAGE_BUDGET_BYTES, REPLAY_MESSAGE_BYTES, REPLAY_READ_BYTES
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.services.context import request_namespace
+from statekeeper_server.stores.budget import split_by_size
 from statekeeper_server.stores.event_wire import pack_envelopes, replay_batch_message
 from statekeeper_server.stores.events import (
     EventPage,
@@ -49,9 +55,8 @@ MAX_LIST_LIMIT = 1000
 DEFAULT_RUNS_PAGE = 50
 MAX_RUNS_PAGE = 1000
 REPLAY_READ_EVENTS = 500
-"""Envelopes read from the store per step of a replay."""
-REPLAY_MESSAGE_BYTES = 1024 * 1024
-"""A replay message is closed once its envelopes reach this size (at least one each)."""
+"""Most envelopes read from the store per step of a replay (REPLAY_READ_BYTES bounds
+the bytes of a step)."""
 
 
 def serialize_response(message: Response) -> bytes:
@@ -59,18 +64,6 @@ def serialize_response(message: Response) -> bytes:
     if isinstance(message, bytes):
         return message
     return message.SerializeToString()
-
-
-def split_by_size(envelopes: Sequence[bytes], max_bytes: int) -> Iterator[Sequence[bytes]]:
-    """Consecutive runs of `envelopes`, each closed once it reaches `max_bytes`."""
-    start, size = 0, 0
-    for index, data in enumerate(envelopes):
-        size += len(data)
-        if size >= max_bytes:
-            yield envelopes[start : index + 1]
-            start, size = index + 1, 0
-    if start < len(envelopes):
-        yield envelopes[start:]
 
 
 class EventLogServicer:
@@ -146,13 +139,16 @@ class EventLogServicer:
     async def ListEvents(
         self, request: events_pb2.ListEventsRequest, context: Context
     ) -> events_pb2.ListEventsResponse:
-        """A page of stored envelopes, merged into the response without re-encoding."""
+        """A page of stored envelopes, merged into the response without re-encoding: at
+        most `limit` and PAGE_BUDGET_BYTES of them (the caller continues after the last)."""
         namespace = request_namespace(context)
         run_id = require_id(request.run_id, "run_id")
         limit = page_size(
             request.limit, "limit", default=DEFAULT_LIST_LIMIT, maximum=MAX_LIST_LIMIT
         )
-        page = await self._store.read(namespace, run_id, request.after_seq, limit)
+        page = await self._store.read(
+            namespace, run_id, request.after_seq, limit, PAGE_BUDGET_BYTES
+        )
         if page.run is None:
             raise run_not_found(run_id)
         check_read_position(run_id, page.run, request.after_seq)
@@ -209,7 +205,7 @@ class EventLogServicer:
                         ahead = asyncio.ensure_future(
                             self._read(namespace, run_id, page.through_seq)
                         )
-                    for chunk in split_by_size(page.envelopes, REPLAY_MESSAGE_BYTES):
+                    for chunk in split_by_size(page.envelopes, len, REPLAY_MESSAGE_BYTES):
                         yield replay_batch_message(chunk)
                         last_sent = loop.time()
                     position = page.through_seq
@@ -244,16 +240,21 @@ class EventLogServicer:
     async def _read(
         self, namespace: str, run_id: str, after_seq: int
     ) -> tuple[asyncio.Event, EventPage]:
-        """The run's next page, and the wake-up event taken before reading it.
+        """The run's next page (at most REPLAY_READ_BYTES of envelopes), and the wake-up
+        event taken before reading it.
 
         A commit landing after the read has already set that event. A
         follower woken by a commit of this process usually finds that commit
         kept in memory (`recent`) and skips the store.
         """
         woken = self._notifier.watch(event_key(namespace, run_id))
-        page = self._store.recent(namespace, run_id, after_seq, REPLAY_READ_EVENTS)
+        page = self._store.recent(
+            namespace, run_id, after_seq, REPLAY_READ_EVENTS, REPLAY_READ_BYTES
+        )
         if page is None:
-            page = await self._store.read(namespace, run_id, after_seq, REPLAY_READ_EVENTS)
+            page = await self._store.read(
+                namespace, run_id, after_seq, REPLAY_READ_EVENTS, REPLAY_READ_BYTES
+            )
         return woken, page
 
     async def ListRuns(

@@ -420,8 +420,9 @@ async def newest_readable(
     """Decode `newest`; if it is corrupt and a fall-back was asked, walk back.
 
     `older(position, limit)` returns up to `limit` checkpoints saved before
-    `position`, newest first. Without the fall-back a corrupt newest is
-    DataLoss; with it, DataLoss only when no checkpoint is readable.
+    `position`, newest first (fewer when they are large, at least one).
+    Without the fall-back a corrupt newest is DataLoss; with it, DataLoss only
+    when no checkpoint is readable.
     """
     try:
         return Recovered(decode_checkpoint(message_type, kind, newest))
@@ -450,79 +451,54 @@ async def newest_readable(
 
 def workflow_history_filters(run_id: str, before: str, where: WorkflowFilter) -> dict[str, object]:
     """The filters a page token of a run's history is bound to."""
-    return {"run_id": run_id, "before": before, **where.token_filters()}
+    return {"list": "workflow_history", "run_id": run_id, "before": before, **where.token_filters()}
 
 
 def latest_workflows_filters(where: WorkflowFilter) -> dict[str, object]:
     """The filters a page token of the newest-per-run listing is bound to."""
-    return {"latest": True, **where.token_filters()}
+    return {"list": "latest_workflows", **where.token_filters()}
 
 
 def agent_history_filters(agent_id: str, before: str) -> dict[str, object]:
     """The filters a page token of an agent's history is bound to."""
-    return {"agent_id": agent_id, "before": before}
+    return {"list": "agent_history", "agent_id": agent_id, "before": before}
+
+
+def stored_size(row: StoredCheckpoint) -> int:
+    """The encoded size of a stored row's checkpoint as a listing returns it."""
+    return len(row.data)
 
 
 def history_page(
     message_type: type[M],
     kind: CheckpointKind,
     rows: Sequence[StoredCheckpoint],
-    page_size: int,
+    more: bool,
     filters: dict[str, object],
 ) -> CheckpointPage[M]:
-    """A history page from up to `page_size + 1` rows, newest first.
+    """A history page of `rows`, newest first; `more`: older rows follow them.
 
-    A row beyond `page_size` means more follow: the token then resumes
-    below the position of the page's last row.
+    The token then resumes below the position of the page's last row.
     """
-    return _page(message_type, kind, rows, page_size, filters, lambda row: row.position)
+    checkpoints = [decode_checkpoint(message_type, kind, row) for row in rows]
+    token = encode_page_token(rows[-1].position, filters) if more and rows else ""
+    return CheckpointPage(checkpoints, token)
 
 
 def latest_page(
     message_type: type[M],
     kind: CheckpointKind,
     rows: Sequence[StoredCheckpoint],
-    page_size: int,
+    more: bool,
     filters: dict[str, object],
 ) -> CheckpointPage[M]:
-    """A newest-per-run page from up to `page_size + 1` rows, in owner order.
+    """A newest-per-run page of `rows`, in owner order; `more`: rows follow them.
 
-    A row beyond `page_size` means more follow: the token then resumes
-    after the owner of the page's last row.
+    The token then resumes after the owner of the page's last row.
     """
-    return _page(message_type, kind, rows, page_size, filters, lambda row: row.owner)
-
-
-def _page(
-    message_type: type[M],
-    kind: CheckpointKind,
-    rows: Sequence[StoredCheckpoint],
-    page_size: int,
-    filters: dict[str, object],
-    resume_at: Callable[[StoredCheckpoint], object],
-) -> CheckpointPage[M]:
-    page = rows[:page_size]
-    checkpoints = [decode_checkpoint(message_type, kind, row) for row in page]
-    token = encode_page_token(resume_at(page[-1]), filters) if len(rows) > page_size else ""
+    checkpoints = [decode_checkpoint(message_type, kind, row) for row in rows]
+    token = encode_page_token(rows[-1].owner, filters) if more and rows else ""
     return CheckpointPage(checkpoints, token)
-
-
-def history_position(position: object) -> int | None:
-    """The position of a history page token; InvalidArgument if it was altered."""
-    if position is None:
-        return None
-    if not isinstance(position, int) or isinstance(position, bool):
-        raise InvalidArgument("page_token", "is not a token returned by this call")
-    return position
-
-
-def latest_position(position: object) -> str:
-    """The position (last run_id) of a latest-per-run page token."""
-    if position is None:
-        return ""
-    if not isinstance(position, str):
-        raise InvalidArgument("page_token", "is not a token returned by this call")
-    return position
 
 
 # -- errors ----------------------------------------------------------------

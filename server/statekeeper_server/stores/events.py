@@ -27,7 +27,9 @@ from statekeeper_server.errors import (
     NotFound,
     OutOfRange,
 )
+from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.stores import event_wire
+from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
 from statekeeper_server.validation import enum_value, is_id, require_id, require_text
 
@@ -149,10 +151,29 @@ class EventStore(Protocol):
         (SEQ_MISMATCH with `actual_last_seq`); then nothing is stored.
         """
 
-    async def read(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage:
-        """Up to `limit` committed envelopes with seq > after_seq, and the run's state."""
+    async def read(
+        self,
+        namespace: str,
+        run_id: str,
+        after_seq: int,
+        limit: int,
+        max_bytes: int = PAGE_BUDGET_BYTES,
+    ) -> EventPage:
+        """The committed envelopes with seq > after_seq, and the run's state.
 
-    def recent(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage | None:
+        The page holds at most `limit` envelopes and `max_bytes` bytes of them
+        (`stores.budget.fill_page`), at least one when any is left; the store
+        reads no more than that.
+        """
+
+    def recent(
+        self,
+        namespace: str,
+        run_id: str,
+        after_seq: int,
+        limit: int,
+        max_bytes: int = PAGE_BUDGET_BYTES,
+    ) -> EventPage | None:
         """What `read` would return, from memory, when the run's newest commits made by
         this process are kept there and reach back to `after_seq`; else None (then read).
 
@@ -161,13 +182,29 @@ class EventStore(Protocol):
         """
 
     async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
-        """A page of the namespace's runs in run_id order."""
+        """A page of the namespace's runs in run_id order, at most `page_size` and
+        PAGE_BUDGET_BYTES of them."""
 
     async def delete_run(self, namespace: str, run_id: str) -> bool:
         """Delete the run, its events and its event ids; whether it existed."""
 
     async def truncate(self, namespace: str, run_id: str, up_to_seq: int) -> Truncation:
         """Drop the run's events with seq <= up_to_seq; NotFound for an unknown run."""
+
+
+RUNS_FILTERS: dict[str, object] = {"list": "runs"}
+"""The filters a page token of a run listing is bound to."""
+
+
+def run_page(runs: list[events_pb2.RunInfo], more: bool) -> RunPage:
+    """The listing page of `runs`; `more`: runs follow them."""
+    token = encode_page_token(runs[-1].run_id, RUNS_FILTERS) if more and runs else ""
+    return RunPage(runs, token)
+
+
+def run_info_size(run: events_pb2.RunInfo) -> int:
+    """The encoded size of `run` in a run listing."""
+    return run.ByteSize()
 
 
 def event_key(namespace: str, run_id: str) -> tuple[str, str, str]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from statekeeper_server.limits import PAGE_BUDGET_BYTES
+from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.events import EventPage, RunState
 
 DEFAULT_BUDGET_BYTES = 8 * 1024 * 1024
@@ -103,12 +105,17 @@ class RecentCommits:
         if held is not None:
             self._size -= held.size
 
-    def page_after(self, key: Hashable, after_seq: int, limit: int) -> EventPage | None:
-        """Up to `limit` held envelopes of `key` right after `after_seq` (none when it is
-        the newest seq), or None when the tail does not reach back to `after_seq`."""
+    def page_after(
+        self, key: Hashable, after_seq: int, limit: int, max_bytes: int = PAGE_BUDGET_BYTES
+    ) -> EventPage | None:
+        """The held envelopes of `key` right after `after_seq` (none when it is the newest
+        seq), at most `limit` and `max_bytes` of them as `stores.budget.fill_page` counts,
+        or None when the tail does not reach back to `after_seq`."""
         held = self._tails.get(key)
         if held is None or not held.after_seq <= after_seq <= held.run.last_seq:
             return None
         start = after_seq - held.after_seq
-        envelopes = held.envelopes[start : start + limit]
+        envelopes, _ = fill_page(
+            held.envelopes[start : start + limit], len, max_count=limit, max_bytes=max_bytes
+        )
         return EventPage(held.run, envelopes, after_seq + len(envelopes))

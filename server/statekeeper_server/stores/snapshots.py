@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -9,6 +10,7 @@ from google.protobuf.message import DecodeError
 
 from statekeeper.v1 import snapshots_pb2
 from statekeeper_server.errors import Aborted, DataLoss, NotFound
+from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import now_us, to_timestamp
 
 
@@ -48,7 +50,8 @@ class SnapshotStore(Protocol):
     async def list(
         self, namespace: str, where: SnapshotFilter, page_size: int, page_token: str
     ) -> SnapshotPage:
-        """A page of snapshots in run_id order."""
+        """A page of snapshots in run_id order, at most `page_size` and
+        PAGE_BUDGET_BYTES of them (at least one when any is left)."""
 
     async def delete(self, namespace: str, run_id: str) -> bool:
         """Delete the run's snapshot; whether one existed."""
@@ -83,7 +86,21 @@ def decode_snapshot(run_id: str, data: bytes) -> snapshots_pb2.Snapshot:
 
 def list_filters(where: SnapshotFilter) -> dict[str, object]:
     """The filters a page token is bound to."""
-    return {"session_id": where.session_id, "status": where.status}
+    return {"list": "snapshots", "session_id": where.session_id, "status": where.status}
+
+
+def stored_size(row: tuple[str, bytes]) -> int:
+    """The encoded size of a stored (run_id, data) row's snapshot as a listing returns it."""
+    return len(row[1])
+
+
+def snapshot_page(
+    rows: Sequence[tuple[str, bytes]], more: bool, filters: dict[str, object]
+) -> SnapshotPage:
+    """The listing page of stored (run_id, data) `rows`; `more`: snapshots follow them."""
+    snapshots = [decode_snapshot(run_id, data) for run_id, data in rows]
+    token = encode_page_token(rows[-1][0], filters) if more and rows else ""
+    return SnapshotPage(snapshots, token)
 
 
 def next_version(snapshot: snapshots_pb2.Snapshot, version: int) -> snapshots_pb2.Snapshot:

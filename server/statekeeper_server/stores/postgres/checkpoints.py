@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from statekeeper.v1 import checkpoints_pb2
+from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.stores.checkpoints import (
     AGENT,
     WORKFLOW,
@@ -49,19 +50,24 @@ from statekeeper_server.stores.checkpoints import (
     checkpoint_not_found,
     decode_checkpoint,
     history_page,
-    history_position,
     latest_page,
-    latest_position,
     latest_workflows_filters,
     metadata_json,
     mint_agent,
     mint_workflow,
     newest_readable,
     no_checkpoint,
+    stored_size,
     workflow_history_filters,
 )
 from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.postgres.engine import PostgresEngine, Transaction
+from statekeeper_server.stores.postgres.pages import (
+    Params,
+    framed_octets,
+    page_rows,
+    within_bytes,
+)
 
 MIGRATIONS = [
     [
@@ -143,17 +149,6 @@ class _Head:
     seq: int
     checkpoint_id: str
     create_us: int
-
-
-class _Params:
-    """Positional parameters of one statement: `add` returns the placeholder."""
-
-    def __init__(self, *values: object) -> None:
-        self.values = list(values)
-
-    def add(self, value: object) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}"
 
 
 class PostgresCheckpointStore:
@@ -257,23 +252,19 @@ class PostgresCheckpointStore:
     ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
         """A page of run heads after the token's run_id, filtered in SQL."""
         filters = latest_workflows_filters(where)
-        after = latest_position(decode_page_token(page_token, filters))
-        params = _Params(namespace, after)
+        after = decode_page_token(page_token, filters, str) or ""
+        params = Params(namespace, after)
         conditions = _workflow_conditions(where, params, name_column="h.workflow_name")
-        rows = await self._engine.fetch(
-            "SELECT c.seq, c.run_id, c.checkpoint_id, c.data FROM workflow_checkpoint_heads h"
-            " JOIN workflow_checkpoints c ON c.seq = h.seq"
+        rows, more = await self._fetch_page(
+            "SELECT c.seq, c.run_id AS owner, c.checkpoint_id, c.data"
+            " FROM workflow_checkpoint_heads h JOIN workflow_checkpoints c ON c.seq = h.seq"
             f" WHERE h.namespace = $1 AND h.run_id > $2{conditions}"
             f" ORDER BY h.run_id LIMIT {params.add(page_size + 1)}",
-            *params.values,
+            params,
+            order="owner",
+            limit=page_size,
         )
-        return latest_page(
-            checkpoints_pb2.WorkflowCheckpoint,
-            WORKFLOW,
-            [_stored(row) for row in rows],
-            page_size,
-            filters,
-        )
+        return latest_page(checkpoints_pb2.WorkflowCheckpoint, WORKFLOW, rows, more, filters)
 
     async def delete_workflow(self, namespace: str, run_id: str) -> int:
         """Delete every checkpoint of the run."""
@@ -443,9 +434,10 @@ class PostgresCheckpointStore:
             raise no_checkpoint(table.kind, owner)
 
         async def older(position: int, limit: int) -> Sequence[StoredCheckpoint]:
-            return await self._rows_before(
+            rows, _ = await self._rows_before(
                 table, namespace, owner, position, WorkflowFilter(), limit
             )
+            return rows
 
         return await newest_readable(
             message_type,
@@ -469,7 +461,7 @@ class PostgresCheckpointStore:
         page_token: str,
     ) -> CheckpointPage[M]:
         """A page of one owner's history, newest first, below `before` or the token."""
-        upper = history_position(decode_page_token(page_token, filters))
+        upper = decode_page_token(page_token, filters, int)
         if upper is None and before:
             upper = await self._engine.fetchval(
                 f"SELECT seq FROM {table.name}"
@@ -480,8 +472,8 @@ class PostgresCheckpointStore:
             )
             if upper is None:
                 raise checkpoint_not_found(table.kind, owner, before)
-        rows = await self._rows_before(table, namespace, owner, upper, where, page_size + 1)
-        return history_page(message_type, table.kind, rows, page_size, filters)
+        rows, more = await self._rows_before(table, namespace, owner, upper, where, page_size)
+        return history_page(message_type, table.kind, rows, more, filters)
 
     async def _rows_before(
         self,
@@ -491,19 +483,38 @@ class PostgresCheckpointStore:
         upper: int | None,
         where: WorkflowFilter,
         limit: int,
-    ) -> list[StoredCheckpoint]:
-        """Up to `limit` matching rows of one owner with seq below `upper` (all if
-        None), newest first."""
-        params = _Params(namespace, owner)
+    ) -> tuple[list[StoredCheckpoint], bool]:
+        """The matching rows of one owner with seq below `upper` (all if None), newest
+        first, at most `limit` and a page's bytes of them; and whether more follow."""
+        params = Params(namespace, owner)
         sql = (
-            f"SELECT c.seq, c.{table.owner}, c.checkpoint_id, c.data FROM {table.name} c"
+            f"SELECT c.seq, c.{table.owner} AS owner, c.checkpoint_id, c.data FROM {table.name} c"
             f" WHERE c.namespace = $1 AND c.{table.owner} = $2"
         )
         if upper is not None:
             sql += f" AND c.seq < {params.add(upper)}"
         sql += _workflow_conditions(where, params, name_column="c.workflow_name")
-        sql += f" ORDER BY c.seq DESC LIMIT {params.add(limit)}"
-        return [_stored(row) for row in await self._engine.fetch(sql, *params.values)]
+        sql += f" ORDER BY c.seq DESC LIMIT {params.add(limit + 1)}"
+        return await self._fetch_page(sql, params, order="seq DESC", limit=limit)
+
+    async def _fetch_page(
+        self, sql: str, params: Params, *, order: str, limit: int
+    ) -> tuple[list[StoredCheckpoint], bool]:
+        """The rows of `sql` (seq, owner, checkpoint_id, data; in `order`, limited to
+        `limit` + 1) that fit a page of `limit` rows and PAGE_BUDGET_BYTES, which the
+        database reads only that far; and whether more follow."""
+        records = await self._engine.fetch(
+            within_bytes(
+                sql,
+                columns="seq, owner, checkpoint_id, data",
+                size=framed_octets("octet_length(data)"),
+                order=order,
+                max_count=params.add(limit),
+                max_bytes=params.add(PAGE_BUDGET_BYTES),
+            ),
+            *params.values,
+        )
+        return page_rows(records, _stored, stored_size, limit)
 
     async def _delete(self, table: _Table, namespace: str, owner: str) -> int:
         """Delete the head first: it waits for a save holding it, whose row the
@@ -561,7 +572,7 @@ async def _prune(
 
     `now_us` is the clock of the TTL: a save passes its checkpoint's create time.
     """
-    params = _Params(namespace, owner, head_seq)
+    params = Params(namespace, owner, head_seq)
     reasons = []
     if policy.keep_last > 0:
         reasons.append(
@@ -582,7 +593,7 @@ async def _prune(
     return dropped
 
 
-def _workflow_conditions(where: WorkflowFilter, params: _Params, *, name_column: str) -> str:
+def _workflow_conditions(where: WorkflowFilter, params: Params, *, name_column: str) -> str:
     """The SQL to append to a WHERE clause for `where` (metadata over alias `c`)."""
     sql = ""
     if where.workflow_name:

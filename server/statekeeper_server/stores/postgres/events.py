@@ -27,7 +27,10 @@ from collections.abc import Iterable, Sequence
 import asyncpg
 
 from statekeeper.v1 import events_pb2
+from statekeeper_server.limits import PAGE_BUDGET_BYTES
+from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.events import (
+    RUNS_FILTERS,
     EventPage,
     NewEvents,
     PreparedInput,
@@ -41,12 +44,15 @@ from statekeeper_server.stores.events import (
     prepare_append,
     query_seq,
     require_originals,
+    run_info_size,
     run_not_found,
+    run_page,
     supplied_event_ids,
     truncation_point,
 )
-from statekeeper_server.stores.paging import decode_page_token, encode_page_token
+from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.postgres.engine import PostgresEngine, Transaction
+from statekeeper_server.stores.postgres.pages import framed_octets, within_bytes
 from statekeeper_server.timestamps import now_us
 
 MIGRATIONS = [
@@ -122,22 +128,28 @@ run ($9 false), or inserting the row of a new one ($9 true), and notify $13 with
 $14 on commit. False (and nothing written or notified) when a concurrent first
 append created the run first."""
 
-_READ = """
+_PAGE = within_bytes(
+    "SELECT seq, envelope FROM events WHERE namespace = r.namespace AND run_id = r.run_id"
+    " AND seq > $3 ORDER BY seq LIMIT $4",
+    columns="seq, envelope",
+    size=framed_octets("octet_length(envelope)"),
+    order="seq",
+    max_count="$4",
+    max_bytes="$5",
+)
+"""Up to $4 envelopes of the run `r` after seq $3, as many as fit in $5 bytes (at least one)."""
+
+_READ = f"""
     SELECT r.run_id, r.session_id, r.first_seq, r.last_seq, r.terminal, r.create_us,
            r.update_us, page.through_seq, page.envelopes
     FROM event_runs AS r
     LEFT JOIN LATERAL (
         SELECT max(e.seq) AS through_seq, array_agg(e.envelope ORDER BY e.seq) AS envelopes
-        FROM (
-            SELECT seq, envelope FROM events
-            WHERE namespace = r.namespace AND run_id = r.run_id AND seq > $3
-            ORDER BY seq
-            LIMIT $4
-        ) AS e
+        FROM ({_PAGE}) AS e
     ) AS page ON true
     WHERE r.namespace = $1 AND r.run_id = $2"""
 """The run and a page of its envelopes as one row: one array decodes far faster
-than a row per envelope."""
+than a row per envelope, and the database sends only the envelopes of the page."""
 
 
 def _run_state(row: asyncpg.Record) -> RunState:
@@ -259,13 +271,30 @@ class PostgresEventStore:
                 if await _write(tx, namespace, run_id, run, plan.fresh, new, now):
                     return plan.results(originals, new.encoded)
 
-    def recent(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage | None:
+    def recent(
+        self,
+        namespace: str,
+        run_id: str,
+        after_seq: int,
+        limit: int,
+        max_bytes: int = PAGE_BUDGET_BYTES,
+    ) -> EventPage | None:
         """Always None: other replicas commit too, so only the database knows the newest."""
         return None
 
-    async def read(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage:
-        """Up to `limit` stored envelopes after `after_seq`, with the run, in one snapshot."""
-        rows = await self._engine.fetch(_READ, namespace, run_id, query_seq(after_seq), limit)
+    async def read(
+        self,
+        namespace: str,
+        run_id: str,
+        after_seq: int,
+        limit: int,
+        max_bytes: int = PAGE_BUDGET_BYTES,
+    ) -> EventPage:
+        """Stored envelopes after `after_seq` (at most `limit` and `max_bytes` of them),
+        with the run, in one snapshot."""
+        rows = await self._engine.fetch(
+            _READ, namespace, run_id, query_seq(after_seq), limit, max_bytes
+        )
         if not rows:
             return EventPage(None, [], after_seq)
         row = rows[0]
@@ -275,17 +304,18 @@ class PostgresEventStore:
 
     async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
         """A page of runs after the token's run_id."""
-        after = decode_page_token(page_token, {}) or ""
+        after = decode_page_token(page_token, RUNS_FILTERS, str) or ""
         rows = await self._engine.fetch(
             f"SELECT {_RUN_COLUMNS} FROM event_runs WHERE namespace = $1 AND run_id > $2"
             " ORDER BY run_id LIMIT $3",
             namespace,
-            str(after),
+            after,
             page_size + 1,
         )
-        runs = [_run_state(row).info() for row in rows[:page_size]]
-        token = encode_page_token(runs[-1].run_id, {}) if len(rows) > page_size else ""
-        return RunPage(runs, token)
+        runs, more = fill_page(
+            (_run_state(row).info() for row in rows), run_info_size, max_count=page_size
+        )
+        return run_page(runs, more)
 
     async def delete_run(self, namespace: str, run_id: str) -> bool:
         """Delete the run (its row first, see the module) and everything of it; wake followers."""

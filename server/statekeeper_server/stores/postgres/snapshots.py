@@ -9,9 +9,18 @@ compares again against the row the winner committed.
 
 from __future__ import annotations
 
+import asyncpg
+
 from statekeeper.v1 import snapshots_pb2
-from statekeeper_server.stores.paging import decode_page_token, encode_page_token
+from statekeeper_server.limits import PAGE_BUDGET_BYTES
+from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.postgres.engine import PostgresEngine, Transaction
+from statekeeper_server.stores.postgres.pages import (
+    Params,
+    framed_octets,
+    page_rows,
+    within_bytes,
+)
 from statekeeper_server.stores.snapshots import (
     SnapshotFilter,
     SnapshotPage,
@@ -20,6 +29,8 @@ from statekeeper_server.stores.snapshots import (
     list_filters,
     next_version,
     snapshot_not_found,
+    snapshot_page,
+    stored_size,
 )
 
 MIGRATIONS = [
@@ -72,25 +83,30 @@ class PostgresSnapshotStore:
     async def list(
         self, namespace: str, where: SnapshotFilter, page_size: int, page_token: str
     ) -> SnapshotPage:
-        """A page of snapshots after the token's run_id, filtered."""
+        """A page of snapshots after the token's run_id, filtered; the database
+        returns only the rows of the page."""
         filters = list_filters(where)
-        after = decode_page_token(page_token, filters) or ""
+        after = decode_page_token(page_token, filters, str) or ""
+        params = Params(namespace, after)
         sql = "SELECT run_id, data FROM snapshots WHERE namespace = $1 AND run_id > $2"
-        params: list[object] = [namespace, str(after)]
         if where.session_id:
-            params.append(where.session_id)
-            sql += f" AND session_id = ${len(params)}"
+            sql += f" AND session_id = {params.add(where.session_id)}"
         if where.status:
-            params.append(where.status)
-            sql += f" AND status = ${len(params)}"
-        params.append(page_size + 1)
-        sql += f" ORDER BY run_id LIMIT ${len(params)}"
-        rows = await self._engine.fetch(sql, *params)
-        snapshots = [decode_snapshot(row["run_id"], row["data"]) for row in rows[:page_size]]
-        token = ""
-        if len(rows) > page_size:
-            token = encode_page_token(snapshots[-1].run_id, filters)
-        return SnapshotPage(snapshots, token)
+            sql += f" AND status = {params.add(where.status)}"
+        sql += f" ORDER BY run_id LIMIT {params.add(page_size + 1)}"
+        records = await self._engine.fetch(
+            within_bytes(
+                sql,
+                columns="run_id, data",
+                size=framed_octets("octet_length(data)"),
+                order="run_id",
+                max_count=params.add(page_size),
+                max_bytes=params.add(PAGE_BUDGET_BYTES),
+            ),
+            *params.values,
+        )
+        rows, more = page_rows(records, _run_and_data, stored_size, page_size)
+        return snapshot_page(rows, more, filters)
 
     async def delete(self, namespace: str, run_id: str) -> bool:
         """Delete the run's snapshot if present."""
@@ -100,6 +116,10 @@ class PostgresSnapshotStore:
             run_id,
         )
         return deleted is not None
+
+
+def _run_and_data(record: asyncpg.Record) -> tuple[str, bytes]:
+    return record["run_id"], record["data"]
 
 
 async def _write(

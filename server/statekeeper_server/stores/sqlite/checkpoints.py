@@ -35,9 +35,7 @@ from statekeeper_server.stores.checkpoints import (
     checkpoint_not_found,
     decode_checkpoint,
     history_page,
-    history_position,
     latest_page,
-    latest_position,
     latest_workflows_filters,
     metadata_json,
     mint_agent,
@@ -48,6 +46,7 @@ from statekeeper_server.stores.checkpoints import (
 )
 from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
+from statekeeper_server.stores.sqlite.pages import read_page
 
 MIGRATIONS = [
     [
@@ -213,7 +212,7 @@ class SQLiteCheckpointStore:
     ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
         """A page of run heads after the token's run_id, filtered in SQL."""
         filters = latest_workflows_filters(where)
-        after = latest_position(decode_page_token(page_token, filters))
+        after = decode_page_token(page_token, filters, str) or ""
         conditions, params = _workflow_conditions(where)
         sql = (
             "SELECT c.seq, c.run_id, c.checkpoint_id, c.data FROM workflow_checkpoints c"
@@ -222,11 +221,11 @@ class SQLiteCheckpointStore:
         )
         args = [namespace, after, *params, page_size + 1]
 
-        def work(conn: sqlite3.Connection) -> list[StoredCheckpoint]:
-            return [StoredCheckpoint(*row) for row in conn.execute(sql, args)]
+        def work(conn: sqlite3.Connection) -> tuple[list[StoredCheckpoint], bool]:
+            return _read_stored(conn, sql, args, page_size)
 
-        rows = await self._engine.read(work)
-        return latest_page(checkpoints_pb2.WorkflowCheckpoint, WORKFLOW, rows, page_size, filters)
+        rows, more = await self._engine.read(work)
+        return latest_page(checkpoints_pb2.WorkflowCheckpoint, WORKFLOW, rows, more, filters)
 
     async def delete_workflow(self, namespace: str, run_id: str) -> int:
         """Delete every checkpoint of the run."""
@@ -350,9 +349,10 @@ class SQLiteCheckpointStore:
             raise no_checkpoint(table.kind, owner)
 
         async def older(position: int, limit: int) -> Sequence[StoredCheckpoint]:
-            return await self._engine.read(
+            rows, _ = await self._engine.read(
                 lambda conn: _rows_before(conn, table, namespace, owner, position, ("", []), limit)
             )
+            return rows
 
         return await newest_readable(
             message_type, table.kind, newest, older, fallback_to_readable=fallback_to_readable
@@ -372,21 +372,22 @@ class SQLiteCheckpointStore:
         page_token: str,
     ) -> CheckpointPage[M]:
         """A page of one owner's history, newest first, below `before` or the token."""
-        position = history_position(decode_page_token(page_token, filters))
+        position = decode_page_token(page_token, filters, int)
 
-        def work(conn: sqlite3.Connection) -> list[StoredCheckpoint] | None:
+        def work(conn: sqlite3.Connection) -> tuple[list[StoredCheckpoint], bool] | None:
             upper = position
             if upper is None and before:
                 row = _by_id(conn, table, namespace, owner, before)
                 if row is None:
                     return None
                 upper = row.position
-            return _rows_before(conn, table, namespace, owner, upper, conditions, page_size + 1)
+            return _rows_before(conn, table, namespace, owner, upper, conditions, page_size)
 
-        rows = await self._engine.read(work)
-        if rows is None:
+        page = await self._engine.read(work)
+        if page is None:
             raise checkpoint_not_found(table.kind, owner, before)
-        return history_page(message_type, table.kind, rows, page_size, filters)
+        rows, more = page
+        return history_page(message_type, table.kind, rows, more, filters)
 
     async def _delete(self, table: _Table, namespace: str, owner: str) -> int:
         def work(conn: sqlite3.Connection) -> int:
@@ -437,8 +438,9 @@ def _rows_before(
     upper: int | None,
     conditions: _Conditions,
     limit: int,
-) -> list[StoredCheckpoint]:
-    """Up to `limit` rows of one owner with seq below `upper` (all if None), newest first."""
+) -> tuple[list[StoredCheckpoint], bool]:
+    """The rows of one owner with seq below `upper` (all if None), newest first, at most
+    `limit` and a page's bytes of them; and whether more follow."""
     extra, params = conditions
     sql = (
         f"SELECT c.seq, c.{table.owner}, c.checkpoint_id, c.data FROM {table.name} c"
@@ -449,8 +451,22 @@ def _rows_before(
         sql += " AND c.seq < ?"
         args.append(upper)
     sql += f"{extra} ORDER BY c.seq DESC LIMIT ?"
-    args.extend([*params, limit])
-    return [StoredCheckpoint(*row) for row in conn.execute(sql, args)]
+    args.extend([*params, limit + 1])
+    return _read_stored(conn, sql, args, limit)
+
+
+def _read_stored(
+    conn: sqlite3.Connection, sql: str, args: Sequence[object], limit: int
+) -> tuple[list[StoredCheckpoint], bool]:
+    """The page `read_page` makes of the (seq, owner, id, data) rows of `sql`, and
+    whether rows follow it."""
+    rows, more = read_page(conn, sql, args, _data_size, max_count=limit)
+    return [StoredCheckpoint(*row) for row in rows], more
+
+
+def _data_size(row: tuple[int, str, str, bytes]) -> int:
+    """The encoded size of the checkpoint of a (seq, owner, id, data) row."""
+    return len(row[3])
 
 
 def _workflow_conditions(where: WorkflowFilter) -> _Conditions:

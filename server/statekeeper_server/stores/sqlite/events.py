@@ -14,8 +14,11 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from statekeeper.v1 import events_pb2
+from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.events import (
+    RUNS_FILTERS,
     EventPage,
     NewEvents,
     PreparedInput,
@@ -30,13 +33,16 @@ from statekeeper_server.stores.events import (
     query_seq,
     require_originals,
     run_after_append,
+    run_info_size,
     run_not_found,
+    run_page,
     supplied_event_ids,
     truncation_point,
 )
-from statekeeper_server.stores.paging import decode_page_token, encode_page_token
+from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.recent_commits import RecentCommits
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
+from statekeeper_server.stores.sqlite.pages import read_page
 from statekeeper_server.timestamps import now_us
 
 MIGRATIONS = [
@@ -128,6 +134,11 @@ def _load_envelopes(
     return require_originals(run_id, wanted, found)
 
 
+def _envelope_size(row: tuple[int, bytes]) -> int:
+    """The encoded size of the envelope of a (seq, envelope) row."""
+    return len(row[1])
+
+
 MAX_REMEMBERED_RUNS = 10_000
 
 
@@ -216,23 +227,42 @@ class SQLiteEventStore:
         # Everything an append checks, it checks before it writes.
         return await self._engine.write(work, checks_first=True, on_commit=wake_followers)
 
-    def recent(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage | None:
-        """Up to `limit` envelopes after `after_seq` from the run's newest commits kept in
-        memory, if they reach back to `after_seq`."""
-        return self._recent.page_after(event_key(namespace, run_id), after_seq, limit)
+    def recent(
+        self,
+        namespace: str,
+        run_id: str,
+        after_seq: int,
+        limit: int,
+        max_bytes: int = PAGE_BUDGET_BYTES,
+    ) -> EventPage | None:
+        """The envelopes after `after_seq` from the run's newest commits kept in memory,
+        if they reach back to `after_seq` (at most `limit` and `max_bytes` of them)."""
+        return self._recent.page_after(event_key(namespace, run_id), after_seq, limit, max_bytes)
 
-    async def read(self, namespace: str, run_id: str, after_seq: int, limit: int) -> EventPage:
-        """Up to `limit` stored envelopes after `after_seq`, with the run, in one snapshot."""
+    async def read(
+        self,
+        namespace: str,
+        run_id: str,
+        after_seq: int,
+        limit: int,
+        max_bytes: int = PAGE_BUDGET_BYTES,
+    ) -> EventPage:
+        """Stored envelopes after `after_seq` (at most `limit` and `max_bytes` of them),
+        with the run, in one snapshot; rows are stepped only until the page is full."""
 
         def work(conn: sqlite3.Connection) -> EventPage:
             run = _load_run(conn, namespace, run_id)
             if run is None:
                 return EventPage(None, [], after_seq)
-            rows = conn.execute(
+            rows, _ = read_page(
+                conn,
                 "SELECT seq, envelope FROM events WHERE namespace = ? AND run_id = ? AND seq > ?"
                 " ORDER BY seq LIMIT ?",
                 (namespace, run_id, query_seq(after_seq), limit),
-            ).fetchall()
+                _envelope_size,
+                max_count=limit,
+                max_bytes=max_bytes,
+            )
             through = rows[-1][0] if rows else after_seq
             return EventPage(run, [row[1] for row in rows], through)
 
@@ -240,19 +270,20 @@ class SQLiteEventStore:
 
     async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
         """A page of runs after the token's run_id."""
-        after = decode_page_token(page_token, {}) or ""
+        after = decode_page_token(page_token, RUNS_FILTERS, str) or ""
 
         def work(conn: sqlite3.Connection) -> list[tuple[object, ...]]:
             return conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM event_runs WHERE namespace = ? AND run_id > ?"
                 " ORDER BY run_id LIMIT ?",
-                (namespace, str(after), page_size + 1),
+                (namespace, after, page_size + 1),
             ).fetchall()
 
         rows = await self._engine.read(work)
-        runs = [_run_state(row).info() for row in rows[:page_size]]
-        token = encode_page_token(runs[-1].run_id, {}) if len(rows) > page_size else ""
-        return RunPage(runs, token)
+        runs, more = fill_page(
+            (_run_state(row).info() for row in rows), run_info_size, max_count=page_size
+        )
+        return run_page(runs, more)
 
     async def delete_run(self, namespace: str, run_id: str) -> bool:
         """Delete the run and everything of it; followers are woken to notice."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from statekeeper.v1 import snapshots_pb2
-from statekeeper_server.stores.paging import decode_page_token, encode_page_token
+from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.snapshots import (
     SnapshotFilter,
     SnapshotPage,
@@ -14,8 +14,11 @@ from statekeeper_server.stores.snapshots import (
     list_filters,
     next_version,
     snapshot_not_found,
+    snapshot_page,
+    stored_size,
 )
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
+from statekeeper_server.stores.sqlite.pages import read_page
 
 MIGRATIONS = [
     [
@@ -88,11 +91,12 @@ class SQLiteSnapshotStore:
     async def list(
         self, namespace: str, where: SnapshotFilter, page_size: int, page_token: str
     ) -> SnapshotPage:
-        """A page of snapshots after the token's run_id, filtered."""
+        """A page of snapshots after the token's run_id, filtered; rows are read only
+        until the page is full."""
         filters = list_filters(where)
-        after = decode_page_token(page_token, filters) or ""
+        after = decode_page_token(page_token, filters, str) or ""
         sql = "SELECT run_id, data FROM snapshots WHERE namespace = ? AND run_id > ?"
-        params: list[object] = [namespace, str(after)]
+        params: list[object] = [namespace, after]
         if where.session_id:
             sql += " AND session_id = ?"
             params.append(where.session_id)
@@ -102,15 +106,11 @@ class SQLiteSnapshotStore:
         sql += " ORDER BY run_id LIMIT ?"
         params.append(page_size + 1)
 
-        def work(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
-            return conn.execute(sql, params).fetchall()
+        def work(conn: sqlite3.Connection) -> tuple[list[tuple[str, bytes]], bool]:
+            return read_page(conn, sql, params, stored_size, max_count=page_size)
 
-        rows = await self._engine.read(work)
-        snapshots = [decode_snapshot(run_id, data) for run_id, data in rows[:page_size]]
-        token = ""
-        if len(rows) > page_size:
-            token = encode_page_token(snapshots[-1].run_id, filters)
-        return SnapshotPage(snapshots, token)
+        rows, more = await self._engine.read(work)
+        return snapshot_page(rows, more, filters)
 
     async def delete(self, namespace: str, run_id: str) -> bool:
         """Delete the run's snapshot if present."""
