@@ -442,7 +442,7 @@ async def test_stats_count_jobs_per_state_and_priority(store: Store) -> None:
     await enqueue(store, spec(priority=HIGH), spec(priority=HIGH), spec(priority=LOW))
     await enqueue(store, spec(delay_us=60_000_000), spec(queue="other"))
     await lease(store)
-    [stats] = await store.jobs.stats(NS, QUEUE)
+    [stats] = (await store.jobs.stats(NS, QUEUE, 10, "")).queues
     counts = {(c.state, c.priority): c.count for c in stats.counts}
     assert counts == {
         (RUNNING, HIGH): 1,
@@ -451,9 +451,9 @@ async def test_stats_count_jobs_per_state_and_priority(store: Store) -> None:
         (SCHEDULED, NORMAL): 1,
     }
     assert stats.HasField("oldest_available_age")
-    every = await store.jobs.stats(NS, "")
+    every = (await store.jobs.stats(NS, "", 10, "")).queues
     assert [queue.queue for queue in every] == [QUEUE, "other"]
-    [empty] = await store.jobs.stats(NS, "idle")
+    [empty] = (await store.jobs.stats(NS, "idle", 10, "")).queues
     assert (empty.queue, list(empty.counts), empty.HasField("oldest_available_age")) == (
         "idle",
         [],
@@ -465,7 +465,7 @@ async def test_reads_settle_expired_leases(store: Store) -> None:
     await enqueue(store, spec())
     [job] = await lease(store, lease_us=SHORT_LEASE)
     await expire(job)
-    [stats] = await store.jobs.stats(NS, QUEUE)
+    [stats] = (await store.jobs.stats(NS, QUEUE, 10, "")).queues
     assert [(c.state, c.count) for c in stats.counts] == [(AVAILABLE, 1)]
     listed = await store.jobs.list(NS, JobFilter(), 10, "")
     assert [(j.state, j.errors[0].message) for j in listed.jobs] == [(AVAILABLE, "lease expired")]

@@ -107,7 +107,7 @@ async def test_eight_workers_over_two_replicas_complete_two_thousand_jobs_exactl
     await asyncio.gather(*(worker(replicas[i % 2], f"worker-{i}") for i in range(8)))
     assert len(leases) == total
     assert set(leases.values()) == {1}
-    [stats] = await replicas[1].jobs.stats(NS, QUEUE)
+    [stats] = (await replicas[1].jobs.stats(NS, QUEUE, 10, "")).queues
     assert [(c.state, c.count) for c in stats.counts] == [(SUCCEEDED, total)]
 
 
@@ -155,7 +155,8 @@ async def test_claiming_is_an_index_scan_of_a_large_table(postgres_url: str) -> 
                 plan = "\n".join(row[0] for row in await engine.fetch(f"EXPLAIN {sql}", *params))
                 assert f"Index Scan using {index} on jobs" in plan
                 assert "Seq Scan" not in plan
-                assert "Sort" not in plan
+                # Only the claimed rows may be sorted (to count their bytes), never the table.
+                assert "Sort" not in plan[plan.index("Limit") :]
 
 
 # -- idempotency keys ----------------------------------------------------------------------

@@ -274,13 +274,20 @@ class JobsClient:
         return response.job
 
     async def stats(self, queue: str = "") -> builtins.list[jobs_pb2.QueueStats]:
-        """Counts per state and priority of one queue, or of every queue."""
-        response = await self._stub.GetQueueStats(
-            jobs_pb2.GetQueueStatsRequest(queue=queue),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
-        )
-        return list(response.queues)
+        """Counts per state and priority of one queue, or of every queue (fetched page
+        by page), in queue order."""
+        queues: builtins.list[jobs_pb2.QueueStats] = []
+        token = ""
+        while True:
+            response = await self._stub.GetQueueStats(
+                jobs_pb2.GetQueueStatsRequest(queue=queue, page_token=token),
+                metadata=self._options.metadata,
+                timeout=self._options.timeout,
+            )
+            queues += response.queues
+            token = response.next_page_token
+            if not token:
+                return queues
 
     async def watch(
         self,

@@ -492,7 +492,11 @@ class LeaseJobsRequest(_message.Message):
     worker_id: _builtins.str
     """Who takes the jobs (an id), recorded on the lease. Required."""
     max_jobs: _builtins.int
-    """Most jobs to lease: default 1, at most 100 (larger values are lowered)."""
+    """Most jobs to lease: default 1, at most 100 (larger values are lowered).
+    A batch also holds at most 4 MiB - 64 KiB of encoded jobs: when large
+    jobs would not fit, fewer are leased (always at least one) and the others
+    stay AVAILABLE, untouched.
+    """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only jobs of these kinds; every kind when empty (at most 100)."""
@@ -893,7 +897,9 @@ class ListJobsRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum jobs per page: default 50, at most 1000 (larger values are
-    lowered); negative is INVALID_ARGUMENT.
+    lowered); negative is INVALID_ARGUMENT. A page also holds at most
+    4 MiB - 64 KiB of encoded jobs: with large jobs it holds fewer (always at
+    least one) and the next page continues.
     """
     page_token: _builtins.str
     """`next_page_token` of the previous page; empty for the first page."""
@@ -955,16 +961,27 @@ class GetQueueStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
     """Only this queue, when set; every queue of the namespace otherwise."""
+    page_size: _builtins.int
+    """Maximum queues per page: default 50, at most 1000 (larger values are
+    lowered); negative is INVALID_ARGUMENT. A page also holds at most
+    4 MiB - 64 KiB of encoded statistics.
+    """
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
     def __init__(
         self,
         *,
         queue: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1045,20 +1062,24 @@ class GetQueueStatsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty when this is the last page."""
     @_builtins.property
     def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueStats]:
         """One entry per queue that has jobs, in queue order (the requested queue
-        is listed even when empty).
+        is listed even when empty), for the queues of this page.
         """
 
     def __init__(
         self,
         *,
         queues: _abc.Iterable[Global___QueueStats] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queues", b"queues"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "queues", b"queues"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1189,7 +1210,9 @@ class JobChangeBatch(_message.Message):
     CHANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobChange]:
-        """Consecutive matching changes."""
+        """Consecutive matching changes: at most 500, and at most 4 MiB - 64 KiB of
+        them encoded (always at least one); more follow in the next batch.
+        """
 
     def __init__(
         self,

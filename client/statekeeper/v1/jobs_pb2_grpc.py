@@ -225,7 +225,7 @@ class JobServiceServicer:
 
     def GetQueueStats(self, request, context):
         """Counts jobs per queue, state and priority, with the age of the oldest
-        available job of each queue.
+        available job of each queue; pages through the queues in queue order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -101,7 +101,7 @@ class JobServiceStub:
     """
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetQueueStatsRequest, _jobs_pb2.GetQueueStatsResponse]
     """Counts jobs per queue, state and priority, with the age of the oldest
-    available job of each queue.
+    available job of each queue; pages through the queues in queue order.
     """
     WatchJobs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.WatchJobsResponse]
     """Streams the state changes of jobs, filtered by queue, kind or job ids:
@@ -181,7 +181,7 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetQueueStatsRequest, _jobs_pb2.GetQueueStatsResponse]  # type: ignore[assignment]
     """Counts jobs per queue, state and priority, with the age of the oldest
-    available job of each queue.
+    available job of each queue; pages through the queues in queue order.
     """
     WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.WatchJobsResponse]  # type: ignore[assignment]
     """Streams the state changes of jobs, filtered by queue, kind or job ids:
@@ -324,7 +324,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.GetQueueStatsResponse, _abc.Awaitable[_jobs_pb2.GetQueueStatsResponse]]:
         """Counts jobs per queue, state and priority, with the age of the oldest
-        available job of each queue.
+        available job of each queue; pages through the queues in queue order.
         """
 
     @_abc_1.abstractmethod

@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from statekeeper.v1 import events_pb2, jobs_pb2, jobs_pb2_grpc
 from statekeeper_server.config import Settings
 from statekeeper_server.errors import InvalidArgument, Unavailable
+from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.services.job_runner import (
@@ -60,6 +61,7 @@ MAX_WAIT_SECONDS = 300.0
 DEADLINE_MARGIN_SECONDS = 1.0
 """A long poll answers this long (or a tenth of the deadline) before the deadline."""
 WATCH_BATCH = 500
+"""Most changes per batch of a watch (PAGE_BUDGET_BYTES bounds its bytes)."""
 MIN_TIMESTAMP_SECONDS = -62_135_596_800
 MAX_TIMESTAMP_SECONDS = 253_402_300_799
 JOB_PRIORITIES = frozenset(jobs_pb2.JobPriority.values())
@@ -232,10 +234,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def GetQueueStats(
         self, request: jobs_pb2.GetQueueStatsRequest, context: Context
     ) -> jobs_pb2.GetQueueStatsResponse:
-        """Counts per queue, state and priority."""
+        """Counts per queue, state and priority, a page of queues at a time."""
         namespace = request_namespace(context)
         queue = optional_id(request.queue, "queue")
-        return jobs_pb2.GetQueueStatsResponse(queues=await self._jobs.stats(namespace, queue))
+        size = page_size(request.page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
+        page = await self._jobs.stats(namespace, queue, size, request.page_token)
+        return jobs_pb2.GetQueueStatsResponse(
+            queues=page.queues, next_page_token=page.next_page_token
+        )
 
     async def WatchJobs(
         self, request: jobs_pb2.WatchJobsRequest, context: Context
@@ -261,7 +267,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         last_sent = loop.time()
         while True:
             wake = self._notifier.watch(key)
-            page = await self._jobs.changes(namespace, where, position, WATCH_BATCH)
+            page = await self._jobs.changes(
+                namespace, where, position, WATCH_BATCH, PAGE_BUDGET_BYTES
+            )
             if not started:
                 started = True
                 yield jobs_pb2.WatchJobsResponse(
@@ -273,7 +281,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 )
                 last_sent = loop.time()
             position = page.through
-            if len(page.changes) == WATCH_BATCH:
+            if page.more:
                 continue
             idle_for = self._settings.heartbeat_interval - (loop.time() - last_sent)
             if idle_for <= 0:

@@ -14,7 +14,6 @@ next lease of its queue, the next read that meets it, or the sweeper.
 
 from __future__ import annotations
 
-import builtins
 import json
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,10 +21,12 @@ from typing import NamedTuple, Protocol
 
 import uuid_utils
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from statekeeper.v1 import jobs_pb2
 from statekeeper_server.errors import DataLoss, FailedPrecondition, NotFound, OutOfRange
+from statekeeper_server.limits import PAGE_BUDGET_BYTES
+from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
 
@@ -186,6 +187,17 @@ class ChangePage:
 
     changes: list[jobs_pb2.JobChange]
     through: int
+    more: bool = False
+    """Whether matching changes committed so far were left for the next read (the
+    page was full by count or by bytes)."""
+
+
+@dataclass(frozen=True)
+class StatsPage:
+    """One page of queue statistics and the token of the next (empty at the end)."""
+
+    queues: list[jobs_pb2.QueueStats]
+    next_page_token: str
 
 
 @dataclass(frozen=True)
@@ -254,10 +266,12 @@ class JobStore(Protocol):
         count: int,
         lease_us: int,
     ) -> LeaseResult:
-        """Lease up to `count` runnable jobs of the queue (any kind when `kinds` is empty)."""
+        """Lease runnable jobs of the queue (any kind when `kinds` is empty): up to
+        `count`, and only those that fit in PAGE_BUDGET_BYTES as the response returns
+        them (`lease_batch`); the others stay AVAILABLE, untouched."""
 
     async def lease_builtin(self, worker_id: str, count: int, lease_us: int) -> LeaseResult:
-        """Lease up to `count` runnable jobs of BUILTIN_QUEUE across every namespace."""
+        """Lease runnable jobs of BUILTIN_QUEUE across every namespace, as `lease` does."""
 
     async def heartbeat(
         self, namespace: str, job_id: str, lease_id: str, lease_us: int
@@ -292,18 +306,26 @@ class JobStore(Protocol):
     async def list(
         self, namespace: str, where: JobFilter, page_size: int, page_token: str
     ) -> JobPage:
-        """A page of jobs in enqueue order."""
+        """A page of jobs in enqueue order, at most `page_size` and PAGE_BUDGET_BYTES of
+        them (at least one when any is left)."""
 
-    async def stats(self, namespace: str, queue: str) -> builtins.list[jobs_pb2.QueueStats]:
-        """Counts per queue, state and priority (one queue when `queue` is set)."""
+    async def stats(self, namespace: str, queue: str, page_size: int, page_token: str) -> StatsPage:
+        """Counts per queue, state and priority, a page of queues in queue order (at
+        most `page_size` and PAGE_BUDGET_BYTES of them); only `queue` when it is set."""
 
     async def change_position(self) -> int:
         """The newest change id committed so far (0 when none)."""
 
     async def changes(
-        self, namespace: str, where: ChangeFilter, after: int, limit: int
+        self,
+        namespace: str,
+        where: ChangeFilter,
+        after: int,
+        limit: int,
+        max_bytes: int = PAGE_BUDGET_BYTES,
     ) -> ChangePage:
-        """Up to `limit` matching changes with id > `after`; OutOfRange if trimmed."""
+        """Matching changes with id > `after`, at most `limit` and `max_bytes` of them
+        (at least one when any is left); OutOfRange if trimmed."""
 
     async def sweep(self) -> SweepResult:
         """Promote due jobs and settle expired leases, a bounded batch at a time."""
@@ -782,17 +804,70 @@ def change_from_row(row: ChangeRow) -> jobs_pb2.JobChange:
 
 
 def list_filters(where: JobFilter) -> dict[str, object]:
-    """The filters a page token is bound to."""
-    return {"queue": where.queue, "kind": where.kind, "state": where.state}
+    """The filters a page token of a job listing is bound to."""
+    return {"list": "jobs", "queue": where.queue, "kind": where.kind, "state": where.state}
+
+
+def stats_filters(queue: str) -> dict[str, object]:
+    """The filters a page token of queue statistics is bound to."""
+    return {"list": "queue_stats", "queue": queue}
+
+
+def message_size(item: tuple[object, Message]) -> int:
+    """The encoded size of the message of a (key, message) pair."""
+    return item[1].ByteSize()
+
+
+def sized_job(row: JobRow, now_us: int) -> tuple[int, jobs_pb2.Job]:
+    """A listed row as (seq, the job as a listing returns it at `now_us`)."""
+    return row.seq, job_from_row(row, now_us)
 
 
 def job_page(
-    rows: Sequence[JobRow], page_size: int, filters: dict[str, object], now_us: int
+    page: Sequence[tuple[int, jobs_pb2.Job]], more: bool, filters: dict[str, object]
 ) -> JobPage:
-    """A listing page from up to `page_size + 1` rows in seq order (one more: a next page)."""
-    jobs = [job_from_row(row, now_us) for row in rows[:page_size]]
-    token = encode_page_token(rows[page_size - 1].seq, filters) if len(rows) > page_size else ""
-    return JobPage(jobs, token)
+    """The listing page of (seq, job) `page` in seq order; `more`: jobs follow them."""
+    token = encode_page_token(page[-1][0], filters) if more and page else ""
+    return JobPage([job for _, job in page], token)
+
+
+def lease_batch(
+    candidates: Iterable[JobRow], worker_id: str, lease_us: int, now_us: int, count: int
+) -> list[tuple[JobRow, jobs_pb2.Job]]:
+    """What a lease takes of `candidates` (AVAILABLE rows in lease order): each row
+    leased (`leased_row`) with its job as the response returns it, up to `count` and as
+    many as fit in PAGE_BUDGET_BYTES (at least one). Candidates are read only that far;
+    the rest are left as they are."""
+    leased = (leased_row(row, worker_id, lease_us, now_us) for row in candidates)
+    batch, _ = fill_page(
+        ((row, job_from_row(row, now_us)) for row in leased), message_size, max_count=count
+    )
+    return batch
+
+
+def sized_change(row: ChangeRow) -> tuple[int, jobs_pb2.JobChange]:
+    """A change-log row as (change_id, the change as a watch sends it)."""
+    return row.change_id, change_from_row(row)
+
+
+def change_page(
+    page: Sequence[tuple[int, jobs_pb2.JobChange]], more: bool, position: int, after: int
+) -> ChangePage:
+    """The watch page of (change_id, change) `page` in id order; `more`: matching changes
+    follow them. It is read through its last change when more follow, else through
+    `position` (the newest change id when it was read)."""
+    through = page[-1][0] if more and page else position
+    return ChangePage([change for _, change in page], max(through, after), more)
+
+
+def stats_page(
+    stats: Sequence[jobs_pb2.QueueStats], more: bool, page_size: int, filters: dict[str, object]
+) -> StatsPage:
+    """The page of queue `stats` (in queue order) that fits `page_size` and
+    PAGE_BUDGET_BYTES; `more`: queues follow them."""
+    page, cut = fill_page(stats, jobs_pb2.QueueStats.ByteSize, max_count=page_size)
+    token = encode_page_token(page[-1].queue, filters) if (more or cut) and page else ""
+    return StatsPage(page, token)
 
 
 def queue_stats(

@@ -56,7 +56,6 @@ BYTEA.
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import itertools
 import random
@@ -67,6 +66,7 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar
 from google.protobuf import struct_pb2
 
 from statekeeper.v1 import jobs_pb2
+from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.stores.jobs import (
     AVAILABLE,
     BUILTIN_QUEUE,
@@ -87,12 +87,13 @@ from statekeeper_server.stores.jobs import (
     LeasedJob,
     LeaseResult,
     NewJob,
+    StatsPage,
     SweepResult,
     after_failure,
     cancel_allowed,
     cancelled_row,
-    change_from_row,
     change_of,
+    change_page,
     changes_trimmed,
     check_lease,
     check_retry_allowed,
@@ -105,18 +106,29 @@ from statekeeper_server.stores.jobs import (
     job_from_row,
     job_not_found,
     job_page,
+    lease_batch,
     lease_lapsed,
-    leased_row,
     list_filters,
+    message_size,
     new_row,
     promoted_row,
     queue_stats,
     reported_state,
     revived_row,
     row_lease,
+    sized_change,
+    sized_job,
+    stats_filters,
+    stats_page,
 )
 from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.postgres.engine import PostgresEngine, Transaction
+from statekeeper_server.stores.postgres.pages import (
+    Params,
+    framed_octets,
+    page_rows,
+    within_bytes,
+)
 from statekeeper_server.timestamps import now_us
 
 if TYPE_CHECKING:
@@ -344,18 +356,37 @@ class Scope:
         return sql
 
 
+JOB_BYTES = framed_octets(
+    "octet_length(payload) + octet_length(errors) + coalesce(octet_length(result), 0)"
+)
+"""Close to the framed size of a stored job as the API returns it (its payload, result and
+errors; `lease_batch` and listings then count exactly), read without fetching the values."""
+CHANGE_BYTES = framed_octets("coalesce(octet_length(result), 0) + coalesce(octet_length(error), 0)")
+"""Close to the framed size of a stored change as a watch sends it."""
+
+
 def claim_query(scope: Scope, count: int) -> tuple[str, list[object]]:
     """The statement locking the next `count` AVAILABLE jobs of `scope` for a lease.
 
     Highest priority first, then lowest seq; rows other transactions hold
     are skipped, so concurrent claims on any replica never take one job twice.
+    Only the jobs that may fit in a lease batch (PAGE_BUDGET_BYTES, by their
+    stored sizes) are returned; the others stay locked until the lease commits.
     """
     params: list[object] = []
     where = scope.conditions(params)
-    params.append(count)
-    sql = (
+    params += [count, PAGE_BUDGET_BYTES]
+    claim = (
         f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 2{where}"
-        f" ORDER BY priority DESC, seq LIMIT ${len(params)} FOR UPDATE SKIP LOCKED"
+        f" ORDER BY priority DESC, seq LIMIT ${len(params) - 1} FOR UPDATE SKIP LOCKED"
+    )
+    sql = within_bytes(
+        claim,
+        columns=JOB_COLUMNS,
+        size=JOB_BYTES,
+        order="priority DESC, seq",
+        max_count=f"${len(params) - 1}",
+        max_bytes=f"${len(params)}",
     )
     return sql, params
 
@@ -543,9 +574,10 @@ class PostgresJobStore:
     async def list(
         self, namespace: str, where: JobFilter, page_size: int, page_token: str
     ) -> JobPage:
-        """A page of jobs after the token's seq, filtered by queue, kind and state."""
+        """A page of jobs after the token's seq, filtered by queue, kind and state; the
+        database returns only the rows of the page (by their stored sizes)."""
         filters = list_filters(where)
-        after = min(int(decode_page_token(page_token, filters) or 0), MAX_BIGINT)
+        after = decode_page_token(page_token, filters, int) or 0
         await self._settle_lapsed(namespace)
         now = now_us()
         params: list[object] = [namespace, after]
@@ -558,21 +590,50 @@ class PostgresJobStore:
             sql += f" AND kind = ${len(params)}"
         if where.state:
             sql += " AND " + _state_condition(where.state, now, params)
-        params.append(page_size + 1)
-        sql += f" ORDER BY seq LIMIT ${len(params)}"
-        rows = [_job(record) for record in await self._engine.fetch(sql, *params)]
-        return job_page(rows, page_size, filters, now)
+        query = Params(*params)
+        sql += f" ORDER BY seq LIMIT {query.add(page_size + 1)}"
+        records = await self._engine.fetch(
+            within_bytes(
+                sql,
+                columns=JOB_COLUMNS,
+                size=JOB_BYTES,
+                order="seq",
+                max_count=query.add(page_size),
+                max_bytes=query.add(PAGE_BUDGET_BYTES),
+            ),
+            *query.values,
+        )
+        page, more = page_rows(
+            records, lambda record: sized_job(_job(record), now), message_size, page_size
+        )
+        return job_page(page, more, filters)
 
-    async def stats(self, namespace: str, queue: str) -> builtins.list[jobs_pb2.QueueStats]:
-        """Counts per queue, reported state and priority; oldest available age."""
+    async def stats(self, namespace: str, queue: str, page_size: int, page_token: str) -> StatsPage:
+        """Counts per queue, reported state and priority, and oldest available age, of a
+        page of queues after the token's queue."""
+        filters = stats_filters(queue)
+        after = decode_page_token(page_token, filters, str) or ""
         await self._settle_lapsed(namespace)
         now = now_us()
-        params: list[object] = [now, namespace]
-        scope = "namespace = $2"
-        if queue:
-            params.append(queue)
-            scope += " AND queue = $3"
         async with self._engine.transaction(isolation="repeatable_read", readonly=True) as tx:
+            if queue:
+                names = [queue] if queue > after else []
+            else:
+                names = [
+                    record[0]
+                    for record in await tx.conn.fetch(
+                        "SELECT DISTINCT queue FROM jobs WHERE namespace = $1 AND queue > $2"
+                        " ORDER BY queue LIMIT $3",
+                        namespace,
+                        after,
+                        page_size + 1,
+                    )
+                ]
+            more, names = len(names) > page_size, names[:page_size]
+            if not names:
+                return StatsPage([], "")
+            params: list[object] = [now, namespace, names[0], names[-1]]
+            scope = "namespace = $2 AND queue >= $3 AND queue <= $4"
             counts = await tx.conn.fetch(
                 "SELECT queue, CASE WHEN state = 1 AND run_after <= $1 THEN 2 ELSE state END AS s,"
                 f" priority, count(*) FROM jobs WHERE {scope}"
@@ -584,12 +645,13 @@ class PostgresJobStore:
                 " AND (state = 2 OR (state = 1 AND run_after <= $1)) GROUP BY queue",
                 *params,
             )
-        return queue_stats(
+        stats = queue_stats(
             queue,
             [(r[0], r[1], r[2], r[3]) for r in counts],
             {r[0]: r[1] for r in oldest},
             now,
         )
+        return stats_page(stats, more, page_size, filters)
 
     async def change_position(self) -> int:
         """The newest change id committed so far."""
@@ -600,9 +662,15 @@ class PostgresJobStore:
         )
 
     async def changes(
-        self, namespace: str, where: ChangeFilter, after: int, limit: int
+        self,
+        namespace: str,
+        where: ChangeFilter,
+        after: int,
+        limit: int,
+        max_bytes: int = PAGE_BUDGET_BYTES,
     ) -> ChangePage:
-        """Matching changes after `after` up to the committed counter, and how far read.
+        """Matching changes after `after` up to the committed counter (the database
+        returns only those of the page), and how far read.
 
         The counter and the log are read in one snapshot; every id up to the
         counter is committed (see the module doc), so `through` never passes
@@ -631,11 +699,23 @@ class PostgresJobStore:
             if where.job_ids:
                 params.append(list(where.job_ids))
                 sql += f" AND job_id = ANY(${len(params)}::text[])"
-            params.append(limit)
-            sql += f" ORDER BY change_id LIMIT ${len(params)}"
-            rows = [_change(record) for record in await tx.conn.fetch(sql, *params)]
-        through = rows[-1].change_id if len(rows) == limit else position
-        return ChangePage([change_from_row(row) for row in rows], max(through, after))
+            query = Params(*params)
+            sql += f" ORDER BY change_id LIMIT {query.add(limit + 1)}"
+            records = await tx.conn.fetch(
+                within_bytes(
+                    sql,
+                    columns=CHANGE_COLUMNS,
+                    size=CHANGE_BYTES,
+                    order="change_id",
+                    max_count=query.add(limit),
+                    max_bytes=query.add(max_bytes),
+                ),
+                *query.values,
+            )
+        page, more = page_rows(
+            records, lambda record: sized_change(_change(record)), message_size, limit
+        )
+        return change_page(page, more, position, after)
 
     # -- internals ---------------------------------------------------------------
 
@@ -781,9 +861,10 @@ def _change_values(change: ChangeRow) -> list[object]:
     return _stored(change, _ERROR_INDEX)
 
 
-def _decoded(record: asyncpg.Record, row_type: Callable[..., T], text_field: str) -> T:
-    """A row from `record`, its one text column stored as bytes decoded from UTF-8."""
-    values = dict(record)
+def _decoded(record: asyncpg.Record, row_type: type[T], text_field: str) -> T:
+    """A row (a named tuple) from the columns of `record` named after its fields, its one
+    text column stored as bytes decoded from UTF-8."""
+    values = {name: record[name] for name in row_type._fields}  # type: ignore[attr-defined]
     stored = values[text_field]
     values[text_field] = None if stored is None else stored.decode()
     return row_type(**values)
@@ -867,13 +948,17 @@ async def _lease(
     await _settle(write, now, Scope(scope.namespace, scope.queue))
     await write.flush()
     sql, params = claim_query(scope, count)
-    rows = [
-        leased_row(_job(r), worker_id, lease_us, now) for r in await write.conn.fetch(sql, *params)
-    ]
+    records = await write.conn.fetch(sql, *params)
+    claimed = [_job(record) for record in records]
+    batch = lease_batch(claimed, worker_id, lease_us, now, count)
+    rows = [row for row, _ in batch]
     write.store(rows)
     for row in rows:
         write.record(row, AVAILABLE, now)
-    leased = [LeasedJob(row.namespace, job_from_row(row, now)) for row in rows]
+    if len(batch) < len(claimed) or (records and records[-1]["followed"]):
+        # Jobs were locked but left AVAILABLE: wake the leasers that skipped them.
+        write.effects.ready_queues.add((claimed[0].namespace, claimed[0].queue))
+    leased = [LeasedJob(row.namespace, job) for row, job in batch]
     next_due = None if leased else await _next_due(write.conn, now, scope)
     return LeaseResult(leased, next_due)
 

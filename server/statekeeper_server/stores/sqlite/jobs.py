@@ -14,16 +14,18 @@ row) are decided in stores.jobs; this module reads and writes the rows.
 
 from __future__ import annotations
 
-import builtins
 import random
 import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from typing import TypeVar
 
 from google.protobuf import struct_pb2
 
 from statekeeper.v1 import jobs_pb2
+from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.jobs import (
     AVAILABLE,
     BUILTIN_QUEUE,
@@ -46,12 +48,13 @@ from statekeeper_server.stores.jobs import (
     LeasedJob,
     LeaseResult,
     NewJob,
+    StatsPage,
     SweepResult,
     after_failure,
     cancel_allowed,
     cancelled_row,
-    change_from_row,
     change_of,
+    change_page,
     changes_trimmed,
     check_lease,
     check_retry_allowed,
@@ -64,15 +67,20 @@ from statekeeper_server.stores.jobs import (
     job_from_row,
     job_not_found,
     job_page,
+    lease_batch,
     lease_lapsed,
-    leased_row,
     list_filters,
+    message_size,
     new_row,
     promoted_row,
     queue_stats,
     reported_state,
     revived_row,
     row_lease,
+    sized_change,
+    sized_job,
+    stats_filters,
+    stats_page,
 )
 from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
@@ -392,11 +400,12 @@ class SQLiteJobStore:
     async def list(
         self, namespace: str, where: JobFilter, page_size: int, page_token: str
     ) -> JobPage:
-        """A page of jobs after the token's seq, filtered by queue, kind and state."""
+        """A page of jobs after the token's seq, filtered by queue, kind and state; rows
+        are stepped only until the page is full."""
         filters = list_filters(where)
-        after = int(decode_page_token(page_token, filters) or 0)
+        after = decode_page_token(page_token, filters, int) or 0
 
-        def work(conn: sqlite3.Connection) -> tuple[list[JobRow], int]:
+        def work(conn: sqlite3.Connection) -> JobPage:
             now = now_us()
             sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE namespace = ? AND seq > ?"
             params: list[object] = [namespace, after]
@@ -412,22 +421,37 @@ class SQLiteJobStore:
                 params.extend(extra)
             sql += " ORDER BY seq LIMIT ?"
             params.append(page_size + 1)
-            return [JobRow(*row) for row in conn.execute(sql, params)], now
+            with closing(conn.execute(sql, params)) as cursor:
+                sized = (sized_job(JobRow._make(row), now) for row in cursor)
+                page, more = fill_page(sized, message_size, max_count=page_size)
+            return job_page(page, more, filters)
 
-        rows, now = await self._read_settled(namespace, work)
-        return job_page(rows, page_size, filters, now)
+        return await self._read_settled(namespace, work)
 
-    async def stats(self, namespace: str, queue: str) -> builtins.list[jobs_pb2.QueueStats]:
-        """Counts per queue, reported state and priority; oldest available age."""
+    async def stats(self, namespace: str, queue: str, page_size: int, page_token: str) -> StatsPage:
+        """Counts per queue, reported state and priority, and oldest available age, of a
+        page of queues after the token's queue."""
+        filters = stats_filters(queue)
+        after = decode_page_token(page_token, filters, str) or ""
 
-        def work(
-            conn: sqlite3.Connection,
-        ) -> tuple[list[tuple[str, int, int, int]], dict[str, int], int]:
+        def work(conn: sqlite3.Connection) -> StatsPage:
             now = now_us()
-            scope, params = "namespace = ?", [namespace]
             if queue:
-                scope += " AND queue = ?"
-                params.append(queue)
+                names = [queue] if queue > after else []
+            else:
+                names = [
+                    name
+                    for (name,) in conn.execute(
+                        "SELECT DISTINCT queue FROM jobs WHERE namespace = ? AND queue > ?"
+                        " ORDER BY queue LIMIT ?",
+                        (namespace, after, page_size + 1),
+                    )
+                ]
+            more, names = len(names) > page_size, names[:page_size]
+            if not names:
+                return StatsPage([], "")
+            scope = "namespace = ? AND queue >= ? AND queue <= ?"
+            params: list[object] = [namespace, names[0], names[-1]]
             counts = conn.execute(
                 "SELECT queue, CASE WHEN state = 1 AND run_after <= ? THEN 2 ELSE state END AS s,"
                 f" priority, COUNT(*) FROM jobs WHERE {scope}"
@@ -441,21 +465,26 @@ class SQLiteJobStore:
                     [*params, now],
                 ).fetchall()
             )
-            return counts, oldest, now
+            return stats_page(queue_stats(queue, counts, oldest, now), more, page_size, filters)
 
-        counts, oldest, now = await self._read_settled(namespace, work)
-        return queue_stats(queue, counts, oldest, now)
+        return await self._read_settled(namespace, work)
 
     async def change_position(self) -> int:
         """The newest change id ever assigned."""
         return await self._engine.read(_change_position)
 
     async def changes(
-        self, namespace: str, where: ChangeFilter, after: int, limit: int
+        self,
+        namespace: str,
+        where: ChangeFilter,
+        after: int,
+        limit: int,
+        max_bytes: int = PAGE_BUDGET_BYTES,
     ) -> ChangePage:
-        """Matching changes after `after`, and how far the log was read."""
+        """Matching changes after `after` (stepped only until the page is full), and how
+        far the log was read."""
 
-        def work(conn: sqlite3.Connection) -> tuple[list[ChangeRow], int]:
+        def work(conn: sqlite3.Connection) -> ChangePage:
             row = conn.execute("SELECT through FROM job_changes_trimmed WHERE id = 1").fetchone()
             trimmed_through = int(row[0]) if row else 0
             if 0 < after < trimmed_through:
@@ -472,13 +501,13 @@ class SQLiteJobStore:
                 sql += f" AND job_id IN ({_marks(where.job_ids)})"
                 params.extend(where.job_ids)
             sql += " ORDER BY change_id LIMIT ?"
-            params.append(limit)
-            rows = [ChangeRow(*r) for r in conn.execute(sql, params)]
-            through = rows[-1].change_id if len(rows) == limit else _change_position(conn)
-            return rows, max(through, after)
+            params.append(limit + 1)
+            with closing(conn.execute(sql, params)) as cursor:
+                sized = (sized_change(ChangeRow._make(row)) for row in cursor)
+                page, more = fill_page(sized, message_size, max_count=limit, max_bytes=max_bytes)
+            return change_page(page, more, _change_position(conn), after)
 
-        rows, through = await self._engine.read(work)
-        return ChangePage([change_from_row(row) for row in rows], through)
+        return await self._engine.read(work)
 
     # -- internals ---------------------------------------------------------------
 
@@ -625,20 +654,21 @@ def _lease(
     now = now_us()
     _settle(conn, effects, now, _Scope(scope.namespace, scope.queue, ()))
     where, params = scope.sql()
-    rows = [
-        leased_row(JobRow._make(row), worker_id, lease_us, now)
-        for row in conn.execute(
+    with closing(
+        conn.execute(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 2{where}"
             " ORDER BY priority DESC, seq LIMIT ?",
             [*params, count],
         )
-    ]
+    ) as cursor:
+        batch = lease_batch(map(JobRow._make, cursor), worker_id, lease_us, now, count)
+    rows = [row for row, _ in batch]
     conn.executemany(
         _LEASE_JOB,
         [(row.attempt, row.lease_id, worker_id, row.lease_expire, now, row.seq) for row in rows],
     )
     _record_all(conn, effects, rows, AVAILABLE, now)
-    leased = [LeasedJob(row.namespace, job_from_row(row, now)) for row in rows]
+    leased = [LeasedJob(row.namespace, job) for row, job in batch]
     next_due = None if leased else _next_due(conn, now, scope)
     return LeaseResult(leased, next_due)
 
