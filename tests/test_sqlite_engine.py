@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -200,10 +201,48 @@ async def test_a_schema_newer_than_the_code_refuses_to_open(tmp_path: Path) -> N
         await SQLiteEngine(path, MIGRATIONS).open()
 
 
-async def test_a_second_engine_on_the_same_file_fails_fast(engine: SQLiteEngine) -> None:
+def hard_link(path: Path) -> Path:
+    other = path.with_name("hard-link.sqlite")
+    os.link(path, other)
+    return other
+
+
+def symlink(path: Path) -> Path:
+    other = path.with_name("symlink.sqlite")
+    other.symlink_to(path)
+    return other
+
+
+@pytest.mark.parametrize(
+    "other_name",
+    [
+        pytest.param(lambda path: path, id="same-path"),
+        pytest.param(hard_link, id="hard-link"),
+        pytest.param(symlink, id="symlink"),
+    ],
+)
+async def test_a_second_engine_on_the_same_file_fails_fast(
+    engine: SQLiteEngine, other_name: Callable[[Path], Path]
+) -> None:
     assert engine.path is not None
-    with pytest.raises(StoreInUseError, match="in use by another statekeeper process"):
-        await SQLiteEngine(engine.path, MIGRATIONS).open()
+    with pytest.raises(
+        StoreInUseError, match=f"in use by another statekeeper process \\(pid {os.getpid()}\\)"
+    ):
+        await SQLiteEngine(other_name(engine.path), MIGRATIONS).open()
+    await engine.write(insert("still served"))
+
+
+async def test_a_refused_open_releases_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    grown = {**MIGRATIONS, "items": [*MIGRATIONS["items"], ["ALTER TABLE items ADD COLUMN n"]]}
+    newer = SQLiteEngine(path, grown)
+    await newer.open()
+    await newer.close()
+    with pytest.raises(SchemaTooNewError):
+        await SQLiteEngine(path, MIGRATIONS).open()
+    again = SQLiteEngine(path, grown)
+    await again.open()
+    await again.close()
 
 
 async def test_the_file_is_free_again_after_close(tmp_path: Path) -> None:

@@ -23,6 +23,10 @@ A write may name what follows its commit (`on_commit`, waking whoever waits
 for the change): it runs on the event loop in the same callback that
 delivers the group's results, before any writer resumes, so nobody waiting
 for a commit pays for an extra turn of the loop.
+
+One process serves a database file: `open` takes an exclusive lock on the
+file itself (see `_lock_database`), so a second server is refused whatever
+name it reaches the file by.
 """
 
 from __future__ import annotations
@@ -115,12 +119,13 @@ class SQLiteEngine:
     async def open(self) -> None:
         """Lock the file, open the connections and migrate the schema.
 
-        Raises StoreInUseError if another process serves the same file.
+        Raises StoreInUseError if another process (or another engine of this
+        one) serves the same file, by this name or any other.
         """
         self._loop = asyncio.get_running_loop()
         if self._path is not None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = _lock_file(self._path)
+            self._lock_fd = _lock_database(self._path)
         ready: asyncio.Future[None] = self._loop.create_future()
         self._writer = threading.Thread(
             target=self._run_writer, args=(ready,), name="sqlite-writer", daemon=True
@@ -230,6 +235,10 @@ class SQLiteEngine:
             self._conn = self._connect()
             _migrate(self._conn, self._migrations)
         except BaseException as exc:
+            # Closed here, before `open` releases the file lock (see _lock_database).
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
             loop.call_soon_threadsafe(_settle, ready, (False, exc))
             return
         loop.call_soon_threadsafe(_settle, ready, (True, None))
@@ -349,22 +358,51 @@ def _settle_all(batch: list[_Op]) -> None:
         _settle(op.future, op.outcome)
 
 
-def _lock_file(path: Path) -> int:
-    """Hold an exclusive lock on `<db>.lock` for the life of the process."""
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+def _lock_database(path: Path) -> int:
+    """Hold an exclusive lock on the database file itself; the descriptor holding it.
+
+    The lock is taken on the file (its inode), not on a name beside it, so a
+    second server is refused whether it names the file by the same path, a
+    hard link or a symlink; each of those would otherwise open its own WAL
+    and corrupt the store.
+
+    It is a `flock` lock. SQLite locks the file with POSIX record locks
+    (`fcntl`), which on Linux are independent of `flock` locks, so this one
+    never gets in SQLite's way. But a process drops every POSIX lock it
+    holds on a file when it closes any descriptor of that file, so the
+    descriptor returned here must stay open until every SQLite connection
+    to the file is closed, or closing it would silently drop SQLite's
+    locks. (On NFS Linux emulates `flock` with POSIX locks; a file store
+    does not work there anyway, WAL mode needs local shared memory.)
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        holder = _flock_holder(fd)
         os.close(fd)
         raise StoreInUseError(
-            f"{path} is in use by another statekeeper process (pid {holder}); "
-            "each file store is served by exactly one process"
+            f"{path} is in use by another statekeeper process"
+            f"{f' (pid {holder})' if holder else ''}, perhaps under another name"
+            " (a hard link or symlink); each file store is served by exactly one process"
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The pid holding a `flock` lock on the file of `fd`, from /proc/locks (Linux); None
+    when it cannot tell."""
+    info = os.fstat(fd)
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _migrate(conn: sqlite3.Connection, migrations: Migrations) -> None:
