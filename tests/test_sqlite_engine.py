@@ -1,8 +1,10 @@
-"""The SQLite engine: group commit, isolation of failed writes, schema, locking."""
+"""The SQLite engine: group commit, isolation of failed writes, schema, locking,
+and failures in plain words."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -17,6 +19,7 @@ from statekeeper_server.stores.sqlite.engine import (
     SQLiteEngine,
     StoreInUseError,
 )
+from tests.test_store_faults import assert_plain
 
 MIGRATIONS = {"items": [["CREATE TABLE items (name TEXT PRIMARY KEY)"]]}
 
@@ -137,12 +140,33 @@ async def test_a_failing_on_commit_leaves_the_write_acknowledged(engine: SQLiteE
     assert await engine.read(names) == ["kept"]
 
 
-async def test_a_sqlite_error_in_a_write_is_unavailable(engine: SQLiteEngine) -> None:
+async def test_a_sqlite_error_in_a_write_is_unavailable_in_plain_words(
+    engine: SQLiteEngine, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO no_such_table VALUES (1)")
 
-    with pytest.raises(Unavailable):
+    with caplog.at_level(logging.WARNING), pytest.raises(Unavailable) as raised:
         await engine.write(broken)
+    assert raised.value.reason == "STORE_UNAVAILABLE"
+    assert_plain(raised.value.message)
+    assert "no such table: no_such_table" in caplog.text
+
+
+def refuse_writes(conn: sqlite3.Connection) -> None:
+    """Make the writer's connection refuse every change from now on, as a database
+    file that turned read-only would (even the BEGIN of the next group fails)."""
+    conn.execute("PRAGMA query_only = ON")
+
+
+async def test_a_write_the_database_refuses_is_unavailable_in_plain_words(
+    engine: SQLiteEngine,
+) -> None:
+    await engine.write(refuse_writes)
+    with pytest.raises(Unavailable) as raised:
+        await engine.write(insert("refused"))
+    assert raised.value.reason == "STORE_UNAVAILABLE"
+    assert raised.value.message == "the store's database cannot be written"
 
 
 async def test_writes_are_durable_once_acknowledged(tmp_path: Path) -> None:

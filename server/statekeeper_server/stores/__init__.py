@@ -2,10 +2,18 @@
 
 `open_store(url)` returns a `Store`: one object per family of state, all
 sharing one backend, plus the backend's lifecycle.
+
+A failure of a backend reaches callers as `Unavailable` with a reason code
+and a plain message that says what happened (no SQL, driver text, file path
+or class name); the details go to the server log through `FailureLog`,
+which keeps a store that is down from flooding it.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +45,41 @@ class Store:
 
 
 class StoreURLError(ValueError):
-    """The store URL names no known backend."""
+    """The store URL names no known backend, or has an invalid option."""
+
+
+class FailureLog:
+    """Logs store failures with their details, without flooding the log.
+
+    Failures are grouped by `kind` (the plain message the caller gets). The
+    first failure of a kind is logged at once; later ones of that kind only
+    once every `every` seconds, saying how many were held back meanwhile. So
+    a store that is down costs a few lines a minute, however many calls fail.
+    Safe to use from any thread.
+    """
+
+    def __init__(self, logger: logging.Logger, every: float = 30.0) -> None:
+        self._logger = logger
+        self._every = every
+        self._lock = threading.Lock()
+        self._next_line: dict[str, float] = {}
+        self._held_back: dict[str, int] = {}
+
+    def report(self, kind: str, detail: str) -> None:
+        """Log one failure of `kind`, with the `detail` only the server log may see."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_line.get(kind, 0.0):
+                self._held_back[kind] = self._held_back.get(kind, 0) + 1
+                return
+            self._next_line[kind] = now + self._every
+            held_back = self._held_back.pop(kind, 0)
+        if held_back:
+            self._logger.warning(
+                "%s: %s (and %d more like it since the last line)", kind, detail, held_back
+            )
+        else:
+            self._logger.warning("%s: %s", kind, detail)
 
 
 async def open_store(url: str, settings: Settings | None = None) -> Store:
@@ -61,6 +103,8 @@ async def open_store(url: str, settings: Settings | None = None) -> Store:
         from statekeeper_server.stores.postgres import open_postgres_store
 
         return await open_postgres_store(url, settings)
+    # A password can only follow a colon: name the URL up to its first one.
+    scheme = url.split(":", 1)[0]
     raise StoreURLError(
-        f"unknown store URL {url!r}: use memory:, file:PATH or postgresql://user@host/db"
+        f"unknown store URL scheme {scheme!r}: use memory:, file:PATH or postgresql://user@host/db"
     )

@@ -2,12 +2,20 @@
 
 Families run their SQL through `PostgresEngine.transaction()` or the
 one-statement helpers (`fetch`, `fetchrow`, `fetchval`, `execute`). All of
-them turn a failure of the database, or of the connection to it, into
-`Unavailable` (reason STORE_UNAVAILABLE; STORE_TIMEOUT for a statement
-that ran past the statement timeout; STORE_CONFLICT for a deadlock or
-serialization failure), so callers see UNAVAILABLE and never INTERNAL while
-PostgreSQL is down. The pool replaces closed connections on the next call,
-so the store serves again by itself once the database is back.
+them turn a failure of the database, of the connection to it or of the
+driver into `Unavailable` (reason STORE_UNAVAILABLE; STORE_TIMEOUT for a
+statement that ran past the statement timeout; STORE_CONFLICT for a deadlock
+or serialization failure), so callers see UNAVAILABLE and never INTERNAL
+while PostgreSQL is down or restarting. The message says what happened in
+plain words; the driver's text goes to the server log (`store_error`).
+
+A connection goes back to the pool only when it is certainly waiting for
+its next statement (see `_connection`); one that may be in any other state
+(lost, broken by a protocol error, or with a statement still in flight
+because the caller was cancelled or timed out) is closed instead, so no
+call is ever handed a busy or broken connection. The pool replaces closed
+connections on the next call, so the store serves again by itself once the
+database is back.
 
 Options come from the URL's query string (`schema`, `pool_size`,
 `statement_timeout`, `connect_timeout`, in seconds), falling back to the
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import secrets
 import urllib.parse
@@ -31,12 +40,15 @@ import asyncpg
 from statekeeper_server.config import Settings
 from statekeeper_server.errors import ServiceError, Unavailable
 from statekeeper_server.notifier import Notifier
-from statekeeper_server.stores import StoreURLError
+from statekeeper_server.stores import FailureLog, StoreURLError
 from statekeeper_server.stores.postgres.migrations import Migrations, migrate
 from statekeeper_server.stores.postgres.notify import Listener, close_quietly, encode_payload
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
+
+log = logging.getLogger(__name__)
+failures = FailureLog(log)
 
 SCHEMA_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,49}")
 """Schema names: lowercase, short enough that `<schema>_changes` is a valid channel."""
@@ -128,29 +140,117 @@ def milliseconds(seconds: float) -> str:
     return str(max(1, round(seconds * 1000)) if seconds > 0 else 0)
 
 
-_UNREACHABLE = (
-    asyncpg.exceptions.PostgresConnectionError,  # connection lost or refused (SQLSTATE 08)
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up (57P0x)
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full (53)
-    asyncpg.exceptions.ReadOnlySQLTransactionError,  # reached a standby after a failover
-    asyncpg.exceptions.InterfaceError,  # used a connection or pool that closed
-    OSError,  # refused, reset, unreachable host
-    asyncio.TimeoutError,  # no connection or answer in time
-)
 _CODE_FAULTS = (asyncpg.exceptions.DataError, asyncpg.exceptions.ClientConfigurationError)
-"""InterfaceErrors that are mistakes of the code, not of the database."""
+"""Driver errors that are mistakes of the code (a wrong argument or option), not failures."""
+
+_FAILURES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str, str], ...] = (
+    (
+        asyncpg.exceptions.QueryCanceledError,  # ran past statement_timeout (57014)
+        "STORE_TIMEOUT",
+        "a statement ran past the store's time limit",
+    ),
+    (
+        asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure (40)
+        "STORE_CONFLICT",
+        "the store aborted a transaction that conflicted with another; nothing was changed",
+    ),
+    (
+        asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby, reached after a failover
+        "STORE_UNAVAILABLE",
+        "the store's database accepts no writes",
+    ),
+    (
+        asyncpg.exceptions.InsufficientResourcesError,  # disk full, out of memory (53)
+        "STORE_UNAVAILABLE",
+        "the store's database is out of disk space, memory or connections",
+    ),
+    (
+        (
+            asyncpg.exceptions.InsufficientPrivilegeError,  # 42501
+            asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # bad credentials (28)
+        ),
+        "STORE_UNAVAILABLE",
+        "the store's database refused access",
+    ),
+    (
+        asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up (57P0x)
+        "STORE_UNAVAILABLE",
+        "the store's database is shutting down or starting up",
+    ),
+    (
+        TimeoutError,  # no connection or answer in time (before OSError: it is one)
+        "STORE_UNAVAILABLE",
+        "the store's database did not answer in time",
+    ),
+    (
+        (
+            asyncpg.exceptions.PostgresConnectionError,  # connection lost or refused (08)
+            OSError,  # refused, reset, unreachable host
+        ),
+        "STORE_UNAVAILABLE",
+        "the store's database cannot be reached",
+    ),
+    (
+        (
+            asyncpg.exceptions.InterfaceError,  # used a connection that closed or is busy
+            asyncpg.exceptions.InternalClientError,  # the driver lost track of the protocol
+        ),
+        "STORE_UNAVAILABLE",
+        "the connection to the store's database broke",
+    ),
+)
+"""Failures of the database, the connection or the driver: the reason and plain words
+for each, first match wins."""
+
+_SERVER_SIDE_TROUBLE = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+"""Errors the server reports about the connection itself rather than a statement."""
 
 
 def store_error(exc: BaseException) -> ServiceError | None:
-    """What a database failure means to the caller; None for a fault of the code."""
-    detail = str(exc) or type(exc).__name__
-    if isinstance(exc, asyncpg.exceptions.QueryCanceledError):
-        return Unavailable("STORE_TIMEOUT", f"the store cancelled a statement: {detail}")
-    if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
-        return Unavailable("STORE_CONFLICT", f"the store aborted a transaction: {detail}")
-    if isinstance(exc, _UNREACHABLE) and not isinstance(exc, _CODE_FAULTS):
-        return Unavailable("STORE_UNAVAILABLE", f"the store is unavailable: {detail}")
+    """What a database failure means to the caller; None for a fault of the code.
+
+    The caller gets a reason and plain words; the driver's text (which may
+    quote SQL) goes to the server log, rate-limited by `failures`.
+    """
+    if isinstance(exc, _CODE_FAULTS):
+        return None
+    for kinds, reason, message in _FAILURES:
+        if isinstance(exc, kinds):
+            failures.report(message, f"{type(exc).__name__}: {exc}")
+            return Unavailable(reason, message)
     return None
+
+
+def known_idle(conn: PoolConnectionProxy[asyncpg.Record], exc: BaseException | None) -> bool:
+    """Whether `conn` is certainly waiting for its next statement, after a block of work
+    on it ended with `exc` (None: it ended normally).
+
+    It is when the block ended normally, or with an error our own code raised
+    between statements (a ServiceError), or with an error the server reported
+    about a statement (the server then says it is ready for the next one).
+    Anything else (a lost connection, a protocol error, a timeout or a
+    cancellation that may have left a statement in flight) makes it unknown.
+    """
+    if not _is_open(conn) or conn.is_in_transaction():
+        return False
+    if exc is None or isinstance(exc, ServiceError):
+        return True
+    if isinstance(exc, _SERVER_SIDE_TROUBLE) and not isinstance(
+        exc, asyncpg.exceptions.QueryCanceledError
+    ):
+        return False
+    return isinstance(exc, asyncpg.PostgresError)
+
+
+def _is_open(conn: PoolConnectionProxy[asyncpg.Record]) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.exceptions.InterfaceError:
+        # Already released: the connection ended and its cleanup gave the slot back.
+        return False
 
 
 @contextlib.contextmanager
@@ -224,6 +324,8 @@ class PostgresEngine:
         self._origin = secrets.token_hex(4)
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
+        """Discarded connections being closed (held here so the tasks live on)."""
         self.listener = Listener(self._connect, options.channel, self._origin, notifier)
 
     async def open(self) -> None:
@@ -274,9 +376,8 @@ class PostgresEngine:
         Wake-ups requested with `Transaction.notify` are delivered only after
         the commit. Database failures inside the block surface as Unavailable.
         """
-        pool = self._require_pool()
         with mapped_errors():
-            async with pool.acquire() as conn:
+            async with self._connection() as conn:
                 tx = Transaction(conn, self.options.channel, self._origin)
                 async with conn.transaction(isolation=isolation, readonly=readonly):
                     yield tx
@@ -285,27 +386,27 @@ class PostgresEngine:
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """The rows of one statement, run on its own."""
-        pool = self._require_pool()
         with mapped_errors():
-            return await pool.fetch(query, *args)
+            async with self._connection() as conn:
+                return await conn.fetch(query, *args)
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         """The first row of one statement, run on its own."""
-        pool = self._require_pool()
         with mapped_errors():
-            return await pool.fetchrow(query, *args)
+            async with self._connection() as conn:
+                return await conn.fetchrow(query, *args)
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         """The first value of the first row of one statement, run on its own."""
-        pool = self._require_pool()
         with mapped_errors():
-            return await pool.fetchval(query, *args)
+            async with self._connection() as conn:
+                return await conn.fetchval(query, *args)
 
     async def execute(self, query: str, *args: Any) -> str:
         """Run one statement on its own; its status tag, such as "DELETE 1"."""
-        pool = self._require_pool()
         with mapped_errors():
-            return await pool.execute(query, *args)
+            async with self._connection() as conn:
+                return await conn.execute(query, *args)
 
     # -- internals ---------------------------------------------------------
 
@@ -313,6 +414,51 @@ class PostgresEngine:
         if self._closed or self._pool is None:
             raise Unavailable("STORE_CLOSED", "the store is shutting down")
         return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """A pooled connection for the block; back to the pool only if `known_idle`.
+
+        asyncpg's release checks little itself: a connection that is closed
+        goes, one with a cancellation pending waits for it, and then (with
+        our `_keep_session` reset) it is back in the pool, even if a protocol
+        error left it mid-operation. So whatever may have left it in another
+        state closes it instead, in the background: a statement still running
+        is cancelled on the server first (asyncpg's close does that), so it
+        holds no locks, and then the connection ends; within
+        `connect_timeout`, or it is cut.
+        """
+        pool = self._require_pool()
+        conn = await pool.acquire()
+        try:
+            yield conn
+        except BaseException as exc:
+            if known_idle(conn, exc):
+                await pool.release(conn)
+            else:
+                self._discard(conn)
+            raise
+        if known_idle(conn, None):
+            await pool.release(conn)
+        else:
+            self._discard(conn)
+
+    def _discard(self, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+        """Close `conn` for good; the pool opens a new one when it needs one."""
+        if not _is_open(conn):
+            # Finishes the cleanup (which gives the slot back to the pool) if nothing did yet.
+            with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+                conn.terminate()
+            return
+        task = asyncio.get_running_loop().create_task(self._close(conn))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+        try:
+            await conn.close(timeout=self.options.connect_timeout)
+        except Exception as exc:  # close() has cut the connection by then
+            log.debug("closed a discarded connection abruptly: %s", exc)
 
     def _command_timeout(self) -> float | None:
         """How long the client waits for any statement: the server's limit, then

@@ -24,6 +24,10 @@ for the change): it runs on the event loop in the same callback that
 delivers the group's results, before any writer resumes, so nobody waiting
 for a commit pays for an extra turn of the loop.
 
+A failure of SQLite reaches the caller as `Unavailable` with a plain message
+chosen by SQLite's error code (a full disk, an unwritable or damaged file, a
+lock held too long); SQLite's own text goes to the server log only.
+
 One process serves a database file: `open` takes an exclusive lock on the
 file itself (see `_lock_database`), so a second server is refused whatever
 name it reaches the file by.
@@ -45,6 +49,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from statekeeper_server.errors import ServiceError, Unavailable
+from statekeeper_server.stores import FailureLog
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
@@ -53,6 +58,7 @@ Migrations = Mapping[str, Sequence[Sequence[str]]]
 """Per component, its schema steps in order; a step is a list of statements."""
 
 log = logging.getLogger(__name__)
+failures = FailureLog(log)
 
 MAX_BATCH = 512
 READER_THREADS = 2
@@ -79,8 +85,30 @@ class _Op:
 _STOP = object()
 
 
+_FAILURES: dict[int, tuple[str, str]] = {
+    sqlite3.SQLITE_FULL: ("STORE_UNAVAILABLE", "the store's disk is full"),
+    sqlite3.SQLITE_IOERR: ("STORE_UNAVAILABLE", "the store cannot read or write its database"),
+    sqlite3.SQLITE_READONLY: ("STORE_UNAVAILABLE", "the store's database cannot be written"),
+    sqlite3.SQLITE_CANTOPEN: ("STORE_UNAVAILABLE", "the store cannot open its database"),
+    sqlite3.SQLITE_PERM: ("STORE_UNAVAILABLE", "the store may not use its database"),
+    sqlite3.SQLITE_CORRUPT: ("STORE_UNAVAILABLE", "the store's database is damaged"),
+    sqlite3.SQLITE_NOTADB: ("STORE_UNAVAILABLE", "the store's database is damaged"),
+    sqlite3.SQLITE_NOMEM: ("STORE_UNAVAILABLE", "the store ran out of memory"),
+    sqlite3.SQLITE_BUSY: ("STORE_TIMEOUT", "the store's database stayed locked too long"),
+    sqlite3.SQLITE_LOCKED: ("STORE_TIMEOUT", "the store's database stayed locked too long"),
+}
+"""Plain words for SQLite's primary error codes; any other code is a failed statement."""
+
+_FAILED_STATEMENT = ("STORE_UNAVAILABLE", "the store failed to run a statement")
+
+
 def _unavailable(exc: sqlite3.Error) -> ServiceError:
-    return Unavailable("STORE_UNAVAILABLE", f"the store failed: {exc}")
+    """What `exc` means to the caller, in plain words; SQLite's text goes to the log."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    reason, message = _FAILURES.get(code & 0xFF, _FAILED_STATEMENT) if code else _FAILED_STATEMENT
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    failures.report(message, f"{name}: {exc}")
+    return Unavailable(reason, message)
 
 
 class SQLiteEngine:
@@ -226,6 +254,7 @@ class SQLiteEngine:
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            _roll_back(conn)
             raise _unavailable(exc) from exc
 
     def _run_writer(self, ready: asyncio.Future[None]) -> None:
@@ -276,12 +305,11 @@ class SQLiteEngine:
                 conn.execute("COMMIT")
                 self.transactions += 1
             except sqlite3.Error as exc:
-                log.error("group commit of %d writes failed: %s", len(writes), exc)
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                failed = _unavailable(exc)
+                _roll_back(conn)
                 self.rollbacks += 1
                 for op in writes:
-                    op.outcome = (False, _unavailable(exc))
+                    op.outcome = (False, Unavailable(failed.reason, failed.message))
         for op in batch:
             if op.is_read:
                 op.outcome = _run_plain(conn, op.work)
@@ -356,6 +384,17 @@ def _settle_all(batch: list[_Op]) -> None:
                 log.exception("the follow-up of a committed write failed")
     for op in batch:
         _settle(op.future, op.outcome)
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """End the open transaction, if any, without letting a failure stop the writer."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        # SQLite rolls back by itself what it cannot keep; the next BEGIN tells.
+        _unavailable(exc)
 
 
 def _lock_database(path: Path) -> int:
