@@ -7,6 +7,7 @@ tests never collide on a port.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import signal
@@ -22,7 +23,12 @@ from statekeeper_server.config import Settings
 
 @contextlib.asynccontextmanager
 async def running_app(store_url: str, **settings: object) -> AsyncIterator[Application]:
-    """An Application serving `store_url` on a free port of 127.0.0.1."""
+    """An Application serving `store_url` on a free port of 127.0.0.1.
+
+    Its grace period is half a second unless given: a test's calls are over
+    when it stops the server, and a short grace keeps the drain short.
+    """
+    settings.setdefault("grace_period", 0.5)
     app = Application(Settings(listen="127.0.0.1:0", store=store_url, **settings))  # type: ignore[arg-type]
     await app.start()
     try:
@@ -32,15 +38,23 @@ async def running_app(store_url: str, **settings: object) -> AsyncIterator[Appli
 
 
 class ServerProcess:
-    """`statekeeper serve` in its own process, for restarts and crashes."""
+    """`statekeeper serve` in its own process, for restarts and crashes.
 
-    def __init__(self, store_url: str, *extra_args: str) -> None:
+    By default the server's stderr is echoed to the test's stderr. With
+    `capture_log=True` every line it writes (startup included) is kept in
+    `log` instead, undecodable bytes escaped, so a test can inspect it.
+    """
+
+    def __init__(self, store_url: str, *extra_args: str, capture_log: bool = False) -> None:
         self.store_url = store_url
         self.extra_args = extra_args
+        self.capture_log = capture_log
         self.port = 0
         self.process: subprocess.Popen[str] | None = None
         self.startup_log: list[str] = []
         """What the server wrote to stderr until it was listening."""
+        self.log: list[str] = []
+        """With `capture_log`: every line the server wrote to stderr, in order."""
 
     @property
     def target(self) -> str:
@@ -70,6 +84,15 @@ class ServerProcess:
         )
         self.port = listen_port
         assert self.process.stderr is not None
+        if self.capture_log:
+            # Keep every byte the server wrote: no newline translation (a stray
+            # carriage return stays visible), undecodable bytes escaped.
+            self.process.stderr = io.TextIOWrapper(
+                self.process.stderr.detach(),
+                encoding="utf-8",
+                errors="backslashreplace",
+                newline="",
+            )
         deadline = time.monotonic() + 20
         lines: list[str] = []
         for line in self.process.stderr:
@@ -81,8 +104,20 @@ class ServerProcess:
         else:
             raise RuntimeError("server exited before serving:\n" + "".join(lines))
         self.startup_log = lines
-        _drain(self.process)
+        if self.capture_log:
+            self.log.extend(lines)
+            _drain(self.process, self.log)
+        else:
+            _drain(self.process)
         return self
+
+    def rss_bytes(self) -> int:
+        """The resident memory of the running server process, in bytes (Linux)."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kib = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        assert kib is not None, "no VmRSS in /proc status"
+        return int(kib.group(1)) * 1024
 
     def kill(self) -> None:
         """SIGKILL: the process dies with no chance to clean up."""
@@ -103,14 +138,20 @@ class ServerProcess:
             self.process.wait(10)
 
 
-def _drain(process: subprocess.Popen[str]) -> None:
-    """Keep reading the server's stderr so its log lines never block it."""
+def _drain(process: subprocess.Popen[str], into: list[str] | None = None) -> None:
+    """Keep reading the server's stderr so its log lines never block it.
+
+    Lines are echoed to our stderr, or appended to `into` when given.
+    """
     import threading
 
     def pump() -> None:
         assert process.stderr is not None
         for line in process.stderr:
-            sys.stderr.write("[server] " + line)
+            if into is None:
+                sys.stderr.write("[server] " + line)
+            else:
+                into.append(line)
 
     threading.Thread(target=pump, daemon=True).start()
 
