@@ -1,5 +1,5 @@
 """The SQLite engine: group commit, isolation of failed writes, schema, locking,
-and failures in plain words."""
+failures in plain words, and the write check of health."""
 
 from __future__ import annotations
 
@@ -15,13 +15,17 @@ import pytest
 
 from statekeeper_server.errors import InvalidArgument, Unavailable
 from statekeeper_server.stores.sqlite.engine import (
+    HEALTH_MIGRATIONS,
     SchemaTooNewError,
     SQLiteEngine,
     StoreInUseError,
 )
 from tests.test_store_faults import assert_plain
 
-MIGRATIONS = {"items": [["CREATE TABLE items (name TEXT PRIMARY KEY)"]]}
+MIGRATIONS = {
+    "items": [["CREATE TABLE items (name TEXT PRIMARY KEY)"]],
+    "health": HEALTH_MIGRATIONS,
+}
 
 
 def insert(name: str) -> Callable[[sqlite3.Connection], str]:
@@ -169,6 +173,22 @@ async def test_a_write_the_database_refuses_is_unavailable_in_plain_words(
     assert raised.value.message == "the store's database cannot be written"
 
 
+async def test_the_write_check_commits_through_the_writer(engine: SQLiteEngine) -> None:
+    committed = engine.transactions
+    await engine.check_writes()
+    assert engine.transactions == committed + 1
+
+
+async def test_the_write_check_fails_while_the_database_refuses_writes(
+    engine: SQLiteEngine,
+) -> None:
+    await engine.check_writes()
+    await engine.write(refuse_writes)
+    with pytest.raises(Unavailable):
+        await engine.check_writes()
+    assert await engine.read(names) == []  # reads still work
+
+
 async def test_writes_are_durable_once_acknowledged(tmp_path: Path) -> None:
     engine = SQLiteEngine(tmp_path / "db.sqlite", MIGRATIONS)
     await engine.open()
@@ -194,7 +214,7 @@ async def test_schema_versions_are_recorded_per_component(engine: SQLiteEngine) 
     def versions(conn: sqlite3.Connection) -> list[tuple[str, int]]:
         return list(conn.execute("SELECT component, version FROM schema_migrations"))
 
-    assert await engine.read(versions) == [("items", 1)]
+    assert sorted(await engine.read(versions)) == [("health", 1), ("items", 1)]
 
 
 async def test_reopening_applies_only_new_migration_steps(tmp_path: Path) -> None:

@@ -150,25 +150,32 @@ class Application:
             await self._health.set(name, status)
 
     async def _watch_store(self, store: Store) -> None:
-        """Keep health in step with whether the store answers.
+        """Keep health in step with whether the store serves reads and writes.
 
-        A ping that fails in any way, or takes longer than a check interval
-        (at least PING_DEADLINE_FLOOR), means the store is not answering: a
-        database that went silent without closing its connections must turn
-        health NOT_SERVING too, and nothing a ping raises may end the watch.
+        Every check interval the store must answer a read (`ping`) and commit
+        a tiny write (`check_writes`, which goes the way every write goes),
+        both within the interval (at least PING_DEADLINE_FLOOR). A check that
+        fails in any way or takes longer turns health NOT_SERVING until one
+        passes again: a database that went silent without closing its
+        connections, a full disk and a read-only database all take the
+        server out of rotation. Nothing a check raises may end the watch.
         """
         interval = self.settings.health_check_interval
+        deadline = max(interval, PING_DEADLINE_FLOOR)
         healthy = True
         while True:
             await asyncio.sleep(interval)
             try:
-                async with asyncio.timeout(max(interval, PING_DEADLINE_FLOOR)):
+                async with asyncio.timeout(deadline):
                     await store.ping()
+                    await store.check_writes()
                 now_healthy = True
             except Exception as exc:
                 now_healthy = False
                 if healthy:
-                    log.warning("store is not answering: %s", str(exc) or type(exc).__name__)
+                    log.warning(
+                        "store cannot serve: %s", str(exc) or f"no answer within {deadline:g} s"
+                    )
             if now_healthy != healthy and not self.stopping.is_set():
                 healthy = now_healthy
                 await self._set_health(SERVING if healthy else NOT_SERVING)

@@ -1,7 +1,7 @@
 """Storage backends behind one URL: `memory:`, `file:PATH`, `postgresql://...`.
 
 `open_store(url)` returns a `Store`: one object per family of state, all
-sharing one backend, plus the backend's lifecycle.
+sharing one backend, plus the backend's lifecycle and health checks.
 
 A failure of a backend reaches callers as `Unavailable` with a reason code
 and a plain message that says what happened (no SQL, driver text, file path
@@ -31,8 +31,12 @@ class Store:
     """Every family of state on one backend.
 
     `notifier` wakes waiters after commits (and, on PostgreSQL, after commits
-    made by other replicas). `close` releases the backend; `ping` raises if
-    the backend cannot serve.
+    made by other replicas). `close` releases the backend. `ping` raises
+    unless the backend answers a read; `check_writes` raises unless it
+    commits a write (one tiny row, through the same path as every write), so
+    a store that answers but cannot write (a full disk, a read-only file or
+    database) is found out too. Both raise Unavailable for a failure of the
+    backend.
     """
 
     snapshots: SnapshotStore
@@ -42,6 +46,7 @@ class Store:
     notifier: Notifier
     close: Callable[[], Awaitable[None]]
     ping: Callable[[], Awaitable[None]]
+    check_writes: Callable[[], Awaitable[None]]
 
 
 class StoreURLError(ValueError):

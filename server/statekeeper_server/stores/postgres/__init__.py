@@ -18,7 +18,11 @@ from statekeeper_server.config import Settings
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores import Store
 from statekeeper_server.stores.postgres import checkpoints, events, jobs, snapshots
-from statekeeper_server.stores.postgres.engine import PostgresEngine, PostgresOptions
+from statekeeper_server.stores.postgres.engine import (
+    HEALTH_MIGRATIONS,
+    PostgresEngine,
+    PostgresOptions,
+)
 from statekeeper_server.stores.postgres.migrations import Migrations
 
 MIGRATIONS: Migrations = {
@@ -26,6 +30,7 @@ MIGRATIONS: Migrations = {
     "events": events.MIGRATIONS,
     "jobs": jobs.MIGRATIONS,
     "snapshots": snapshots.MIGRATIONS,
+    "health": HEALTH_MIGRATIONS,
 }
 
 
@@ -48,4 +53,5 @@ async def open_postgres_store(url: str, settings: Settings | None = None) -> Sto
         notifier=notifier,
         close=engine.close,
         ping=engine.ping,
+        check_writes=engine.check_writes,
     )

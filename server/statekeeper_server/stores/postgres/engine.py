@@ -58,6 +58,22 @@ URL_OPTIONS = ("schema", "pool_size", "statement_timeout", "connect_timeout")
 
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 
+HEALTH_MIGRATIONS = [
+    [
+        """CREATE TABLE health_probe (
+            id SMALLINT PRIMARY KEY CHECK (id = 1),
+            written_at TIMESTAMPTZ NOT NULL
+        )""",
+    ],
+]
+"""Schema steps of the `health` component: the row `check_writes` writes.
+A store registers them with its migrations."""
+
+_WRITE_PROBE = (
+    "INSERT INTO health_probe (id, written_at) VALUES (1, now())"
+    " ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at"
+)
+
 
 @dataclass(frozen=True)
 class PostgresOptions:
@@ -366,6 +382,14 @@ class PostgresEngine:
     async def ping(self) -> None:
         """Raise Unavailable unless the database answers a query."""
         await self.fetchval("SELECT 1")
+
+    async def check_writes(self) -> None:
+        """Commit one tiny write (the `health_probe` row); raise Unavailable if the
+        database cannot, as a read-only standby or a database out of disk cannot.
+
+        Needs the `health` component (HEALTH_MIGRATIONS) in the migrations.
+        """
+        await self.execute(_WRITE_PROBE)
 
     @contextlib.asynccontextmanager
     async def transaction(

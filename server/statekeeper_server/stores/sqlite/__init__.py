@@ -8,13 +8,14 @@ from pathlib import Path
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores import Store
 from statekeeper_server.stores.sqlite import checkpoints, events, jobs, snapshots
-from statekeeper_server.stores.sqlite.engine import SQLiteEngine
+from statekeeper_server.stores.sqlite.engine import HEALTH_MIGRATIONS, SQLiteEngine
 
 MIGRATIONS = {
     "snapshots": snapshots.MIGRATIONS,
     "checkpoints": checkpoints.MIGRATIONS,
     "events": events.MIGRATIONS,
     "jobs": jobs.MIGRATIONS,
+    "health": HEALTH_MIGRATIONS,
 }
 
 
@@ -38,4 +39,5 @@ async def open_sqlite_store(path: Path | None) -> Store:
         notifier=notifier,
         close=engine.close,
         ping=ping,
+        check_writes=engine.check_writes,
     )

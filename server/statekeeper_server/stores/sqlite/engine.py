@@ -42,6 +42,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +63,22 @@ failures = FailureLog(log)
 
 MAX_BATCH = 512
 READER_THREADS = 2
+
+HEALTH_MIGRATIONS: Sequence[Sequence[str]] = [
+    [
+        """CREATE TABLE health_probe (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            written_at INTEGER NOT NULL
+        )""",
+    ],
+]
+"""Schema steps of the `health` component: the row `check_writes` writes.
+A store registers them with its migrations."""
+
+_WRITE_PROBE = (
+    "INSERT INTO health_probe (id, written_at) VALUES (1, ?)"
+    " ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at"
+)
 
 
 class StoreInUseError(RuntimeError):
@@ -186,6 +203,16 @@ class SQLiteEngine:
             T,
             await self._submit(work, is_read=False, checks_first=checks_first, on_commit=on_commit),
         )
+
+    async def check_writes(self) -> None:
+        """Commit one tiny write through the writer, as every write goes.
+
+        Returns once the write committed (and, for a file, was fsynced);
+        raises Unavailable if it could not, as when the disk is full or the
+        file cannot be written. Needs the `health` component
+        (HEALTH_MIGRATIONS) in the engine's migrations.
+        """
+        await self.write(_write_probe, checks_first=True)
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` on a consistent snapshot of committed data."""
@@ -395,6 +422,10 @@ def _roll_back(conn: sqlite3.Connection) -> None:
     except sqlite3.Error as exc:
         # SQLite rolls back by itself what it cannot keep; the next BEGIN tells.
         _unavailable(exc)
+
+
+def _write_probe(conn: sqlite3.Connection) -> None:
+    conn.execute(_WRITE_PROBE, (time.time_ns() // 1000,))
 
 
 def _lock_database(path: Path) -> int:
