@@ -319,7 +319,8 @@ async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     pooled connection (no LISTEN, cursor, SET or session-level advisory
     lock; session settings come with the connection), and asyncpg still
     rolls back a transaction left open. The reset query would cost every
-    call one more round trip to the database.
+    call one more round trip to the database. Only connections known to be
+    idle come back this way; any other is closed (see `_connection`).
     """
 
 

@@ -270,7 +270,10 @@ class SQLiteEngine:
     def _read_on_reader(self, work: Work) -> Any:
         conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
         if conn is None:
-            conn = self._connect(read_only=True)
+            try:
+                conn = self._connect(read_only=True)
+            except sqlite3.Error as exc:
+                raise _unavailable(exc) from exc
             self._reader_local.conn = conn
             with self._reader_lock:
                 self._reader_conns.append(conn)
