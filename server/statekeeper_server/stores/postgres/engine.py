@@ -444,14 +444,15 @@ class PostgresEngine:
     async def _connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
         """A pooled connection for the block; back to the pool only if `known_idle`.
 
-        asyncpg's release checks little itself: a connection that is closed
-        goes, one with a cancellation pending waits for it, and then (with
-        our `_keep_session` reset) it is back in the pool, even if a protocol
-        error left it mid-operation. So whatever may have left it in another
-        state closes it instead, in the background: a statement still running
-        is cancelled on the server first (asyncpg's close does that), so it
-        holds no locks, and then the connection ends; within
-        `connect_timeout`, or it is cut.
+        asyncpg's release finishes off a connection that is already closed and
+        waits for a cancellation already requested; otherwise it trusts the
+        reset to fail on a broken connection. Ours (`_keep_session`) sends
+        nothing, so a connection whose protocol was left mid-operation would
+        go back to the pool and fail the next call ("another operation is in
+        progress"). Any connection that may be in such a state is closed
+        instead, in the background: a statement still running is cancelled
+        on the server first (asyncpg's close does that), so it holds no
+        locks, then the connection ends, within `connect_timeout` or cut.
         """
         pool = self._require_pool()
         conn = await pool.acquire()

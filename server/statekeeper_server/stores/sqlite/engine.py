@@ -119,13 +119,18 @@ _FAILURES: dict[int, tuple[str, str]] = {
 _FAILED_STATEMENT = ("STORE_UNAVAILABLE", "the store failed to run a statement")
 
 
-def _unavailable(exc: sqlite3.Error) -> ServiceError:
-    """What `exc` means to the caller, in plain words; SQLite's text goes to the log."""
+def _failure(exc: sqlite3.Error) -> tuple[str, str]:
+    """The reason and plain words for `exc`; SQLite's own text goes to the log."""
     code = getattr(exc, "sqlite_errorcode", None)
     reason, message = _FAILURES.get(code & 0xFF, _FAILED_STATEMENT) if code else _FAILED_STATEMENT
     name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
     failures.report(message, f"{name}: {exc}")
-    return Unavailable(reason, message)
+    return reason, message
+
+
+def _unavailable(exc: sqlite3.Error) -> ServiceError:
+    """What `exc` means to the caller (see `_failure`)."""
+    return Unavailable(*_failure(exc))
 
 
 class SQLiteEngine:
@@ -335,11 +340,11 @@ class SQLiteEngine:
                 conn.execute("COMMIT")
                 self.transactions += 1
             except sqlite3.Error as exc:
-                failed = _unavailable(exc)
+                reason, message = _failure(exc)
                 _roll_back(conn)
                 self.rollbacks += 1
                 for op in writes:
-                    op.outcome = (False, Unavailable(failed.reason, failed.message))
+                    op.outcome = (False, Unavailable(reason, message))
         for op in batch:
             if op.is_read:
                 op.outcome = _run_plain(conn, op.work)
@@ -424,7 +429,7 @@ def _roll_back(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
     except sqlite3.Error as exc:
         # SQLite rolls back by itself what it cannot keep; the next BEGIN tells.
-        _unavailable(exc)
+        _failure(exc)
 
 
 def _write_probe(conn: sqlite3.Connection) -> None:
