@@ -10,6 +10,7 @@ from statekeeper_server.errors import Unavailable
 from statekeeper_server.stores import StoreURLError, open_store
 from statekeeper_server.stores.postgres.engine import PostgresEngine, PostgresOptions
 from tests.postgres_harness import open_engine, terminate_backend
+from tests.test_store_faults import assert_plain
 
 BASE = "postgresql://app:secret@db.example:5433/state"
 
@@ -65,6 +66,13 @@ def test_invalid_options_are_refused_naming_them(query: str) -> None:
         PostgresOptions.from_url(f"{BASE}?{query}", Settings.model_construct())
 
 
+async def test_an_unknown_store_url_is_named_by_its_scheme_alone() -> None:
+    with pytest.raises(StoreURLError) as raised:
+        await open_store("postgresq://app:secret@db.example/state")
+    assert "'postgresq'" in str(raised.value)
+    assert "secret" not in str(raised.value)
+
+
 async def test_the_postgres_scheme_opens_the_same_store(postgres_url: str) -> None:
     store = await open_store(postgres_url.replace("postgresql://", "postgres://", 1))
     try:
@@ -80,6 +88,7 @@ async def test_a_statement_past_the_timeout_is_unavailable_with_store_timeout(
         with pytest.raises(Unavailable) as raised:
             await engine.fetchval("SELECT pg_sleep(5)")
         assert raised.value.reason == "STORE_TIMEOUT"
+        assert_plain(raised.value.message)
 
 
 async def test_a_connection_killed_mid_transaction_is_unavailable_and_then_replaced(
@@ -89,6 +98,7 @@ async def test_a_connection_killed_mid_transaction_is_unavailable_and_then_repla
         with pytest.raises(Unavailable) as raised:
             await run_after_own_backend_is_terminated(engine)
         assert raised.value.reason == "STORE_UNAVAILABLE"
+        assert_plain(raised.value.message)
         assert await engine.fetchval("SELECT 1") == 1
 
 
@@ -116,6 +126,7 @@ async def test_an_unreachable_server_at_start_is_unavailable() -> None:
     with pytest.raises(Unavailable) as raised:
         await open_store("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
     assert raised.value.reason == "STORE_UNAVAILABLE"
+    assert_plain(raised.value.message)
 
 
 async def test_a_connection_goes_back_to_the_pool_without_another_round_trip(

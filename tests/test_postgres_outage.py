@@ -22,6 +22,7 @@ from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores import Store, open_store
 from tests.harness import running_app
 from tests.postgres_harness import TcpProxy, open_engine, schema_url
+from tests.test_store_faults import assert_plain
 
 NS = "default"
 SNAPSHOT = snapshots_pb2.Snapshot(
@@ -65,6 +66,7 @@ async def test_calls_fail_with_unavailable_while_the_database_is_unreachable(
         with pytest.raises(Unavailable) as raised:
             await call
         assert raised.value.reason == "STORE_UNAVAILABLE"
+        assert_plain(raised.value.message)
 
 
 async def test_the_store_serves_again_by_itself_when_the_database_returns(
@@ -124,6 +126,7 @@ async def test_the_server_reports_not_serving_and_unavailable_then_recovers(
             await snapshots.SaveSnapshot(snapshots_pb2.SaveSnapshotRequest(snapshot=SNAPSHOT))
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         assert error_reason(raised.value) == "STORE_UNAVAILABLE"
+        assert_plain(raised.value.details() or "")
         await proxy.start()
         await asyncio.wait_for(
             next_status(watch, health_pb2.HealthCheckResponse.SERVING), WAKE_TIMEOUT
