@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from statekeeper_server.errors import InvalidArgument, Unavailable
+from statekeeper_server.stores import FailureLog
+from statekeeper_server.stores.sqlite import engine as sqlite_engine
 from statekeeper_server.stores.sqlite.engine import (
     HEALTH_MIGRATIONS,
     SchemaTooNewError,
@@ -145,8 +147,11 @@ async def test_a_failing_on_commit_leaves_the_write_acknowledged(engine: SQLiteE
 
 
 async def test_a_sqlite_error_in_a_write_is_unavailable_in_plain_words(
-    engine: SQLiteEngine, caplog: pytest.LogCaptureFixture
+    engine: SQLiteEngine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The caller gets plain words; the server log gets SQLite's text."""
+    monkeypatch.setattr(sqlite_engine, "failures", FailureLog(sqlite_engine.log))
+
     def broken(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO no_such_table VALUES (1)")
 
