@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
 import secrets
 import sys
 import tempfile
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replay", type=int, metavar="REQUEST_SEED", help="send only the request of this seed"
     )
+    parser.add_argument("--json", metavar="PATH", help="also write every violation here (JSON)")
     args = parser.parse_args(argv)
     with store_url(args.store) as url:
         if args.replay is not None:
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         config = FuzzConfig(url, budget=args.budget, seed=seed, workers=args.workers)
         report = asyncio.run(run_fuzz(config))
     print(summary(report))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump([dataclasses.asdict(v) for v in report.violations], out, indent=1)
     return 1 if report.violations else 0
 
 

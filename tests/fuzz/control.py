@@ -1,10 +1,13 @@
-"""A namespace the fuzzer never touches, seeded before and compared after.
+"""Records of every family in a namespace, and a byte-exact dump of a namespace.
 
-`seed_control` stores records of every family in every state they can be
+`seed_records` stores records of every family in every state they can be
 left in (snapshots; open, finished and truncated runs; available,
 scheduled, running, succeeded, dead and cancelled jobs; workflow and agent
-checkpoint histories). `dump_control` reads all of it back through every
-read path as bytes; after fuzzing the dump must be byte-identical.
+checkpoint histories). The fuzzer seeds a control namespace it never
+touches, and `dump_control` reads all of it back through every read path
+as bytes: after fuzzing the dump must be byte-identical. Each fuzz worker
+also seeds its own namespaces, so its requests find records to hit and
+listings long enough to page through.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from statekeeper.v1 import (
 from tests.fuzz.mutations import NAMESPACE_HEADER
 
 QUEUE = "control-queue"
-SNAPSHOT_RUNS = ("ctl-snap-1", "ctl-snap-2", "ctl-snap-3")
+SNAPSHOT_RUNS = ("ctl-snap-1", "ctl-snap-2", "ctl-snap-3", "ctl-snap-4")
 EVENT_RUNS = ("ctl-run-done", "ctl-run-open", "ctl-run-cut")
 WORKFLOW_RUNS = ("ctl-wf-1", "ctl-wf-2")
 AGENTS = ("ctl-agent-1", "ctl-agent-2")
@@ -51,23 +54,27 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
 class _Stubs:
     def __init__(self, channel: grpc.aio.Channel, namespace: str) -> None:
         self.metadata = ((NAMESPACE_HEADER, namespace),)
+        self.responses: list[Message] = []
         self.snapshots = snapshots_pb2_grpc.SnapshotServiceStub(channel)
         self.events = events_pb2_grpc.EventLogServiceStub(channel)
         self.jobs = jobs_pb2_grpc.JobServiceStub(channel)
         self.checkpoints = checkpoints_pb2_grpc.CheckpointServiceStub(channel)
 
     async def __call__(self, method: Callable[..., Awaitable[M]], request: Message) -> M:
-        return await method(request, metadata=self.metadata, timeout=30)
+        response = await method(request, metadata=self.metadata, timeout=30)
+        self.responses.append(response)
+        return response
 
 
-async def seed_control(channel: grpc.aio.Channel, namespace: str) -> None:
-    """Store records of every family and state in `namespace`."""
+async def seed_records(channel: grpc.aio.Channel, namespace: str) -> list[Message]:
+    """Store records of every family and state in `namespace`; the responses of the writes."""
     call = _Stubs(channel, namespace)
     for index, run_id in enumerate(SNAPSHOT_RUNS):
+        last = index == len(SNAPSHOT_RUNS) - 1
         snapshot = snapshots_pb2.Snapshot(
             run_id=run_id,
             session_id="ctl-session",
-            status=snapshots_pb2.RUN_STATUS_RUNNING + index,  # type: ignore[arg-type]
+            status=snapshots_pb2.RUN_STATUS_COMPLETED if last else snapshots_pb2.RUN_STATUS_RUNNING,
             iteration=index,
             total_usage=common_pb2.TokenUsage(input_tokens=10 * index, output_tokens=3),
         )
@@ -135,6 +142,7 @@ async def seed_control(channel: grpc.aio.Channel, namespace: str) -> None:
                 call.checkpoints.PersistAgentCheckpoint,
                 checkpoints_pb2.PersistAgentCheckpointRequest(checkpoint=checkpoint),
             )
+    return call.responses
 
 
 async def _seed_jobs(call: _Stubs) -> None:
@@ -146,6 +154,8 @@ async def _seed_jobs(call: _Stubs) -> None:
         jobs_pb2.EnqueueJobsRequest(
             jobs=[
                 spec("ctl.available", priority=jobs_pb2.JOB_PRIORITY_HIGH),
+                spec("ctl.available", priority=jobs_pb2.JOB_PRIORITY_LOW),
+                spec("ctl.available"),
                 spec("ctl.scheduled", run_after=FAR_FUTURE),
                 spec("ctl.running"),
                 spec("ctl.succeeded"),
@@ -229,7 +239,7 @@ async def dump_control(channel: grpc.aio.Channel, namespace: str) -> dict[str, b
     for page in jobs:
         for job in page.jobs:
             got = await call(call.jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job.job_id))
-            dump[f"GetJob {job.kind}"] = got.SerializeToString(deterministic=True)
+            dump[f"GetJob {job.job_id}"] = got.SerializeToString(deterministic=True)
     stats = await call(call.jobs.GetQueueStats, jobs_pb2.GetQueueStatsRequest(queue=QUEUE))
     for queue in stats.queues:
         queue.ClearField("oldest_available_age")  # grows by itself as time passes

@@ -158,6 +158,12 @@ def _get_value(value: struct_pb2.Value) -> JSON:
     return getattr(value, kind)
 
 
+def _unmatched_filter(rpc: Rpc, field: FieldDescriptor, context: dict[str, Any]) -> bool:
+    """Whether `field` of a List request narrows the listing by a value no known record has."""
+    listing = rpc.name.startswith("List") and field.name not in PAGE_NAMES | {"page_token"}
+    return listing and lookup(context, field.name) is None
+
+
 # -- the builder -----------------------------------------------------------------------
 
 
@@ -170,10 +176,16 @@ class RequestBuilder:
 
     def build(self, rpc: Rpc, rng: Random) -> Message:
         """A request for `rpc` that a careful caller might send."""
-        reuse = rng.random() < 0.8
+        reuse = rng.random() < 0.65
+        next_page = rng.random() < 0.25
         context = self.pool.context(self.picks, set(field_names(rpc.request.DESCRIPTOR)))
         request = rpc.request()
         self.fill(request, rng, context if reuse else {}, rpc, depth=0)
+        page = self.pool.page(self.picks, rpc.path) if next_page else None
+        if page is not None:
+            # Ask for the next page of an earlier listing, as a paging caller does.
+            request.CopyFrom(page.request)
+            request.page_token = page.token  # type: ignore[attr-defined]
         return request
 
     def fill(
@@ -198,6 +210,10 @@ class RequestBuilder:
                 present = True
             elif is_repeated(field):
                 present = True
+            elif depth == 0 and _unmatched_filter(rpc, field, context):
+                # A filter of a listing that no known record would match: often left out,
+                # so listings return several pages (and page tokens) to work with.
+                present = rng.random() < 0.4
             elif field.message_type is not None and field.message_type.full_name in TIME_TYPES:
                 present = rng.random() < 0.3
             elif field.message_type is not None:
@@ -253,15 +269,15 @@ class RequestBuilder:
         kind = field.type
         if kind == FieldDescriptor.TYPE_STRING:
             if name == "page_token":
-                token = self.pool.token(self.picks, rpc.path)
-                return token if rng.random() < 0.5 and token else ""
+                return ""  # the first page; `build` sometimes asks for a next one
             if is_id_name(name) or name in ALIASES:
                 return self._remembered(name, fresh_id(rng), rng, context)
             return plain_text(rng)
         if kind == FieldDescriptor.TYPE_ENUM:
             numbers = [value.number for value in field.enum_type.values]
             nonzero = [number for number in numbers if number != 0] or numbers
-            return rng.choice(nonzero) if rng.random() < 0.95 else rng.choice(numbers)
+            fresh = rng.choice(nonzero) if rng.random() < 0.95 else rng.choice(numbers)
+            return self._remembered(name, fresh, rng, context)
         if kind == FieldDescriptor.TYPE_BOOL:
             return rng.random() < 0.3
         if kind in FLOAT_TYPES:
@@ -269,7 +285,7 @@ class RequestBuilder:
         if kind == FieldDescriptor.TYPE_BYTES:
             return rng.randbytes(rng.randint(0, 16))
         if name in PAGE_NAMES:
-            return rng.choice((0, 1, 2, 3, 5, 50))
+            return rng.choice((1, 1, 1, 2, 2, 3, 0, 50))
         if name in NUMBER_NAMES or name in ALIASES:
             return self._remembered(name, rng.randint(0, 6), rng, context)
         return rng.randint(0, 20)
@@ -277,11 +293,11 @@ class RequestBuilder:
     def _remembered(self, name: str, fresh: Any, rng: Random, context: dict[str, Any]) -> Any:
         """`fresh`, or (usually) a value of this name from the context or the pool."""
         roll = rng.random()
-        if roll < 0.75:
+        if roll < 0.6:
             known = lookup(context, name)
             if known is not None:
                 return known
-        if roll < 0.9:
+        if roll < 0.75:
             seen = self.pool.value(self.picks, name)
             if seen is not None:
                 return seen

@@ -145,8 +145,10 @@ class LeafMutation:
         if not candidates:
             return None
         rng = given.rng
-        count = rng.choice((1, 1, 2, 3))
-        return "; ".join(self.change(request, rng.choice(candidates), given) for _ in range(count))
+        count = min(rng.choice((1, 1, 2, 3)), len(candidates))
+        return "; ".join(
+            self.change(request, path, given) for path in rng.sample(candidates, count)
+        )
 
 
 NUMERIC = frozenset(
@@ -182,8 +184,16 @@ def _boundary(message: Message, path: Path, given: MutationInput) -> str:
 
 
 def _hostile(message: Message, path: Path, given: MutationInput) -> str:
-    """Empty, huge, control characters, newlines, ANSI escapes, NUL, odd Unicode."""
+    """Empty, huge, control characters, newlines, ANSI escapes, NUL, odd Unicode.
+
+    In a string field, or as a key of a JSON object.
+    """
     text = values.hostile_string(given.rng)
+    if _is_json(path[-1]):
+        target = _sub_message(message, path, given.rng)
+        inner = {text: values.json_scalar(given.rng)}
+        set_json(target, values.with_nested(given.rng, get_json(target), inner))
+        return f"{describe(path)} holds key {text[:40]!r} ({len(text)} chars)"
     _set_scalar(message, path, text, given.rng)
     shown = f"{text[:40]!r}{'...' if len(text) > 40 else ''}"
     return f"{describe(path)}={shown} ({len(text)} chars)"
@@ -228,7 +238,7 @@ def _json_change(
         rng = given.rng
         target = _sub_message(message, path, rng)
         made = make(rng)
-        if rng.random() < 0.5:
+        if rng.random() < 0.35:
             made = values.with_nested(rng, get_json(target), made)
         if target.DESCRIPTOR.full_name == "google.protobuf.Struct" and not isinstance(made, dict):
             made = {values.json_key(rng): made}
@@ -239,7 +249,9 @@ def _json_change(
 
 
 def _deep(rng: Random) -> values.JSON:
-    depth = rng.choice((15, 19, 20, 21, 22, 25, 31, 32, 33, 40, 64, 100, 200))
+    # Most around the limits: the service's (20) and where a standard client's
+    # recursion limit of 100 stops decoding a message holding the value (~30).
+    depth = rng.choice((15, 19, 20, 21, 25, 30, 31, 32, 33, 33, 34, 34, 40, 64, 200))
     return values.deep_json(rng, depth)
 
 
@@ -250,11 +262,18 @@ def _wide_label(made: values.JSON) -> str:
 
 
 def _forged_token(message: Message, path: Path, given: MutationInput) -> str:
-    """A page token no server issued: random, deep, wrong-typed or huge position, foreign."""
+    """A page token no server issued: random, deep, wrong-typed or huge position, foreign.
+
+    A position forged inside a real token is sent with the request that earned
+    that token, so the server gets as far as reading the position.
+    """
     pool, picks, path_of_rpc = given.builder.pool, given.builder.picks, given.rpc.path
-    token, how = values.forged_token(
-        given.rng, pool.token(picks, path_of_rpc), pool.foreign_token(picks, path_of_rpc)
+    page = pool.page(picks, path_of_rpc)
+    token, how, from_real = values.forged_token(
+        given.rng, page.token if page else None, pool.foreign_token(picks, path_of_rpc)
     )
+    if from_real and page is not None and len(path) == 1:
+        message.CopyFrom(page.request)
     _set_scalar(message, path, token, given.rng)
     return f"{describe(path)}: {how}"
 
@@ -285,7 +304,7 @@ def _is_string(field: FieldDescriptor) -> bool:
 
 STRUCTURED: dict[str, LeafMutation] = {
     "boundary-scalars": LeafMutation(lambda f: f.cpp_type in NUMERIC, _boundary),
-    "hostile-strings": LeafMutation(_is_string, _hostile),
+    "hostile-strings": LeafMutation(lambda f: _is_string(f) or _is_json(f), _hostile),
     "unknown-enums": LeafMutation(lambda f: f.type == FieldDescriptor.TYPE_ENUM, _unknown_enum),
     "non-finite": LeafMutation(lambda f: f.type in FLOAT_TYPES or _is_json(f), _non_finite),
     "time-range": LeafMutation(lambda f: _message_type(f) in TIME_TYPES, _time),

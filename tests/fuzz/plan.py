@@ -42,7 +42,7 @@ KIND_WEIGHTS: dict[str, int] = {
     "time-range": 6,
     "deep-json": 7,
     "wide-json": 3,
-    "forged-token": 6,
+    "forged-token": 8,
     "oversized-repeated": 2,
     "raw-random": 4,
     "raw-truncated": 4,
@@ -86,6 +86,15 @@ class Planned:
         return len(self.payload) > TRANSPORT_LIMIT_BYTES
 
 
+DESTRUCTIVE_VERBS = ("Delete", "Truncate")
+"""RPCs that remove records are sent less often, so namespaces hold enough to page through."""
+
+
+def rpc_weight(rpc: Rpc) -> float:
+    """How often `rpc` is picked, relative to the others."""
+    return 0.3 if rpc.name.startswith(DESTRUCTIVE_VERBS) else 1.0
+
+
 @cache
 def _kinds(rpc: Rpc) -> list[str]:
     kinds = applicable_kinds(rpc)
@@ -103,7 +112,7 @@ def plan_request(
     unless the header itself is mutated.
     """
     rng = Random(seed)
-    rpc = rng.choice(rpcs)
+    rpc = rng.choices(rpcs, weights=[rpc_weight(rpc) for rpc in rpcs])[0]
     kinds = _kinds(rpc)
     kind = rng.choices(kinds, weights=[KIND_WEIGHTS[kind] for kind in kinds])[0]
     request = builder.build(rpc, rng)

@@ -2,16 +2,19 @@
 
 Every successful response is harvested: ids, seqs and versions by field
 name, each record's ids together (a job's id with its lease id, a
-checkpoint's run with its checkpoint id), and page tokens by RPC. The
+checkpoint's run with its checkpoint id), and page tokens by RPC with the
+request that earned them (its filters are what the token is good for). The
 generator draws from here; each list keeps only its newest entries.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from random import Random
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 WELL_KNOWN = (
@@ -44,13 +47,24 @@ RESERVED = "statekeeper."
 """Queues and kinds with this prefix belong to the server (see jobs.proto)."""
 
 
+@dataclass(frozen=True)
+class Page:
+    """A page token a list call returned, and the request it answered."""
+
+    token: str
+    request: Message
+
+
 def is_id_name(name: str) -> bool:
     """Whether a field of this name holds an id (see common.proto)."""
     return name.endswith(("_id", "_ids")) or name in ID_NAMES or name == "kinds"
 
 
-def _remembered(name: str) -> bool:
-    return is_id_name(name) or name in NUMBER_NAMES
+def _remembered(field: FieldDescriptor) -> bool:
+    """Ids, positions and enum values (a status, a state) are worth reusing."""
+    if field.is_repeated or field.message_type is not None:
+        return False
+    return is_id_name(field.name) or field.name in NUMBER_NAMES or field.enum_type is not None
 
 
 class Pool:
@@ -59,19 +73,20 @@ class Pool:
     def __init__(self) -> None:
         self._values: dict[str, deque[Any]] = {}
         self._contexts: deque[dict[str, Any]] = deque(maxlen=4 * KEEP)
-        self._tokens: dict[str, deque[str]] = {}
+        self._pages: dict[str, deque[Page]] = {}
 
-    def harvest(self, rpc_path: str, message: Message) -> None:
-        """Remember what `message` (a response of `rpc_path`) reveals."""
-        self._walk(rpc_path, message)
+    def harvest(self, rpc_path: str, response: Message, request: Message | None) -> None:
+        """Remember what `response` (to `request` of `rpc_path`) reveals."""
+        token = getattr(response, "next_page_token", "")
+        if token and request is not None:
+            self._pages.setdefault(rpc_path, deque(maxlen=KEEP)).append(Page(token, request))
+        self._walk(response)
 
-    def _walk(self, rpc_path: str, message: Message) -> None:
+    def _walk(self, message: Message) -> None:
         context: dict[str, Any] = {}
         for field, value in message.ListFields():
             if field.message_type is None:
-                if field.name == "next_page_token":
-                    self._tokens.setdefault(rpc_path, deque(maxlen=KEEP)).append(value)
-                elif not field.is_repeated and _remembered(field.name):
+                if _remembered(field):
                     context[field.name] = value
                 continue
             if field.message_type.full_name in WELL_KNOWN:
@@ -79,12 +94,11 @@ class Pool:
             children = value if field.is_repeated else [value]
             if not field.is_repeated:
                 for inner, inner_value in value.ListFields():
-                    scalar = inner.message_type is None and not inner.is_repeated
-                    if scalar and _remembered(inner.name):
+                    if _remembered(inner):
                         context.setdefault(inner.name, inner_value)
             for child in children:
                 if isinstance(child, Message):
-                    self._walk(rpc_path, child)
+                    self._walk(child)
         if any(isinstance(value, str) and value.startswith(RESERVED) for value in context.values()):
             return  # the server's own queue and kinds: callers may not use them
         for name, value in context.items():
@@ -111,17 +125,17 @@ class Pool:
                 return rng.choice(seen)
         return None
 
-    def token(self, rng: Random, rpc_path: str) -> str | None:
-        """A page token that `rpc_path` returned, or None."""
-        seen = self._tokens.get(rpc_path)
+    def page(self, rng: Random, rpc_path: str) -> Page | None:
+        """A page token that `rpc_path` returned, with its request; None if none yet."""
+        seen = self._pages.get(rpc_path)
         return rng.choice(seen) if seen else None
 
     def foreign_token(self, rng: Random, rpc_path: str) -> str | None:
         """A page token that another RPC returned, or None."""
-        others = sorted(path for path, seen in self._tokens.items() if path != rpc_path and seen)
+        others = sorted(path for path, seen in self._pages.items() if path != rpc_path and seen)
         if not others:
             return None
-        return rng.choice(self._tokens[rng.choice(others)])
+        return rng.choice(self._pages[rng.choice(others)]).token
 
 
 def lookup(context: dict[str, Any], name: str) -> Any:

@@ -102,6 +102,10 @@ def violations_text(violations: list[Violation], limit: int = 40) -> str:
         for violation in members:
             by_method.setdefault(violation.method or "(server)", []).append(violation)
         lines += ["", f"* {rule}: {len(members)}x in {len(by_method)} methods"]
+        if list(by_method) == ["(server)"]:
+            details = Counter(v.detail for v in members)
+            lines += [f"    {n}x {detail[:200]}" for detail, n in details.most_common(limit)]
+            continue
         for method, group in list(by_method.items())[:limit]:
             kinds = Counter(v.kind for v in group if v.kind)
             shown_kinds = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common(4))

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from random import Random
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.fuzz.catalog import all_rpcs
 from tests.fuzz.checks import Finding, check_log
-from tests.fuzz.control import compare_dumps, dump_control, seed_control
+from tests.fuzz.control import compare_dumps, dump_control, seed_records
 from tests.fuzz.generator import RequestBuilder
 from tests.fuzz.plan import Planned, plan_request
 from tests.fuzz.pool import Pool
@@ -30,7 +31,7 @@ from tests.fuzz.readback import read_back
 from tests.fuzz.session import Session, Tally, Violation
 from tests.harness import ServerProcess
 
-EPOCH_REQUESTS = 250
+EPOCH_REQUESTS = 400
 """Requests a worker sends into one pair of namespaces before moving to fresh ones."""
 
 
@@ -79,6 +80,13 @@ class _Worker:
         self.picks = Random(run_seed * 1_000_003 + number)
         self.sent = 0
         self.builder = RequestBuilder(Pool(), self.picks)
+        """Builds requests from what this worker's current namespaces revealed."""
+
+    async def _fresh_namespace(self) -> None:
+        """Start over in new namespaces, seeded with records of every family."""
+        self.builder = RequestBuilder(Pool(), self.picks)
+        for response in await seed_records(self.session.channel, self.namespaces[0]):
+            self.builder.pool.harvest("", response, None)
 
     @property
     def namespaces(self) -> tuple[str, str]:
@@ -87,8 +95,8 @@ class _Worker:
 
     async def run(self, seeds: Iterator[int], remaining: Iterator[int]) -> None:
         for _ in remaining:
-            if self.sent and self.sent % EPOCH_REQUESTS == 0:
-                self.builder = RequestBuilder(Pool(), self.picks)
+            if self.sent % EPOCH_REQUESTS == 0:
+                await self._fresh_namespace()
             planned = plan_request(next(seeds), all_rpcs(), self.builder, self.namespaces)
             self.sent += 1
             await exercise(self.session, self.builder.pool, planned)
@@ -99,8 +107,12 @@ async def exercise(session: Session, pool: Pool, planned: Planned) -> None:
     responses = await session.send(planned)
     if responses is None:
         return
+    request = planned.message
+    if request is None:
+        with contextlib.suppress(DecodeError):
+            request = planned.rpc.request.FromString(planned.payload)
     for response in responses:
-        pool.harvest(planned.rpc.path, response)
+        pool.harvest(planned.rpc.path, response, request)
     if planned.rpc.writes and not planned.headers.must_refuse:
         await read_back(session, planned, responses)
 
@@ -132,7 +144,7 @@ async def run_fuzz(config: FuzzConfig) -> FuzzReport:
 async def _fuzz_server(server: ServerProcess, config: FuzzConfig, report: FuzzReport) -> None:
     control = f"control-{config.seed % 1_000_000:06d}"
     async with grpc.aio.insecure_channel(server.target) as channel:
-        await seed_control(channel, control)
+        await seed_records(channel, control)
         before = await dump_control(channel, control)
         report.rss_before = server.rss_bytes()
         session = Session(channel)

@@ -140,11 +140,22 @@ class Session:
                     + ")",
                 ),
                 outcome,
+                via=rpc.short,
             )
         return outcome, decoded
 
-    def record(self, planned: Planned, finding: Finding, outcome: Outcome | None = None) -> None:
-        """Remember a broken rule caused by `planned`."""
+    def record(
+        self,
+        planned: Planned,
+        finding: Finding,
+        outcome: Outcome | None = None,
+        *,
+        via: str = "",
+    ) -> None:
+        """Remember a broken rule caused by `planned` (seen in the answer of `via`, if given)."""
+        status = _status(outcome) if outcome is not None else ""
+        if via:
+            status = f"read back with {via}: {status}"
         self.violations.append(
             Violation(
                 rule=finding.rule,
@@ -155,6 +166,6 @@ class Session:
                 request=planned.shown,
                 note=planned.note,
                 headers=planned.headers.metadata,
-                status=_status(outcome) if outcome is not None else "",
+                status=status,
             )
         )

@@ -160,10 +160,15 @@ def plausible_value(rng: Random) -> JSON:
 
 
 def deep_json(rng: Random, depth: int) -> JSON:
-    """A value nested `depth` levels of objects and lists (`{"a": 1}` is 1 deep)."""
+    """A value nested `depth` levels (`{"a": 1}` is 1 deep): objects only, or mixed with lists.
+
+    Objects only is the deepest in protobuf terms (three message levels per
+    level of JSON, against two for a list).
+    """
     value: JSON = json_scalar(rng)
+    lists = 0.0 if rng.random() < 0.7 else 0.4
     for _ in range(depth):
-        value = {json_key(rng): value} if rng.random() < 0.6 else [value]
+        value = [value] if rng.random() < lists else {json_key(rng): value}
     return value
 
 
@@ -243,15 +248,16 @@ def nested_json_text(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-def forged_token(rng: Random, real: str | None, foreign: str | None) -> tuple[str, str]:
-    """A page token no server issued, and how it was made.
+def forged_token(rng: Random, real: str | None, foreign: str | None) -> tuple[str, str, bool]:
+    """A page token no server issued, how it was made, and whether it was made from `real`.
 
-    `real` is a token this call returned earlier (its filters are kept so
-    the forged position is reached), `foreign` one another call returned.
+    `real` is a token this call returned earlier (its filters are kept, so
+    sent with the request that earned it the forged position is reached),
+    `foreign` one another call returned.
     """
     decoded = decode_token(real) if real else None
     roll = rng.random()
-    if decoded is not None and roll < 0.45:
+    if decoded is not None and roll < 0.6:
         bad_position = rng.choice(
             (
                 '"a string"',
@@ -269,7 +275,7 @@ def forged_token(rng: Random, real: str | None, foreign: str | None) -> tuple[st
                 "true",
                 "1.5",
                 '"' + "x" * 400 + '"',
-                nested_json_text(rng.choice((50, 1000, 5000))),
+                nested_json_text(rng.choice((50, 150, 1000, 5000))),
             )
         )
         position = decoded.get("p")
@@ -278,27 +284,35 @@ def forged_token(rng: Random, real: str | None, foreign: str | None) -> tuple[st
             parts[rng.randrange(len(parts))] = bad_position
             bad_position = "[" + ",".join(parts) + "]"
         filters = json.dumps(decoded.get("f"), separators=(",", ":"))
-        return _b64(f'{{"f":{filters},"p":{bad_position}}}'.encode()), "position " + bad_position[
-            :40
-        ]
-    if foreign and roll < 0.55:
-        return foreign, "another call's token"
+        forged = _b64(f'{{"f":{filters},"p":{bad_position}}}'.encode())
+        return forged, "position " + bad_position[:40], True
+    if foreign and roll < 0.7:
+        return foreign, "another call's token", False
     choice = rng.randrange(7)
     if choice == 0:
-        return _b64(rng.randbytes(rng.randint(1, 300))), "random base64"
+        return _b64(rng.randbytes(rng.randint(1, 300))), "random base64", False
     if choice == 1:
-        depth = rng.choice((1000, 5000, 20_000))
-        return _b64(('{"p":' + nested_json_text(depth) + ',"f":{}}').encode()), f"{depth} deep"
+        depth = rng.choice((150, 1000, 5000, 20_000))
+        return (
+            _b64(('{"p":' + nested_json_text(depth) + ',"f":{}}').encode()),
+            f"{depth} deep",
+            False,
+        )
     if choice == 2:
         depth = rng.choice((1000, 5000))
-        return _b64(("{" + '"a":{' * depth + "}" * depth + "}").encode()), f"{depth} deep object"
+        return (
+            _b64(("{" + '"a":{' * depth + "}" * depth + "}").encode()),
+            f"{depth} deep object",
+            False,
+        )
     if choice == 3:
-        return "x" * rng.choice((511, 512, 513, 10_000)), "overlong"
+        return "x" * rng.choice((511, 512, 513, 10_000)), "overlong", False
     if choice == 4:
-        return rng.choice(("=", "====", "!!", "%00", "a", "ab==", " ", "\u00e9")), "malformed"
+        malformed = rng.choice(("=", "====", "!!", "%00", "a", "ab==", " ", "\u00e9"))
+        return malformed, "malformed", False
     if choice == 5:
-        return _b64(b'{"p":1e999,"f":{}}'), "1e999 without filters"
-    return _b64(b"\xff\xfe\xfd"), "undecodable JSON"
+        return _b64(b'{"p":1e999,"f":{}}'), "1e999 without filters", False
+    return _b64(b"\xff\xfe\xfd"), "undecodable JSON", False
 
 
 def decode_token(token: str) -> dict[str, Any] | None:
