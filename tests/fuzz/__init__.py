@@ -1,0 +1,1 @@
+"""statekeeper's fuzz suite, driven by the service descriptors: see README.md."""

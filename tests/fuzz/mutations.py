@@ -191,7 +191,7 @@ def _hostile(message: Message, path: Path, given: MutationInput) -> str:
     text = values.hostile_string(given.rng)
     if _is_json(path[-1]):
         target = _sub_message(message, path, given.rng)
-        inner = {text: values.json_scalar(given.rng)}
+        inner = {text: values.plausible_value(given.rng)}
         set_json(target, values.with_nested(given.rng, get_json(target), inner))
         return f"{describe(path)} holds key {text[:40]!r} ({len(text)} chars)"
     _set_scalar(message, path, text, given.rng)

@@ -71,7 +71,7 @@ def request_seeds(seed: int) -> Iterator[int]:
         yield master.getrandbits(62)
 
 
-class _Worker:
+class Worker:
     """Sends requests one after another within namespaces of its own."""
 
     def __init__(self, number: int, run_seed: int, session: Session) -> None:
@@ -82,7 +82,7 @@ class _Worker:
         self.builder = RequestBuilder(Pool(), self.picks)
         """Builds requests from what this worker's current namespaces revealed."""
 
-    async def _fresh_namespace(self) -> None:
+    async def fresh_namespace(self) -> None:
         """Start over in new namespaces, seeded with records of every family."""
         self.builder = RequestBuilder(Pool(), self.picks)
         for response in await seed_records(self.session.channel, self.namespaces[0]):
@@ -96,7 +96,7 @@ class _Worker:
     async def run(self, seeds: Iterator[int], remaining: Iterator[int]) -> None:
         for _ in remaining:
             if self.sent % EPOCH_REQUESTS == 0:
-                await self._fresh_namespace()
+                await self.fresh_namespace()
             planned = plan_request(next(seeds), all_rpcs(), self.builder, self.namespaces)
             self.sent += 1
             await exercise(self.session, self.builder.pool, planned)
@@ -150,7 +150,7 @@ async def _fuzz_server(server: ServerProcess, config: FuzzConfig, report: FuzzRe
         session = Session(channel)
         seeds = request_seeds(config.seed)
         remaining = iter(range(config.budget))
-        workers = [_Worker(n, config.seed, session) for n in range(config.workers)]
+        workers = [Worker(n, config.seed, session) for n in range(config.workers)]
         await asyncio.gather(*(worker.run(seeds, remaining) for worker in workers))
         report.tally, report.violations = session.tally, session.violations
         report.rss_after = server.rss_bytes()
@@ -176,19 +176,24 @@ def _violation(finding: Finding) -> Violation:
 
 
 async def replay_seed(store_url: str, seed: int) -> FuzzReport:
-    """Send the request of one seed (with an empty pool) to a fresh server, and check it."""
+    """Send the request of one seed to a fresh server, as a worker's first request, and check it.
+
+    Ids the run reused from earlier responses come out as ids of the freshly
+    seeded namespace (or fresh ones): what was drawn from the seed is the same.
+    """
     report = FuzzReport(FuzzConfig(store_url, budget=1, seed=seed, workers=1))
     server = ServerProcess(store_url, capture_log=True)
     await asyncio.to_thread(server.start)
     try:
         async with grpc.aio.insecure_channel(server.target) as channel:
             session = Session(channel)
-            builder = RequestBuilder(Pool(), Random(seed))
-            planned = plan_request(seed, all_rpcs(), builder, ("fz0-0", "fz0-0-b"))
+            worker = Worker(0, seed, session)
+            await worker.fresh_namespace()
+            planned = plan_request(seed, all_rpcs(), worker.builder, worker.namespaces)
             print(f"seed {seed}: {planned.rpc.short} [{planned.kind}] {planned.note}")
             print(f"  headers: {list(planned.headers.metadata)}")
             print(f"  request: {planned.shown}")
-            await exercise(session, builder.pool, planned)
+            await exercise(session, worker.builder.pool, planned)
             report.tally, report.violations = session.tally, session.violations
     finally:
         with contextlib.suppress(Exception):

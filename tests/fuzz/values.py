@@ -234,6 +234,9 @@ def hostile_string(rng: Random) -> str:
         return rng.choice(HOSTILE_STRINGS)
     if roll < 0.85:
         return "a" * rng.choice((256, 257, 4096, 65_537, 1_048_577))
+    if roll < 0.87:
+        # Around the largest request accepted (4 MiB by default): just under, just over.
+        return "a" * rng.choice((4 * 1024 * 1024 - 2048, 4 * 1024 * 1024 + 65_536))
     return "".join(chr(rng.randint(1, 0x2FFF)) for _ in range(rng.randint(1, 40))).replace(
         "\ud800", ""
     )
