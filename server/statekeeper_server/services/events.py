@@ -205,10 +205,18 @@ class EventLogServicer:
                         ahead = asyncio.ensure_future(
                             self._read(namespace, run_id, page.through_seq)
                         )
-                    for chunk in split_by_size(page.envelopes, len, REPLAY_MESSAGE_BYTES):
-                        yield replay_batch_message(chunk)
+                    messages = [
+                        replay_batch_message(chunk)
+                        for chunk in split_by_size(page.envelopes, len, REPLAY_MESSAGE_BYTES)
+                    ]
+                    through_seq = page.through_seq
+                    # While a follower that stops reading blocks a send, it holds only the
+                    # page's messages (and the read ahead), not the envelopes too.
+                    del page
+                    while messages:
+                        yield messages.pop(0)
                         last_sent = loop.time()
-                    position = page.through_seq
+                    position = through_seq
                     if position < run.last_seq:
                         continue
                 if not caught_up:
