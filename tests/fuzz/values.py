@@ -237,9 +237,7 @@ def hostile_string(rng: Random) -> str:
     if roll < 0.87:
         # Around the largest request accepted (4 MiB by default): just under, just over.
         return "a" * rng.choice((4 * 1024 * 1024 - 2048, 4 * 1024 * 1024 + 65_536))
-    return "".join(chr(rng.randint(1, 0x2FFF)) for _ in range(rng.randint(1, 40))).replace(
-        "\ud800", ""
-    )
+    return scrub("".join(chr(rng.randint(1, 0x2FFF)) for _ in range(rng.randint(1, 40))))
 
 
 def _b64(raw: bytes) -> str:
