@@ -30,7 +30,9 @@ LEAK_PATTERNS: dict[str, re.Pattern[str]] = {
         r"|(?i:\bsqlite\b|\basyncpg\b|\bpsycopg|too many \w+ variables|no such (?:table|column)"
         r"|database is locked|UNIQUE constraint|syntax error at|relation \"|duplicate key value"
         r"|invalid input syntax|out of range for type|numeric field overflow"
-        r"|value too long for type|violates \w+ constraint)"
+        r"|value too long for type|violates \w+ constraint|expression tree is too large"
+        r"|string or blob too big|parser stack overflow|datatype mismatch|no such function"
+        r"|could not determine data type|invalid input for query argument|query argument \$\d)"
     ),
 }
 
