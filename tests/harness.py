@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 from statekeeper_server.app import Application
 from statekeeper_server.config import Settings
@@ -88,7 +89,7 @@ class ServerProcess:
             # Keep every byte the server wrote: no newline translation (a stray
             # carriage return stays visible), undecodable bytes escaped.
             self.process.stderr = io.TextIOWrapper(
-                self.process.stderr.detach(),
+                cast(io.TextIOWrapper, self.process.stderr).detach(),
                 encoding="utf-8",
                 errors="backslashreplace",
                 newline="",

@@ -93,10 +93,11 @@ async def _unary(
     deadline: float,
 ) -> Outcome:
     if rpc.client_streaming:
-        method = channel.stream_unary(rpc.path)
-        response = await method(iter([payload]), metadata=metadata, timeout=deadline)
+        sender: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(rpc.path)
+        response = await sender(iter([payload]), metadata=metadata, timeout=deadline)
     else:
-        response = await channel.unary_unary(rpc.path)(payload, metadata=metadata, timeout=deadline)
+        method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(rpc.path)
+        response = await method(payload, metadata=metadata, timeout=deadline)
     return Outcome(code=grpc.StatusCode.OK, responses=[response])
 
 
@@ -109,10 +110,13 @@ async def _stream(
     idle_wait: float,
     enough: Callable[[bytes], bool] | None,
 ) -> Outcome:
+    call: grpc.aio.StreamStreamCall[bytes, bytes] | grpc.aio.UnaryStreamCall[bytes, bytes]
     if rpc.client_streaming:
-        call = channel.stream_stream(rpc.path)(iter([payload]), metadata=metadata, timeout=deadline)
+        both: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(rpc.path)
+        call = both(iter([payload]), metadata=metadata, timeout=deadline)
     else:
-        call = channel.unary_stream(rpc.path)(payload, metadata=metadata, timeout=deadline)
+        method: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(rpc.path)
+        call = method(payload, metadata=metadata, timeout=deadline)
     responses: list[bytes] = []
     left_open = False
     try:
@@ -123,7 +127,7 @@ async def _stream(
             except TimeoutError:
                 left_open = True
                 break
-            if message is grpc.aio.EOF:
+            if not isinstance(message, bytes):  # grpc.aio.EOF
                 break
             responses.append(message)
             if len(responses) >= MAX_STREAM_MESSAGES or (enough is not None and enough(message)):

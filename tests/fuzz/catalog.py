@@ -12,9 +12,10 @@ import pkgutil
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
+from typing import cast
 
 from google.protobuf import message_factory
-from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from google.protobuf.message import Message
 
 import statekeeper.v1
@@ -50,6 +51,15 @@ class Rpc:
     def writes(self) -> bool:
         """Whether the method may change stored records (judged by its verb)."""
         return not self.name.startswith(READ_VERBS)
+
+
+def descriptor_of(message: Message | type[Message]) -> Descriptor:
+    """The descriptor of a message or message class.
+
+    The upb runtime's descriptors have the API of the pure-Python ones, under
+    which the type stubs know them.
+    """
+    return cast(Descriptor, message.DESCRIPTOR)
 
 
 def _generated_modules(package: ModuleType) -> list[ModuleType]:

@@ -132,7 +132,7 @@ async def seed_records(channel: grpc.aio.Channel, namespace: str) -> list[Messag
             )
     for agent_id in AGENTS:
         for version in range(2 if agent_id == "ctl-agent-1" else 1):
-            checkpoint = checkpoints_pb2.AgentCheckpoint(
+            state = checkpoints_pb2.AgentCheckpoint(
                 agent_id=agent_id,
                 agent_state=checkpoints_pb2.AGENT_STATE_ACTIVE,
                 app_state=_struct({"version": version}),
@@ -140,7 +140,7 @@ async def seed_records(channel: grpc.aio.Channel, namespace: str) -> list[Messag
             )
             await call(
                 call.checkpoints.PersistAgentCheckpoint,
-                checkpoints_pb2.PersistAgentCheckpointRequest(checkpoint=checkpoint),
+                checkpoints_pb2.PersistAgentCheckpointRequest(checkpoint=state),
             )
     return call.responses
 
@@ -290,7 +290,7 @@ async def _changes(call: _Stubs) -> bytes:
                 message = await asyncio.wait_for(stream.read(), WATCH_IDLE)
             except TimeoutError:
                 break
-            if message is grpc.aio.EOF:
+            if not isinstance(message, jobs_pb2.WatchJobsResponse):  # grpc.aio.EOF
                 break
             changes.extend(
                 change.SerializeToString(deterministic=True) for change in message.changes.changes

@@ -26,7 +26,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, OneofDescrip
 from google.protobuf.message import Message
 
 from statekeeper.v1 import events_pb2
-from tests.fuzz.catalog import Rpc
+from tests.fuzz.catalog import Rpc, descriptor_of
 from tests.fuzz.pool import ALIASES, NUMBER_NAMES, WELL_KNOWN, Pool, is_id_name, lookup
 from tests.fuzz.values import (
     JSON,
@@ -178,7 +178,7 @@ class RequestBuilder:
         """A request for `rpc` that a careful caller might send."""
         reuse = rng.random() < 0.65
         next_page = rng.random() < 0.25
-        context = self.pool.context(self.picks, set(field_names(rpc.request.DESCRIPTOR)))
+        context = self.pool.context(self.picks, set(field_names(descriptor_of(rpc.request))))
         request = rpc.request()
         self.fill(request, rng, context if reuse else {}, rpc, depth=0)
         page = self.pool.page(self.picks, rpc.path) if next_page else None
@@ -192,7 +192,7 @@ class RequestBuilder:
         self, message: Message, rng: Random, context: dict[str, Any], rpc: Rpc, depth: int
     ) -> None:
         """Set the fields of `message` (a message of any type) to plausible values."""
-        descriptor = message.DESCRIPTOR
+        descriptor = descriptor_of(message)
         if descriptor.full_name in WELL_KNOWN:
             self._well_known(message, None, rng)
             return
@@ -203,9 +203,9 @@ class RequestBuilder:
                 continue
             chosen[oneof.name] = rng.choice(members) if rng.random() < 0.95 else None
         for field in descriptor.fields:
-            oneof = field.containing_oneof
-            if oneof is not None and oneof.name in chosen:
-                if chosen[oneof.name] != field.name:
+            group = field.containing_oneof
+            if group is not None and group.name in chosen:
+                if chosen[group.name] != field.name:
                     continue
                 present = True
             elif is_repeated(field):
@@ -233,7 +233,7 @@ class RequestBuilder:
                     self._well_known(child, field, rng)
                 else:
                     self.fill(child, rng, context, rpc, depth + 1)
-            elif oneof is not None and field.type == FieldDescriptor.TYPE_BOOL:
+            elif group is not None and field.type == FieldDescriptor.TYPE_BOOL:
                 setattr(message, field.name, True)  # a flag chosen in a oneof is meant to be on
             else:
                 setattr(message, field.name, self.scalar(field, rng, context, rpc))
@@ -274,6 +274,7 @@ class RequestBuilder:
                 return self._remembered(name, fresh_id(rng), rng, context)
             return plain_text(rng)
         if kind == FieldDescriptor.TYPE_ENUM:
+            assert field.enum_type is not None
             numbers = [value.number for value in field.enum_type.values]
             nonzero = [number for number in numbers if number != 0] or numbers
             fresh = rng.choice(nonzero) if rng.random() < 0.95 else rng.choice(numbers)
@@ -352,7 +353,7 @@ def _mostly_custom_events(
     builder: RequestBuilder, event: Message, rng: Random, context: dict[str, Any], rpc: Rpc
 ) -> None:
     """Keep terminal events rare, as in real runs, so batches are not cut short by them."""
-    if event.WhichOneof("kind") in TERMINAL_EVENTS and rng.random() < 0.75:  # type: ignore[attr-defined]
+    if event.WhichOneof("kind") in TERMINAL_EVENTS and rng.random() < 0.75:
         custom = events_pb2.CustomEvent()
         builder.fill(custom, rng, context, rpc, depth=4)
         event.custom.CopyFrom(custom)  # type: ignore[attr-defined]

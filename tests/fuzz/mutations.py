@@ -21,7 +21,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from tests.fuzz import values, wire
-from tests.fuzz.catalog import Rpc
+from tests.fuzz.catalog import Rpc, descriptor_of
 from tests.fuzz.generator import (
     FLOAT_TYPES,
     TIME_TYPES,
@@ -116,11 +116,13 @@ def _set_scalar(message: Message, path: Path, value: object, rng: Random) -> Non
 
 def _sub_message(message: Message, path: Path, rng: Random) -> Message:
     parent, field = _parent(message, path, rng), path[-1]
+    child: Message
     if is_repeated(field):
         items = getattr(parent, field.name)
-        return items[rng.randrange(len(items))] if items and rng.random() < 0.5 else items.add()
-    child = getattr(parent, field.name)
-    child.SetInParent()
+        child = items[rng.randrange(len(items))] if items and rng.random() < 0.5 else items.add()
+    else:
+        child = getattr(parent, field.name)
+        child.SetInParent()
     return child
 
 
@@ -141,7 +143,7 @@ class LeafMutation:
 
     def __call__(self, request: Message, given: MutationInput) -> str | None:
         """Change one to three accepted fields; None if the request has none."""
-        candidates = _leaves(request.DESCRIPTOR, self.accepts)
+        candidates = _leaves(descriptor_of(request), self.accepts)
         if not candidates:
             return None
         rng = given.rng
@@ -201,7 +203,9 @@ def _hostile(message: Message, path: Path, given: MutationInput) -> str:
 
 def _unknown_enum(message: Message, path: Path, given: MutationInput) -> str:
     """An enum number the proto does not define."""
-    highest = max(value.number for value in path[-1].enum_type.values)
+    enum = path[-1].enum_type
+    assert enum is not None
+    highest = max(value.number for value in enum.values)
     number = given.rng.choice((highest + 1, 99, -1, 2**31 - 1, -(2**31)))
     _set_scalar(message, path, number, given.rng)
     return f"{describe(path)}={number}"
@@ -355,7 +359,7 @@ def raw_bad_utf8(request: Message, given: MutationInput) -> tuple[bytes, str] | 
     """Invalid UTF-8 in a string field (or a Struct key, a Value string), at any depth."""
     rng = given.rng
     candidates = _leaves(
-        request.DESCRIPTOR,
+        descriptor_of(request),
         lambda f: (
             _is_string(f) or _message_type(f) in ("google.protobuf.Struct", "google.protobuf.Value")
         ),
@@ -379,7 +383,7 @@ def raw_bad_utf8(request: Message, given: MutationInput) -> tuple[bytes, str] | 
 def raw_wire_type(request: Message, given: MutationInput) -> tuple[bytes, str] | None:
     """A field written with a wire type other than its own (or an invalid one)."""
     rng = given.rng
-    candidates = paths(request.DESCRIPTOR)
+    candidates = paths(descriptor_of(request))
     if not candidates:
         return None
     path = rng.choice(candidates)
@@ -405,7 +409,7 @@ def _has_utf8_target(descriptor: Descriptor) -> bool:
 
 def applicable_kinds(rpc: Rpc) -> list[str]:
     """The kinds of mutation that can change a request of `rpc`."""
-    descriptor = rpc.request.DESCRIPTOR
+    descriptor = descriptor_of(rpc.request)
     kinds = [VALID, METADATA, "raw-random", "raw-truncated", "raw-wire-type"]
     kinds += [kind for kind, mutation in STRUCTURED.items() if mutation.applies_to(descriptor)]
     if _has_utf8_target(descriptor):

@@ -191,7 +191,7 @@ async def _job(session: Session, cause: Planned, record: Message) -> None:
         return [
             change
             for message in messages
-            if message.HasField("changes")  # type: ignore[attr-defined]
+            if message.HasField("changes")
             for change in message.changes.changes  # type: ignore[attr-defined]
         ]
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from random import Random
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -118,7 +119,8 @@ async def exercise(session: Session, pool: Pool, planned: Planned) -> None:
 
 
 async def _serving(channel: grpc.aio.Channel) -> bool:
-    stub = health_pb2_grpc.HealthStub(channel)
+    # The published stubs of grpc_health omit the stub's methods.
+    stub: Any = health_pb2_grpc.HealthStub(channel)
     reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
