@@ -154,11 +154,30 @@ class Bench:
         Each process gets `kwargs`, its own entry of `per_process`, and the
         window as `start_at` / `duration`.
         """
+        tasks = [(function, {**kwargs, **own}) for own in per_process]
+        windows, share = self.measure_each(tasks, server, label, duration)
+        return Measurement(Window.merge(windows), share)
+
+    def measure_each(
+        self,
+        tasks: Sequence[tuple[Callable[..., Awaitable[Window]], dict[str, Any]]],
+        server: Watched | None,
+        label: str,
+        duration: float | None = None,
+        lead: float = 0.0,
+    ) -> tuple[list[Window], float | None]:
+        """Run each (function, kwargs) in its own generator process, in one window.
+
+        Returns each task's window, in order (a probe's latencies stay apart
+        from the load beside it), and the server's CPU share in the window.
+        `lead` adds seconds before the warm-up (for tasks that build large
+        requests first).
+        """
         duration = duration or self.mode.duration
-        start_at = time.time() + self.mode.lead + self.mode.warmup
+        start_at = time.time() + self.mode.lead + lead + self.mode.warmup
         futures = [
-            self.generators.submit(function, **kwargs, **own, start_at=start_at, duration=duration)
-            for own in per_process
+            self.generators.submit(function, **kwargs, start_at=start_at, duration=duration)
+            for function, kwargs in tasks
         ]
         cpu = ServerCpu(
             server, start_at, duration, self.recording_path(label, server), gil=self.profile_gil
@@ -169,7 +188,7 @@ class Bench:
             cpu.finish()
         if cpu.profile_summary is not None:
             self.profiles[label] = cpu.profile_summary
-        return Measurement(Window.merge(windows), cpu.share)
+        return windows, cpu.share
 
     def recording_path(self, label: str, server: Watched | None) -> Path | None:
         """Where to record `server` during `label` (None: not profiling it)."""

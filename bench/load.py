@@ -250,6 +250,66 @@ async def unary_load(
             return await closed_loop(call, concurrency, start_at, duration)
 
 
+PROBE_PAUSE = 0.005
+"""Seconds a latency probe waits between its calls, so that it adds little load itself."""
+PROBE_TIMEOUT = 60.0
+
+
+async def latency_probe(
+    target: str,
+    calls: Sequence[tuple[str, str, bytes]],
+    start_at: float,
+    duration: float,
+    pause: float = PROBE_PAUSE,
+) -> Window:
+    """Another caller: one process sends `calls` (label, path, request) in turn, one at a time.
+
+    It starts at once (the time before `start_at` is its warm-up) and keeps
+    the latency of each call that starts and ends inside the window. The
+    window's latencies are all calls'; `extra` holds `<label> p50`, `<label>
+    p99` (seconds) and `<label> calls` per label, and `failed <CODE>` counts
+    (a failed call's wait counts as its latency: the caller waited that long).
+    """
+    end_at = start_at + duration
+    window = Window(seconds=duration)
+    by_label: dict[str, list[float]] = {label: [] for label, _, _ in calls}
+    async with open_channels(target, 1) as (channel,):
+        stubs = [(label, raw_unary(channel, path), request) for label, path, request in calls]
+        async with rpc_errors("latency probe"):
+            for _, stub, request in stubs:
+                await stub(request, timeout=PROBE_TIMEOUT)
+        cpu_start: float | None = None
+        index = 0
+        while True:
+            started_wall = time.time()
+            if started_wall >= end_at:
+                break
+            if cpu_start is None and started_wall >= start_at:
+                cpu_start = process_cpu()
+            label, stub, request = stubs[index % len(stubs)]
+            index += 1
+            started = time.perf_counter()
+            try:
+                await stub(request, timeout=PROBE_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    raise check_rpc_error(exc, label) from None
+                key = f"failed {exc.code().name}"
+                window.extra[key] = window.extra.get(key, 0.0) + 1
+            elapsed = time.perf_counter() - started
+            if started_wall >= start_at and started_wall + elapsed <= end_at:
+                window.latencies.append(elapsed)
+                window.operations += 1
+                by_label[label].append(elapsed)
+            await asyncio.sleep(pause)
+        window.cpu_seconds = process_cpu() - cpu_start if cpu_start is not None else 0.0
+    for label, latencies in by_label.items():
+        window.extra[f"{label} p50"] = percentile(latencies, 0.50)
+        window.extra[f"{label} p99"] = percentile(latencies, 0.99)
+        window.extra[f"{label} calls"] = float(len(latencies))
+    return window
+
+
 async def unary_many(target: str, path: str, requests: Sequence[bytes], concurrency: int) -> int:
     """Send every request once, `concurrency` at a time (preloading); returns bytes received."""
     async with open_channels(target, max(1, min(4, concurrency // 8))) as chans:

@@ -219,3 +219,69 @@ def agent_checkpoint(agent: str) -> checkpoints_pb2.AgentCheckpoint:
         app_state=state,
         metadata=checkpoints_pb2.AgentCheckpointMetadata(version=1, reason="periodic"),
     )
+
+
+# -- large and wide messages (stalled followers, max-size requests) ----------------------
+
+WIDE_KEY_WIDTH = 7
+"""Characters of each key of a wide Struct (`k000123`), so every entry has the same size."""
+
+
+def _wide_fields(count: int, offset: int = 0) -> dict[str, float]:
+    return {f"k{offset + i:0{WIDE_KEY_WIDTH - 1}d}": float(i) for i in range(count)}
+
+
+def wide_struct(target_bytes: int, depth: int = 1) -> struct_pb2.Struct:
+    """A Struct of about `target_bytes` encoded (never more): many small number fields.
+
+    Many small fields are what costs a server the most per byte to decode,
+    check and convert. With `depth` > 1 the fields sit at the bottom of a
+    chain of single-key objects (`{"d": {"d": ... {fields}}}`), so the value
+    nests exactly `depth` levels.
+    """
+
+    def build(count: int) -> struct_pb2.Struct:
+        leaf = struct_pb2.Struct()
+        leaf.update(_wide_fields(count))
+        for _ in range(depth - 1):
+            outer = struct_pb2.Struct()
+            outer.fields["d"].struct_value.CopyFrom(leaf)
+            leaf = outer
+        return leaf
+
+    overhead = build(0).ByteSize()
+    per_field = (build(100).ByteSize() - overhead) / 100
+    count = max(0, int((target_bytes - overhead - 64) / per_field))
+    data = build(count)
+    while count > 0 and data.ByteSize() > target_bytes:
+        count -= max(1, count // 1000)
+        data = build(count)
+    return data
+
+
+def wide_list_struct(target_bytes: int, key: str = "items") -> struct_pb2.Struct:
+    """`{key: [0, 1, 2, ...]}` of about `target_bytes` encoded (never more)."""
+
+    def build(count: int) -> struct_pb2.Struct:
+        data = struct_pb2.Struct()
+        data.update({key: [float(i) for i in range(count)]})
+        return data
+
+    per_item = (build(1000).ByteSize() - build(0).ByteSize()) / 1000
+    count = max(0, int((target_bytes - build(0).ByteSize() - 64) / per_item))
+    data = build(count)
+    while count > 0 and data.ByteSize() > target_bytes:
+        count -= max(1, count // 1000)
+        data = build(count)
+    return data
+
+
+def sized_event(size: int, index: int = 0) -> events_pb2.AgentEvent:
+    """A tool-call event of about `size` bytes: the usual one with a `text` of padding."""
+    event = custom_event()
+    base = event.ByteSize()
+    filler = "abcdefghij" * (max(0, size - base - 16) // 10 + 1)
+    event.custom.data.fields["text"].string_value = (
+        f"{index:08d}" + filler[: max(0, size - base - 16)]
+    )
+    return event

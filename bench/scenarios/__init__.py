@@ -26,7 +26,7 @@ class Scenario:
 
 def all_scenarios() -> list[Scenario]:
     """Every scenario, in running order."""
-    from bench.scenarios import events, follow, jobs, memory, scale
+    from bench.scenarios import events, follow, jobs, maxsize, memory, scale, stalled
 
     return [
         Scenario("append", "unary AppendEvent, 64 callers", events.append, every_store=True),
@@ -36,4 +36,6 @@ def all_scenarios() -> list[Scenario]:
         Scenario("jobs", "enqueue -> lease -> complete", jobs.jobs),
         Scenario("scale", "latency at 10,000 vs 1,000,000", scale.scale),
         Scenario("memory", "server RSS with lagging and idle followers", memory.memory),
+        Scenario("stalled", "followers that never read, and another caller", stalled.stalled),
+        Scenario("maxsize", "max-size requests, and another caller", maxsize.maxsize),
     ]
