@@ -212,8 +212,9 @@ class RequestBuilder:
                 present = True
             elif depth == 0 and _unmatched_filter(rpc, field, context):
                 # A filter of a listing that no known record would match: often left out,
-                # so listings return several pages (and page tokens) to work with.
-                present = rng.random() < 0.4
+                # so listings return several pages (and page tokens) to work with. (Some
+                # such fields are required, so not always.)
+                present = rng.random() < 0.6
             elif field.message_type is not None and field.message_type.full_name in TIME_TYPES:
                 present = rng.random() < 0.3
             elif field.message_type is not None:
