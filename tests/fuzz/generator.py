@@ -158,10 +158,9 @@ def _get_value(value: struct_pb2.Value) -> JSON:
     return getattr(value, kind)
 
 
-def _unmatched_filter(rpc: Rpc, field: FieldDescriptor, context: dict[str, Any]) -> bool:
-    """Whether `field` of a List request narrows the listing by a value no known record has."""
-    listing = rpc.name.startswith("List") and field.name not in PAGE_NAMES | {"page_token"}
-    return listing and lookup(context, field.name) is None
+def _listing_filter(rpc: Rpc, field: FieldDescriptor) -> bool:
+    """Whether `field` of a request narrows a listing (any field of a List request but paging)."""
+    return rpc.name.startswith("List") and field.name not in PAGE_NAMES | {"page_token"}
 
 
 # -- the builder -----------------------------------------------------------------------
@@ -210,10 +209,9 @@ class RequestBuilder:
                 present = True
             elif is_repeated(field):
                 present = True
-            elif depth == 0 and _unmatched_filter(rpc, field, context):
-                # A filter of a listing that no known record would match: often left out,
-                # so listings return several pages (and page tokens) to work with. (Some
-                # such fields are required, so not always.)
+            elif depth == 0 and _listing_filter(rpc, field):
+                # Often left out, so listings return several pages (and page tokens) to
+                # work with; some such fields are required, so not always.
                 present = rng.random() < 0.6
             elif field.message_type is not None and field.message_type.full_name in TIME_TYPES:
                 present = rng.random() < 0.3

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from random import Random
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -89,14 +90,24 @@ def _message_type(field: FieldDescriptor) -> str:
     return field.message_type.full_name if field.message_type is not None else ""
 
 
+def _existing(items: Any, chance: float, rng: Random) -> int | None:
+    """Index of an existing element to change (with `chance`), or None to add one.
+
+    Draws the same randoms however many elements there are, so what a seed
+    decides further on does not depend on what earlier requests revealed.
+    """
+    roll, where = rng.random(), rng.random()
+    return int(where * len(items)) if items and roll < chance else None
+
+
 def _parent(message: Message, path: Path, rng: Random) -> Message:
     """The message holding the last field of `path`, created where missing."""
     current = message
     for field in path[:-1]:
         if is_repeated(field):
             items = getattr(current, field.name)
-            reuse = items and rng.random() < 0.7
-            current = items[rng.randrange(len(items))] if reuse else items.add()
+            index = _existing(items, 0.7, rng)
+            current = items.add() if index is None else items[index]
         else:
             current = getattr(current, field.name)
     return current
@@ -106,10 +117,11 @@ def _set_scalar(message: Message, path: Path, value: object, rng: Random) -> Non
     parent, field = _parent(message, path, rng), path[-1]
     if is_repeated(field):
         items = getattr(parent, field.name)
-        if items and rng.random() < 0.5:
-            items[rng.randrange(len(items))] = value
-        else:
+        index = _existing(items, 0.5, rng)
+        if index is None:
             items.append(value)
+        else:
+            items[index] = value
     else:
         setattr(parent, field.name, value)
 
@@ -119,7 +131,8 @@ def _sub_message(message: Message, path: Path, rng: Random) -> Message:
     child: Message
     if is_repeated(field):
         items = getattr(parent, field.name)
-        child = items[rng.randrange(len(items))] if items and rng.random() < 0.5 else items.add()
+        index = _existing(items, 0.5, rng)
+        child = items.add() if index is None else items[index]
     else:
         child = getattr(parent, field.name)
         child.SetInParent()
