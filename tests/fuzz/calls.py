@@ -54,18 +54,22 @@ async def invoke(
     metadata: tuple[tuple[str, str], ...],
     *,
     deadline: float = CALL_TIMEOUT,
+    first_wait: float = FIRST_MESSAGE_WAIT,
     idle_wait: float = IDLE_WAIT,
     enough: Callable[[bytes], bool] | None = None,
 ) -> Outcome:
     """Send `payload` to `rpc` and collect the raw responses and the status.
 
-    A stream is read until it ends, falls idle for `idle_wait`, or sends a
-    message for which `enough` is true; then we stop listening.
+    A stream is read until it ends, sends nothing for `first_wait` (then for
+    `idle_wait` after a message), or sends a message for which `enough` is
+    true; then we stop listening.
     """
     started = time.perf_counter()
     try:
         if rpc.server_streaming:
-            outcome = await _stream(channel, rpc, payload, metadata, deadline, idle_wait, enough)
+            outcome = await _stream(
+                channel, rpc, payload, metadata, deadline, (first_wait, idle_wait), enough
+            )
         else:
             outcome = await _unary(channel, rpc, payload, metadata, deadline)
     except grpc.aio.AioRpcError as error:
@@ -107,7 +111,7 @@ async def _stream(
     payload: bytes,
     metadata: tuple[tuple[str, str], ...],
     deadline: float,
-    idle_wait: float,
+    waits: tuple[float, float],
     enough: Callable[[bytes], bool] | None,
 ) -> Outcome:
     call: grpc.aio.StreamStreamCall[bytes, bytes] | grpc.aio.UnaryStreamCall[bytes, bytes]
@@ -121,7 +125,7 @@ async def _stream(
     left_open = False
     try:
         while True:
-            wait = FIRST_MESSAGE_WAIT if not responses else idle_wait
+            wait = waits[0] if not responses else waits[1]
             try:
                 message = await asyncio.wait_for(call.read(), wait)
             except TimeoutError:

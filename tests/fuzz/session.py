@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from tests.fuzz.calls import IDLE_WAIT, Outcome, invoke
+from tests.fuzz.calls import CALL_TIMEOUT, IDLE_WAIT, Outcome, invoke
 from tests.fuzz.catalog import Rpc
 from tests.fuzz.checks import Finding, check_status, decode_responses
 from tests.fuzz.plan import Planned
@@ -123,6 +123,7 @@ class Session:
             rpc,
             request.SerializeToString(),
             cause.headers.metadata,
+            first_wait=CALL_TIMEOUT,  # every read path answers at once: waiting costs nothing
             idle_wait=idle_wait,
             enough=enough,
         )
