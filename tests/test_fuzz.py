@@ -15,9 +15,14 @@ import secrets
 from pathlib import Path
 from random import Random
 
-from google.protobuf import descriptor_pool
+import grpc
+import pytest
+from google.protobuf import any_pb2, descriptor_pool
+from google.rpc import error_details_pb2, status_pb2
 
+from tests.fuzz.calls import Outcome
 from tests.fuzz.catalog import all_rpcs
+from tests.fuzz.checks import STATUS_DETAILS_KEY, check_log, check_status
 from tests.fuzz.generator import RequestBuilder
 from tests.fuzz.plan import plan_request
 from tests.fuzz.pool import Pool
@@ -65,3 +70,61 @@ def test_a_request_seed_builds_the_same_request_again() -> None:
         ]
 
     assert requests() == requests()
+
+
+def failed(code: grpc.StatusCode, message: str, reason: str = "") -> Outcome:
+    """A failed call as the client sees it, with an ErrorInfo when `reason` is given."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    if reason:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="statekeeper.dev"))
+        status.details.append(detail)
+    trailing = ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    return Outcome(code=code, details=message, trailing=trailing)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "rule"),
+    [
+        (
+            failed(grpc.StatusCode.INVALID_ARGUMENT, "run_id: is required"),
+            "error without ErrorInfo",
+        ),
+        (failed(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL"), "status INTERNAL"),
+        (
+            failed(grpc.StatusCode.UNAVAILABLE, "the store failed", "STORE_UNAVAILABLE"),
+            "UNAVAILABLE while the store is up",
+        ),
+        (
+            failed(grpc.StatusCode.UNKNOWN, "Unexpected <class 'KeyError'>", "X"),
+            "message reveals python class name",
+        ),
+        (
+            failed(grpc.StatusCode.INVALID_ARGUMENT, "too many SQL variables", "BAD"),
+            "message reveals SQL",
+        ),
+    ],
+)
+def test_the_checks_catch_each_kind_of_bad_status(outcome: Outcome, rule: str) -> None:
+    assert rule in [finding.rule for finding in check_status(outcome)]
+
+
+def test_the_checks_accept_a_refusal_with_its_error_info() -> None:
+    outcome = failed(grpc.StatusCode.INVALID_ARGUMENT, "run_id: is required", "INVALID_ARGUMENT")
+    assert check_status(outcome) == []
+
+
+def test_the_checks_catch_tracebacks_and_caller_text_in_the_server_log() -> None:
+    log = [
+        "2026-01-01T00:00:00 ERROR statekeeper.calls: failed\n",
+        "Traceback (most recent call last):\n",
+        '  File "x.py", line 1, in f\n',
+        "ValueError: boom\n",
+        "2026-01-01T00:00:00 INFO statekeeper.calls: run \x1b[31m: no such run\n",
+        "FZ-INJECTED-LOG-LINE ERROR forged\n",
+    ]
+    assert {finding.rule for finding in check_log(log)} == {
+        "server log holds a traceback",
+        "server log holds raw control characters",
+        "caller text forged a server log line",
+    }

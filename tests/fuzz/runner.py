@@ -29,7 +29,7 @@ from tests.fuzz.generator import RequestBuilder
 from tests.fuzz.plan import Planned, plan_request
 from tests.fuzz.pool import Pool
 from tests.fuzz.readback import read_back
-from tests.fuzz.session import Session, Tally, Violation
+from tests.fuzz.session import READ_BACK, Session, Tally, Violation
 from tests.harness import ServerProcess
 
 EPOCH_REQUESTS = 400
@@ -62,7 +62,7 @@ class FuzzReport:
     @property
     def requests(self) -> int:
         """Fuzz requests sent (read-backs not counted)."""
-        return sum(n for (_, kind), n in self.tally.sent.items() if kind != "read-back")
+        return sum(n for (_, kind), n in self.tally.sent.items() if kind != READ_BACK)
 
 
 def request_seeds(seed: int) -> Iterator[int]:
@@ -84,9 +84,21 @@ class Worker:
         """Builds requests from what this worker's current namespaces revealed."""
 
     async def fresh_namespace(self) -> None:
-        """Start over in new namespaces, seeded with records of every family."""
+        """Start over in new namespaces, seeded with records of every family.
+
+        If the server cannot take the seed records (it has broken down), that is
+        recorded and fuzzing goes on in the empty namespaces.
+        """
         self.builder = RequestBuilder(Pool(), self.picks)
-        for response in await seed_records(self.session.channel, self.namespaces[0]):
+        try:
+            responses = await seed_records(self.session.channel, self.namespaces[0])
+        except grpc.aio.AioRpcError as error:
+            detail = f"{self.namespaces[0]}: {error.code().name}: {error.details()}"
+            self.session.violations.append(
+                _violation(Finding("valid records of every family could not be stored", detail))
+            )
+            return
+        for response in responses:
             self.builder.pool.harvest("", response, None)
 
     @property
