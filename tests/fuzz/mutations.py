@@ -203,13 +203,18 @@ def _hostile(message: Message, path: Path, given: MutationInput) -> str:
 
     In a string field, or as a key of a JSON object.
     """
-    text = values.hostile_string(given.rng)
+    rng = given.rng
+    text = values.hostile_string(rng)
     if _is_json(path[-1]):
-        target = _sub_message(message, path, given.rng)
-        inner = {text: values.plausible_value(given.rng)}
-        set_json(target, values.with_nested(given.rng, get_json(target), inner))
+        # Keys are what error messages (and so logs) quote: often one that would
+        # break a log, with a value some filters refuse.
+        if rng.random() < 0.5:
+            text = rng.choice(values.LOG_BREAKERS)
+        target = _sub_message(message, path, rng)
+        item = values.plausible_json(rng) if rng.random() < 0.5 else 1.0
+        set_json(target, values.with_key(rng, get_json(target), text, item))
         return f"{describe(path)} holds key {text[:40]!r} ({len(text)} chars)"
-    _set_scalar(message, path, text, given.rng)
+    _set_scalar(message, path, text, rng)
     shown = f"{text[:40]!r}{'...' if len(text) > 40 else ''}"
     return f"{describe(path)}={shown} ({len(text)} chars)"
 

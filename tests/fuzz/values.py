@@ -68,18 +68,22 @@ DURATION_SECONDS = (
 )
 NANOS = (0, -1, 999_999_999, 1_000_000_000, 2**31 - 1, -(2**31), -999_999_999)
 
-HOSTILE_STRINGS: tuple[str, ...] = (
-    "",
-    " ",
-    "\x00",
+LOG_BREAKERS: tuple[str, ...] = (
     "run\x00id",
     "line one\n" + INJECTED_LOG_LINE + " ERROR forged",
     "\r\n" + INJECTED_LOG_LINE,
     "\x1b[31mred\x1b[0m\x1b[2J",
     "\x1b]0;title\x07",
-    "tab\there",
     "".join(chr(c) for c in range(1, 32)),
     "\x7f\x80\x9f",
+)
+"""Text that would corrupt a log it reached raw: newlines forging lines, terminal escapes."""
+HOSTILE_STRINGS: tuple[str, ...] = (
+    *LOG_BREAKERS,
+    "",
+    " ",
+    "\x00",
+    "tab\there",
     "\u202eevil\u202c",
     "\ufeffbom",
     "\u2028sep\u2029",
@@ -225,6 +229,24 @@ def with_nested(rng: Random, value: JSON, inner: JSON) -> JSON:
         index = rng.randrange(len(value))
         return [*value[:index], with_nested(rng, value[index], inner), *value[index + 1 :]]
     return inner
+
+
+def with_key(rng: Random, value: JSON, key: str, item: JSON) -> JSON:
+    """`value` with `key: item` added to one of its objects (the outermost, half the time)."""
+    if isinstance(value, dict):
+        nested = [name for name in sorted(value) if isinstance(value[name], dict | list)]
+        if nested and rng.random() < 0.5:
+            name = rng.choice(nested)
+            return {**value, name: with_key(rng, value[name], key, item)}
+        return {**value, key: item}
+    if isinstance(value, list):
+        nested_items = [i for i, inner in enumerate(value) if isinstance(inner, dict | list)]
+        if nested_items:
+            index = rng.choice(nested_items)
+            updated = with_key(rng, value[index], key, item)
+            return [*value[:index], updated, *value[index + 1 :]]
+        return [*value, {key: item}]
+    return {key: item}
 
 
 def hostile_string(rng: Random) -> str:
