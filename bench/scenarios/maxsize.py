@@ -20,7 +20,8 @@ costs a server the most per byte to decode, check and convert):
   request limit;
 - a `statekeeper.append_event` job whose event data is a list of about
   95,000 numbers (the payload limit), enqueued to the built-in runner; the
-  caller waits (polling GetJob) until the job finished before the next.
+  caller waits (polling GetJob every 100 ms) until the job finished before
+  the next.
 
 Meanwhile a probe client (its own process) calls LoadSnapshot of a small
 snapshot and GetJob of a small job, one at a time, and its p99 is put
@@ -87,6 +88,8 @@ STORED_CHECKPOINTS = 100
 BUILTIN_QUEUE = "statekeeper.builtin"
 APPEND_EVENT_KIND = "statekeeper.append_event"
 FINISHED = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_DEAD, jobs_pb2.JOB_STATE_CANCELLED)
+JOB_POLL = 0.1
+"""Seconds between a caller's GetJob polls of its job (each returns the 1 MB payload)."""
 JOB_LIMIT = 120.0
 """Seconds a caller waits for the built-in runner to finish its job."""
 CALL_TIMEOUT = 120.0
@@ -286,7 +289,7 @@ def _runner(caller: int) -> Call:
         get = jobs_pb2.GetJobRequest(job_id=job_id).SerializeToString()
         deadline = time.monotonic() + JOB_LIMIT
         while time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(JOB_POLL)
             job = jobs_pb2.GetJobResponse.FromString(
                 await raw_unary(channel, GET_JOB)(get, timeout=CALL_TIMEOUT)
             ).job
