@@ -9,7 +9,8 @@ import pytest
 from google.protobuf import struct_pb2
 
 from statekeeper.v1 import jobs_pb2
-from statekeeper_server.errors import FailedPrecondition, NotFound, OutOfRange
+from statekeeper_server.errors import FailedPrecondition, NotFound, OutOfRange, TooLarge
+from statekeeper_server.limits import MAX_JOB_ERROR_BYTES
 from statekeeper_server.stores import Store
 from statekeeper_server.stores.jobs import (
     BUILTIN_QUEUE,
@@ -385,6 +386,32 @@ async def test_keys_and_failure_messages_keep_every_character(store: Store) -> N
     assert [e.message for e in (await store.jobs.get(NS, job.job_id)).errors] == [error]
     page = await store.jobs.changes(NS, ChangeFilter(job_ids=(job.job_id,)), start, 10)
     assert [change.error for change in page.changes] == ["", error]
+
+
+async def test_a_failure_message_is_cut_to_its_byte_limit_between_characters(
+    store: Store,
+) -> None:
+    [job] = await enqueue(store, spec())
+    start = await store.jobs.change_position()
+    [leased] = await lease(store)
+    await store.jobs.fail(NS, job.job_id, leased.lease.lease_id, "é" * 4000, False, None)
+    kept = "é" * (MAX_JOB_ERROR_BYTES // 2)
+    assert [e.message for e in (await store.jobs.get(NS, job.job_id)).errors] == [kept]
+    page = await store.jobs.changes(NS, ChangeFilter(job_ids=(job.job_id,)), start, 10)
+    assert [change.error for change in page.changes] == ["", kept]
+
+
+async def test_an_enqueue_whose_answer_would_not_fit_in_a_response_stores_nothing(
+    store: Store,
+) -> None:
+    big = spec(key="big", payload={"blob": "x" * 1_000_000})
+    await enqueue(store, big)
+    repeats = [spec(), *[spec(key="big") for _ in range(5)]]
+    with pytest.raises(TooLarge) as caught:
+        await store.jobs.enqueue(NS, repeats)
+    assert caught.value.reason == "BATCH_TOO_LARGE"
+    listed = await store.jobs.list(NS, JobFilter(), 100, "")
+    assert len(listed.jobs) == 1
 
 
 async def test_keys_are_scoped_to_the_namespace(store: Store) -> None:

@@ -69,3 +69,11 @@ def require_text(value: str, field: str, *, max_length: int) -> str:
     if len(value) > max_length:
         raise InvalidArgument(field, f"must be at most {max_length} characters")
     return value
+
+
+def clip_utf8(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` bytes of UTF-8, never inside a character."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode(errors="ignore")

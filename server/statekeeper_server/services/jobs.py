@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -14,6 +14,7 @@ from statekeeper_server.config import Settings
 from statekeeper_server.errors import InvalidArgument, Unavailable
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.services.job_runner import (
     BUILTIN_KINDS,
@@ -33,7 +34,6 @@ from statekeeper_server.stores.jobs import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_QUEUE,
     MAX_BACKOFF_CAP_US,
-    MAX_ERROR_LENGTH,
     MAX_RETRIES_LIMIT,
     RESERVED_PREFIX,
     ChangeFilter,
@@ -111,7 +111,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         namespace = request_namespace(context)
         if not request.HasField("job"):
             raise InvalidArgument("job", "is required")
-        [enqueued] = await self._jobs.enqueue(namespace, [new_job(request.job, "job")])
+        specs = await new_jobs([request.job], ["job"])
+        [enqueued] = await self._jobs.enqueue(namespace, specs)
         return jobs_pb2.EnqueueJobResponse(job=enqueued.job, created=enqueued.created)
 
     async def EnqueueJobs(
@@ -121,7 +122,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         namespace = request_namespace(context)
         if not 1 <= len(request.jobs) <= MAX_BATCH_JOBS:
             raise InvalidArgument("jobs", f"must hold 1 to {MAX_BATCH_JOBS} jobs")
-        specs = [new_job(spec, f"jobs[{index}]") for index, spec in enumerate(request.jobs)]
+        specs = await new_jobs(request.jobs, [f"jobs[{i}]" for i in range(len(request.jobs))])
         enqueued = await self._jobs.enqueue(namespace, specs)
         return jobs_pb2.EnqueueJobsResponse(
             jobs=[item.job for item in enqueued], created=[item.created for item in enqueued]
@@ -186,7 +187,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             namespace,
             job_id,
             lease_id,
-            request.error[:MAX_ERROR_LENGTH],
+            request.error,
             request.retryable,
             retry_delay,
         )
@@ -350,6 +351,15 @@ def valid_timestamp(value: timestamp_pb2.Timestamp, field: str) -> int:
     ):
         raise InvalidArgument(field, "must be between 0001-01-01 and 9999-12-31")
     return from_timestamp(value)
+
+
+async def new_jobs(specs: Sequence[jobs_pb2.JobSpec], fields: Sequence[str]) -> list[NewJob]:
+    """`new_job` of every spec (named by `fields` in errors), off the event loop when
+    built-in payloads, which are parsed as JSON, are large."""
+    parsed = sum(spec.payload.ByteSize() for spec in specs if spec.kind in BUILTIN_KINDS)
+    return await off_loop_if_large(
+        parsed, lambda: [new_job(spec, field) for spec, field in zip(specs, fields, strict=True)]
+    )
 
 
 def new_job(spec: jobs_pb2.JobSpec, field: str) -> NewJob:

@@ -24,11 +24,12 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
 from statekeeper.v1 import jobs_pb2
-from statekeeper_server.errors import DataLoss, FailedPrecondition, NotFound, OutOfRange
-from statekeeper_server.limits import PAGE_BUDGET_BYTES
-from statekeeper_server.stores.budget import fill_page
+from statekeeper_server.errors import DataLoss, FailedPrecondition, NotFound, OutOfRange, TooLarge
+from statekeeper_server.limits import MAX_JOB_ERROR_BYTES, PAGE_BUDGET_BYTES, RESPONSE_BUDGET_BYTES
+from statekeeper_server.stores.budget import fill_page, framed_size
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
+from statekeeper_server.validation import clip_utf8
 
 SCHEDULED = jobs_pb2.JOB_STATE_SCHEDULED
 AVAILABLE = jobs_pb2.JOB_STATE_AVAILABLE
@@ -50,7 +51,6 @@ MAX_RETRIES_LIMIT = 100
 DEFAULT_BACKOFF_BASE_US = 1_000_000
 DEFAULT_BACKOFF_CAP_US = 300_000_000
 MAX_BACKOFF_CAP_US = 86_400_000_000
-MAX_ERROR_LENGTH = 4096
 MAX_KEPT_ERRORS = 100
 LEASE_EXPIRED_ERROR = "lease expired"
 NO_ERRORS = "[]"
@@ -450,13 +450,33 @@ def check_retry_allowed(row: JobRow, now_us: int) -> None:
         )
 
 
+def error_text(message: str) -> str:
+    """A failed attempt's error as it is kept: cut to MAX_JOB_ERROR_BYTES of UTF-8."""
+    return clip_utf8(message, MAX_JOB_ERROR_BYTES)
+
+
+def check_enqueue_response(enqueued: Sequence[Enqueued]) -> None:
+    """Raise TooLarge (BATCH_TOO_LARGE) if the jobs an enqueue returns would not fit
+    in one response.
+
+    New jobs were sized at the door; a job found by its idempotency key may be
+    larger (a result, errors), so a batch returning several is checked in its
+    transaction, before anything commits.
+    """
+    total = sum(framed_size(item.job.ByteSize()) for item in enqueued)
+    if total > RESPONSE_BUDGET_BYTES:
+        raise TooLarge(
+            "BATCH_TOO_LARGE", "jobs", total, RESPONSE_BUDGET_BYTES, "the response to this batch"
+        )
+
+
 def record_error(row: JobRow, message: str, now_us: int) -> str:
     """The row's stored errors with the current attempt's failure appended."""
     errors = _load_errors(row)
     errors.append(
         {
             "attempt": row.attempt,
-            "message": message[:MAX_ERROR_LENGTH],
+            "message": error_text(message),
             "fail_time": now_us,
             "worker_id": row.worker_id or "",
         }
@@ -607,7 +627,7 @@ def change_of(
         change_time=now_us,
         run_after=row.run_after if row.state == SCHEDULED else None,
         worker_id=row.worker_id if row.state == RUNNING else None,
-        error=error,
+        error=None if error is None else error_text(error),
         result=result,
     )
 

@@ -95,6 +95,7 @@ from statekeeper_server.stores.jobs import (
     change_of,
     change_page,
     changes_trimmed,
+    check_enqueue_response,
     check_lease,
     check_retry_allowed,
     completed_row,
@@ -416,6 +417,7 @@ class PostgresJobStore:
                 else:
                     rows = [new_row(namespace, new, now) for new in group]
                     enqueued += await _insert(write, rows, now)
+            check_enqueue_response(enqueued)
             return enqueued
 
         return await self._write(work)

@@ -56,6 +56,7 @@ from statekeeper_server.stores.jobs import (
     change_of,
     change_page,
     changes_trimmed,
+    check_enqueue_response,
     check_lease,
     check_retry_allowed,
     completed_row,
@@ -202,6 +203,7 @@ class SQLiteJobStore:
             now = now_us()
             created: list[JobRow] = []
             enqueued = [_enqueue_one(conn, namespace, new, now, created) for new in jobs]
+            check_enqueue_response(enqueued)
             _record_all(conn, effects, created, jobs_pb2.JOB_STATE_UNSPECIFIED, now)
             return enqueued
 
