@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
@@ -483,6 +484,19 @@ async def test_metadata_filter_matches_null_only_where_the_key_holds_null(tagged
 async def test_metadata_filter_requires_every_pair(tagged: Store) -> None:
     assert await filtered_steps(tagged, {"stage": "review", "final": True}) == [1]
     assert await filtered_steps(tagged, {"stage": "review", "missing": "x"}) == []
+
+
+async def test_a_metadata_filter_on_a_non_finite_number_matches_nothing_with_a_name_filter(
+    tagged: Store,
+) -> None:
+    where = WorkflowFilter(
+        workflow_name="wf", metadata=metadata_filter({"attempt": math.inf}).metadata
+    )
+    page = await tagged.checkpoints.list_workflow_history(
+        NS, "run-1", where, before="", page_size=100, page_token=""
+    )
+    latest = await tagged.checkpoints.list_latest_workflows(NS, where, page_size=100, page_token="")
+    assert (page.checkpoints, latest.checkpoints) == ([], [])
 
 
 async def test_metadata_filter_pages_exactly_over_matches(tagged: Store) -> None:

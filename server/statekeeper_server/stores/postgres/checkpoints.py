@@ -601,7 +601,9 @@ def _workflow_conditions(where: WorkflowFilter, params: Params, *, name_column: 
     for condition in where.metadata:
         value = _json_value(condition)
         if value is None:
-            return " AND false"
+            # Nothing stored can match; the parameters added so far stay in use.
+            sql += " AND false"
+            continue
         sql += f" AND c.metadata -> {params.add(condition.key)} = {params.add(value)}::jsonb"
     return sql
 
