@@ -33,6 +33,7 @@ import asyncpg
 
 from statekeeper.v1 import checkpoints_pb2
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
+from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.stores.checkpoints import (
     AGENT,
     WORKFLOW,
@@ -170,7 +171,9 @@ class PostgresCheckpointStore:
         now_us: int,
     ) -> Saved[checkpoints_pb2.WorkflowCheckpoint]:
         """Lock the run's head, check the parent, insert, advance the head, prune."""
-        metadata = metadata_json(checkpoint.metadata)
+        metadata = await off_loop_if_large(
+            checkpoint.metadata.ByteSize(), metadata_json, checkpoint.metadata
+        )
         run_id = checkpoint.run_id
         async with self._engine.transaction() as tx:
             head = await _lock_head(tx, _WORKFLOWS, namespace, run_id)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from statekeeper.v1 import checkpoints_pb2
+from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.stores.checkpoints import (
     AGENT,
     WORKFLOW,
@@ -133,7 +134,9 @@ class SQLiteCheckpointStore:
         now_us: int,
     ) -> Saved[checkpoints_pb2.WorkflowCheckpoint]:
         """Check the parent, insert the new head and apply retention, in one write."""
-        metadata = metadata_json(checkpoint.metadata)
+        metadata = await off_loop_if_large(
+            checkpoint.metadata.ByteSize(), metadata_json, checkpoint.metadata
+        )
         run_id = checkpoint.run_id
         policy = retention.resolve(defaults)
 
