@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+UNARY_HEADROOM = 100
+"""HTTP/2 streams a connection may open beyond its limit of live streams, for unary calls."""
+CONNECTION_AGE_GRACE_SECONDS = 330.0
+"""Seconds the calls of a connection past its age get to finish: more than the longest
+LeaseJobs long poll (300 s), so no lease is cut off from its answer."""
 QUIET_PERIOD_SECONDS = 0.2
 """Most seconds a draining server waits for callers to stop sending (see quiet_period)."""
 PING_DEADLINE_FLOOR = 1.0
@@ -191,21 +196,42 @@ def quiet_period(grace_period: float) -> float:
 
 
 def transport_options(settings: Settings) -> list[tuple[str, int]]:
-    """The gRPC channel arguments of the server: message sizes and connection limits.
+    """The gRPC channel arguments of the server: message sizes and connection hygiene.
 
     The receive limit sits TRANSPORT_SLACK_BYTES above `max_message_bytes`, so
     a request a little too large still reaches the server and is refused with
     an ErrorInfo (REQUEST_TOO_LARGE); gRPC alone refuses larger ones, without
     details. Nothing the server sends exceeds what a standard client accepts.
+    Connections that never finish their handshake, stay idle, live too long
+    or stop answering pings are closed, so none holds memory for ever.
     """
     return [
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", settings.max_message_bytes + TRANSPORT_SLACK_BYTES),
         ("grpc.max_send_message_length", CLIENT_RECEIVE_LIMIT_BYTES),
-        # Streams past the server's own limit are refused by the admission check; this
-        # bounds what one connection can open before that check runs.
-        ("grpc.max_concurrent_streams", 2 * settings.max_streams_per_connection),
+        # Streams past the admission limit are refused with RESOURCE_EXHAUSTED; this
+        # bounds what one connection can open before that check runs, leaving room
+        # for unary calls beside a full set of streams.
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection + UNARY_HEADROOM),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.server_handshake_timeout_ms", _ms(settings.handshake_timeout)),
+        *_optional_ms("grpc.max_connection_idle_ms", settings.connection_idle_timeout),
+        *_optional_ms("grpc.max_connection_age_ms", settings.max_connection_age),
+        ("grpc.max_connection_age_grace_ms", _ms(CONNECTION_AGE_GRACE_SECONDS)),
+        ("grpc.keepalive_time_ms", _ms(settings.keepalive_time)),
+        # gRPC acts on an unanswered ping only after the ping timeout: set both.
+        ("grpc.keepalive_timeout_ms", _ms(settings.keepalive_timeout)),
+        ("grpc.http2.ping_timeout_ms", _ms(settings.keepalive_timeout)),
     ]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _optional_ms(name: str, seconds: float) -> list[tuple[str, int]]:
+    """The option in milliseconds, or nothing for 0 (gRPC's "no limit")."""
+    return [(name, _ms(seconds))] if seconds > 0 else []
 
 
 def _redact(url: str) -> str:

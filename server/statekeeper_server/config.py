@@ -66,6 +66,33 @@ class Settings(BaseSettings):
         gt=0,
         description="most ReplayEvents and WatchJobs streams open at once on one connection",
     )
+    max_connections: int = Field(
+        5_000, gt=0, description="most client connections open at once; more are closed at once"
+    )
+    handshake_timeout: float = Field(
+        10.0, gt=0, description="seconds a new connection gets to complete its HTTP/2 handshake"
+    )
+    connection_idle_timeout: float = Field(
+        300.0,
+        ge=0,
+        description="seconds a connection without calls stays open; 0 keeps it open",
+    )
+    max_connection_age: float = Field(
+        1800.0,
+        ge=0,
+        description="seconds after which a connection is asked to close (its calls get 330 s"
+        " more; streams resume elsewhere); 0 for no limit",
+    )
+    keepalive_time: float = Field(
+        60.0,
+        gt=0,
+        description="seconds between pings the server sends on a connection with calls open",
+    )
+    keepalive_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="seconds a client gets to answer a ping before its connection is closed",
+    )
     health_check_interval: float = Field(
         2.0,
         gt=0,
