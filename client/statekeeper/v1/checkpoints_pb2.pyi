@@ -145,7 +145,8 @@ class WorkflowCheckpoint(_message.Message):
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """Free metadata of the caller (JSON object); ListWorkflowCheckpoints
-        filters on its top-level keys.
+        filters on its top-level keys. At most 64 KiB encoded:
+        RESOURCE_EXHAUSTED (RECORD_TOO_LARGE) otherwise.
         """
 
     @_builtins.property
@@ -287,7 +288,9 @@ class SaveWorkflowCheckpointRequest(_message.Message):
     """
     @_builtins.property
     def checkpoint(self) -> Global___WorkflowCheckpoint:
-        """The checkpoint to add; its output-only fields are ignored. Required."""
+        """The checkpoint to add; its output-only fields are ignored. Required. At
+        most 2 MiB as stored: RESOURCE_EXHAUSTED (RECORD_TOO_LARGE) otherwise.
+        """
 
     @_builtins.property
     def retention(self) -> Global___CheckpointRetention:
@@ -440,7 +443,7 @@ class ListWorkflowCheckpointsRequest(_message.Message):
     def metadata_filter(self) -> _struct_pb2.Struct:
         """Only checkpoints whose metadata has every key of this object with an
         equal value. Values must be strings, numbers, booleans or null; a
-        number matches only a number, a string only a string.
+        number matches only a number, a string only a string. At most 32 keys.
         """
 
     def __init__(
@@ -543,7 +546,9 @@ class PersistAgentCheckpointRequest(_message.Message):
     RETENTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def checkpoint(self) -> Global___AgentCheckpoint:
-        """The checkpoint to add; its output-only fields are ignored. Required."""
+        """The checkpoint to add; its output-only fields are ignored. Required. At
+        most 2 MiB as stored: RESOURCE_EXHAUSTED (RECORD_TOO_LARGE) otherwise.
+        """
 
     @_builtins.property
     def retention(self) -> Global___CheckpointRetention:

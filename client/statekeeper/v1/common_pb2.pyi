@@ -5,7 +5,8 @@ Types shared by every statekeeper service.
 
 Conventions that hold across the API:
 - Every call is scoped to a namespace (a tenant), taken from the request
-  metadata key `x-statekeeper-namespace`; `default` when absent.
+  metadata key `x-statekeeper-namespace`; `default` when absent. The key
+  may be sent once; several values are INVALID_ARGUMENT.
 - Identifiers (run, session, agent, job, queue, namespace ...) are 1-128
   characters of `[A-Za-z0-9._:@-]` and start with a letter or a digit.
 - Errors are gRPC status codes carrying a `google.rpc.ErrorInfo` whose
@@ -13,7 +14,28 @@ Conventions that hold across the API:
   ...) and whose metadata holds facts such as the current version;
   INVALID_ARGUMENT also carries a `google.rpc.BadRequest` naming the field.
 - Lists page with `page_size` / `page_token` / `next_page_token`; an empty
-  `next_page_token` means the last page was returned.
+  `next_page_token` means the last page was returned. A page also holds
+  fewer records when more would not fit in one response.
+
+Limits, checked before anything is stored (so whatever is accepted can be
+read back by any standard client):
+- A request is at most the server's `--max-message-bytes` (4 MiB by
+  default): RESOURCE_EXHAUSTED (REQUEST_TOO_LARGE) beyond it. A body that
+  does not decode is INVALID_ARGUMENT (UNDECODABLE_REQUEST).
+- No response or stream message exceeds 4 MiB - 64 KiB: pages, lease
+  batches, change batches and replay batches hold fewer records instead.
+- A snapshot, checkpoint or event envelope is at most 2 MiB as stored; a
+  job payload and a job result at most 1 MiB each; a batch's answer must
+  fit in one response: RESOURCE_EXHAUSTED (RECORD_TOO_LARGE,
+  BATCH_TOO_LARGE) naming the field, with metadata `size_bytes` and
+  `limit_bytes`.
+- A `google.protobuf.Struct` (or `Value`) nests at most 20 levels of
+  objects and lists and holds only finite numbers; no floating-point field
+  is NaN or infinite; an unsigned integer is at most the signed maximum of
+  its width (2^63-1, 2^31-1); Timestamps and Durations lie in the ranges
+  protobuf defines. Anything else is INVALID_ARGUMENT naming the field.
+- Live streams (ReplayEvents, WatchJobs) are limited per server and per
+  connection: RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) beyond.
 """
 
 from google.protobuf import descriptor as _descriptor

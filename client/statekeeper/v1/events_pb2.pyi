@@ -360,7 +360,9 @@ class AppendEventRequest(_message.Message):
     """The run to append to. Required."""
     @_builtins.property
     def input(self) -> Global___EventInput:
-        """The event to append. Required."""
+        """The event to append. Required. Its envelope is at most 2 MiB:
+        RESOURCE_EXHAUSTED (RECORD_TOO_LARGE) otherwise, and nothing is stored.
+        """
 
     @_builtins.property
     def expectation(self) -> Global___SeqExpectation:
@@ -425,7 +427,9 @@ class AppendEventsRequest(_message.Message):
         fails the whole batch (INVALID_ARGUMENT naming `inputs[i]...`) and
         nothing is stored. No event may follow a terminal one. Inputs whose
         event_id is already stored with the same event return their original
-        envelope; the others are appended.
+        envelope; the others are appended. Each envelope is at most 2 MiB, and
+        the answer (every envelope) must fit in one response: RESOURCE_EXHAUSTED
+        (RECORD_TOO_LARGE, BATCH_TOO_LARGE) otherwise, and nothing is stored.
         """
 
     @_builtins.property

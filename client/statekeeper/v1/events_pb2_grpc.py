@@ -124,6 +124,8 @@ class EventLogServiceServicer:
         down ends open streams with UNAVAILABLE (SERVER_STOPPING): resume with
         `after_seq` set to the last seq received. A run deleted while it is
         replayed ends the stream with NOT_FOUND (RUN_NOT_FOUND).
+        RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) when the server or the connection
+        already serves its limit of streams.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

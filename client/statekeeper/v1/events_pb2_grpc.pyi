@@ -60,6 +60,8 @@ class EventLogServiceStub:
     down ends open streams with UNAVAILABLE (SERVER_STOPPING): resume with
     `after_seq` set to the last seq received. A run deleted while it is
     replayed ends the stream with NOT_FOUND (RUN_NOT_FOUND).
+    RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) when the server or the connection
+    already serves its limit of streams.
     """
     ListRuns: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListRunsRequest, _events_pb2.ListRunsResponse]
     """Pages through the runs of the namespace in run_id order."""
@@ -105,6 +107,8 @@ class EventLogServiceAsyncStub(EventLogServiceStub):
     down ends open streams with UNAVAILABLE (SERVER_STOPPING): resume with
     `after_seq` set to the last seq received. A run deleted while it is
     replayed ends the stream with NOT_FOUND (RUN_NOT_FOUND).
+    RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) when the server or the connection
+    already serves its limit of streams.
     """
     ListRuns: _aio.UnaryUnaryMultiCallable[_events_pb2.ListRunsRequest, _events_pb2.ListRunsResponse]  # type: ignore[assignment]
     """Pages through the runs of the namespace in run_id order."""
@@ -171,6 +175,8 @@ class EventLogServiceServicer(metaclass=_abc_1.ABCMeta):
         down ends open streams with UNAVAILABLE (SERVER_STOPPING): resume with
         `after_seq` set to the last seq received. A run deleted while it is
         replayed ends the stream with NOT_FOUND (RUN_NOT_FOUND).
+        RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) when the server or the connection
+        already serves its limit of streams.
         """
 
     @_abc_1.abstractmethod

@@ -199,7 +199,9 @@ class JobSpec(_message.Message):
     """
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
-        """The job's input (JSON object); empty when unset."""
+        """The job's input (JSON object); empty when unset. At most 1 MiB encoded:
+        RESOURCE_EXHAUSTED (RECORD_TOO_LARGE) otherwise.
+        """
 
     @_builtins.property
     def run_after(self) -> _timestamp_pb2.Timestamp:
@@ -429,7 +431,9 @@ class EnqueueJobsRequest(_message.Message):
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobSpec]:
         """The jobs to enqueue, 1 to 1000 of them; a key repeated inside the batch
-        resolves to the first job that carries it.
+        resolves to the first job that carries it. The answer (every job,
+        including those found by their key) must fit in one response:
+        RESOURCE_EXHAUSTED (BATCH_TOO_LARGE) otherwise, and nothing is stored.
         """
 
     def __init__(
@@ -633,7 +637,10 @@ class CompleteJobRequest(_message.Message):
     """The lease held on it. Required."""
     @_builtins.property
     def result(self) -> _struct_pb2.Struct:
-        """The job's result (JSON object)."""
+        """The job's result (JSON object). At most 1 MiB encoded:
+        RESOURCE_EXHAUSTED (RECORD_TOO_LARGE) otherwise, and the job stays
+        RUNNING under its lease.
+        """
 
     def __init__(
         self,
@@ -690,7 +697,9 @@ class FailJobRequest(_message.Message):
     lease_id: _builtins.str
     """The lease held on it. Required."""
     error: _builtins.str
-    """What went wrong (longer messages are cut at 4096 characters)."""
+    """What went wrong (longer messages are cut at 4 KiB of UTF-8, between
+    characters).
+    """
     retryable: _builtins.bool
     """Whether another attempt may succeed; false makes the job DEAD at once."""
     @_builtins.property

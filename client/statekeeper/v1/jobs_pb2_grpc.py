@@ -234,6 +234,8 @@ class JobServiceServicer:
     def WatchJobs(self, request, context):
         """Streams the state changes of jobs, filtered by queue, kind or job ids:
         first a `started` marker, then every matching change in commit order.
+        RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) when the server or the connection
+        already serves its limit of streams.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

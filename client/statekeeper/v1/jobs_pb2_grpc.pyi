@@ -106,6 +106,8 @@ class JobServiceStub:
     WatchJobs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.WatchJobsResponse]
     """Streams the state changes of jobs, filtered by queue, kind or job ids:
     first a `started` marker, then every matching change in commit order.
+    RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) when the server or the connection
+    already serves its limit of streams.
     """
 
 @_typing.type_check_only
@@ -186,6 +188,8 @@ class JobServiceAsyncStub(JobServiceStub):
     WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.WatchJobsResponse]  # type: ignore[assignment]
     """Streams the state changes of jobs, filtered by queue, kind or job ids:
     first a `started` marker, then every matching change in commit order.
+    RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) when the server or the connection
+    already serves its limit of streams.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -335,6 +339,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_jobs_pb2.WatchJobsResponse], _abc.AsyncIterator[_jobs_pb2.WatchJobsResponse]]:
         """Streams the state changes of jobs, filtered by queue, kind or job ids:
         first a `started` marker, then every matching change in commit order.
+        RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) when the server or the connection
+        already serves its limit of streams.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -475,7 +475,9 @@ class SaveSnapshotRequest(_message.Message):
     """
     @_builtins.property
     def snapshot(self) -> Global___Snapshot:
-        """The snapshot to store; `version` and `update_time` are ignored."""
+        """The snapshot to store; `version` and `update_time` are ignored. At most
+        2 MiB as stored: RESOURCE_EXHAUSTED (RECORD_TOO_LARGE) otherwise.
+        """
 
     def __init__(
         self,
