@@ -25,52 +25,61 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from statekeeper.v1 import access_pb2 as statekeeper_dot_v1_dot_access__pb2
 from statekeeper.v1 import common_pb2 as statekeeper_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1estatekeeper/v1/snapshots.proto\x12\x0estatekeeper.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstatekeeper/v1/common.proto\"p\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\'\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x11\n\tmime_type\x18\x04 \x01(\tB\x06\n\x04part\"P\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb4\x01\n\x07Message\x12)\n\x04role\x18\x01 \x01(\x0e\x32\x1b.statekeeper.v1.MessageRole\x12,\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x1b.statekeeper.v1.ContentPart\x12,\n\ntool_calls\x18\x03 \x03(\x0b\x32\x18.statekeeper.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\"`\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa3\x01\n\tRunLimits\x12\x16\n\x0emax_iterations\x18\x01 \x01(\r\x12\x19\n\x11max_output_tokens\x18\x02 \x01(\r\x12\x18\n\x10max_total_tokens\x18\x03 \x01(\x04\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15max_output_recoveries\x18\x05 \x01(\r\"\x87\x02\n\nRunRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12)\n\x08messages\x18\x03 \x03(\x0b\x32\x17.statekeeper.v1.Message\x12-\n\x05tools\x18\x04 \x03(\x0b\x32\x1e.statekeeper.v1.ToolDefinition\x12)\n\x06limits\x18\x05 \x01(\x0b\x32\x19.statekeeper.v1.RunLimits\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12)\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x0e\n\x0c_temperature\"\x8d\x04\n\x08Snapshot\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.statekeeper.v1.RunStatus\x12\x11\n\titeration\x18\x04 \x01(\r\x12\x30\n\rcurrent_state\x18\x05 \x01(\x0e\x32\x19.statekeeper.v1.TurnState\x12/\n\x0btotal_usage\x18\x06 \x01(\x0b\x32\x1a.statekeeper.v1.TokenUsage\x12\x31\n\x0blast_finish\x18\x07 \x01(\x0e\x32\x1c.statekeeper.v1.FinishReason\x12\x32\n\x11\x61ssistant_message\x18\x08 \x01(\x0b\x32\x17.statekeeper.v1.Message\x12\x18\n\x10\x61ssistant_msg_id\x18\t \x01(\t\x12+\n\x07request\x18\n \x01(\x0b\x32\x1a.statekeeper.v1.RunRequest\x12\x1d\n\x15output_recovery_count\x18\x0b \x01(\r\x12-\n\ttimestamp\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\r \x01(\x03\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x13SaveSnapshotRequest\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x18.statekeeper.v1.Snapshot\x12\x1d\n\x10\x65xpected_version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"B\n\x14SaveSnapshotResponse\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x18.statekeeper.v1.Snapshot\"%\n\x13LoadSnapshotRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"B\n\x14LoadSnapshotResponse\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x18.statekeeper.v1.Snapshot\"|\n\x14ListSnapshotsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.statekeeper.v1.RunStatus\"]\n\x15ListSnapshotsResponse\x12+\n\tsnapshots\x18\x01 \x03(\x0b\x32\x18.statekeeper.v1.Snapshot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x15\x44\x65leteSnapshotRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\")\n\x16\x44\x65leteSnapshotResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08*\xb9\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x15\n\x11RUN_STATUS_PAUSED\x10\x03\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x04\x12\x15\n\x11RUN_STATUS_FAILED\x10\x05\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x06*\xd6\x01\n\tTurnState\x12\x1a\n\x16TURN_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TURN_STATE_PREPARING\x10\x01\x12\x1d\n\x19TURN_STATE_AWAITING_MODEL\x10\x02\x12\x1e\n\x1aTURN_STATE_EXECUTING_TOOLS\x10\x03\x12\x1d\n\x19TURN_STATE_AWAITING_INPUT\x10\x04\x12 \n\x1cTURN_STATE_RECOVERING_OUTPUT\x10\x05\x12\x13\n\x0fTURN_STATE_DONE\x10\x06*\x8e\x01\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x01\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x02\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x03\x12\x15\n\x11MESSAGE_ROLE_TOOL\x10\x04\x32\x86\x03\n\x0fSnapshotService\x12Y\n\x0cSaveSnapshot\x12#.statekeeper.v1.SaveSnapshotRequest\x1a$.statekeeper.v1.SaveSnapshotResponse\x12Y\n\x0cLoadSnapshot\x12#.statekeeper.v1.LoadSnapshotRequest\x1a$.statekeeper.v1.LoadSnapshotResponse\x12\\\n\rListSnapshots\x12$.statekeeper.v1.ListSnapshotsRequest\x1a%.statekeeper.v1.ListSnapshotsResponse\x12_\n\x0e\x44\x65leteSnapshot\x12%.statekeeper.v1.DeleteSnapshotRequest\x1a&.statekeeper.v1.DeleteSnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1estatekeeper/v1/snapshots.proto\x12\x0estatekeeper.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bstatekeeper/v1/access.proto\x1a\x1bstatekeeper/v1/common.proto\"p\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\'\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x11\n\tmime_type\x18\x04 \x01(\tB\x06\n\x04part\"P\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb4\x01\n\x07Message\x12)\n\x04role\x18\x01 \x01(\x0e\x32\x1b.statekeeper.v1.MessageRole\x12,\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x1b.statekeeper.v1.ContentPart\x12,\n\ntool_calls\x18\x03 \x03(\x0b\x32\x18.statekeeper.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\"`\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa3\x01\n\tRunLimits\x12\x16\n\x0emax_iterations\x18\x01 \x01(\r\x12\x19\n\x11max_output_tokens\x18\x02 \x01(\r\x12\x18\n\x10max_total_tokens\x18\x03 \x01(\x04\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15max_output_recoveries\x18\x05 \x01(\r\"\x87\x02\n\nRunRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12)\n\x08messages\x18\x03 \x03(\x0b\x32\x17.statekeeper.v1.Message\x12-\n\x05tools\x18\x04 \x03(\x0b\x32\x1e.statekeeper.v1.ToolDefinition\x12)\n\x06limits\x18\x05 \x01(\x0b\x32\x19.statekeeper.v1.RunLimits\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12)\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x0e\n\x0c_temperature\"\x8d\x04\n\x08Snapshot\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.statekeeper.v1.RunStatus\x12\x11\n\titeration\x18\x04 \x01(\r\x12\x30\n\rcurrent_state\x18\x05 \x01(\x0e\x32\x19.statekeeper.v1.TurnState\x12/\n\x0btotal_usage\x18\x06 \x01(\x0b\x32\x1a.statekeeper.v1.TokenUsage\x12\x31\n\x0blast_finish\x18\x07 \x01(\x0e\x32\x1c.statekeeper.v1.FinishReason\x12\x32\n\x11\x61ssistant_message\x18\x08 \x01(\x0b\x32\x17.statekeeper.v1.Message\x12\x18\n\x10\x61ssistant_msg_id\x18\t \x01(\t\x12+\n\x07request\x18\n \x01(\x0b\x32\x1a.statekeeper.v1.RunRequest\x12\x1d\n\x15output_recovery_count\x18\x0b \x01(\r\x12-\n\ttimestamp\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\r \x01(\x03\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x13SaveSnapshotRequest\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x18.statekeeper.v1.Snapshot\x12\x1d\n\x10\x65xpected_version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"B\n\x14SaveSnapshotResponse\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x18.statekeeper.v1.Snapshot\"%\n\x13LoadSnapshotRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"B\n\x14LoadSnapshotResponse\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x18.statekeeper.v1.Snapshot\"|\n\x14ListSnapshotsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.statekeeper.v1.RunStatus\"]\n\x15ListSnapshotsResponse\x12+\n\tsnapshots\x18\x01 \x03(\x0b\x32\x18.statekeeper.v1.Snapshot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x15\x44\x65leteSnapshotRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\")\n\x16\x44\x65leteSnapshotResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08*\xb9\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x15\n\x11RUN_STATUS_PAUSED\x10\x03\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x04\x12\x15\n\x11RUN_STATUS_FAILED\x10\x05\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x06*\xd6\x01\n\tTurnState\x12\x1a\n\x16TURN_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TURN_STATE_PREPARING\x10\x01\x12\x1d\n\x19TURN_STATE_AWAITING_MODEL\x10\x02\x12\x1e\n\x1aTURN_STATE_EXECUTING_TOOLS\x10\x03\x12\x1d\n\x19TURN_STATE_AWAITING_INPUT\x10\x04\x12 \n\x1cTURN_STATE_RECOVERING_OUTPUT\x10\x05\x12\x13\n\x0fTURN_STATE_DONE\x10\x06*\x8e\x01\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x01\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x02\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x03\x12\x15\n\x11MESSAGE_ROLE_TOOL\x10\x04\x32\x9e\x03\n\x0fSnapshotService\x12_\n\x0cSaveSnapshot\x12#.statekeeper.v1.SaveSnapshotRequest\x1a$.statekeeper.v1.SaveSnapshotResponse\"\x04\xc0\xf3\x18\x02\x12_\n\x0cLoadSnapshot\x12#.statekeeper.v1.LoadSnapshotRequest\x1a$.statekeeper.v1.LoadSnapshotResponse\"\x04\xc0\xf3\x18\x01\x12\x62\n\rListSnapshots\x12$.statekeeper.v1.ListSnapshotsRequest\x1a%.statekeeper.v1.ListSnapshotsResponse\"\x04\xc0\xf3\x18\x01\x12\x65\n\x0e\x44\x65leteSnapshot\x12%.statekeeper.v1.DeleteSnapshotRequest\x1a&.statekeeper.v1.DeleteSnapshotResponse\"\x04\xc0\xf3\x18\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'statekeeper.v1.snapshots_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=2211
-  _globals['_RUNSTATUS']._serialized_end=2396
-  _globals['_TURNSTATE']._serialized_start=2399
-  _globals['_TURNSTATE']._serialized_end=2613
-  _globals['_MESSAGEROLE']._serialized_start=2616
-  _globals['_MESSAGEROLE']._serialized_end=2758
-  _globals['_CONTENTPART']._serialized_start=174
-  _globals['_CONTENTPART']._serialized_end=286
-  _globals['_TOOLCALL']._serialized_start=288
-  _globals['_TOOLCALL']._serialized_end=368
-  _globals['_MESSAGE']._serialized_start=371
-  _globals['_MESSAGE']._serialized_end=551
-  _globals['_TOOLDEFINITION']._serialized_start=553
-  _globals['_TOOLDEFINITION']._serialized_end=649
-  _globals['_RUNLIMITS']._serialized_start=652
-  _globals['_RUNLIMITS']._serialized_end=815
-  _globals['_RUNREQUEST']._serialized_start=818
-  _globals['_RUNREQUEST']._serialized_end=1081
-  _globals['_SNAPSHOT']._serialized_start=1084
-  _globals['_SNAPSHOT']._serialized_end=1609
-  _globals['_SAVESNAPSHOTREQUEST']._serialized_start=1611
-  _globals['_SAVESNAPSHOTREQUEST']._serialized_end=1728
-  _globals['_SAVESNAPSHOTRESPONSE']._serialized_start=1730
-  _globals['_SAVESNAPSHOTRESPONSE']._serialized_end=1796
-  _globals['_LOADSNAPSHOTREQUEST']._serialized_start=1798
-  _globals['_LOADSNAPSHOTREQUEST']._serialized_end=1835
-  _globals['_LOADSNAPSHOTRESPONSE']._serialized_start=1837
-  _globals['_LOADSNAPSHOTRESPONSE']._serialized_end=1903
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=1905
-  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=2029
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=2031
-  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=2124
-  _globals['_DELETESNAPSHOTREQUEST']._serialized_start=2126
-  _globals['_DELETESNAPSHOTREQUEST']._serialized_end=2165
-  _globals['_DELETESNAPSHOTRESPONSE']._serialized_start=2167
-  _globals['_DELETESNAPSHOTRESPONSE']._serialized_end=2208
-  _globals['_SNAPSHOTSERVICE']._serialized_start=2761
-  _globals['_SNAPSHOTSERVICE']._serialized_end=3151
+  _globals['_SNAPSHOTSERVICE'].methods_by_name['SaveSnapshot']._loaded_options = None
+  _globals['_SNAPSHOTSERVICE'].methods_by_name['SaveSnapshot']._serialized_options = b'\300\363\030\002'
+  _globals['_SNAPSHOTSERVICE'].methods_by_name['LoadSnapshot']._loaded_options = None
+  _globals['_SNAPSHOTSERVICE'].methods_by_name['LoadSnapshot']._serialized_options = b'\300\363\030\001'
+  _globals['_SNAPSHOTSERVICE'].methods_by_name['ListSnapshots']._loaded_options = None
+  _globals['_SNAPSHOTSERVICE'].methods_by_name['ListSnapshots']._serialized_options = b'\300\363\030\001'
+  _globals['_SNAPSHOTSERVICE'].methods_by_name['DeleteSnapshot']._loaded_options = None
+  _globals['_SNAPSHOTSERVICE'].methods_by_name['DeleteSnapshot']._serialized_options = b'\300\363\030\002'
+  _globals['_RUNSTATUS']._serialized_start=2240
+  _globals['_RUNSTATUS']._serialized_end=2425
+  _globals['_TURNSTATE']._serialized_start=2428
+  _globals['_TURNSTATE']._serialized_end=2642
+  _globals['_MESSAGEROLE']._serialized_start=2645
+  _globals['_MESSAGEROLE']._serialized_end=2787
+  _globals['_CONTENTPART']._serialized_start=203
+  _globals['_CONTENTPART']._serialized_end=315
+  _globals['_TOOLCALL']._serialized_start=317
+  _globals['_TOOLCALL']._serialized_end=397
+  _globals['_MESSAGE']._serialized_start=400
+  _globals['_MESSAGE']._serialized_end=580
+  _globals['_TOOLDEFINITION']._serialized_start=582
+  _globals['_TOOLDEFINITION']._serialized_end=678
+  _globals['_RUNLIMITS']._serialized_start=681
+  _globals['_RUNLIMITS']._serialized_end=844
+  _globals['_RUNREQUEST']._serialized_start=847
+  _globals['_RUNREQUEST']._serialized_end=1110
+  _globals['_SNAPSHOT']._serialized_start=1113
+  _globals['_SNAPSHOT']._serialized_end=1638
+  _globals['_SAVESNAPSHOTREQUEST']._serialized_start=1640
+  _globals['_SAVESNAPSHOTREQUEST']._serialized_end=1757
+  _globals['_SAVESNAPSHOTRESPONSE']._serialized_start=1759
+  _globals['_SAVESNAPSHOTRESPONSE']._serialized_end=1825
+  _globals['_LOADSNAPSHOTREQUEST']._serialized_start=1827
+  _globals['_LOADSNAPSHOTREQUEST']._serialized_end=1864
+  _globals['_LOADSNAPSHOTRESPONSE']._serialized_start=1866
+  _globals['_LOADSNAPSHOTRESPONSE']._serialized_end=1932
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=1934
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=2058
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=2060
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=2153
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_start=2155
+  _globals['_DELETESNAPSHOTREQUEST']._serialized_end=2194
+  _globals['_DELETESNAPSHOTRESPONSE']._serialized_start=2196
+  _globals['_DELETESNAPSHOTRESPONSE']._serialized_end=2237
+  _globals['_SNAPSHOTSERVICE']._serialized_start=2790
+  _globals['_SNAPSHOTSERVICE']._serialized_end=3204
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,1 @@
+"""Access control: who may call, on which namespace, to do what."""

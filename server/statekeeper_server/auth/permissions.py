@@ -1,0 +1,73 @@
+"""Principals and their permissions: a namespace (or `*`) and a role each.
+
+A permission is written `namespace:role`, such as `acme:write` or
+`*:read`. A principal holds a set of them; it may make a call when one of
+them names the call's namespace (or `*`) with the required role or a
+higher one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from statekeeper_server.auth.roles import Role
+from statekeeper_server.validation import is_id
+
+ANY_NAMESPACE = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """A role in one namespace, or in every namespace (`*`)."""
+
+    namespace: str
+    role: Role
+
+    @classmethod
+    def parse(cls, text: str) -> Permission:
+        """`acme:write` as a Permission; ValueError saying what is wrong otherwise."""
+        namespace, sep, role = text.strip().rpartition(":")
+        if not sep or not (namespace == ANY_NAMESPACE or is_id(namespace)):
+            raise ValueError(f"permission {text!r} must be NAMESPACE:ROLE, such as acme:write")
+        return cls(namespace, Role.parse(role))
+
+    def grants(self, namespace: str, role: Role) -> bool:
+        """Whether this permission allows `role` in `namespace`."""
+        return self.namespace in (namespace, ANY_NAMESPACE) and self.role >= role
+
+    def __str__(self) -> str:
+        return f"{self.namespace}:{self.role.label}"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who makes a call: a name (for logs) and what it may do.
+
+    `expires_at` is a Unix time after which its credential is no longer
+    valid (None: it does not expire).
+    """
+
+    name: str
+    permissions: frozenset[Permission]
+    expires_at: float | None = None
+
+    @classmethod
+    def of(
+        cls, name: str, permissions: Iterable[str], expires_at: float | None = None
+    ) -> Principal:
+        """A principal from permissions written as text."""
+        return cls(name, frozenset(Permission.parse(p) for p in permissions), expires_at)
+
+    def allows(self, namespace: str, role: Role) -> bool:
+        """Whether any permission allows `role` in `namespace`."""
+        return any(permission.grants(namespace, role) for permission in self.permissions)
+
+    @property
+    def sole_namespace(self) -> str | None:
+        """The namespace of a principal whose permissions all name the same one (not `*`):
+        calls may then leave the namespace header out."""
+        namespaces = {permission.namespace for permission in self.permissions}
+        if len(namespaces) == 1 and ANY_NAMESPACE not in namespaces:
+            return next(iter(namespaces))
+        return None
