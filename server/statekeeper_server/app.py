@@ -33,6 +33,7 @@ from statekeeper_server.services.events import EventLogServicer
 from statekeeper_server.services.jobs import JobServicer
 from statekeeper_server.services.snapshots import SnapshotServicer
 from statekeeper_server.stores import Store, open_store
+from statekeeper_server.tls import ServerTls, TlsError, bind
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Application:
         self.admission = Admission(settings.max_streams, settings.max_streams_per_connection)
         self.port = 0
         self._store: Store | None = None
+        self._tls: ServerTls | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
@@ -80,7 +82,8 @@ class Application:
         return self._store
 
     async def start(self) -> None:
-        """Open the store, bind the address and start serving."""
+        """Read the TLS files (if any), open the store, bind the address and start serving."""
+        self._tls = await ServerTls.load(self.settings)
         self._store = await open_store(self.settings.store, self.settings)
         try:
             await self._start_server(self._store)
@@ -105,7 +108,7 @@ class Application:
         reflection.enable_server_reflection(
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(self.settings.listen)
+        self.port = bind(server, self.settings.listen, self._tls)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
@@ -116,6 +119,18 @@ class Application:
             background.extend(service.background())
         self._tasks = [asyncio.create_task(coro) for coro in background]
         log.info("serving on %s with store %s", self.settings.listen, _redact(self.settings.store))
+
+    async def reload(self) -> None:
+        """Re-read what may change while serving (on SIGHUP): the TLS files.
+
+        What cannot be re-read keeps its current state and is logged; a
+        reload never stops the server.
+        """
+        if self._tls is not None:
+            try:
+                await self._tls.reload()
+            except TlsError as exc:
+                log.error("keeping the TLS files in use: %s", exc)
 
     async def stop(self) -> None:
         """Graceful shutdown: drain calls, stop the transport and loops, close the store."""

@@ -44,6 +44,19 @@ class Settings(BaseSettings):
         description="seconds to wait for a PostgreSQL connection "
         "(the URL's ?connect_timeout= wins)",
     )
+    tls_cert: str = Field(
+        "",
+        description="PEM certificate chain of the gRPC port; with --tls-key the port speaks"
+        " TLS, without both it is plaintext (re-read on SIGHUP)",
+    )
+    tls_key: str = Field(
+        "", description="PEM private key of --tls-cert, not encrypted (re-read on SIGHUP)"
+    )
+    tls_client_ca: str = Field(
+        "",
+        description="PEM CA certificates that must have signed every client's certificate"
+        " (mutual TLS); needs --tls-cert (re-read on SIGHUP)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="lowest level of log lines written to stderr"
     )
