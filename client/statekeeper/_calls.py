@@ -6,15 +6,27 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from statekeeper._credentials import Token, authorization
+
 NAMESPACE_HEADER = "x-statekeeper-namespace"
 
 
 @dataclass(frozen=True)
 class CallOptions:
-    """Metadata and deadline sent with every call of one client."""
+    """The namespace, deadline and token of every call of one client."""
 
-    metadata: tuple[tuple[str, str], ...]
+    namespace: str
     timeout: float | None
+    token: Token | None = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata of a call made now: the namespace and, with a token, the
+        `authorization` entry (a callable token is called each time)."""
+        namespace = (NAMESPACE_HEADER, self.namespace)
+        if self.token is None:
+            return (namespace,)
+        return (namespace, authorization(self.token))
 
 
 def retry_service_config(idempotent_methods: Iterable[tuple[str, str]]) -> str:
