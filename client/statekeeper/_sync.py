@@ -58,8 +58,9 @@ class Client:
     Use as `with Client(target) as client: client.snapshots.load("run-1")`.
     """
 
-    def __init__(self, target: str, **options: Any) -> None:
-        """Arguments as for `AsyncClient`."""
+    def __init__(self, target: str | None = None, **options: Any) -> None:
+        """Arguments as for `AsyncClient`; a callable token is called on the client's
+        own thread."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="statekeeper-client", daemon=True

@@ -10,7 +10,10 @@ import signal
 import sys
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("statekeeper")
 
@@ -68,11 +71,42 @@ async def _serve(overrides: dict[str, Any]) -> int:
     return 0
 
 
-async def _health(target: str, service: str, deadline: float) -> int:
+def _health_credentials(
+    parser: argparse.ArgumentParser, args: dict[str, Any]
+) -> grpc.ChannelCredentials | None:
+    """The channel credentials the health flags ask for (None: plaintext); a usage
+    error (exit status 2) for a lone --tls-cert or --tls-key or a file that cannot be read."""
+    from statekeeper._credentials import channel_credentials
+
+    if (args["tls_cert"] is None) != (args["tls_key"] is None):
+        parser.error("--tls-cert and --tls-key go together")
+    try:
+        return channel_credentials(
+            tls=args["tls"],
+            root_certificates=args["tls_ca"],
+            client_cert=args["tls_cert"],
+            client_key=args["tls_key"],
+        )
+    except OSError as exc:
+        parser.error(f"cannot read {exc.filename}: {exc.strerror}")
+
+
+async def _health(
+    target: str,
+    service: str,
+    deadline: float,
+    credentials: grpc.ChannelCredentials | None,
+    server_name: str,
+) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(target) as channel:
+    if credentials is None:
+        channel = grpc.aio.insecure_channel(target)
+    else:
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        channel = grpc.aio.secure_channel(target, credentials, options)
+    async with channel:
         # The published stubs of grpc_health omit the stub's methods.
         stub: Any = health_pb2_grpc.HealthStub(channel)
         try:
@@ -96,6 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     health.add_argument("--target", default="127.0.0.1:50051", help="server address")
     health.add_argument("--service", default="", help="service name; empty for the whole server")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    health.add_argument(
+        "--tls", action="store_true", help="speak TLS, trusting the system's CAs (see --tls-ca)"
+    )
+    health.add_argument("--tls-ca", help="PEM CA certificates to trust instead (implies --tls)")
+    health.add_argument(
+        "--tls-cert", help="PEM client certificate for mutual TLS, with --tls-key (implies --tls)"
+    )
+    health.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    health.add_argument(
+        "--tls-server-name",
+        default="",
+        help="name the server's certificate must hold, when not the target's host",
+    )
     try:
         _settings_flags(serve)
     except ImportError as exc:
@@ -108,7 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.pop("command")
     if command == "serve":
         return asyncio.run(_serve(args))
-    return asyncio.run(_health(args["target"], args["service"], args["timeout"]))
+    credentials = _health_credentials(health, args)
+    return asyncio.run(
+        _health(
+            args["target"], args["service"], args["timeout"], credentials, args["tls_server_name"]
+        )
+    )
 
 
 if __name__ == "__main__":
