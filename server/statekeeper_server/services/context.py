@@ -1,7 +1,16 @@
-"""What every servicer reads from the call itself."""
+"""What every servicer reads from the call itself: the namespace it acts in.
+
+Without access control the namespace is the `x-statekeeper-namespace`
+header, `default` when absent. With access control the auth interceptor
+resolves it once, before the call is admitted (a principal with a single
+namespace may leave the header out), and records it for the call;
+`request_namespace` then returns exactly what was checked.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -12,19 +21,38 @@ from statekeeper_server.validation import require_id
 NAMESPACE_HEADER = "x-statekeeper-namespace"
 DEFAULT_NAMESPACE = "default"
 
+Metadata = Iterable[tuple[str, str | bytes]]
+"""A call's invocation metadata: (key, value) pairs, keys in lower case."""
 
-def request_namespace(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The call's namespace from its metadata; `default` when absent.
+_checked_namespace: ContextVar[str | None] = ContextVar("statekeeper_namespace", default=None)
+"""The namespace the auth interceptor admitted the current call to (gRPC runs each
+call in its own task, so the value never leaks from one call into another)."""
+
+
+def namespace_from_metadata(metadata: Metadata, sole_namespace: str | None = None) -> str:
+    """The namespace a call names: its header, else `sole_namespace`, else `default`.
 
     The header may appear once: with several values, a proxy checking one of
     them and the server using another would disagree about the tenant, so
-    that is INVALID_ARGUMENT.
+    that is INVALID_ARGUMENT, as is a value that is not a valid id.
     """
-    values = [
-        value for key, value in context.invocation_metadata() or () if key == NAMESPACE_HEADER
-    ]
+    values = [value for key, value in metadata if key == NAMESPACE_HEADER]
     if not values:
-        return DEFAULT_NAMESPACE
+        return sole_namespace or DEFAULT_NAMESPACE
     if len(values) > 1:
         raise InvalidArgument(NAMESPACE_HEADER, "must be sent once, not several times")
     return require_id(str(values[0]), NAMESPACE_HEADER)
+
+
+def admit_namespace(namespace: str) -> None:
+    """Record the namespace the current call was admitted to (by the auth interceptor)."""
+    _checked_namespace.set(namespace)
+
+
+def request_namespace(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The call's namespace: the one access control admitted it to, or else its header
+    (`default` when absent)."""
+    namespace = _checked_namespace.get()
+    if namespace is not None:
+        return namespace
+    return namespace_from_metadata(context.invocation_metadata() or ())

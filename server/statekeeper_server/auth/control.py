@@ -1,0 +1,127 @@
+"""Access control as the settings configure it: its sources, its files, its interceptor.
+
+`AccessControl.load(settings)` reads every configured file (tokens, JWT
+keys, certificate permissions) and returns None when none is configured:
+the server then runs without an auth interceptor at all, exactly as fast as
+before. `reload()` re-reads the files (SIGHUP); `watch_files()` re-reads
+each when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from statekeeper_server.auth.audit import AuditLog
+from statekeeper_server.auth.credentials import Authenticator, CredentialChain
+from statekeeper_server.auth.files import WatchedFile
+from statekeeper_server.auth.interceptor import AuthInterceptor, Gate
+from statekeeper_server.auth.jwt_tokens import JwtAuthenticator, JwtRules, read_verification_keys
+from statekeeper_server.auth.mtls import CertificateAuthenticator, read_certificate_permissions
+from statekeeper_server.auth.tokens import StaticTokens, read_tokens_file
+from statekeeper_server.config import Settings
+
+log = logging.getLogger("statekeeper.auth")
+
+
+class AccessControl:
+    """The authenticators the settings configure, and the files they are read from."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.audit = AuditLog()
+        self.files: list[WatchedFile[Any]] = []
+        sources: list[Authenticator] = []
+        accepted: list[str] = []
+        if settings.auth_tokens_file:
+            tokens = StaticTokens()
+            sources.append(tokens)
+            self.files.append(
+                WatchedFile(
+                    "--auth-tokens-file",
+                    Path(settings.auth_tokens_file),
+                    read_tokens_file,
+                    tokens.replace,
+                    lambda entries: _count(len(entries), "token"),
+                )
+            )
+        if settings.auth_jwt_keys:
+            rules = JwtRules(
+                issuer=settings.auth_jwt_issuer or None,
+                audience=settings.auth_jwt_audience or None,
+                claim=settings.auth_jwt_claim,
+                leeway=settings.auth_jwt_leeway,
+            )
+            jwts = JwtAuthenticator((), rules)
+            sources.append(jwts)
+            self.files.append(
+                WatchedFile(
+                    "--auth-jwt-keys",
+                    Path(settings.auth_jwt_keys),
+                    read_verification_keys,
+                    jwts.replace_keys,
+                    lambda keys: _count(len(keys), "key"),
+                )
+            )
+        if sources:
+            accepted.append("send `authorization: Bearer <token>`")
+        if settings.auth_mtls_permissions:
+            certificates = CertificateAuthenticator()
+            sources.append(certificates)
+            accepted.append("present a client certificate the server maps to permissions")
+            self.files.append(
+                WatchedFile(
+                    "--auth-mtls-permissions",
+                    Path(settings.auth_mtls_permissions),
+                    read_certificate_permissions,
+                    certificates.replace,
+                    lambda mapping: _count(len(mapping), "certificate name"),
+                )
+            )
+        self.credentials = CredentialChain(sources, " or ".join(accepted))
+
+    @classmethod
+    async def load(cls, settings: Settings) -> AccessControl | None:
+        """The access control the settings configure, its files read; None without any.
+
+        Raises AuthFileError naming the flag, the file and what is wrong.
+        """
+        if not settings.auth_enabled:
+            return None
+        control = cls(settings)
+        for file in control.files:
+            await file.load()
+        return control
+
+    def interceptor(self) -> AuthInterceptor:
+        """The interceptor enforcing this access control."""
+        return AuthInterceptor(
+            Gate(self.credentials, self.audit),
+            self.audit,
+            reflection_open=self.settings.reflection == "open",
+        )
+
+    async def reload(self) -> None:
+        """Re-read every file; one that cannot be used is logged and the version in
+        force stays."""
+        for file in self.files:
+            await file.reload()
+
+    async def watch_files(self) -> None:
+        """Re-read each file when it changes (checked every `auth_reload_interval`).
+
+        Nothing a check raises ends the watch.
+        """
+        while True:
+            await asyncio.sleep(self.settings.auth_reload_interval)
+            for file in self.files:
+                try:
+                    await file.reload_if_changed()
+                except Exception:
+                    log.exception("checking %s %s for changes failed", file.flag, file.path)
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}{'' if number == 1 else 's'}"
