@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from statekeeper_server.limits import DEFAULT_MAX_REQUEST_BYTES, KIB, MAX_REQUEST_BYTES_LIMIT
@@ -56,6 +56,54 @@ class Settings(BaseSettings):
         "",
         description="PEM CA certificates that must have signed every client's certificate"
         " (mutual TLS); needs --tls-cert (re-read on SIGHUP)",
+    )
+    auth_tokens_file: str = Field(
+        "",
+        description="TOML or JSON file of static bearer tokens (name, SHA-256 of the token,"
+        " permissions, optional expiry; see `statekeeper token create`); re-read on SIGHUP"
+        " and when it changes",
+    )
+    auth_jwt_keys: str = Field(
+        "",
+        description="JWKS file or PEM public keys whose JWTs are accepted as bearer tokens"
+        " (RS256, ES256, EdDSA); re-read on SIGHUP and when it changes",
+    )
+    auth_jwt_issuer: str = Field(
+        "", description="the issuer (iss) every JWT must name; empty: not checked"
+    )
+    auth_jwt_audience: str = Field(
+        "",
+        description="the audience (aud) every JWT must name; empty: JWTs naming any audience"
+        " are refused",
+    )
+    auth_jwt_claim: str = Field(
+        "permissions",
+        min_length=1,
+        description='the JWT claim listing the permissions, such as ["acme:write", "*:read"]',
+    )
+    auth_jwt_leeway: float = Field(
+        30.0,
+        ge=0,
+        le=300,
+        description="seconds of clock skew allowed when checking a JWT's expiry and not-before",
+    )
+    auth_mtls_permissions: str = Field(
+        "",
+        description="TOML or JSON file mapping client certificate names (subject CN or SAN)"
+        " to permissions, so mutual TLS alone authenticates; re-read on SIGHUP and when it"
+        " changes",
+    )
+    auth_reload_interval: float = Field(
+        2.0, gt=0, description="seconds between checks of the auth files for changes"
+    )
+    reflection: Literal["open", "authenticated", "off"] = Field(
+        "open",
+        description="server reflection: open to anyone, only to authenticated callers, or off",
+    )
+    insecure_no_auth: bool = Field(
+        False,
+        description="allow listening on a non-loopback address without any authentication"
+        " (only on a network that is itself trusted)",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="lowest level of log lines written to stderr"
@@ -146,3 +194,28 @@ class Settings(BaseSettings):
     checkpoint_sweep_interval: float = Field(
         60.0, gt=0, description="seconds between sweeps applying checkpoint retention"
     )
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether any authentication is configured (tokens, JWT keys or certificates)."""
+        return bool(self.auth_tokens_file or self.auth_jwt_keys or self.auth_mtls_permissions)
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        if self.reflection == "authenticated" and not self.auth_enabled:
+            raise ValueError(
+                "--reflection=authenticated needs authentication: --auth-tokens-file,"
+                " --auth-jwt-keys or --auth-mtls-permissions"
+            )
+        for flag, value in (
+            ("--auth-jwt-issuer", self.auth_jwt_issuer),
+            ("--auth-jwt-audience", self.auth_jwt_audience),
+        ):
+            if value and not self.auth_jwt_keys:
+                raise ValueError(f"{flag} needs --auth-jwt-keys")
+        if self.auth_mtls_permissions and not self.tls_client_ca:
+            raise ValueError(
+                "--auth-mtls-permissions needs --tls-client-ca: without it clients send no"
+                " certificate"
+            )
+        return self

@@ -18,6 +18,9 @@ In the order a call meets them:
    a traceback; refuses a body over `--max-message-bytes`
    (RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE); and runs `check_request`,
    on a worker thread for a large body so walking it never stalls the loop.
+   It also encodes every response: a handler may answer with a message or
+   with the response's wire bytes already built (from stored records, see
+   `wire`), which are sent as they are.
 
 Each wraps a method's handler once, on its first call. Unary and
 server-streaming handlers are wrapped whole; for streaming requests (the
@@ -224,9 +227,11 @@ class RequestInterceptor(_Wrapping):
         self._max_request_bytes = max_request_bytes
 
     def wrap(self, method: str, handler: Handler) -> Handler:
-        """The handler with a decoder that never raises, and checks before it runs."""
+        """The handler with a decoder that never raises, checks before it runs, and an
+        encoder that passes pre-encoded responses through."""
         decode = self._decoder(handler.request_deserializer)
-        handler = handler._replace(request_deserializer=decode)
+        encode = _encoder(handler.response_serializer)
+        handler = handler._replace(request_deserializer=decode, response_serializer=encode)
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=_checked_unary(handler.unary_unary))
         if handler.unary_stream is not None:
@@ -263,6 +268,21 @@ class RequestInterceptor(_Wrapping):
             return request
 
         return decode
+
+
+def _encoder(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
+    """Encode a response with `serialize` (the method's own encoder), unless it is
+    already bytes: those are the response's wire bytes and pass as they are."""
+
+    def encode(response: Any) -> bytes:
+        if isinstance(response, bytes):
+            return response
+        if serialize is None:
+            encoded: bytes = response.SerializeToString()
+            return encoded
+        return serialize(response)
+
+    return encode
 
 
 async def _checked(request: Any) -> Any:

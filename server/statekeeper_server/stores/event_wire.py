@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
+from statekeeper_server.wire import message_field, repeated_message_field, varint
 
 # Tags (field number << 3 | wire type) of the fields written here.
 _ENVELOPE_EVENT_ID = b"\x0a"  # 1: string
@@ -23,20 +23,6 @@ _ENVELOPE_EVENT = b"\x2a"  # 5: AgentEvent
 _ENVELOPE_EMITTED_AT = b"\x32"  # 6: Timestamp
 _TIMESTAMP_SECONDS = b"\x08"  # 1: int64
 _TIMESTAMP_NANOS = b"\x10"  # 2: int32
-_FIELD_1 = b"\x0a"
-"""Tag of field 1, length-delimited: the envelopes of every response and batch."""
-
-
-def varint(value: int) -> bytes:
-    """The base-128 varint of a non-negative integer."""
-    if value < 0x80:
-        return _ONE_BYTE[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _delimited(tag: bytes, data: bytes) -> bytes:
@@ -101,9 +87,9 @@ def pack_envelopes(envelopes: Iterable[bytes]) -> bytes:
     1, so these bytes are a whole response of the first three and merge
     into the last.
     """
-    return b"".join([_FIELD_1 + varint(len(data)) + data for data in envelopes])
+    return repeated_message_field(1, envelopes)
 
 
 def replay_batch_message(envelopes: Iterable[bytes]) -> bytes:
     """The wire form of `ReplayEventsResponse{batch: EventBatch{envelopes}}`."""
-    return _delimited(_FIELD_1, pack_envelopes(envelopes))
+    return message_field(1, pack_envelopes(envelopes))
