@@ -20,6 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from statekeeper_server.admission import Admission
+from statekeeper_server.auth.control import AccessControl
+from statekeeper_server.auth.exposure import check_exposure
 from statekeeper_server.config import Settings
 from statekeeper_server.interceptors import (
     AdmissionInterceptor,
@@ -70,6 +72,7 @@ class Application:
         self.port = 0
         self._store: Store | None = None
         self._tls: ServerTls | None = None
+        self._access: AccessControl | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
@@ -82,8 +85,14 @@ class Application:
         return self._store
 
     async def start(self) -> None:
-        """Read the TLS files (if any), open the store, bind the address and start serving."""
+        """Read the TLS files (if any), open the store, bind the address and start serving.
+
+        Refuses (ExposedWithoutAuth) to serve a non-loopback address without
+        authentication unless `insecure_no_auth`; reads the access-control files.
+        """
+        check_exposure(self.settings)
         self._tls = await ServerTls.load(self.settings)
+        self._access = await AccessControl.load(self.settings)
         self._store = await open_store(self.settings.store, self.settings)
         try:
             await self._start_server(self._store)
@@ -95,6 +104,8 @@ class Application:
         server = grpc.aio.server(
             interceptors=[
                 ErrorInterceptor(),
+                # Without authentication configured there is no auth interceptor at all.
+                *([] if self._access is None else [self._access.interceptor()]),
                 AdmissionInterceptor(self.admission),
                 RequestInterceptor(self.settings.max_message_bytes),
             ],
@@ -105,9 +116,10 @@ class Application:
             service.add_to(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self._service_names = [service.service_name for service in services]
-        reflection.enable_server_reflection(
-            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        if self.settings.reflection != "off":
+            reflection.enable_server_reflection(
+                [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            )
         self.port = bind(server, self.settings.listen, self._tls)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
@@ -117,11 +129,14 @@ class Application:
         background = [self._watch_store(store)]
         for service in services:
             background.extend(service.background())
+        if self._access is not None:
+            background.append(self._access.watch_files())
         self._tasks = [asyncio.create_task(coro) for coro in background]
         log.info("serving on %s with store %s", self.settings.listen, _redact(self.settings.store))
 
     async def reload(self) -> None:
-        """Re-read what may change while serving (on SIGHUP): the TLS files.
+        """Re-read what may change while serving (on SIGHUP): the TLS files and the
+        access-control files (tokens, JWT keys, certificate permissions).
 
         What cannot be re-read keeps its current state and is logged; a
         reload never stops the server.
@@ -131,6 +146,8 @@ class Application:
                 await self._tls.reload()
             except TlsError as exc:
                 log.error("keeping the TLS files in use: %s", exc)
+        if self._access is not None:
+            await self._access.reload()
 
     async def stop(self) -> None:
         """Graceful shutdown: drain calls, stop the transport and loops, close the store."""

@@ -1,4 +1,5 @@
-"""The `statekeeper` command: `serve`, and `health` for probes and debugging."""
+"""The `statekeeper` command: `serve`, `health` for probes and debugging, and
+`token create` for the static tokens file."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
 
     for name, field in Settings.model_fields.items():
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": field.description}
-        if typing.get_origin(field.annotation) is typing.Literal:
+        if field.annotation is bool:
+            kwargs["action"] = "store_true"
+        elif typing.get_origin(field.annotation) is typing.Literal:
             kwargs["choices"] = typing.get_args(field.annotation)
         elif field.annotation in (int, float):
             kwargs["type"] = field.annotation
@@ -48,11 +51,18 @@ def freeze_startup_objects() -> int:
 
 
 async def _serve(overrides: dict[str, Any]) -> int:
+    from pydantic import ValidationError
+
     from statekeeper_server.app import Application
     from statekeeper_server.config import Settings
     from statekeeper_server.logs import configure_logging
 
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for problem in settings_problems(exc):
+            print(f"statekeeper serve: {problem}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     app = Application(settings)
     try:
@@ -65,6 +75,14 @@ async def _serve(overrides: dict[str, Any]) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = asyncio.create_task(app.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     print(f"statekeeper listening on {settings.listen}", file=sys.stderr, flush=True)
     await stop.wait()
     await app.stop()
@@ -89,6 +107,67 @@ def _health_credentials(
         )
     except OSError as exc:
         parser.error(f"cannot read {exc.filename}: {exc.strerror}")
+
+
+def settings_problems(error: Any) -> list[str]:
+    """One line per problem of a pydantic ValidationError of Settings, naming the flag."""
+    problems = []
+    for problem in error.errors():
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        location = [str(part) for part in problem["loc"]]
+        if location:
+            message = f"--{location[0].replace('_', '-')}: {message}"
+        problems.append(message)
+    return problems
+
+
+def _create_token(args: dict[str, Any]) -> int:
+    """Print a new token once, and the tokens-file entry that holds its digest."""
+    import datetime
+
+    from statekeeper_server.auth.tokens import (
+        new_token,
+        parse_expiry,
+        render_entry,
+        token_entry,
+    )
+
+    token = new_token()
+    try:
+        now = datetime.datetime.now(datetime.UTC)
+        expires = parse_expiry(args["expires"], now) if args["expires"] else None
+        entry = token_entry(args["name"], token, args["permission"] or [], expires)
+    except ValueError as exc:
+        print(f"statekeeper token create: {exc}", file=sys.stderr)
+        return 2
+    print(f"Token for {args['name']} (shown only now; keep it secret, e.g. in STATEKEEPER_TOKEN):")
+    print(token)
+    print()
+    print("Entry for the tokens file (it holds only the token's SHA-256):")
+    print(render_entry(entry, args["format"]))
+    return 0
+
+
+def _token_commands(commands: Any) -> None:
+    token = commands.add_parser("token", help="make tokens for --auth-tokens-file")
+    actions = token.add_subparsers(dest="action", required=True)
+    create = actions.add_parser(
+        "create", help="print a new random token once, and the entry to paste into the file"
+    )
+    create.add_argument("--name", required=True, help="who the token is for (in logs)")
+    create.add_argument(
+        "--permission",
+        action="append",
+        metavar="NAMESPACE:ROLE",
+        help="a permission such as acme:write or *:read (role read, write or admin);"
+        " repeat for more",
+    )
+    create.add_argument(
+        "--expires", help="DURATION (90d, 12h, 1w2d) or DATE (2026-12-31, UTC); default never"
+    )
+    create.add_argument(
+        "--format", choices=("toml", "json"), default="toml", help="format of the tokens file"
+    )
 
 
 async def _health(
@@ -127,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gRPC server")
     health = commands.add_parser("health", help="ask a server's health service; exit 0 if SERVING")
+    _token_commands(commands)
     health.add_argument("--target", default="127.0.0.1:50051", help="server address")
     health.add_argument("--service", default="", help="service name; empty for the whole server")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
@@ -155,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.pop("command")
     if command == "serve":
         return asyncio.run(_serve(args))
+    if command == "token":
+        return _create_token(args)
     credentials = _health_credentials(health, args)
     return asyncio.run(
         _health(
