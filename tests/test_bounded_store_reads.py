@@ -268,7 +268,8 @@ async def available_jobs(store: Store) -> list[jobs_pb2.Job]:
 
 
 async def test_lease_leaves_jobs_that_do_not_fit_available(store: Store) -> None:
-    await store.jobs.enqueue(NS, [job(large()) for _ in range(8)])
+    for _ in range(8):
+        await store.jobs.enqueue(NS, [job(large())])
     leased = await store.jobs.lease(NS, "default", [], "w-1", 8, LONG_LEASE)
     batch = [item.job for item in leased.jobs]
     assert 0 < len(batch) < 8
@@ -283,7 +284,8 @@ async def test_lease_leaves_jobs_that_do_not_fit_available(store: Store) -> None
 
 async def test_the_builtin_lease_leaves_jobs_that_do_not_fit_available(store: Store) -> None:
     builtin = NewJob(**{**job(large()).__dict__, "queue": BUILTIN_QUEUE})
-    await store.jobs.enqueue(NS, [builtin] * 8)
+    for _ in range(8):
+        await store.jobs.enqueue(NS, [builtin])
     leased = await store.jobs.lease_builtin("server", 32, LONG_LEASE)
     batch = [item.job for item in leased.jobs]
     assert 0 < len(batch) < 8
