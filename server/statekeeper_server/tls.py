@@ -73,16 +73,19 @@ def read_certificate_configuration(files: TlsFiles) -> grpc.ServerCertificateCon
     """Read and check the files (blocking I/O): a certificate chain, its unencrypted
     private key and, if named, CA certificates. Raises TlsError saying which file
     is wrong and how."""
-    cert = _read("--tls-cert", files.cert)
-    key = _read("--tls-key", files.key)
-    client_ca = _read("--tls-client-ca", files.client_ca) if files.client_ca else None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert = _read("--tls-cert", files.cert)
     _check_certificates(context, "--tls-cert", files.cert, cert)
-    if client_ca is not None:
-        assert files.client_ca is not None
+    key = _read("--tls-key", files.key)
+    client_ca = None
+    if files.client_ca is not None:
+        client_ca = _read("--tls-client-ca", files.client_ca)
         _check_certificates(context, "--tls-client-ca", files.client_ca, client_ca)
     try:
-        # A callable password: an encrypted key fails here instead of prompting on a terminal.
+        # The standard library pairs key and certificate only from files, so this reads
+        # them again; should they change in between, gRPC refuses a pair that does not
+        # match and keeps the one in use. A callable password makes an encrypted key
+        # fail here instead of prompting on a terminal.
         context.load_cert_chain(files.cert, files.key, password=lambda: b"")
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
