@@ -36,7 +36,8 @@ async def test_loading_a_corrupt_snapshot_is_data_loss_naming_the_run(tmp_path: 
         with pytest.raises(DataLoss) as caught:
             await store.snapshots.load("default", "run-b")
         assert caught.value.metadata["run_id"] == "run-b"
-        assert (await store.snapshots.load("default", "run-a")).run_id == "run-a"
+        loaded = snapshots_pb2.Snapshot.FromString(await store.snapshots.load("default", "run-a"))
+        assert loaded.run_id == "run-a"
     finally:
         await store.close()
 

@@ -78,8 +78,10 @@ async def test_the_store_serves_again_by_itself_when_the_database_returns(
         await proxied_store.ping()
     await proxy.start()
     await proxied_store.ping()
-    assert (await proxied_store.snapshots.load(NS, "run-1")).version == 1
-    assert (await proxied_store.snapshots.save(NS, SNAPSHOT, 1)).version == 2
+    loaded = snapshots_pb2.Snapshot.FromString(await proxied_store.snapshots.load(NS, "run-1"))
+    assert loaded.version == 1
+    saved = snapshots_pb2.Snapshot.FromString(await proxied_store.snapshots.save(NS, SNAPSHOT, 1))
+    assert saved.version == 2
 
 
 async def test_after_an_outage_every_watcher_is_woken_and_wake_ups_flow_again(

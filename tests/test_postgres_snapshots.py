@@ -35,12 +35,25 @@ def snapshot(iteration: int) -> snapshots_pb2.Snapshot:
     )
 
 
+async def saved_snapshot(
+    replica: Store, saving: snapshots_pb2.Snapshot, expected_version: int | None
+) -> snapshots_pb2.Snapshot:
+    """Save `saving` through `replica`; the snapshot as stored."""
+    return snapshots_pb2.Snapshot.FromString(
+        await replica.snapshots.save(NS, saving, expected_version)
+    )
+
+
+async def loaded_snapshot(replica: Store) -> snapshots_pb2.Snapshot:
+    return snapshots_pb2.Snapshot.FromString(await replica.snapshots.load(NS, "run-1"))
+
+
 async def outcomes(
     replicas: tuple[Store, Store], expected_version: int | None
 ) -> list[snapshots_pb2.Snapshot | BaseException]:
     """Race SAVES_PER_REPLICA saves through each replica at once."""
     saves = [
-        replica.snapshots.save(NS, snapshot(index), expected_version)
+        saved_snapshot(replica, snapshot(index), expected_version)
         for index in range(SAVES_PER_REPLICA)
         for replica in replicas
     ]
@@ -66,7 +79,7 @@ async def test_racing_saves_on_one_version_through_two_replicas_have_one_winner(
     saved = [result for result in results if isinstance(result, snapshots_pb2.Snapshot)]
     assert [stored.version for stored in saved] == [2]
     assert all(isinstance(result, Aborted) for result in results if result not in saved)
-    loaded = await replicas[1].snapshots.load(NS, "run-1")
+    loaded = await loaded_snapshot(replicas[1])
     assert loaded.iteration == saved[0].iteration
 
 
@@ -78,7 +91,7 @@ async def test_racing_unconditional_saves_through_two_replicas_each_get_a_new_ve
         result.version for result in results if isinstance(result, snapshots_pb2.Snapshot)
     )
     assert versions == list(range(1, 2 * SAVES_PER_REPLICA + 1))
-    assert (await replicas[0].snapshots.load(NS, "run-1")).version == 2 * SAVES_PER_REPLICA
+    assert (await loaded_snapshot(replicas[0])).version == 2 * SAVES_PER_REPLICA
 
 
 async def test_a_save_through_one_replica_is_loaded_through_the_other(

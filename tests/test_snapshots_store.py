@@ -24,6 +24,11 @@ def snapshot(run_id: str = "run-1", **fields: object) -> snapshots_pb2.Snapshot:
     return snapshots_pb2.Snapshot(run_id=run_id, **values)  # type: ignore[arg-type]
 
 
+def decoded(data: bytes) -> snapshots_pb2.Snapshot:
+    """A snapshot as the store returned it: its stored encoding."""
+    return snapshots_pb2.Snapshot.FromString(data)
+
+
 async def test_save_then_load_round_trips_every_field(store: Store) -> None:
     original = snapshot(
         iteration=7,
@@ -36,8 +41,10 @@ async def test_save_then_load_round_trips_every_field(store: Store) -> None:
     original.total_usage.input_tokens = 12
     original.timestamp.seconds = 1_700_000_000
 
-    await store.snapshots.save(NS, original, None)
-    loaded = await store.snapshots.load(NS, "run-1")
+    sent = snapshots_pb2.Snapshot()
+    sent.CopyFrom(original)
+    await store.snapshots.save(NS, sent, None)
+    loaded = decoded(await store.snapshots.load(NS, "run-1"))
 
     loaded.ClearField("version")
     loaded.ClearField("update_time")
@@ -45,12 +52,12 @@ async def test_save_then_load_round_trips_every_field(store: Store) -> None:
 
 
 async def test_first_save_is_version_one_and_each_save_adds_one(store: Store) -> None:
-    versions = [(await store.snapshots.save(NS, snapshot(), None)).version for _ in range(3)]
+    versions = [decoded(await store.snapshots.save(NS, snapshot(), None)).version for _ in range(3)]
     assert versions == [1, 2, 3]
 
 
 async def test_save_sets_update_time(store: Store) -> None:
-    saved = await store.snapshots.save(NS, snapshot(), None)
+    saved = decoded(await store.snapshots.save(NS, snapshot(), None))
     assert saved.update_time.seconds > 0
 
 
@@ -62,7 +69,7 @@ async def test_load_of_missing_run_is_not_found(store: Store) -> None:
 
 async def test_expected_version_matching_current_succeeds(store: Store) -> None:
     await store.snapshots.save(NS, snapshot(), None)
-    saved = await store.snapshots.save(NS, snapshot(iteration=2), 1)
+    saved = decoded(await store.snapshots.save(NS, snapshot(iteration=2), 1))
     assert saved.version == 2
 
 
@@ -72,7 +79,7 @@ async def test_expected_version_mismatch_is_aborted_with_current_version(store: 
         await store.snapshots.save(NS, snapshot(iteration=2), 5)
     assert caught.value.reason == "VERSION_MISMATCH"
     assert caught.value.metadata["current_version"] == "1"
-    assert (await store.snapshots.load(NS, "run-1")).iteration == 1
+    assert decoded(await store.snapshots.load(NS, "run-1")).iteration == 1
 
 
 async def test_expected_version_zero_requires_a_new_run(store: Store) -> None:
@@ -105,8 +112,8 @@ async def test_delete_of_missing_snapshot_succeeds_with_false(store: Store) -> N
 async def test_namespaces_are_isolated(store: Store) -> None:
     await store.snapshots.save("tenant-a", snapshot(iteration=1), None)
     await store.snapshots.save("tenant-b", snapshot(iteration=2), None)
-    assert (await store.snapshots.load("tenant-a", "run-1")).iteration == 1
-    assert (await store.snapshots.load("tenant-b", "run-1")).iteration == 2
+    assert decoded(await store.snapshots.load("tenant-a", "run-1")).iteration == 1
+    assert decoded(await store.snapshots.load("tenant-b", "run-1")).iteration == 2
     with pytest.raises(NotFound):
         await store.snapshots.load("tenant-c", "run-1")
 
@@ -120,7 +127,7 @@ async def test_list_pages_through_everything_in_run_id_order(store: Store) -> No
     pages = 0
     while True:
         page = await store.snapshots.list(NS, SnapshotFilter(), 10, token)
-        seen.extend(s.run_id for s in page.snapshots)
+        seen.extend(decoded(s).run_id for s in page.snapshots)
         pages += 1
         token = page.next_page_token
         if not token:
@@ -139,8 +146,8 @@ async def test_list_filters_by_session_and_status(store: Store) -> None:
     by_both = await store.snapshots.list(
         NS, SnapshotFilter(session_id="s1", status=snapshots_pb2.RUN_STATUS_COMPLETED), 50, ""
     )
-    assert [s.run_id for s in by_session.snapshots] == ["a", "c"]
-    assert [s.run_id for s in by_both.snapshots] == ["c"]
+    assert [decoded(s).run_id for s in by_session.snapshots] == ["a", "c"]
+    assert [decoded(s).run_id for s in by_both.snapshots] == ["c"]
 
 
 async def test_list_rejects_a_token_made_for_other_filters(store: Store) -> None:

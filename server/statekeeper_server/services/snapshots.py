@@ -1,4 +1,9 @@
-"""SnapshotService: validation of requests in front of the snapshot store."""
+"""SnapshotService: validation of requests in front of the snapshot store.
+
+Snapshots are answered with the bytes the store keeps (see `wire`): a save
+returns the encoding it stored, loads and listings the stored encodings,
+so no snapshot is parsed into a response message and encoded again.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from statekeeper_server.errors import InvalidArgument
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.stores.snapshots import SnapshotFilter, SnapshotStore
 from statekeeper_server.validation import enum_value, optional_id, page_size, require_id
+from statekeeper_server.wire import message_field, repeated_message_field, string_field
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -36,10 +42,11 @@ class SnapshotServicer(snapshots_pb2_grpc.SnapshotServiceServicer):
         """Snapshots need no background work."""
         return []
 
-    async def SaveSnapshot(
+    async def SaveSnapshot(  # type: ignore[override]  # answers with wire bytes
         self, request: snapshots_pb2.SaveSnapshotRequest, context: Context
-    ) -> snapshots_pb2.SaveSnapshotResponse:
-        """Validate the snapshot and compare-and-set it."""
+    ) -> bytes:
+        """Validate the snapshot and compare-and-set it; the SaveSnapshotResponse's wire
+        bytes (the request's snapshot, stamped, as stored)."""
         namespace = request_namespace(context)
         if not request.HasField("snapshot"):
             raise InvalidArgument("snapshot", "is required")
@@ -62,22 +69,22 @@ class SnapshotServicer(snapshots_pb2_grpc.SnapshotServiceServicer):
         if expected is not None and expected < 0:
             raise InvalidArgument("expected_version", "must not be negative")
         stored = await self._store.save(namespace, snapshot, expected)
-        return snapshots_pb2.SaveSnapshotResponse(snapshot=stored)
+        return message_field(snapshots_pb2.SaveSnapshotResponse.SNAPSHOT_FIELD_NUMBER, stored)
 
-    async def LoadSnapshot(
+    async def LoadSnapshot(  # type: ignore[override]  # answers with wire bytes
         self, request: snapshots_pb2.LoadSnapshotRequest, context: Context
-    ) -> snapshots_pb2.LoadSnapshotResponse:
-        """The run's latest snapshot."""
+    ) -> bytes:
+        """The run's latest snapshot; the LoadSnapshotResponse's wire bytes."""
         namespace = request_namespace(context)
         run_id = require_id(request.run_id, "run_id")
-        return snapshots_pb2.LoadSnapshotResponse(
-            snapshot=await self._store.load(namespace, run_id)
-        )
+        stored = await self._store.load(namespace, run_id)
+        return message_field(snapshots_pb2.LoadSnapshotResponse.SNAPSHOT_FIELD_NUMBER, stored)
 
-    async def ListSnapshots(
+    async def ListSnapshots(  # type: ignore[override]  # answers with wire bytes
         self, request: snapshots_pb2.ListSnapshotsRequest, context: Context
-    ) -> snapshots_pb2.ListSnapshotsResponse:
-        """A page of snapshots, filtered by session and status."""
+    ) -> bytes:
+        """A page of snapshots, filtered by session and status; the
+        ListSnapshotsResponse's wire bytes."""
         namespace = request_namespace(context)
         size = page_size(request.page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         where = SnapshotFilter(
@@ -87,9 +94,10 @@ class SnapshotServicer(snapshots_pb2_grpc.SnapshotServiceServicer):
             ),
         )
         page = await self._store.list(namespace, where, size, request.page_token)
-        return snapshots_pb2.ListSnapshotsResponse(
-            snapshots=page.snapshots, next_page_token=page.next_page_token
-        )
+        response = snapshots_pb2.ListSnapshotsResponse
+        return repeated_message_field(
+            response.SNAPSHOTS_FIELD_NUMBER, page.snapshots
+        ) + string_field(response.NEXT_PAGE_TOKEN_FIELD_NUMBER, page.next_page_token)
 
     async def DeleteSnapshot(
         self, request: snapshots_pb2.DeleteSnapshotRequest, context: Context

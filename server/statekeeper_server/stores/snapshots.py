@@ -1,4 +1,10 @@
-"""The snapshot store interface: the latest snapshot of each run, versioned."""
+"""The snapshot store interface: the latest snapshot of each run, versioned.
+
+A snapshot is stored as its encoding and handed back as those bytes: a save
+stamps the caller's message in place and encodes it once, and loads and
+listings return the stored bytes (checked readable) for the servicer to
+answer with, never a message rebuilt from them.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ class SnapshotFilter:
 class SnapshotPage:
     """One page of a listing and the token of the next (empty at the end)."""
 
-    snapshots: list[snapshots_pb2.Snapshot]
+    snapshots: list[bytes]
+    """The encoding of each snapshot, as stored."""
     next_page_token: str
 
 
@@ -41,11 +48,13 @@ class SnapshotStore(Protocol):
 
     async def save(
         self, namespace: str, snapshot: snapshots_pb2.Snapshot, expected_version: int | None
-    ) -> snapshots_pb2.Snapshot:
-        """Store `snapshot` as the run's latest; Aborted on a version mismatch."""
+    ) -> bytes:
+        """Store `snapshot` as the run's latest, stamped in place (`stamp_snapshot`);
+        its encoding as stored. Aborted on a version mismatch."""
 
-    async def load(self, namespace: str, run_id: str) -> snapshots_pb2.Snapshot:
-        """The run's latest snapshot; NotFound if there is none."""
+    async def load(self, namespace: str, run_id: str) -> bytes:
+        """The encoding of the run's latest snapshot, as stored (`readable_snapshot`);
+        NotFound if there is none."""
 
     async def list(
         self, namespace: str, where: SnapshotFilter, page_size: int, page_token: str
@@ -74,14 +83,20 @@ def check_expected_version(run_id: str, current: int, expected: int | None) -> N
         )
 
 
-def decode_snapshot(run_id: str, data: bytes) -> snapshots_pb2.Snapshot:
-    """Parse a stored snapshot; DataLoss (CORRUPT_SNAPSHOT) if it is unreadable."""
+def readable_snapshot(run_id: str, data: bytes) -> bytes:
+    """`data`, the stored snapshot of `run_id`, once it parsed; DataLoss
+    (CORRUPT_SNAPSHOT) if it is unreadable.
+
+    The parse only checks: a reply carries `data` itself, so no client ever
+    receives a record that does not decode.
+    """
     try:
-        return snapshots_pb2.Snapshot.FromString(data)
+        snapshots_pb2.Snapshot.FromString(data)
     except DecodeError as exc:
         raise DataLoss(
             "CORRUPT_SNAPSHOT", f"the stored snapshot of run {run_id} is corrupt", run_id=run_id
         ) from exc
+    return data
 
 
 def list_filters(where: SnapshotFilter) -> dict[str, object]:
@@ -98,15 +113,19 @@ def snapshot_page(
     rows: Sequence[tuple[str, bytes]], more: bool, filters: dict[str, object]
 ) -> SnapshotPage:
     """The listing page of stored (run_id, data) `rows`; `more`: snapshots follow them."""
-    snapshots = [decode_snapshot(run_id, data) for run_id, data in rows]
+    snapshots = [readable_snapshot(run_id, data) for run_id, data in rows]
     token = encode_page_token(rows[-1][0], filters) if more and rows else ""
     return SnapshotPage(snapshots, token)
 
 
-def next_version(snapshot: snapshots_pb2.Snapshot, version: int) -> snapshots_pb2.Snapshot:
-    """A copy of `snapshot` stamped with `version` and the current update time."""
-    stored = snapshots_pb2.Snapshot()
-    stored.CopyFrom(snapshot)
-    stored.version = version
-    stored.update_time.CopyFrom(to_timestamp(now_us()))
-    return stored
+def stamp_snapshot(snapshot: snapshots_pb2.Snapshot, version: int) -> bytes:
+    """Stamp `snapshot` in place with `version` and the current update time; its
+    encoding, to store.
+
+    The caller's message itself is stamped, never copied (a copy of a large
+    snapshot costs as much as parsing it). The server's fields are replaced
+    whole, so nothing a caller put in them survives.
+    """
+    snapshot.version = version
+    snapshot.update_time.CopyFrom(to_timestamp(now_us()))
+    return snapshot.SerializeToString()

@@ -25,11 +25,11 @@ from statekeeper_server.stores.snapshots import (
     SnapshotFilter,
     SnapshotPage,
     check_expected_version,
-    decode_snapshot,
     list_filters,
-    next_version,
+    readable_snapshot,
     snapshot_not_found,
     snapshot_page,
+    stamp_snapshot,
     stored_size,
 )
 
@@ -57,7 +57,7 @@ class PostgresSnapshotStore:
 
     async def save(
         self, namespace: str, snapshot: snapshots_pb2.Snapshot, expected_version: int | None
-    ) -> snapshots_pb2.Snapshot:
+    ) -> bytes:
         """Compare-and-set the run's snapshot to `snapshot` with the next version."""
         async with self._engine.transaction() as tx:
             while True:
@@ -67,18 +67,18 @@ class PostgresSnapshotStore:
                     snapshot.run_id,
                 )
                 check_expected_version(snapshot.run_id, current or 0, expected_version)
-                stored = next_version(snapshot, (current or 0) + 1)
-                if await _write(tx, namespace, stored, exists=current is not None):
-                    return stored
+                data = stamp_snapshot(snapshot, (current or 0) + 1)
+                if await _write(tx, namespace, snapshot, data, exists=current is not None):
+                    return data
 
-    async def load(self, namespace: str, run_id: str) -> snapshots_pb2.Snapshot:
-        """The run's latest snapshot."""
+    async def load(self, namespace: str, run_id: str) -> bytes:
+        """The encoding of the run's latest snapshot."""
         data = await self._engine.fetchval(
             "SELECT data FROM snapshots WHERE namespace = $1 AND run_id = $2", namespace, run_id
         )
         if data is None:
             raise snapshot_not_found(run_id)
-        return decode_snapshot(run_id, data)
+        return readable_snapshot(run_id, data)
 
     async def list(
         self, namespace: str, where: SnapshotFilter, page_size: int, page_token: str
@@ -123,17 +123,17 @@ def _run_and_data(record: asyncpg.Record) -> tuple[str, bytes]:
 
 
 async def _write(
-    tx: Transaction, namespace: str, stored: snapshots_pb2.Snapshot, *, exists: bool
+    tx: Transaction, namespace: str, stored: snapshots_pb2.Snapshot, data: bytes, *, exists: bool
 ) -> bool:
-    """Write `stored` over the locked row, or insert it; False if a concurrent
-    first save inserted the row first (the caller compares again)."""
+    """Write `stored` (encoded as `data`) over the locked row, or insert it; False if a
+    concurrent first save inserted the row first (the caller compares again)."""
     values = (
         namespace,
         stored.run_id,
         stored.session_id,
         stored.status,
         stored.version,
-        stored.SerializeToString(),
+        data,
     )
     if exists:
         await tx.conn.execute(

@@ -10,11 +10,11 @@ from statekeeper_server.stores.snapshots import (
     SnapshotFilter,
     SnapshotPage,
     check_expected_version,
-    decode_snapshot,
     list_filters,
-    next_version,
+    readable_snapshot,
     snapshot_not_found,
     snapshot_page,
+    stamp_snapshot,
     stored_size,
 )
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
@@ -44,17 +44,17 @@ class SQLiteSnapshotStore:
 
     async def save(
         self, namespace: str, snapshot: snapshots_pb2.Snapshot, expected_version: int | None
-    ) -> snapshots_pb2.Snapshot:
+    ) -> bytes:
         """Compare-and-set the run's snapshot to `snapshot` with the next version."""
 
-        def work(conn: sqlite3.Connection) -> snapshots_pb2.Snapshot:
+        def work(conn: sqlite3.Connection) -> bytes:
             row = conn.execute(
                 "SELECT version FROM snapshots WHERE namespace = ? AND run_id = ?",
                 (namespace, snapshot.run_id),
             ).fetchone()
             current = row[0] if row else 0
             check_expected_version(snapshot.run_id, current, expected_version)
-            stored = next_version(snapshot, current + 1)
+            data = stamp_snapshot(snapshot, current + 1)
             conn.execute(
                 "INSERT INTO snapshots (namespace, run_id, session_id, status, version, data)"
                 " VALUES (?, ?, ?, ?, ?, ?)"
@@ -62,19 +62,19 @@ class SQLiteSnapshotStore:
                 " status = excluded.status, version = excluded.version, data = excluded.data",
                 (
                     namespace,
-                    stored.run_id,
-                    stored.session_id,
-                    stored.status,
-                    stored.version,
-                    stored.SerializeToString(),
+                    snapshot.run_id,
+                    snapshot.session_id,
+                    snapshot.status,
+                    snapshot.version,
+                    data,
                 ),
             )
-            return stored
+            return data
 
         return await self._engine.write(work)
 
-    async def load(self, namespace: str, run_id: str) -> snapshots_pb2.Snapshot:
-        """The run's latest snapshot."""
+    async def load(self, namespace: str, run_id: str) -> bytes:
+        """The encoding of the run's latest snapshot."""
 
         def work(conn: sqlite3.Connection) -> bytes | None:
             row = conn.execute(
@@ -86,7 +86,7 @@ class SQLiteSnapshotStore:
         data = await self._engine.read(work)
         if data is None:
             raise snapshot_not_found(run_id)
-        return decode_snapshot(run_id, data)
+        return readable_snapshot(run_id, data)
 
     async def list(
         self, namespace: str, where: SnapshotFilter, page_size: int, page_token: str
