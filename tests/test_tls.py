@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +18,7 @@ from statekeeper.v1 import snapshots_pb2
 from statekeeper_server.config import Settings
 from statekeeper_server.tls import TlsError, TlsFiles, read_certificate_configuration
 from tests.certificates import CertificateAuthority
-from tests.harness import running_app
+from tests.harness import ServerProcess, running_app
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -254,3 +257,24 @@ def test_serve_with_unusable_tls_files_exits_with_a_message_and_no_traceback(
     assert result.returncode == 1
     assert f"cannot start: cannot read --tls-key {missing}: No such file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_sighup_gives_new_connections_the_rotated_certificate(pki: Pki) -> None:
+    server = ServerProcess("memory:", "--tls-cert", str(pki.cert), "--tls-key", str(pki.key))
+    server.start()
+    try:
+        assert await health(server.port, trusting(pki.server_ca)) == SERVING
+        successor = CertificateAuthority("next server CA")
+        successor.issue_server().write(pki.directory, "server")
+        assert await refused(server.port, trusting(successor)) == grpc.StatusCode.UNAVAILABLE
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        # The reload runs beside the calls: wait (bounded) until a new connection sees it.
+        for _ in range(100):
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                if await health(server.port, trusting(successor)) == SERVING:
+                    break
+            await asyncio.sleep(0.1)
+        assert await health(server.port, trusting(successor)) == SERVING
+    finally:
+        server.stop()
