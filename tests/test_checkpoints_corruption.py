@@ -119,8 +119,9 @@ async def test_fallback_loads_the_newest_readable_workflow_checkpoint(
 
     loaded = await store.checkpoints.load_workflow(NS, "run-1", "", fallback_to_readable=True)
 
-    assert loaded.checkpoint.checkpoint_id == ids[1]
-    assert loaded.checkpoint.step == 1
+    checkpoint = checkpoints_pb2.WorkflowCheckpoint.FromString(loaded.data)
+    assert checkpoint.checkpoint_id == ids[1]
+    assert checkpoint.step == 1
     assert loaded.skipped_checkpoint_ids == [ids[3], ids[2]]
 
 
@@ -133,7 +134,7 @@ async def test_fallback_walks_past_more_corrupt_records_than_one_read_fetches(
 
     loaded = await store.checkpoints.load_workflow(NS, "run-1", "", fallback_to_readable=True)
 
-    assert loaded.checkpoint.checkpoint_id == ids[0]
+    assert checkpoints_pb2.WorkflowCheckpoint.FromString(loaded.data).checkpoint_id == ids[0]
     assert len(loaded.skipped_checkpoint_ids) == 149
 
 
@@ -157,7 +158,7 @@ async def test_a_corrupt_older_checkpoint_does_not_affect_loading_the_newest(
 
     loaded = await store.checkpoints.load_workflow(NS, "run-1", "", fallback_to_readable=False)
 
-    assert loaded.checkpoint.checkpoint_id == ids[-1]
+    assert checkpoints_pb2.WorkflowCheckpoint.FromString(loaded.data).checkpoint_id == ids[-1]
 
 
 async def test_a_record_that_parses_but_is_not_its_own_checkpoint_is_corrupt(
@@ -210,6 +211,7 @@ async def test_agent_recovery_falls_back_to_the_newest_readable_checkpoint(
 
     recovered = await store.checkpoints.recover_agent(NS, "agent-1", fallback_to_readable=True)
 
-    assert recovered.checkpoint.checkpoint_id == ids[1]
-    assert recovered.checkpoint.app_state["n"] == 1
+    checkpoint = checkpoints_pb2.AgentCheckpoint.FromString(recovered.data)
+    assert checkpoint.checkpoint_id == ids[1]
+    assert checkpoint.app_state["n"] == 1
     assert recovered.skipped_checkpoint_ids == [ids[-1]]

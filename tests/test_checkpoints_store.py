@@ -13,6 +13,7 @@ from statekeeper.v1 import checkpoints_pb2
 from statekeeper_server.errors import Aborted, InvalidArgument, NotFound
 from statekeeper_server.stores import Store
 from statekeeper_server.stores.checkpoints import (
+    CheckpointPage,
     RetentionOverride,
     RetentionPolicy,
     WorkflowFilter,
@@ -39,6 +40,24 @@ def agent(agent_id: str = "agent-1", **fields: Any) -> checkpoints_pb2.AgentChec
     return checkpoints_pb2.AgentCheckpoint(agent_id=agent_id, **values)
 
 
+def as_workflow(data: bytes) -> checkpoints_pb2.WorkflowCheckpoint:
+    """A workflow checkpoint as the store returned it: its stored encoding."""
+    return checkpoints_pb2.WorkflowCheckpoint.FromString(data)
+
+
+def as_agent(data: bytes) -> checkpoints_pb2.AgentCheckpoint:
+    """An agent checkpoint as the store returned it: its stored encoding."""
+    return checkpoints_pb2.AgentCheckpoint.FromString(data)
+
+
+def workflows(page: CheckpointPage) -> list[checkpoints_pb2.WorkflowCheckpoint]:
+    return [as_workflow(data) for data in page.checkpoints]
+
+
+def agents(page: CheckpointPage) -> list[checkpoints_pb2.AgentCheckpoint]:
+    return [as_agent(data) for data in page.checkpoints]
+
+
 def struct(value: dict[str, Any]) -> struct_pb2.Struct:
     result = struct_pb2.Struct()
     result.update(value)
@@ -55,15 +74,18 @@ async def save(
     at_us: int | None = None,
     namespace: str = NS,
 ) -> checkpoints_pb2.WorkflowCheckpoint:
+    """Save a copy of `checkpoint` (a save stamps its message); the checkpoint as stored."""
+    sent = checkpoints_pb2.WorkflowCheckpoint()
+    sent.CopyFrom(checkpoint)
     saved = await store.checkpoints.save_workflow(
         namespace,
-        checkpoint,
+        sent,
         expected_parent=expected_parent,
         retention=retention,
         defaults=defaults,
         now_us=now_us() if at_us is None else at_us,
     )
-    return saved.checkpoint
+    return as_workflow(saved.data)
 
 
 async def persist(
@@ -73,19 +95,22 @@ async def persist(
     retention: RetentionOverride = SERVER_RETENTION,
     at_us: int | None = None,
 ) -> checkpoints_pb2.AgentCheckpoint:
+    """Persist a copy of `checkpoint` (a save stamps its message); the checkpoint as stored."""
+    sent = checkpoints_pb2.AgentCheckpoint()
+    sent.CopyFrom(checkpoint)
     saved = await store.checkpoints.persist_agent(
         NS,
-        checkpoint,
+        sent,
         retention=retention,
         defaults=KEEP_ALL,
         now_us=now_us() if at_us is None else at_us,
     )
-    return saved.checkpoint
+    return as_agent(saved.data)
 
 
 async def load(store: Store, run_id: str = "run-1") -> checkpoints_pb2.WorkflowCheckpoint:
     loaded = await store.checkpoints.load_workflow(NS, run_id, "", fallback_to_readable=False)
-    return loaded.checkpoint
+    return as_workflow(loaded.data)
 
 
 async def history(
@@ -94,7 +119,7 @@ async def history(
     page = await store.checkpoints.list_workflow_history(
         NS, run_id, where, before="", page_size=1000, page_token=""
     )
-    return [checkpoint.checkpoint_id for checkpoint in page.checkpoints]
+    return [checkpoint.checkpoint_id for checkpoint in workflows(page)]
 
 
 async def load_history(
@@ -103,14 +128,14 @@ async def load_history(
     page = await store.checkpoints.list_workflow_history(
         NS, run_id, WorkflowFilter(), before="", page_size=1000, page_token=""
     )
-    return list(page.checkpoints)
+    return workflows(page)
 
 
 async def agent_history(store: Store, agent_id: str = "agent-1") -> list[str]:
     page = await store.checkpoints.list_agent_history(
         NS, agent_id, before="", page_size=1000, page_token=""
     )
-    return [checkpoint.checkpoint_id for checkpoint in page.checkpoints]
+    return [checkpoint.checkpoint_id for checkpoint in agents(page)]
 
 
 def metadata_filter(value: dict[str, Any]) -> WorkflowFilter:
@@ -194,7 +219,7 @@ async def test_agent_checkpoint_round_trips_every_field(store: Store) -> None:
 
     recovered = await store.checkpoints.recover_agent(NS, "agent-1", fallback_to_readable=False)
 
-    assert recovered.checkpoint == saved
+    assert as_agent(recovered.data) == saved
     assert recovered.skipped_checkpoint_ids == []
     saved.ClearField("checkpoint_id")
     saved.ClearField("create_time")
@@ -219,8 +244,8 @@ async def test_several_agent_checkpoints_recover_the_latest(store: Store) -> Non
 
     recovered = await store.checkpoints.recover_agent(NS, "agent-1", fallback_to_readable=False)
 
-    assert recovered.checkpoint.agent_state == checkpoints_pb2.AGENT_STATE_ACTIVE
-    assert dict(recovered.checkpoint.app_state) == {"version": 2}
+    assert as_agent(recovered.data).agent_state == checkpoints_pb2.AGENT_STATE_ACTIVE
+    assert dict(as_agent(recovered.data).app_state) == {"version": 2}
 
 
 async def test_agent_recovery_after_500_checkpoints_returns_the_newest(store: Store) -> None:
@@ -228,7 +253,7 @@ async def test_agent_recovery_after_500_checkpoints_returns_the_newest(store: St
 
     recovered = await store.checkpoints.recover_agent(NS, "agent-1", fallback_to_readable=False)
 
-    assert recovered.checkpoint == saved[-1]
+    assert as_agent(recovered.data) == saved[-1]
 
 
 async def test_delete_agent_then_recover_is_not_found(store: Store) -> None:
@@ -281,7 +306,7 @@ async def test_load_of_a_named_checkpoint_returns_it(store: Store) -> None:
         NS, "run-1", first.checkpoint_id, fallback_to_readable=False
     )
 
-    assert loaded.checkpoint == first
+    assert as_workflow(loaded.data) == first
 
 
 async def test_load_of_an_unknown_checkpoint_id_is_not_found_naming_it(store: Store) -> None:
@@ -317,7 +342,7 @@ async def test_history_before_a_checkpoint_lists_only_older_ones(store: Store) -
         NS, "run-1", WorkflowFilter(), before=saved[3].checkpoint_id, page_size=2, page_token=""
     )
 
-    assert [c.step for c in page.checkpoints] == [2, 1]
+    assert [c.step for c in workflows(page)] == [2, 1]
     following = await store.checkpoints.list_workflow_history(
         NS,
         "run-1",
@@ -326,7 +351,7 @@ async def test_history_before_a_checkpoint_lists_only_older_ones(store: Store) -
         page_size=2,
         page_token=page.next_page_token,
     )
-    assert [c.step for c in following.checkpoints] == [0]
+    assert [c.step for c in workflows(following)] == [0]
     assert following.next_page_token == ""
 
 
@@ -348,7 +373,7 @@ async def test_history_pages_cover_every_checkpoint_once(store: Store) -> None:
         page = await store.checkpoints.list_workflow_history(
             NS, "run-1", WorkflowFilter(), before="", page_size=7, page_token=token
         )
-        steps.extend(c.step for c in page.checkpoints)
+        steps.extend(c.step for c in workflows(page))
         token = page.next_page_token
         if not token:
             break
@@ -387,7 +412,7 @@ async def test_agent_history_lists_newest_first_and_pages_with_before(store: Sto
         page_token=page.next_page_token,
     )
 
-    listed = [*page.checkpoints, *following.checkpoints]
+    listed = [*agents(page), *agents(following)]
     assert [c.app_state["n"] for c in listed] == [3, 2, 1, 0]
     assert following.next_page_token == ""
 
@@ -404,7 +429,7 @@ async def test_latest_per_run_lists_each_runs_newest_in_run_id_order(store: Stor
         NS, WorkflowFilter(), page_size=2, page_token=page.next_page_token
     )
 
-    listed = [*page.checkpoints, *following.checkpoints]
+    listed = [*workflows(page), *workflows(following)]
     assert [(c.run_id, c.step) for c in listed] == [("run-a", 2), ("run-b", 2), ("run-c", 2)]
     assert following.next_page_token == ""
 
@@ -418,7 +443,7 @@ async def test_latest_per_run_filters_by_workflow_name(store: Store) -> None:
         NS, WorkflowFilter(workflow_name="ingest"), page_size=10, page_token=""
     )
 
-    assert [c.run_id for c in page.checkpoints] == ["run-1", "run-3"]
+    assert [c.run_id for c in workflows(page)] == ["run-1", "run-3"]
 
 
 async def test_latest_per_run_filters_on_the_newest_checkpoint_only(store: Store) -> None:
@@ -433,7 +458,7 @@ async def test_latest_per_run_filters_on_the_newest_checkpoint_only(store: Store
     )
 
     assert drafts.checkpoints == []
-    assert [c.run_id for c in finals.checkpoints] == ["run-1"]
+    assert [c.run_id for c in workflows(finals)] == ["run-1"]
 
 
 # -- metadata filters ---------------------------------------------------------------
@@ -443,7 +468,7 @@ async def filtered_steps(store: Store, value: dict[str, Any]) -> list[int]:
     page = await store.checkpoints.list_workflow_history(
         NS, "run-1", metadata_filter(value), before="", page_size=100, page_token=""
     )
-    return sorted(c.step for c in page.checkpoints)
+    return sorted(c.step for c in workflows(page))
 
 
 @pytest.fixture
@@ -509,7 +534,7 @@ async def test_metadata_filter_pages_exactly_over_matches(tagged: Store) -> None
             NS, "run-1", metadata_filter({"even": True}), before="", page_size=2, page_token=token
         )
         assert len(page.checkpoints) == 2 or not page.next_page_token
-        steps.extend(c.step for c in page.checkpoints)
+        steps.extend(c.step for c in workflows(page))
         token = page.next_page_token
         if not token:
             break

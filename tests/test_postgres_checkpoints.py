@@ -59,7 +59,7 @@ async def save(
         defaults=KEEP_ALL,
         now_us=now_us() if at_us is None else at_us,
     )
-    return saved.checkpoint
+    return checkpoints_pb2.WorkflowCheckpoint.FromString(saved.data)
 
 
 async def persist(replica: Store, n: int) -> checkpoints_pb2.AgentCheckpoint:
@@ -70,7 +70,7 @@ async def persist(replica: Store, n: int) -> checkpoints_pb2.AgentCheckpoint:
     saved = await replica.checkpoints.persist_agent(
         NS, checkpoint, retention=SERVER_RETENTION, defaults=KEEP_ALL, now_us=now_us()
     )
-    return saved.checkpoint
+    return checkpoints_pb2.AgentCheckpoint.FromString(saved.data)
 
 
 async def race(calls: list[Awaitable[T]]) -> list[T | BaseException]:
@@ -81,7 +81,7 @@ async def history(replica: Store) -> list[checkpoints_pb2.WorkflowCheckpoint]:
     page = await replica.checkpoints.list_workflow_history(
         NS, "run-1", WorkflowFilter(), before="", page_size=1000, page_token=""
     )
-    return list(page.checkpoints)
+    return [checkpoints_pb2.WorkflowCheckpoint.FromString(data) for data in page.checkpoints]
 
 
 def assert_one_chain(newest_first: list[checkpoints_pb2.WorkflowCheckpoint]) -> None:
@@ -149,7 +149,7 @@ async def test_unconditional_saves_through_two_replicas_form_one_strict_history(
     loaded = await replicas[0].checkpoints.load_workflow(
         NS, "run-1", "", fallback_to_readable=False
     )
-    assert loaded.checkpoint == listed[0]
+    assert checkpoints_pb2.WorkflowCheckpoint.FromString(loaded.data) == listed[0]
 
 
 async def test_agent_checkpoints_through_two_replicas_recover_the_last_committed(
@@ -162,12 +162,14 @@ async def test_agent_checkpoints_through_two_replicas_recover_the_last_committed
     page = await replicas[1].checkpoints.list_agent_history(
         NS, "agent-1", before="", page_size=1000, page_token=""
     )
-    ids = [c.checkpoint_id for c in page.checkpoints]
+    ids = [
+        checkpoints_pb2.AgentCheckpoint.FromString(data).checkpoint_id for data in page.checkpoints
+    ]
     assert ids == sorted((c.checkpoint_id for c in saved), reverse=True)
     recovered = await replicas[0].checkpoints.recover_agent(
         NS, "agent-1", fallback_to_readable=False
     )
-    assert recovered.checkpoint.checkpoint_id == ids[0]
+    assert checkpoints_pb2.AgentCheckpoint.FromString(recovered.data).checkpoint_id == ids[0]
 
 
 async def test_keep_last_applied_by_racing_saves_keeps_exactly_that_many(
@@ -229,7 +231,7 @@ async def test_a_delete_racing_saves_through_the_other_replica_leaves_one_histor
     loaded = await replicas[1].checkpoints.load_workflow(
         NS, "run-1", "", fallback_to_readable=False
     )
-    assert loaded.checkpoint == last
+    assert checkpoints_pb2.WorkflowCheckpoint.FromString(loaded.data) == last
 
 
 async def test_the_newest_per_run_listed_through_one_replica_follows_saves_through_the_other(
@@ -242,4 +244,6 @@ async def test_the_newest_per_run_listed_through_one_replica_follows_saves_throu
         NS, WorkflowFilter(workflow_name="wf"), page_size=10, page_token=""
     )
 
-    assert list(page.checkpoints) == [newest]
+    assert [checkpoints_pb2.WorkflowCheckpoint.FromString(data) for data in page.checkpoints] == [
+        newest
+    ]

@@ -1,4 +1,9 @@
-"""CheckpointService: validation in front of the checkpoint store, and the retention sweep."""
+"""CheckpointService: validation in front of the checkpoint store, and the retention sweep.
+
+Checkpoints are answered with the bytes the store keeps (see `wire`): a save
+returns the encoding it stored, loads and listings the stored encodings,
+so no checkpoint is parsed into a response message and encoded again.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,12 @@ from statekeeper_server.errors import InvalidArgument
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.stores.checkpoints import (
     NUL_RULE,
+    CheckpointPage,
     CheckpointStore,
+    Recovered,
     RetentionOverride,
     RetentionPolicy,
+    Saved,
     WorkflowFilter,
     metadata_conditions,
 )
@@ -28,6 +36,13 @@ from statekeeper_server.validation import (
     page_size,
     require_id,
     require_text,
+)
+from statekeeper_server.wire import (
+    message_field,
+    repeated_message_field,
+    repeated_string_field,
+    string_field,
+    uint_field,
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -74,10 +89,11 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
 
     # -- workflows -----------------------------------------------------------
 
-    async def SaveWorkflowCheckpoint(
+    async def SaveWorkflowCheckpoint(  # type: ignore[override]  # answers with wire bytes
         self, request: checkpoints_pb2.SaveWorkflowCheckpointRequest, context: Context
-    ) -> checkpoints_pb2.SaveWorkflowCheckpointResponse:
-        """Validate the checkpoint and add it to its run's history."""
+    ) -> bytes:
+        """Validate the checkpoint and add it to its run's history; the
+        SaveWorkflowCheckpointResponse's wire bytes."""
         namespace = request_namespace(context)
         if not request.HasField("checkpoint"):
             raise InvalidArgument("checkpoint", "is required")
@@ -96,14 +112,13 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
             defaults=self._defaults,
             now_us=now_us(),
         )
-        return checkpoints_pb2.SaveWorkflowCheckpointResponse(
-            checkpoint=saved.checkpoint, dropped_count=saved.dropped_count
-        )
+        return saved_response(checkpoints_pb2.SaveWorkflowCheckpointResponse, saved)
 
-    async def LoadWorkflowCheckpoint(
+    async def LoadWorkflowCheckpoint(  # type: ignore[override]  # answers with wire bytes
         self, request: checkpoints_pb2.LoadWorkflowCheckpointRequest, context: Context
-    ) -> checkpoints_pb2.LoadWorkflowCheckpointResponse:
-        """The run's newest checkpoint, or the one named."""
+    ) -> bytes:
+        """The run's newest checkpoint, or the one named; the
+        LoadWorkflowCheckpointResponse's wire bytes."""
         namespace = request_namespace(context)
         run_id = require_id(request.run_id, "run_id")
         checkpoint_id = optional_id(request.checkpoint_id, "checkpoint_id")
@@ -114,14 +129,13 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
         loaded = await self._store.load_workflow(
             namespace, run_id, checkpoint_id, fallback_to_readable=request.fallback_to_readable
         )
-        return checkpoints_pb2.LoadWorkflowCheckpointResponse(
-            checkpoint=loaded.checkpoint, skipped_checkpoint_ids=loaded.skipped_checkpoint_ids
-        )
+        return recovered_response(checkpoints_pb2.LoadWorkflowCheckpointResponse, loaded)
 
-    async def ListWorkflowCheckpoints(
+    async def ListWorkflowCheckpoints(  # type: ignore[override]  # answers with wire bytes
         self, request: checkpoints_pb2.ListWorkflowCheckpointsRequest, context: Context
-    ) -> checkpoints_pb2.ListWorkflowCheckpointsResponse:
-        """A run's history, or the newest checkpoint of every run, filtered."""
+    ) -> bytes:
+        """A run's history, or the newest checkpoint of every run, filtered; the
+        ListWorkflowCheckpointsResponse's wire bytes."""
         namespace = request_namespace(context)
         run_id = optional_id(request.run_id, "run_id")
         before = optional_id(request.before, "before")
@@ -146,9 +160,7 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
             page = await self._store.list_latest_workflows(
                 namespace, where, page_size=size, page_token=request.page_token
             )
-        return checkpoints_pb2.ListWorkflowCheckpointsResponse(
-            checkpoints=page.checkpoints, next_page_token=page.next_page_token
-        )
+        return page_response(checkpoints_pb2.ListWorkflowCheckpointsResponse, page)
 
     async def DeleteWorkflowCheckpoints(
         self, request: checkpoints_pb2.DeleteWorkflowCheckpointsRequest, context: Context
@@ -162,10 +174,11 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
 
     # -- agents --------------------------------------------------------------
 
-    async def PersistAgentCheckpoint(
+    async def PersistAgentCheckpoint(  # type: ignore[override]  # answers with wire bytes
         self, request: checkpoints_pb2.PersistAgentCheckpointRequest, context: Context
-    ) -> checkpoints_pb2.PersistAgentCheckpointResponse:
-        """Validate the checkpoint and add it to its agent's history."""
+    ) -> bytes:
+        """Validate the checkpoint and add it to its agent's history; the
+        PersistAgentCheckpointResponse's wire bytes."""
         namespace = request_namespace(context)
         if not request.HasField("checkpoint"):
             raise InvalidArgument("checkpoint", "is required")
@@ -184,28 +197,25 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
             defaults=self._defaults,
             now_us=now_us(),
         )
-        return checkpoints_pb2.PersistAgentCheckpointResponse(
-            checkpoint=saved.checkpoint, dropped_count=saved.dropped_count
-        )
+        return saved_response(checkpoints_pb2.PersistAgentCheckpointResponse, saved)
 
-    async def RecoverAgentCheckpoint(
+    async def RecoverAgentCheckpoint(  # type: ignore[override]  # answers with wire bytes
         self, request: checkpoints_pb2.RecoverAgentCheckpointRequest, context: Context
-    ) -> checkpoints_pb2.RecoverAgentCheckpointResponse:
-        """The agent's newest (readable) checkpoint."""
+    ) -> bytes:
+        """The agent's newest (readable) checkpoint; the RecoverAgentCheckpointResponse's
+        wire bytes."""
         namespace = request_namespace(context)
         agent_id = require_id(request.agent_id, "agent_id")
         recovered = await self._store.recover_agent(
             namespace, agent_id, fallback_to_readable=request.fallback_to_readable
         )
-        return checkpoints_pb2.RecoverAgentCheckpointResponse(
-            checkpoint=recovered.checkpoint,
-            skipped_checkpoint_ids=recovered.skipped_checkpoint_ids,
-        )
+        return recovered_response(checkpoints_pb2.RecoverAgentCheckpointResponse, recovered)
 
-    async def ListAgentCheckpoints(
+    async def ListAgentCheckpoints(  # type: ignore[override]  # answers with wire bytes
         self, request: checkpoints_pb2.ListAgentCheckpointsRequest, context: Context
-    ) -> checkpoints_pb2.ListAgentCheckpointsResponse:
-        """A page of the agent's history, newest first."""
+    ) -> bytes:
+        """A page of the agent's history, newest first; the ListAgentCheckpointsResponse's
+        wire bytes."""
         namespace = request_namespace(context)
         agent_id = require_id(request.agent_id, "agent_id")
         before = optional_id(request.before, "before")
@@ -213,9 +223,7 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
         page = await self._store.list_agent_history(
             namespace, agent_id, before=before, page_size=size, page_token=request.page_token
         )
-        return checkpoints_pb2.ListAgentCheckpointsResponse(
-            checkpoints=page.checkpoints, next_page_token=page.next_page_token
-        )
+        return page_response(checkpoints_pb2.ListAgentCheckpointsResponse, page)
 
     async def DeleteAgentCheckpoints(
         self, request: checkpoints_pb2.DeleteAgentCheckpointsRequest, context: Context
@@ -226,6 +234,40 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
         return checkpoints_pb2.DeleteAgentCheckpointsResponse(
             deleted_count=await self._store.delete_agent(namespace, agent_id)
         )
+
+
+# -- answers ---------------------------------------------------------------------
+
+SaveResponse = type[
+    checkpoints_pb2.SaveWorkflowCheckpointResponse | checkpoints_pb2.PersistAgentCheckpointResponse
+]
+LoadResponse = type[
+    checkpoints_pb2.LoadWorkflowCheckpointResponse | checkpoints_pb2.RecoverAgentCheckpointResponse
+]
+ListResponse = type[
+    checkpoints_pb2.ListWorkflowCheckpointsResponse | checkpoints_pb2.ListAgentCheckpointsResponse
+]
+
+
+def saved_response(response: SaveResponse, saved: Saved[Any]) -> bytes:
+    """The wire bytes of a save's `response`, around the checkpoint's stored encoding."""
+    return message_field(response.CHECKPOINT_FIELD_NUMBER, saved.data) + uint_field(
+        response.DROPPED_COUNT_FIELD_NUMBER, saved.dropped_count
+    )
+
+
+def recovered_response(response: LoadResponse, recovered: Recovered) -> bytes:
+    """The wire bytes of a load's or recovery's `response`, around the stored encoding."""
+    return message_field(response.CHECKPOINT_FIELD_NUMBER, recovered.data) + repeated_string_field(
+        response.SKIPPED_CHECKPOINT_IDS_FIELD_NUMBER, recovered.skipped_checkpoint_ids
+    )
+
+
+def page_response(response: ListResponse, page: CheckpointPage) -> bytes:
+    """The wire bytes of a listing's `response`, around the stored encodings of its page."""
+    return repeated_message_field(
+        response.CHECKPOINTS_FIELD_NUMBER, page.checkpoints
+    ) + string_field(response.NEXT_PAGE_TOKEN_FIELD_NUMBER, page.next_page_token)
 
 
 def _retention(

@@ -4,6 +4,11 @@ Besides the `CheckpointStore` protocol, this module holds everything every
 backend shares: retention decisions, the minting of ids and create times,
 metadata filters, decoding (with DataLoss for an unreadable record), the
 fall-back walk to the newest readable checkpoint, paging, and the errors.
+
+A checkpoint is stored as its encoding and handed back as those bytes: a
+save stamps the caller's message in place and encodes it once, and loads
+and listings return the stored bytes (checked readable) for the servicer
+to answer with, never a message rebuilt from them.
 """
 
 from __future__ import annotations
@@ -186,33 +191,39 @@ class StoredCheckpoint:
 
 @dataclass(frozen=True)
 class Minted(Generic[M]):
-    """A checkpoint about to be stored, stamped, and its create time in microseconds."""
+    """A checkpoint about to be stored: the caller's message stamped in place, its
+    encoding, and its create time in microseconds."""
 
     checkpoint: M
+    data: bytes
     create_us: int
 
 
 @dataclass(frozen=True)
 class Saved(Generic[M]):
-    """A stored checkpoint and how many older ones retention dropped with it."""
+    """A stored checkpoint (the caller's message, stamped, and its encoding as
+    stored) and how many older ones retention dropped with it."""
 
     checkpoint: M
+    data: bytes
     dropped_count: int
 
 
 @dataclass(frozen=True)
-class Recovered(Generic[M]):
-    """A loaded checkpoint and the newer corrupt ones passed over, newest first."""
+class Recovered:
+    """A loaded checkpoint's encoding, as stored, and the newer corrupt ones passed
+    over, newest first."""
 
-    checkpoint: M
+    data: bytes
     skipped_checkpoint_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
-class CheckpointPage(Generic[M]):
-    """One page of a listing and the token of the next (empty at the end)."""
+class CheckpointPage:
+    """One page of a listing (each checkpoint's encoding, as stored) and the token of
+    the next (empty at the end)."""
 
-    checkpoints: list[M]
+    checkpoints: list[bytes]
     next_page_token: str
 
 
@@ -239,11 +250,12 @@ class CheckpointStore(Protocol):
         defaults: RetentionPolicy,
         now_us: int,
     ) -> Saved[checkpoints_pb2.WorkflowCheckpoint]:
-        """Add `checkpoint` as its run's newest; Aborted if `expected_parent` differs."""
+        """Add `checkpoint`, stamped in place (`stamp_workflow`), as its run's newest;
+        Aborted if `expected_parent` differs."""
 
     async def load_workflow(
         self, namespace: str, run_id: str, checkpoint_id: str, *, fallback_to_readable: bool
-    ) -> Recovered[checkpoints_pb2.WorkflowCheckpoint]:
+    ) -> Recovered:
         """The run's newest checkpoint, or the one named; NotFound if there is none."""
 
     async def list_workflow_history(
@@ -255,12 +267,12 @@ class CheckpointStore(Protocol):
         before: str,
         page_size: int,
         page_token: str,
-    ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
+    ) -> CheckpointPage:
         """A page of the run's checkpoints, newest first."""
 
     async def list_latest_workflows(
         self, namespace: str, where: WorkflowFilter, *, page_size: int, page_token: str
-    ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
+    ) -> CheckpointPage:
         """A page of the newest checkpoint of each run, in run_id order."""
 
     async def delete_workflow(self, namespace: str, run_id: str) -> int:
@@ -275,16 +287,16 @@ class CheckpointStore(Protocol):
         defaults: RetentionPolicy,
         now_us: int,
     ) -> Saved[checkpoints_pb2.AgentCheckpoint]:
-        """Add `checkpoint` as its agent's newest."""
+        """Add `checkpoint`, stamped in place (`stamp_agent`), as its agent's newest."""
 
     async def recover_agent(
         self, namespace: str, agent_id: str, *, fallback_to_readable: bool
-    ) -> Recovered[checkpoints_pb2.AgentCheckpoint]:
+    ) -> Recovered:
         """The agent's newest (readable) checkpoint; NotFound if there is none."""
 
     async def list_agent_history(
         self, namespace: str, agent_id: str, *, before: str, page_size: int, page_token: str
-    ) -> CheckpointPage[checkpoints_pb2.AgentCheckpoint]:
+    ) -> CheckpointPage:
         """A page of the agent's checkpoints, newest first."""
 
     async def delete_agent(self, namespace: str, agent_id: str) -> int:
@@ -340,14 +352,16 @@ def mint_workflow(
     expected_parent: str | None,
     now_us: int,
 ) -> Minted[checkpoints_pb2.WorkflowCheckpoint]:
-    """The run's next checkpoint, after the newest (`newest_id`, "" if none).
+    """The run's next checkpoint, after the newest (`newest_id`, "" if none):
+    `checkpoint` stamped in place.
 
     Raises Aborted (PARENT_MISMATCH) if `expected_parent` is not the newest.
     """
     check_expected_parent(checkpoint.run_id, newest_id, expected_parent)
     create_us = next_create_us(now_us, newest_create_us)
     checkpoint_id = new_checkpoint_id(create_us, newest_id)
-    return Minted(stamp_workflow(checkpoint, checkpoint_id, newest_id, create_us), create_us)
+    data = stamp_workflow(checkpoint, checkpoint_id, newest_id, create_us)
+    return Minted(checkpoint, data, create_us)
 
 
 def mint_agent(
@@ -357,10 +371,11 @@ def mint_agent(
     newest_create_us: int | None,
     now_us: int,
 ) -> Minted[checkpoints_pb2.AgentCheckpoint]:
-    """The agent's next checkpoint, after the newest (`newest_id`, "" if none)."""
+    """The agent's next checkpoint, after the newest (`newest_id`, "" if none):
+    `checkpoint` stamped in place."""
     create_us = next_create_us(now_us, newest_create_us)
     checkpoint_id = new_checkpoint_id(create_us, newest_id)
-    return Minted(stamp_agent(checkpoint, checkpoint_id, create_us), create_us)
+    return Minted(checkpoint, stamp_agent(checkpoint, checkpoint_id, create_us), create_us)
 
 
 def stamp_workflow(
@@ -368,37 +383,48 @@ def stamp_workflow(
     checkpoint_id: str,
     parent_id: str,
     create_us: int,
-) -> checkpoints_pb2.WorkflowCheckpoint:
-    """A copy of `checkpoint` with its server-assigned fields set."""
-    stored = checkpoints_pb2.WorkflowCheckpoint()
-    stored.CopyFrom(checkpoint)
-    stored.checkpoint_id = checkpoint_id
-    stored.parent_checkpoint_id = parent_id
-    stored.create_time.CopyFrom(to_timestamp(create_us))
-    return stored
+) -> bytes:
+    """Set the server-assigned fields of `checkpoint` in place; its encoding, to store.
+
+    The caller's message itself is stamped, never copied (a copy of a large
+    checkpoint costs as much as parsing it). The server's fields are
+    replaced whole, so nothing a caller put in them survives.
+    """
+    checkpoint.checkpoint_id = checkpoint_id
+    checkpoint.parent_checkpoint_id = parent_id
+    checkpoint.create_time.CopyFrom(to_timestamp(create_us))
+    return checkpoint.SerializeToString()
 
 
 def stamp_agent(
     checkpoint: checkpoints_pb2.AgentCheckpoint, checkpoint_id: str, create_us: int
-) -> checkpoints_pb2.AgentCheckpoint:
-    """A copy of `checkpoint` with its server-assigned fields set (and its timestamp)."""
-    stored = checkpoints_pb2.AgentCheckpoint()
-    stored.CopyFrom(checkpoint)
-    stored.checkpoint_id = checkpoint_id
-    stored.create_time.CopyFrom(to_timestamp(create_us))
-    if not stored.HasField("timestamp"):
-        stored.timestamp.CopyFrom(stored.create_time)
-    return stored
+) -> bytes:
+    """Set the server-assigned fields of `checkpoint` in place, and its timestamp
+    (the create time) if it has none; its encoding, to store.
+
+    As `stamp_workflow`: no copy, and nothing a caller put in the server's
+    fields survives.
+    """
+    checkpoint.checkpoint_id = checkpoint_id
+    checkpoint.create_time.CopyFrom(to_timestamp(create_us))
+    if not checkpoint.HasField("timestamp"):
+        checkpoint.timestamp.CopyFrom(checkpoint.create_time)
+    return checkpoint.SerializeToString()
 
 
 # -- decoding and recovery ---------------------------------------------------
 
 
-def decode_checkpoint(message_type: type[M], kind: CheckpointKind, row: StoredCheckpoint) -> M:
-    """Parse a stored checkpoint; DataLoss (CORRUPT_CHECKPOINT) if it is unreadable.
+def readable_checkpoint(
+    message_type: type[M], kind: CheckpointKind, row: StoredCheckpoint
+) -> bytes:
+    """The stored encoding of `row`'s checkpoint, once it parsed as `message_type`;
+    DataLoss (CORRUPT_CHECKPOINT) if it is unreadable.
 
     A record that parses but does not carry its own row's id is corrupt too
-    (random bytes can happen to be valid protobuf).
+    (random bytes can happen to be valid protobuf). The parse only checks: a
+    reply carries the stored bytes themselves, so no client ever receives a
+    record that does not decode.
     """
     try:
         message = message_type.FromString(row.data)
@@ -406,7 +432,7 @@ def decode_checkpoint(message_type: type[M], kind: CheckpointKind, row: StoredCh
         raise corrupt_checkpoint(kind, row.owner, row.checkpoint_id) from None
     if message.checkpoint_id != row.checkpoint_id:
         raise corrupt_checkpoint(kind, row.owner, row.checkpoint_id)
-    return message
+    return row.data
 
 
 async def newest_readable(
@@ -416,8 +442,8 @@ async def newest_readable(
     older: Callable[[int, int], Awaitable[Sequence[StoredCheckpoint]]],
     *,
     fallback_to_readable: bool,
-) -> Recovered[M]:
-    """Decode `newest`; if it is corrupt and a fall-back was asked, walk back.
+) -> Recovered:
+    """Check `newest` readable; if it is corrupt and a fall-back was asked, walk back.
 
     `older(position, limit)` returns up to `limit` checkpoints saved before
     `position`, newest first (fewer when they are large, at least one).
@@ -425,7 +451,7 @@ async def newest_readable(
     when no checkpoint is readable.
     """
     try:
-        return Recovered(decode_checkpoint(message_type, kind, newest))
+        return Recovered(readable_checkpoint(message_type, kind, newest))
     except DataLoss as error:
         if not fallback_to_readable:
             raise
@@ -435,7 +461,7 @@ async def newest_readable(
     while rows := await older(position, FALLBACK_CHUNK):
         for row in rows:
             try:
-                return Recovered(decode_checkpoint(message_type, kind, row), skipped)
+                return Recovered(readable_checkpoint(message_type, kind, row), skipped)
             except DataLoss:
                 skipped.append(row.checkpoint_id)
         position = rows[-1].position
@@ -475,12 +501,12 @@ def history_page(
     rows: Sequence[StoredCheckpoint],
     more: bool,
     filters: dict[str, object],
-) -> CheckpointPage[M]:
+) -> CheckpointPage:
     """A history page of `rows`, newest first; `more`: older rows follow them.
 
     The token then resumes below the position of the page's last row.
     """
-    checkpoints = [decode_checkpoint(message_type, kind, row) for row in rows]
+    checkpoints = [readable_checkpoint(message_type, kind, row) for row in rows]
     token = encode_page_token(rows[-1].position, filters) if more and rows else ""
     return CheckpointPage(checkpoints, token)
 
@@ -491,12 +517,12 @@ def latest_page(
     rows: Sequence[StoredCheckpoint],
     more: bool,
     filters: dict[str, object],
-) -> CheckpointPage[M]:
+) -> CheckpointPage:
     """A newest-per-run page of `rows`, in owner order; `more`: rows follow them.
 
     The token then resumes after the owner of the page's last row.
     """
-    checkpoints = [decode_checkpoint(message_type, kind, row) for row in rows]
+    checkpoints = [readable_checkpoint(message_type, kind, row) for row in rows]
     token = encode_page_token(rows[-1].owner, filters) if more and rows else ""
     return CheckpointPage(checkpoints, token)
 

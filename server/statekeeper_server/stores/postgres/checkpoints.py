@@ -49,7 +49,6 @@ from statekeeper_server.stores.checkpoints import (
     WorkflowFilter,
     agent_history_filters,
     checkpoint_not_found,
-    decode_checkpoint,
     history_page,
     latest_page,
     latest_workflows_filters,
@@ -58,6 +57,7 @@ from statekeeper_server.stores.checkpoints import (
     mint_workflow,
     newest_readable,
     no_checkpoint,
+    readable_checkpoint,
     stored_size,
     workflow_history_filters,
 )
@@ -198,17 +198,17 @@ class PostgresCheckpointStore:
                 stored.workflow_name,
                 minted.create_us,
                 metadata,
-                stored.SerializeToString(),
+                minted.data,
                 retention.keep_last,
                 retention.ttl_us,
             )
             policy = retention.resolve(defaults)
             dropped = await _prune(tx, _WORKFLOWS, namespace, run_id, seq, policy, minted.create_us)
-        return Saved(stored, dropped)
+        return Saved(stored, minted.data, dropped)
 
     async def load_workflow(
         self, namespace: str, run_id: str, checkpoint_id: str, *, fallback_to_readable: bool
-    ) -> Recovered[checkpoints_pb2.WorkflowCheckpoint]:
+    ) -> Recovered:
         """The run's newest checkpoint (through its head), or the one named."""
         if checkpoint_id:
             row = await self._engine.fetchrow(
@@ -221,7 +221,7 @@ class PostgresCheckpointStore:
             if row is None:
                 raise checkpoint_not_found(WORKFLOW, run_id, checkpoint_id)
             return Recovered(
-                decode_checkpoint(checkpoints_pb2.WorkflowCheckpoint, WORKFLOW, _stored(row))
+                readable_checkpoint(checkpoints_pb2.WorkflowCheckpoint, WORKFLOW, _stored(row))
             )
         return await self._newest(
             checkpoints_pb2.WorkflowCheckpoint, _WORKFLOWS, namespace, run_id, fallback_to_readable
@@ -236,7 +236,7 @@ class PostgresCheckpointStore:
         before: str,
         page_size: int,
         page_token: str,
-    ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
+    ) -> CheckpointPage:
         """A page of the run's checkpoints, newest first, filtered in SQL."""
         return await self._history(
             checkpoints_pb2.WorkflowCheckpoint,
@@ -252,7 +252,7 @@ class PostgresCheckpointStore:
 
     async def list_latest_workflows(
         self, namespace: str, where: WorkflowFilter, *, page_size: int, page_token: str
-    ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
+    ) -> CheckpointPage:
         """A page of run heads after the token's run_id, filtered in SQL."""
         filters = latest_workflows_filters(where)
         after = decode_page_token(page_token, filters, str) or ""
@@ -305,17 +305,17 @@ class PostgresCheckpointStore:
                 agent_id,
                 stored.checkpoint_id,
                 minted.create_us,
-                stored.SerializeToString(),
+                minted.data,
                 retention.keep_last,
                 retention.ttl_us,
             )
             policy = retention.resolve(defaults)
             dropped = await _prune(tx, _AGENTS, namespace, agent_id, seq, policy, minted.create_us)
-        return Saved(stored, dropped)
+        return Saved(stored, minted.data, dropped)
 
     async def recover_agent(
         self, namespace: str, agent_id: str, *, fallback_to_readable: bool
-    ) -> Recovered[checkpoints_pb2.AgentCheckpoint]:
+    ) -> Recovered:
         """The agent's newest checkpoint (through its head)."""
         return await self._newest(
             checkpoints_pb2.AgentCheckpoint, _AGENTS, namespace, agent_id, fallback_to_readable
@@ -323,7 +323,7 @@ class PostgresCheckpointStore:
 
     async def list_agent_history(
         self, namespace: str, agent_id: str, *, before: str, page_size: int, page_token: str
-    ) -> CheckpointPage[checkpoints_pb2.AgentCheckpoint]:
+    ) -> CheckpointPage:
         """A page of the agent's checkpoints, newest first."""
         return await self._history(
             checkpoints_pb2.AgentCheckpoint,
@@ -424,7 +424,7 @@ class PostgresCheckpointStore:
         namespace: str,
         owner: str,
         fallback_to_readable: bool,
-    ) -> Recovered[M]:
+    ) -> Recovered:
         """The newest checkpoint through the head, falling back if asked."""
         row = await self._engine.fetchrow(
             f"SELECT c.seq, c.{table.owner}, c.checkpoint_id, c.data FROM {table.heads} h"
@@ -462,7 +462,7 @@ class PostgresCheckpointStore:
         before: str,
         page_size: int,
         page_token: str,
-    ) -> CheckpointPage[M]:
+    ) -> CheckpointPage:
         """A page of one owner's history, newest first, below `before` or the token."""
         upper = decode_page_token(page_token, filters, int)
         if upper is None and before:

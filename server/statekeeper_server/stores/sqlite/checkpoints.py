@@ -34,7 +34,6 @@ from statekeeper_server.stores.checkpoints import (
     WorkflowFilter,
     agent_history_filters,
     checkpoint_not_found,
-    decode_checkpoint,
     history_page,
     latest_page,
     latest_workflows_filters,
@@ -43,6 +42,7 @@ from statekeeper_server.stores.checkpoints import (
     mint_workflow,
     newest_readable,
     no_checkpoint,
+    readable_checkpoint,
     workflow_history_filters,
 )
 from statekeeper_server.stores.paging import decode_page_token
@@ -164,17 +164,17 @@ class SQLiteCheckpointStore:
                     retention.keep_last,
                     retention.ttl_us,
                     metadata,
-                    stored.SerializeToString(),
+                    minted.data,
                 ),
             )
             dropped = _prune(conn, _WORKFLOWS, namespace, run_id, policy, create_us)
-            return Saved(stored, dropped)
+            return Saved(stored, minted.data, dropped)
 
         return await self._engine.write(work)
 
     async def load_workflow(
         self, namespace: str, run_id: str, checkpoint_id: str, *, fallback_to_readable: bool
-    ) -> Recovered[checkpoints_pb2.WorkflowCheckpoint]:
+    ) -> Recovered:
         """The run's newest checkpoint (one index lookup), or the one named."""
         if checkpoint_id:
             row = await self._engine.read(
@@ -182,7 +182,7 @@ class SQLiteCheckpointStore:
             )
             if row is None:
                 raise checkpoint_not_found(WORKFLOW, run_id, checkpoint_id)
-            return Recovered(decode_checkpoint(checkpoints_pb2.WorkflowCheckpoint, WORKFLOW, row))
+            return Recovered(readable_checkpoint(checkpoints_pb2.WorkflowCheckpoint, WORKFLOW, row))
         return await self._newest(
             checkpoints_pb2.WorkflowCheckpoint, _WORKFLOWS, namespace, run_id, fallback_to_readable
         )
@@ -196,7 +196,7 @@ class SQLiteCheckpointStore:
         before: str,
         page_size: int,
         page_token: str,
-    ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
+    ) -> CheckpointPage:
         """A page of the run's checkpoints, newest first, filtered in SQL."""
         return await self._history(
             checkpoints_pb2.WorkflowCheckpoint,
@@ -212,7 +212,7 @@ class SQLiteCheckpointStore:
 
     async def list_latest_workflows(
         self, namespace: str, where: WorkflowFilter, *, page_size: int, page_token: str
-    ) -> CheckpointPage[checkpoints_pb2.WorkflowCheckpoint]:
+    ) -> CheckpointPage:
         """A page of run heads after the token's run_id, filtered in SQL."""
         filters = latest_workflows_filters(where)
         after = decode_page_token(page_token, filters, str) or ""
@@ -269,17 +269,17 @@ class SQLiteCheckpointStore:
                     create_us,
                     retention.keep_last,
                     retention.ttl_us,
-                    stored.SerializeToString(),
+                    minted.data,
                 ),
             )
             dropped = _prune(conn, _AGENTS, namespace, agent_id, policy, create_us)
-            return Saved(stored, dropped)
+            return Saved(stored, minted.data, dropped)
 
         return await self._engine.write(work)
 
     async def recover_agent(
         self, namespace: str, agent_id: str, *, fallback_to_readable: bool
-    ) -> Recovered[checkpoints_pb2.AgentCheckpoint]:
+    ) -> Recovered:
         """The agent's newest checkpoint (one index lookup)."""
         return await self._newest(
             checkpoints_pb2.AgentCheckpoint, _AGENTS, namespace, agent_id, fallback_to_readable
@@ -287,7 +287,7 @@ class SQLiteCheckpointStore:
 
     async def list_agent_history(
         self, namespace: str, agent_id: str, *, before: str, page_size: int, page_token: str
-    ) -> CheckpointPage[checkpoints_pb2.AgentCheckpoint]:
+    ) -> CheckpointPage:
         """A page of the agent's checkpoints, newest first."""
         return await self._history(
             checkpoints_pb2.AgentCheckpoint,
@@ -336,7 +336,7 @@ class SQLiteCheckpointStore:
         namespace: str,
         owner: str,
         fallback_to_readable: bool,
-    ) -> Recovered[M]:
+    ) -> Recovered:
         """The newest checkpoint via the head index, falling back if asked."""
 
         def head(conn: sqlite3.Connection) -> StoredCheckpoint | None:
@@ -373,7 +373,7 @@ class SQLiteCheckpointStore:
         before: str,
         page_size: int,
         page_token: str,
-    ) -> CheckpointPage[M]:
+    ) -> CheckpointPage:
         """A page of one owner's history, newest first, below `before` or the token."""
         position = decode_page_token(page_token, filters, int)
 
