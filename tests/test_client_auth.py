@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import hashlib
 import json
 from collections.abc import Iterator
@@ -11,7 +13,8 @@ import grpc
 import pytest
 
 import statekeeper
-from statekeeper.v1 import snapshots_pb2
+from statekeeper.events import custom_event
+from statekeeper.v1 import events_pb2, snapshots_pb2
 from tests.certificates import CertificateAuthority
 from tests.harness import running_app
 
@@ -19,16 +22,29 @@ TOKEN = "sk_writer-of-acme"
 OTHER_TOKEN = "sk_someone-else"
 
 
-@pytest.fixture
-def tokens_file(tmp_path: Path) -> str:
-    """A tokens file in which TOKEN may write namespace acme."""
-    entry = {
-        "name": "acme-writer",
-        "sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+SHORT_LIVED_TOKEN = "sk_acme-for-two-seconds"
+
+
+def entry(name: str, token: str, expires: datetime.datetime | None = None) -> dict[str, object]:
+    """A tokens-file entry letting `token` write namespace acme (until `expires`)."""
+    fields: dict[str, object] = {
+        "name": name,
+        "sha256": hashlib.sha256(token.encode()).hexdigest(),
         "permissions": ["acme:write"],
     }
+    if expires is not None:
+        fields["expires"] = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return fields
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> str:
+    """A tokens file in which TOKEN may write namespace acme, and SHORT_LIVED_TOKEN
+    may for two seconds from now."""
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=2)
+    entries = [entry("acme-writer", TOKEN), entry("acme-briefly", SHORT_LIVED_TOKEN, soon)]
     path = tmp_path / "tokens.json"
-    path.write_text(json.dumps({"tokens": [entry]}))
+    path.write_text(json.dumps({"tokens": entries}))
     return str(path)
 
 
@@ -95,3 +111,32 @@ async def test_a_token_travels_over_tls(tokens_file: str, tmp_path: Path) -> Non
     ):
         saved = await client.snapshots.save(snapshot())
     assert saved.version == 1
+
+
+async def test_a_follower_whose_token_expires_resumes_with_a_fresh_one(tokens_file: str) -> None:
+    tokens = iter([SHORT_LIVED_TOKEN, TOKEN])
+    resumed = asyncio.Event()
+
+    def fresh_token() -> str:
+        token = next(tokens, TOKEN)
+        if token == TOKEN:
+            resumed.set()
+        return token
+
+    async with running_app("memory:", auth_tokens_file=tokens_file) as app:
+        target = f"127.0.0.1:{app.port}"
+        async with (
+            statekeeper.AsyncClient(target, namespace="acme", token=TOKEN) as writer,
+            statekeeper.AsyncClient(target, namespace="acme", token=fresh_token) as follower,
+        ):
+            await writer.events.append("run-1", custom_event("step"))
+
+            async def finish_once_resumed() -> None:
+                await asyncio.wait_for(resumed.wait(), 30)
+                completed = events_pb2.AgentEvent(run_completed=events_pb2.RunCompleted())
+                await writer.events.append("run-1", completed)
+
+            finishing = asyncio.create_task(finish_once_resumed())
+            seqs = [envelope.seq async for envelope in follower.events.replay("run-1")]
+            await finishing
+    assert seqs == [1, 2]

@@ -53,18 +53,23 @@ class Snapshots(snapshots_pb2_grpc.SnapshotServiceServicer):
 
 
 class Events(events_pb2_grpc.EventLogServiceServicer):
-    """A replay that breaks with UNAVAILABLE after the first event."""
+    """A replay of two events that breaks with `break_with` after the first one
+    (or, with `refuse`, refuses every call at once)."""
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
+        self.break_with = grpc.StatusCode.UNAVAILABLE
+        self.refuse: grpc.StatusCode | None = None
 
     async def ReplayEvents(  # noqa: N802
         self, request: events_pb2.ReplayEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[events_pb2.ReplayEventsResponse]:
         self.recorder.record(context)
+        if self.refuse is not None:
+            await context.abort(self.refuse, "refused")
         if request.after_seq == 0:
             yield batch(events_pb2.EventEnvelope(run_id=request.run_id, seq=1))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is restarting")
+            await context.abort(self.break_with, "the stream breaks")
         completed = events_pb2.AgentEvent(run_completed=events_pb2.RunCompleted())
         yield batch(events_pb2.EventEnvelope(run_id=request.run_id, seq=2, event=completed))
 
@@ -94,11 +99,16 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-async def target(recorder: Recorder) -> AsyncIterator[str]:
+def events(recorder: Recorder) -> Events:
+    return Events(recorder)
+
+
+@pytest.fixture
+async def target(recorder: Recorder, events: Events) -> AsyncIterator[str]:
     """host:port of a recording server."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     snapshots_pb2_grpc.add_SnapshotServiceServicer_to_server(Snapshots(recorder), server)
-    events_pb2_grpc.add_EventLogServiceServicer_to_server(Events(recorder), server)
+    events_pb2_grpc.add_EventLogServiceServicer_to_server(events, server)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(Jobs(recorder), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -144,13 +154,30 @@ async def test_a_callable_token_is_called_for_every_call(target: str, recorder: 
     assert recorder.authorizations == ["Bearer token-1", "Bearer token-2"]
 
 
-async def test_a_replay_resumed_after_unavailable_sends_a_fresh_token(
-    target: str, recorder: Recorder
+@pytest.mark.parametrize(
+    "break_with",
+    [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED],
+    ids=["server-gone", "credential-expired"],
+)
+async def test_a_replay_resumes_a_broken_stream_with_a_fresh_token(
+    target: str, recorder: Recorder, events: Events, break_with: grpc.StatusCode
 ) -> None:
+    events.break_with = break_with
     async with statekeeper.AsyncClient(target, token=numbered_tokens()) as client:
         seqs = [envelope.seq async for envelope in client.events.replay("run-1")]
     assert seqs == [1, 2]
     assert recorder.authorizations == ["Bearer token-1", "Bearer token-2"]
+
+
+async def test_a_replay_refused_as_unauthenticated_when_opened_is_not_retried(
+    target: str, recorder: Recorder, events: Events
+) -> None:
+    events.refuse = grpc.StatusCode.UNAUTHENTICATED
+    async with statekeeper.AsyncClient(target, token=numbered_tokens()) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            [envelope async for envelope in client.events.replay("run-1")]
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert recorder.authorizations == ["Bearer token-1"]
 
 
 async def test_a_worker_leasing_again_after_unavailable_sends_a_fresh_token(

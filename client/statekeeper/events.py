@@ -160,7 +160,11 @@ class EventsClient:
         waits until the channel is ready again and resumes after the last seq
         it delivered, so no event is missed or repeated; it raises the last
         error once `reconnect_timeout` seconds pass without getting through.
-        Other errors (NOT_FOUND, OUT_OF_RANGE ...) are raised at once.
+        A stream the server ends with UNAUTHENTICATED after accepting it (the
+        credential it was opened with expired) is resumed at once: every
+        resumption sends the client's token anew, so a callable token gets
+        through with a fresh one. Other errors (NOT_FOUND, OUT_OF_RANGE,
+        UNAUTHENTICATED when opening ...) are raised at once.
         """
         position = after_seq
         failing_since: float | None = None
@@ -171,8 +175,10 @@ class EventsClient:
                 events_pb2.ReplayEventsRequest(run_id=run_id, after_seq=position, follow=follow),
                 metadata=self._options.metadata,
             )
+            accepted = False
             try:
                 async for message in call:
+                    accepted = True
                     failing_since, backoff = None, INITIAL_BACKOFF
                     for envelope in message.batch.envelopes:
                         if envelope.seq <= position:
@@ -183,6 +189,8 @@ class EventsClient:
                             return
                 return
             except grpc.aio.AioRpcError as exc:
+                if accepted and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    continue
                 if exc.code() not in RECONNECT_CODES:
                     raise
                 error = exc
