@@ -158,12 +158,15 @@ class EventStore(Protocol):
         after_seq: int,
         limit: int,
         max_bytes: int = PAGE_BUDGET_BYTES,
+        *,
+        stream: bool = False,
     ) -> EventPage:
         """The committed envelopes with seq > after_seq, and the run's state.
 
         The page holds at most `limit` envelopes and `max_bytes` bytes of them
         (`stores.budget.fill_page`), at least one when any is left; the store
-        reads no more than that.
+        reads no more than that. `stream` marks the read of a replay's next
+        page: the backend serves it beside point reads, never ahead of them.
         """
 
     def recent(

@@ -17,6 +17,12 @@ call is ever handed a busy or broken connection. The pool replaces closed
 connections on the next call, so the store serves again by itself once the
 database is back.
 
+Point reads never wait for the history reads of streams: a statement or
+transaction flagged `stream` (a replay or a watch reading its next page;
+there may be thousands at once) first takes one of `stream_connections`
+slots, at most half the pool, so the other half always serves point reads
+and writes however many streams catch up.
+
 Options come from the URL's query string (`schema`, `pool_size`,
 `statement_timeout`, `connect_timeout`, in seconds), falling back to the
 `postgres_*` settings; every other query parameter goes to asyncpg as in a
@@ -88,6 +94,12 @@ class PostgresOptions:
     connect_timeout: float
     server_settings: Mapping[str, str]
     """Session settings of every connection (search_path, statement_timeout, ...)."""
+
+    @property
+    def stream_connections(self) -> int:
+        """Most pooled connections the reads of streams use at once: half the pool (at
+        least one), leaving the rest to point reads and writes."""
+        return max(1, self.pool_size // 2)
 
     @property
     def channel(self) -> str:
@@ -331,7 +343,8 @@ class PostgresEngine:
     component; every call either succeeds or raises a ServiceError
     (Unavailable for any database failure); watchers of a key are woken
     after every committed `Transaction.notify`, on this replica directly and
-    on the others through the listener.
+    on the others through the listener; calls flagged `stream` hold at most
+    `options.stream_connections` connections at once.
     """
 
     def __init__(self, options: PostgresOptions, migrations: Migrations, notifier: Notifier):
@@ -343,6 +356,7 @@ class PostgresEngine:
         self._closed = False
         self._closing: set[asyncio.Task[None]] = set()
         """Discarded connections being closed (held here so the tasks live on)."""
+        self._stream_slots = asyncio.Semaphore(options.stream_connections)
         self.listener = Listener(self._connect, options.channel, self._origin, notifier)
 
     async def open(self) -> None:
@@ -394,25 +408,31 @@ class PostgresEngine:
 
     @contextlib.asynccontextmanager
     async def transaction(
-        self, *, isolation: Isolation = "read_committed", readonly: bool = False
+        self,
+        *,
+        isolation: Isolation = "read_committed",
+        readonly: bool = False,
+        stream: bool = False,
     ) -> AsyncIterator[Transaction]:
         """A transaction that commits when the block ends and rolls back if it raises.
 
         Wake-ups requested with `Transaction.notify` are delivered only after
         the commit. Database failures inside the block surface as Unavailable.
+        `stream` marks a stream's read (see the module).
         """
         with mapped_errors():
-            async with self._connection() as conn:
+            async with self._connection(stream=stream) as conn:
                 tx = Transaction(conn, self.options.channel, self._origin)
                 async with conn.transaction(isolation=isolation, readonly=readonly):
                     yield tx
         for key in tx.keys:
             self.notifier.notify(key)
 
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        """The rows of one statement, run on its own."""
+    async def fetch(self, query: str, *args: Any, stream: bool = False) -> list[asyncpg.Record]:
+        """The rows of one statement, run on its own; `stream` marks a stream's read (see
+        the module)."""
         with mapped_errors():
-            async with self._connection() as conn:
+            async with self._connection(stream=stream) as conn:
                 return await conn.fetch(query, *args)
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
@@ -441,8 +461,11 @@ class PostgresEngine:
         return self._pool
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
-        """A pooled connection for the block; back to the pool only if `known_idle`.
+    async def _connection(
+        self, *, stream: bool = False
+    ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """A pooled connection for the block, taken after one of the stream slots when
+        `stream`; back to the pool only if `known_idle`.
 
         asyncpg's release finishes off a connection that is already closed and
         waits for a cancellation already requested; otherwise it trusts the
@@ -455,19 +478,20 @@ class PostgresEngine:
         locks, then the connection ends, within `connect_timeout` or cut.
         """
         pool = self._require_pool()
-        conn = await pool.acquire()
-        try:
-            yield conn
-        except BaseException as exc:
-            if known_idle(conn, exc):
+        async with self._stream_slots if stream else contextlib.nullcontext():
+            conn = await pool.acquire()
+            try:
+                yield conn
+            except BaseException as exc:
+                if known_idle(conn, exc):
+                    await pool.release(conn)
+                else:
+                    self._discard(conn)
+                raise
+            if known_idle(conn, None):
                 await pool.release(conn)
             else:
                 self._discard(conn)
-            raise
-        if known_idle(conn, None):
-            await pool.release(conn)
-        else:
-            self._discard(conn)
 
     def _discard(self, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
         """Close `conn` for good; the pool opens a new one when it needs one."""

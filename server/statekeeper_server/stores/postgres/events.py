@@ -303,11 +303,14 @@ class PostgresEventStore:
         after_seq: int,
         limit: int,
         max_bytes: int = PAGE_BUDGET_BYTES,
+        *,
+        stream: bool = False,
     ) -> EventPage:
         """Stored envelopes after `after_seq` (at most `limit` and `max_bytes` of them),
-        with the run, in one snapshot."""
+        with the run, in one snapshot. A `stream` read takes one of the engine's stream
+        slots."""
         rows = await self._engine.fetch(
-            _READ, namespace, run_id, query_seq(after_seq), limit, max_bytes
+            _READ, namespace, run_id, query_seq(after_seq), limit, max_bytes, stream=stream
         )
         if not rows:
             return EventPage(None, [], after_seq)

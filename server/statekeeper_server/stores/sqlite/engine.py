@@ -14,10 +14,18 @@ savepoint around every write. Every statement costs the writer thread the
 GIL, which it then has to win back from a busy event loop, so the two
 statements a savepoint takes are worth saving on the hottest writes.
 
-Reads run on a small pool of reader threads with their own connections (WAL
-lets them read while the writer writes), each read in its own transaction so
-it sees one consistent snapshot. The in-memory database has no readers: its
-reads run on the writer thread between batches, outside any transaction.
+Reads run on reader threads with their own connections (WAL lets them read
+while the writer writes), each read in its own transaction so it sees one
+consistent snapshot. The in-memory database has no readers: its reads run on
+the writer thread between batches, outside any transaction.
+
+Point reads never queue behind the history reads of streams. A read flagged
+`stream` (a replay or a watch reading its next page: there may be thousands
+of them at once) runs on a reader thread of its own (STREAM_READER_THREADS),
+point reads (a load, a listing, a job) on the others (READER_THREADS); so
+however many streams catch up, a point read waits for no stream's read. In
+memory, the writer thread runs at most one stream read between two batches
+of writes and point reads, so a point read waits for one stream read at most.
 
 A write may name what follows its commit (`on_commit`, waking whoever waits
 for the change): it runs on the event loop in the same callback that
@@ -43,6 +51,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,6 +72,9 @@ failures = FailureLog(log)
 
 MAX_BATCH = 512
 READER_THREADS = 2
+"""Threads serving point reads of a file database."""
+STREAM_READER_THREADS = 1
+"""Threads serving the reads of streams (`read(..., stream=True)`) of a file database."""
 
 HEALTH_MIGRATIONS: Sequence[Sequence[str]] = [
     [
@@ -95,6 +107,7 @@ class _Op:
     future: asyncio.Future[Any]
     is_read: bool
     checks_first: bool
+    is_stream: bool = False
     on_commit: OnCommit | None = None
     outcome: tuple[bool, Any] = (False, None)
 
@@ -138,7 +151,8 @@ class SQLiteEngine:
 
     Guarantees: a write's result is delivered only after its transaction
     committed (durably, for a file); writes are applied in queue order;
-    a failed write leaves no trace.
+    a failed write leaves no trace; a point read never waits behind more
+    than one stream read (see the module).
     """
 
     def __init__(self, path: Path | None, migrations: Migrations) -> None:
@@ -148,6 +162,7 @@ class SQLiteEngine:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers: ThreadPoolExecutor | None = None
+        self._stream_readers: ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
@@ -188,6 +203,9 @@ class SQLiteEngine:
             raise
         if self._path is not None:
             self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-reader")
+            self._stream_readers = ThreadPoolExecutor(
+                STREAM_READER_THREADS, thread_name_prefix="sqlite-stream-reader"
+            )
 
     async def write(
         self,
@@ -219,21 +237,27 @@ class SQLiteEngine:
         """
         await self.write(_write_probe, checks_first=True)
 
-    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` on a consistent snapshot of committed data."""
-        if self._readers is None or self._closed:
-            return cast(T, await self._submit(work, is_read=True))
+    async def read(self, work: Callable[[sqlite3.Connection], T], *, stream: bool = False) -> T:
+        """Run `work` on a consistent snapshot of committed data.
+
+        `stream` marks the read of a stream's next page: it runs beside point
+        reads, never ahead of them (see the module).
+        """
+        readers = self._stream_readers if stream else self._readers
+        if readers is None or self._closed:
+            return cast(T, await self._submit(work, is_read=True, is_stream=stream))
         loop = self._loop
         assert loop is not None
-        return cast(T, await loop.run_in_executor(self._readers, self._read_on_reader, work))
+        return cast(T, await loop.run_in_executor(readers, self._read_on_reader, work))
 
     async def close(self) -> None:
         """Finish queued writes, close every connection and release the file."""
         if self._closed:
             return
         self._closed = True
-        if self._readers is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._readers.shutdown, True)
+        for readers in (self._readers, self._stream_readers):
+            if readers is not None:
+                await asyncio.get_running_loop().run_in_executor(None, readers.shutdown, True)
         for conn in self._reader_conns:
             conn.close()
         if self._writer is not None:
@@ -248,6 +272,7 @@ class SQLiteEngine:
         work: Work,
         *,
         is_read: bool,
+        is_stream: bool = False,
         checks_first: bool = False,
         on_commit: OnCommit | None = None,
     ) -> Any:
@@ -256,7 +281,7 @@ class SQLiteEngine:
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Op(work, future, is_read, checks_first, on_commit))
+        self._queue.put(_Op(work, future, is_read, checks_first, is_stream, on_commit))
         return await future
 
     def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
@@ -306,24 +331,35 @@ class SQLiteEngine:
             loop.call_soon_threadsafe(_settle, ready, (False, exc))
             return
         loop.call_soon_threadsafe(_settle, ready, (True, None))
+        # Stream reads wait here, one run after each batch of writes and point reads.
+        streams: deque[_Op] = deque()
         stopping = False
         while not stopping:
             batch: list[_Op] = []
-            item = self._queue.get()
-            while True:
+            try:
+                item = self._queue.get(block=not streams)
+            except queue.Empty:
+                item = None
+            while item is not None:
                 if item is _STOP:
                     stopping = True
                     break
                 assert isinstance(item, _Op)
-                batch.append(item)
-                if len(batch) >= MAX_BATCH:
-                    break
+                if item.is_stream:
+                    streams.append(item)
+                else:
+                    batch.append(item)
+                    if len(batch) >= MAX_BATCH:
+                        break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    item = None
             if batch:
                 self._run_batch(batch)
+            if streams:
+                self._run_reads([streams.popleft()])
+        self._run_reads(list(streams))
         self._conn.close()
 
     def _run_batch(self, batch: list[_Op]) -> None:
@@ -345,10 +381,19 @@ class SQLiteEngine:
                 self.rollbacks += 1
                 for op in writes:
                     op.outcome = (False, Unavailable(reason, message))
-        for op in batch:
-            if op.is_read:
-                op.outcome = _run_plain(conn, op.work)
+        self._run_reads([op for op in batch if op.is_read], settle=False)
         self._loop.call_soon_threadsafe(_settle_all, batch)
+
+    def _run_reads(self, reads: list[_Op], *, settle: bool = True) -> None:
+        """Run `reads` on the writer's connection, outside any transaction; deliver their
+        results unless the caller delivers them with its batch."""
+        conn = self._conn
+        assert conn is not None
+        assert self._loop is not None
+        for op in reads:
+            op.outcome = _run_plain(conn, op.work)
+        if settle and reads:
+            self._loop.call_soon_threadsafe(_settle_all, reads)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

@@ -246,9 +246,12 @@ class SQLiteEventStore:
         after_seq: int,
         limit: int,
         max_bytes: int = PAGE_BUDGET_BYTES,
+        *,
+        stream: bool = False,
     ) -> EventPage:
         """Stored envelopes after `after_seq` (at most `limit` and `max_bytes` of them),
-        with the run, in one snapshot; rows are stepped only until the page is full."""
+        with the run, in one snapshot; rows are stepped only until the page is full. A
+        `stream` read runs on the engine's stream reader."""
 
         def work(conn: sqlite3.Connection) -> EventPage:
             run = _load_run(conn, namespace, run_id)
@@ -266,7 +269,7 @@ class SQLiteEventStore:
             through = rows[-1][0] if rows else after_seq
             return EventPage(run, [row[1] for row in rows], through)
 
-        return await self._engine.read(work)
+        return await self._engine.read(work, stream=stream)
 
     async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
         """A page of runs after the token's run_id."""
