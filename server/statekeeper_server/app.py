@@ -35,6 +35,7 @@ from statekeeper_server.services.events import EventLogServicer
 from statekeeper_server.services.jobs import JobServicer
 from statekeeper_server.services.snapshots import SnapshotServicer
 from statekeeper_server.stores import Store, open_store
+from statekeeper_server.stream_buffers import StreamBuffers
 from statekeeper_server.tls import ServerTls, TlsError, bind
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,17 @@ PING_DEADLINE_FLOOR = 1.0
 """Fewest seconds the health watch waits for the store's answer to one ping."""
 
 
-def build_services(store: Store, settings: Settings, stopping: asyncio.Event) -> list[Service]:
-    """Every servicer of the API, over `store`."""
+def build_services(
+    store: Store, settings: Settings, stopping: asyncio.Event, buffers: StreamBuffers
+) -> list[Service]:
+    """Every servicer of the API, over `store`; the streams share `buffers`."""
     return [
         SnapshotServicer(store.snapshots),
         CheckpointServicer(store.checkpoints, settings),
-        EventLogServicer(store.events, store.notifier, stopping, settings.heartbeat_interval),
-        JobServicer(store.jobs, store.events, store.notifier, settings, stopping),
+        EventLogServicer(
+            store.events, store.notifier, stopping, settings.heartbeat_interval, buffers
+        ),
+        JobServicer(store.jobs, store.events, store.notifier, settings, stopping, buffers),
     ]
 
 
@@ -69,6 +74,8 @@ class Application:
         self.settings = settings
         self.stopping = asyncio.Event()
         self.admission = Admission(settings.max_streams, settings.max_streams_per_connection)
+        self.stream_buffers = StreamBuffers(settings.stream_buffer_bytes)
+        """The budget of bytes that ReplayEvents and WatchJobs streams hold together."""
         self.port = 0
         self._store: Store | None = None
         self._tls: ServerTls | None = None
@@ -111,7 +118,7 @@ class Application:
             ],
             options=transport_options(self.settings),
         )
-        services = build_services(store, self.settings, self.stopping)
+        services = build_services(store, self.settings, self.stopping, self.stream_buffers)
         for service in services:
             service.add_to(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

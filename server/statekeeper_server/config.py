@@ -12,7 +12,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from statekeeper_server.limits import DEFAULT_MAX_REQUEST_BYTES, KIB, MAX_REQUEST_BYTES_LIMIT
+from statekeeper_server.limits import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_STREAM_BUFFER_BYTES,
+    KIB,
+    MAX_REQUEST_BYTES_LIMIT,
+)
 
 
 class Settings(BaseSettings):
@@ -126,6 +131,13 @@ class Settings(BaseSettings):
         1_000,
         gt=0,
         description="most ReplayEvents and WatchJobs streams open at once on one connection",
+    )
+    stream_buffer_bytes: int = Field(
+        DEFAULT_STREAM_BUFFER_BYTES,
+        ge=0,
+        description="bytes all ReplayEvents and WatchJobs streams may hold together beyond"
+        " the 16 KiB each always may, for pages read but not yet sent: more lets more fast"
+        " readers read large pages, and is what stalled readers can hold on top of their 16 KiB",
     )
     max_connections: int = Field(
         5_000, gt=0, description="most client connections open at once; more are closed at once"

@@ -58,10 +58,24 @@ MAX_JSON_DEPTH = 20
 MAX_PAGE_TOKEN_LENGTH = 512
 """Longest page token accepted (the server's own are far shorter)."""
 
-REPLAY_MESSAGE_BYTES = 64 * KIB
+STREAM_SHARE_BYTES = 16 * KIB
+"""Bytes of data read but not yet sent that every live ReplayEvents or WatchJobs stream may
+always hold; what it reads beyond that it borrows from the server's stream buffer budget."""
+DEFAULT_STREAM_BUFFER_BYTES = 16 * MIB
+"""Default of `--stream-buffer-bytes`: the budget all streams borrow from together, taking
+only what is free (never waiting) and giving it back once it is sent. N streams whose
+clients stopped reading hold at most N x STREAM_SHARE_BYTES plus this (plus a record
+larger than that, which is always read alone)."""
+REPLAY_READ_BYTES = 1 * MIB
+"""Most bytes of envelopes a replay reads from the store per step, as far as its share and
+the stream buffer budget allow (at least one envelope)."""
+REPLAY_READ_EVENTS = 500
+"""Most envelopes a replay reads from the store per step."""
+REPLAY_MESSAGE_BYTES = 256 * KIB
 """A replay message holds envelopes up to this many bytes (a larger envelope goes alone)."""
-REPLAY_READ_BYTES = 64 * KIB
-"""A replay reads this many bytes of envelopes from the store per step (at least one)."""
+WATCH_BATCH_BYTES = 1 * MIB
+"""Most bytes of changes in one WatchJobs batch, as far as the stream's share and the stream
+buffer budget allow (at least one change)."""
 
 MAX_ERROR_TEXT_LENGTH = 256
 """Caller-supplied text quoted in an error message or its metadata is cut to this length."""

@@ -3,16 +3,23 @@
 A replay is a loop over the store, never a private queue of events: the
 follower takes the run's notifier event *before* each read, sends what the
 read returned (stored envelope bytes, packed many to a message, never
-re-encoded), and once it has caught up waits on that event. History is read
-REPLAY_READ_BYTES at a time, with at most one read ahead, and each message
-holds at most REPLAY_MESSAGE_BYTES of envelopes: a follower that stops
-reading holds at most those few pages in server memory, whatever the size
-of the run. A commit landing
-between the read and the wait has already set the event, so the switch from
-history to live has no gap and no duplicate, and a slow follower holds no
-events in server memory. An idle follower also reads again before each
-heartbeat, so a wake-up lost on its way from another replica delays an
-event by one heartbeat interval at most and never loses it.
+re-encoded), and once it has caught up waits on that event. A commit
+landing between the read and the wait has already set the event, so the
+switch from history to live has no gap and no duplicate, and a slow
+follower holds no events in server memory. An idle follower also reads
+again before each heartbeat, so a wake-up lost on its way from another
+replica delays an event by one heartbeat interval at most and never loses
+it.
+
+How much a follower reads at a time is what its `StreamBuffer` grants: its
+share (STREAM_SHARE_BYTES) plus whatever the server's stream buffer budget
+has free, up to REPLAY_READ_BYTES, given back as the page's messages (at
+most REPLAY_MESSAGE_BYTES each) are sent. It reads the next page while
+sending one only with budget granted for that read. A follower that keeps
+up thus reads large pages and replays fast, and one that stops reading
+holds its share and what it borrowed for the page it is stuck on, whatever
+the size of the run. Its reads are `stream` reads: the store serves them
+beside point reads, never ahead of them.
 """
 
 from __future__ import annotations
@@ -26,7 +33,12 @@ from google.protobuf.message import Message
 
 from statekeeper.v1 import events_pb2
 from statekeeper_server.errors import InvalidArgument, Unavailable
-from statekeeper_server.limits import PAGE_BUDGET_BYTES, REPLAY_MESSAGE_BYTES, REPLAY_READ_BYTES
+from statekeeper_server.limits import (
+    PAGE_BUDGET_BYTES,
+    REPLAY_MESSAGE_BYTES,
+    REPLAY_READ_BYTES,
+    REPLAY_READ_EVENTS,
+)
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.stores.budget import split_by_size
@@ -40,6 +52,7 @@ from statekeeper_server.stores.events import (
     run_not_found,
     validate_event_input,
 )
+from statekeeper_server.stream_buffers import Grant, StreamBuffer, StreamBuffers
 from statekeeper_server.timestamps import now_us, to_timestamp
 from statekeeper_server.validation import page_size, require_id
 
@@ -54,9 +67,6 @@ DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 DEFAULT_RUNS_PAGE = 50
 MAX_RUNS_PAGE = 1000
-REPLAY_READ_EVENTS = 500
-"""Most envelopes read from the store per step of a replay (REPLAY_READ_BYTES bounds
-the bytes of a step)."""
 
 
 def serialize_response(message: Response) -> bytes:
@@ -82,11 +92,14 @@ class EventLogServicer:
         notifier: Notifier,
         stopping: asyncio.Event,
         heartbeat_interval: float,
+        buffers: StreamBuffers,
     ) -> None:
+        """`buffers` is the server's stream buffer budget, shared with every stream."""
         self._store = store
         self._notifier = notifier
         self._stopping = stopping
         self._heartbeat_interval = heartbeat_interval
+        self._buffers = buffers
 
     def add_to(self, server: grpc.aio.Server) -> None:
         """Register the handlers; pre-encoded responses are sent as they are."""
@@ -171,8 +184,11 @@ class EventLogServicer:
         created_us: int | None = None
         caught_up = False
         last_sent = loop.time()
-        # While a page of history is sent, the next one is read (one page ahead at most).
+        buffer = self._buffers.open()
+        # While a page of history is sent, the next one may be read, with budget granted
+        # for it (one page ahead at most).
         ahead: asyncio.Future[tuple[asyncio.Event, EventPage]] | None = None
+        ahead_grant: Grant | None = None
         # Wakes the run's followers when this one may owe a heartbeat. Re-armed only once
         # it went off, not for every message: a timer per wait cost more than the wait.
         alarm: asyncio.TimerHandle | None = None
@@ -185,11 +201,14 @@ class EventLogServicer:
                         run_id=run_id,
                         last_seq=position,
                     )
-                if ahead is None:
-                    woken, page = await self._read(namespace, run_id, position)
+                if ahead is None or ahead_grant is None:
+                    # Nothing else is held now: the share at least is granted.
+                    grant = buffer.grant(REPLAY_READ_BYTES)
+                    assert grant is not None
+                    woken, page = await self._read(namespace, run_id, position, buffer, grant)
                 else:
                     woken, page = await ahead
-                    ahead = None
+                    grant, ahead, ahead_grant = ahead_grant, None, None
                 run = page.run
                 if run is None or (created_us is not None and run.create_us != created_us):
                     # Only a follower from the start waits for a run it has never seen; a
@@ -202,9 +221,11 @@ class EventLogServicer:
                     if position < run.last_seq and not page.envelopes:
                         raise missing_event(run_id, position + 1)
                     if page.through_seq < run.last_seq:
-                        ahead = asyncio.ensure_future(
-                            self._read(namespace, run_id, page.through_seq)
-                        )
+                        ahead_grant = buffer.grant(REPLAY_READ_BYTES, minimum=self._buffers.share)
+                        if ahead_grant is not None:
+                            ahead = asyncio.ensure_future(
+                                self._read(namespace, run_id, page.through_seq, buffer, ahead_grant)
+                            )
                     messages = [
                         replay_batch_message(chunk)
                         for chunk in split_by_size(page.envelopes, len, REPLAY_MESSAGE_BYTES)
@@ -213,8 +234,14 @@ class EventLogServicer:
                     # While a follower that stops reading blocks a send, it holds only the
                     # page's messages (and the read ahead), not the envelopes too.
                     del page
+                    unsent = grant.size
+                    messages.reverse()
                     while messages:
-                        yield messages.pop(0)
+                        message = messages.pop()
+                        unsent -= len(message)
+                        yield message
+                        del message
+                        buffer.settle(grant, max(unsent, 0))
                         last_sent = loop.time()
                     position = through_seq
                     if position < run.last_seq:
@@ -244,25 +271,26 @@ class EventLogServicer:
                 ahead.cancel()
             if alarm is not None:
                 alarm.cancel()
+            buffer.close()
 
     async def _read(
-        self, namespace: str, run_id: str, after_seq: int
+        self, namespace: str, run_id: str, after_seq: int, buffer: StreamBuffer, grant: Grant
     ) -> tuple[asyncio.Event, EventPage]:
-        """The run's next page (at most REPLAY_READ_BYTES of envelopes), and the wake-up
-        event taken before reading it.
+        """The run's next page (at most `grant.size` bytes of envelopes, at least one
+        envelope), and the wake-up event taken before reading it; `grant` is settled to
+        the bytes the page holds.
 
         A commit landing after the read has already set that event. A
         follower woken by a commit of this process usually finds that commit
         kept in memory (`recent`) and skips the store.
         """
         woken = self._notifier.watch(event_key(namespace, run_id))
-        page = self._store.recent(
-            namespace, run_id, after_seq, REPLAY_READ_EVENTS, REPLAY_READ_BYTES
-        )
+        page = self._store.recent(namespace, run_id, after_seq, REPLAY_READ_EVENTS, grant.size)
         if page is None:
             page = await self._store.read(
-                namespace, run_id, after_seq, REPLAY_READ_EVENTS, REPLAY_READ_BYTES
+                namespace, run_id, after_seq, REPLAY_READ_EVENTS, grant.size, stream=True
             )
+        buffer.settle(grant, sum(map(len, page.envelopes)))
         return woken, page
 
     async def ListRuns(

@@ -12,7 +12,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from statekeeper.v1 import events_pb2, jobs_pb2, jobs_pb2_grpc
 from statekeeper_server.config import Settings
 from statekeeper_server.errors import InvalidArgument, Unavailable
-from statekeeper_server.limits import PAGE_BUDGET_BYTES
+from statekeeper_server.limits import WATCH_BATCH_BYTES
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.services.context import request_namespace
@@ -43,6 +43,7 @@ from statekeeper_server.stores.jobs import (
     changes_key,
     queue_key,
 )
+from statekeeper_server.stream_buffers import StreamBuffers
 from statekeeper_server.timestamps import duration_us, from_timestamp, now_us, to_timestamp
 from statekeeper_server.validation import enum_value, optional_id, page_size, require_id
 
@@ -61,7 +62,8 @@ MAX_WAIT_SECONDS = 300.0
 DEADLINE_MARGIN_SECONDS = 1.0
 """A long poll answers this long (or a tenth of the deadline) before the deadline."""
 WATCH_BATCH = 500
-"""Most changes per batch of a watch (PAGE_BUDGET_BYTES bounds its bytes)."""
+"""Most changes per batch of a watch (its stream buffer grant, at most WATCH_BATCH_BYTES,
+bounds its bytes)."""
 MIN_TIMESTAMP_SECONDS = -62_135_596_800
 MAX_TIMESTAMP_SECONDS = 253_402_300_799
 JOB_PRIORITIES = frozenset(jobs_pb2.JobPriority.values())
@@ -80,7 +82,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         notifier: Notifier,
         settings: Settings,
         stopping: asyncio.Event,
+        buffers: StreamBuffers,
     ) -> None:
+        """`buffers` is the server's stream buffer budget, shared with every stream."""
+        self._buffers = buffers
         self._jobs = jobs
         self._events = events
         self._notifier = notifier
@@ -247,7 +252,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def WatchJobs(
         self, request: jobs_pb2.WatchJobsRequest, context: Context
     ) -> AsyncIterator[jobs_pb2.WatchJobsResponse]:
-        """`started`, then matching changes as they commit, heartbeats when idle."""
+        """`started`, then matching changes as they commit, heartbeats when idle.
+
+        A batch holds as many bytes of changes as the stream's buffer grants
+        (its share, plus what the stream buffer budget has free, up to
+        WATCH_BATCH_BYTES), given back once the batch was sent: a watcher
+        that stops reading holds its share and what it borrowed for one batch.
+        """
         namespace = request_namespace(context)
         if len(request.job_ids) > MAX_FILTER_IDS:
             raise InvalidArgument("job_ids", f"must hold at most {MAX_FILTER_IDS} ids")
@@ -266,37 +277,46 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         key = changes_key(namespace)
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
-        while True:
-            wake = self._notifier.watch(key)
-            page = await self._jobs.changes(
-                namespace, where, position, WATCH_BATCH, PAGE_BUDGET_BYTES
-            )
-            if not started:
-                started = True
-                yield jobs_pb2.WatchJobsResponse(
-                    started=jobs_pb2.JobWatchStarted(change_id=position)
-                )
-            if page.changes:
-                yield jobs_pb2.WatchJobsResponse(
-                    changes=jobs_pb2.JobChangeBatch(changes=page.changes)
-                )
-                last_sent = loop.time()
-            position = page.through
-            if page.more:
-                continue
-            idle_for = self._settings.heartbeat_interval - (loop.time() - last_sent)
-            if idle_for <= 0:
-                yield jobs_pb2.WatchJobsResponse(
-                    heartbeat=events_pb2.Heartbeat(sent_at=to_timestamp(now_us()))
-                )
-                last_sent, idle_for = loop.time(), self._settings.heartbeat_interval
-            await wait_for_wake(wake, self._stopping, min(idle_for, REREAD_INTERVAL))
-            if self._stopping.is_set():
-                raise Unavailable(
-                    "SERVER_STOPPING",
-                    f"the server is shutting down; resume with after_change_id={position}",
-                    after_change_id=position,
-                )
+        buffer = self._buffers.open()
+        try:
+            while True:
+                wake = self._notifier.watch(key)
+                grant = buffer.grant(WATCH_BATCH_BYTES)
+                assert grant is not None  # nothing else is held: the share at least
+                page = await self._jobs.changes(namespace, where, position, WATCH_BATCH, grant.size)
+                if not started:
+                    started = True
+                    yield jobs_pb2.WatchJobsResponse(
+                        started=jobs_pb2.JobWatchStarted(change_id=position)
+                    )
+                position, more = page.through, page.more
+                if page.changes:
+                    batch = jobs_pb2.WatchJobsResponse(
+                        changes=jobs_pb2.JobChangeBatch(changes=page.changes)
+                    )
+                    del page
+                    buffer.settle(grant, batch.ByteSize())
+                    yield batch
+                    del batch
+                    last_sent = loop.time()
+                buffer.release(grant)
+                if more:
+                    continue
+                idle_for = self._settings.heartbeat_interval - (loop.time() - last_sent)
+                if idle_for <= 0:
+                    yield jobs_pb2.WatchJobsResponse(
+                        heartbeat=events_pb2.Heartbeat(sent_at=to_timestamp(now_us()))
+                    )
+                    last_sent, idle_for = loop.time(), self._settings.heartbeat_interval
+                await wait_for_wake(wake, self._stopping, min(idle_for, REREAD_INTERVAL))
+                if self._stopping.is_set():
+                    raise Unavailable(
+                        "SERVER_STOPPING",
+                        f"the server is shutting down; resume with after_change_id={position}",
+                        after_change_id=position,
+                    )
+        finally:
+            buffer.close()
 
     # -- helpers ---------------------------------------------------------------
 

@@ -67,6 +67,7 @@ from google.protobuf import struct_pb2
 
 from statekeeper.v1 import jobs_pb2
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
+from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.jobs import (
     AVAILABLE,
     BUILTIN_QUEUE,
@@ -362,8 +363,13 @@ JOB_BYTES = framed_octets(
 )
 """Close to the framed size of a stored job as the API returns it (its payload, result and
 errors; `lease_batch` and listings then count exactly), read without fetching the values."""
-CHANGE_BYTES = framed_octets("coalesce(octet_length(result), 0) + coalesce(octet_length(error), 0)")
-"""Close to the framed size of a stored change as a watch sends it."""
+CHANGE_BYTES = framed_octets(
+    "16 + octet_length(job_id) + octet_length(queue) + octet_length(kind)"
+    " + coalesce(octet_length(worker_id), 0) + coalesce(octet_length(result), 0)"
+    " + coalesce(octet_length(error), 0)"
+)
+"""Close to (never above) the framed size of a stored change as a watch sends it: its text
+and bytes, and the least its numbers and tags take."""
 
 
 def claim_query(scope: Scope, count: int) -> tuple[str, list[object]]:
@@ -676,9 +682,12 @@ class PostgresJobStore:
 
         The counter and the log are read in one snapshot; every id up to the
         counter is committed (see the module doc), so `through` never passes
-        a change that could still appear.
+        a change that could still appear. A watch's read: it takes one of the
+        engine's stream slots.
         """
-        async with self._engine.transaction(isolation="repeatable_read", readonly=True) as tx:
+        async with self._engine.transaction(
+            isolation="repeatable_read", readonly=True, stream=True
+        ) as tx:
             head = await tx.conn.fetchrow(
                 "SELECT c.last_change_id, coalesce(t.through, 0) FROM job_change_counter c"
                 " LEFT JOIN job_changes_trimmed t ON t.id = 1 WHERE c.id = 1"
@@ -714,9 +723,14 @@ class PostgresJobStore:
                 ),
                 *query.values,
             )
-        page, more = page_rows(
-            records, lambda record: sized_change(_change(record)), message_size, limit
+        # The statement cuts by an estimate; the page is cut exactly here.
+        page, cut = fill_page(
+            (sized_change(_change(record)) for record in records),
+            message_size,
+            max_count=limit,
+            max_bytes=max_bytes,
         )
+        more = cut or (bool(records) and bool(records[-1]["followed"]))
         return change_page(page, more, position, after)
 
     # -- internals ---------------------------------------------------------------

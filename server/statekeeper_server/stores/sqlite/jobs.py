@@ -484,7 +484,7 @@ class SQLiteJobStore:
         max_bytes: int = PAGE_BUDGET_BYTES,
     ) -> ChangePage:
         """Matching changes after `after` (stepped only until the page is full), and how
-        far the log was read."""
+        far the log was read; a watch's read, so it runs on the engine's stream reader."""
 
         def work(conn: sqlite3.Connection) -> ChangePage:
             row = conn.execute("SELECT through FROM job_changes_trimmed WHERE id = 1").fetchone()
@@ -509,7 +509,7 @@ class SQLiteJobStore:
                 page, more = fill_page(sized, message_size, max_count=limit, max_bytes=max_bytes)
             return change_page(page, more, _change_position(conn), after)
 
-        return await self._engine.read(work)
+        return await self._engine.read(work, stream=True)
 
     # -- internals ---------------------------------------------------------------
 
