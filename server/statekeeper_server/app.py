@@ -29,6 +29,7 @@ from statekeeper_server.interceptors import (
     RequestInterceptor,
 )
 from statekeeper_server.limits import CLIENT_RECEIVE_LIMIT_BYTES, TRANSPORT_SLACK_BYTES
+from statekeeper_server.memory_trim import MemoryTrimmer, glibc_malloc_trim
 from statekeeper_server.services import Service
 from statekeeper_server.services.checkpoints import CheckpointServicer
 from statekeeper_server.services.events import EventLogServicer
@@ -74,7 +75,11 @@ class Application:
         self.settings = settings
         self.stopping = asyncio.Event()
         self.admission = Admission(settings.max_streams, settings.max_streams_per_connection)
-        self.stream_buffers = StreamBuffers(settings.stream_buffer_bytes)
+        self.trimmer = MemoryTrimmer(glibc_malloc_trim())
+        """Gives the memory of ended streams back to the operating system."""
+        self.stream_buffers = StreamBuffers(
+            settings.stream_buffer_bytes, on_stream_end=self.trimmer.request
+        )
         """The budget of bytes that ReplayEvents and WatchJobs streams hold together."""
         self.port = 0
         self._store: Store | None = None
@@ -133,7 +138,7 @@ class Application:
         await server.start()
         self._server = server
         await self._set_health(SERVING)
-        background = [self._watch_store(store)]
+        background = [self._watch_store(store), self.trimmer.run()]
         for service in services:
             background.extend(service.background())
         if self._access is not None:
