@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,7 +28,6 @@ from google.protobuf.message import Message
 from statekeeper.v1 import events_pb2
 from statekeeper_server.errors import InvalidArgument, ServiceError, Unavailable
 from statekeeper_server.notifier import Notifier
-from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.stores.events import EventStore, validate_event_input, validate_expectation
 from statekeeper_server.stores.jobs import (
     ANY_NAMESPACE,
@@ -81,15 +80,37 @@ def seconds_until(due_us: int | None, limit: float | None) -> float | None:
 
 
 # -- statekeeper.append_event ------------------------------------------------------
+# A payload's event data can be a megabyte of JSON. Converting JSON between
+# protobuf's Struct and Python dicts costs over a second per megabyte of
+# small fields, in pure Python, so the event's custom data never takes that
+# path: it is copied as a message (a C call of milliseconds) into the event
+# and into the result, and only the small remainder goes through
+# json_format. The remainder of a payload that passed enqueue holds only an
+# event's small known fields.
 
 
 @dataclass(frozen=True)
 class AppendEventCall:
-    """What a `statekeeper.append_event` job appends."""
+    """What a `statekeeper.append_event` job appends.
+
+    `input` holds the event as parsed from the payload without its custom
+    data; `data` is that data, a part of the payload (not a copy), or None
+    when the event carries none. `event_input` puts the two together.
+    """
 
     run_id: str
     input: events_pb2.EventInput
+    data: struct_pb2.Struct | None
     expectation: events_pb2.SeqExpectation | None
+
+    def event_input(self, job_id: str) -> events_pb2.EventInput:
+        """The input to append, completed in place: the custom data copied into the
+        event, and `job_id` as the event id unless the payload names one."""
+        item = self.input
+        if self.data is not None:
+            item.event.custom.data.CopyFrom(self.data)
+        item.event_id = item.event_id or job_id
+        return item
 
 
 def parse_append_event(payload: struct_pb2.Struct, field: str) -> AppendEventCall:
@@ -99,34 +120,80 @@ def parse_append_event(payload: struct_pb2.Struct, field: str) -> AppendEventCal
     "expectation"? (SeqExpectation JSON)}`, validated as the event log
     validates an append.
     """
-    data = json_format.MessageToDict(payload)
-    for name in data:
+    fields = payload.fields
+    for name in fields:
         if name not in APPEND_EVENT_FIELDS:
             raise InvalidArgument(
                 f"{field}.{name}", "is not one of " + ", ".join(APPEND_EVENT_FIELDS)
             )
-    run_id = data.get("run_id")
-    if not isinstance(run_id, str):
+    run_id = _string(fields, "run_id")
+    if run_id is None:
         raise InvalidArgument(f"{field}.run_id", "is required (a string)")
     require_id(run_id, f"{field}.run_id")
-    event_id = data.get("event_id", "")
-    if not isinstance(event_id, str):
+    event_id = _string(fields, "event_id") if "event_id" in fields else ""
+    if event_id is None:
         raise InvalidArgument(f"{field}.event_id", "must be a string")
-    item = events_pb2.EventInput(
-        event=_parse(data.get("event"), events_pb2.AgentEvent(), f"{field}.event"),
-        event_id=event_id,
-    )
+    item = events_pb2.EventInput(event_id=event_id)
+    event_json, data = _set_aside_custom_data(fields, f"{field}.event")
+    _parse(event_json, item.event, f"{field}.event")
     validate_event_input(item, field)
     expectation = None
-    if "expectation" in data:
+    if "expectation" in fields:
         expectation = _parse(
-            data["expectation"], events_pb2.SeqExpectation(), f"{field}.expectation"
+            json_format.MessageToDict(fields["expectation"]),
+            events_pb2.SeqExpectation(),
+            f"{field}.expectation",
         )
         validate_expectation(expectation, f"{field}.expectation")
-    return AppendEventCall(run_id, item, expectation)
+    return AppendEventCall(run_id, item, data, expectation)
+
+
+def _string(fields: Mapping[str, struct_pb2.Value], name: str) -> str | None:
+    """The text of JSON field `name`; None when it is absent or not a string."""
+    if name not in fields or fields[name].WhichOneof("kind") != "string_value":
+        return None
+    return fields[name].string_value
+
+
+def _set_aside_custom_data(
+    fields: Mapping[str, struct_pb2.Value], field: str
+) -> tuple[object, struct_pb2.Struct | None]:
+    """The payload's event as JSON without its custom data, and that data (a part of
+    the payload) or None; InvalidArgument naming `field` if there is no event object.
+
+    Only a `custom.data` object is set aside; anything else, right or wrong, stays
+    in the JSON for json_format to parse or refuse as it would the whole event.
+    """
+    if "event" not in fields or fields["event"].WhichOneof("kind") != "struct_value":
+        raise InvalidArgument(field, "is required (a AgentEvent in JSON form)")
+    event = fields["event"].struct_value
+    custom = _object(event.fields, "custom")
+    data = None if custom is None else _object(custom.fields, "data")
+    if custom is None or data is None:
+        return json_format.MessageToDict(event), None
+    rest = {
+        key: json_format.MessageToDict(value)
+        for key, value in event.fields.items()
+        if key != "custom"
+    }
+    rest["custom"] = {
+        key: json_format.MessageToDict(value)
+        for key, value in custom.fields.items()
+        if key != "data"
+    }
+    return rest, data
+
+
+def _object(fields: Mapping[str, struct_pb2.Value], name: str) -> struct_pb2.Struct | None:
+    """JSON field `name` when it holds an object; None otherwise."""
+    if name not in fields or fields[name].WhichOneof("kind") != "struct_value":
+        return None
+    return fields[name].struct_value
 
 
 def _parse(value: object, message: M, field: str) -> M:
+    """`message` with JSON `value` merged in; InvalidArgument naming `field` if it is
+    not the message's JSON form."""
     if not isinstance(value, dict):
         raise InvalidArgument(field, f"is required (a {message.DESCRIPTOR.name} in JSON form)")
     try:
@@ -136,11 +203,43 @@ def _parse(value: object, message: M, field: str) -> M:
 
 
 def append_result(envelope: bytes) -> struct_pb2.Struct:
-    """The result of an append_event job: `{"envelope": <EventEnvelope JSON>}`."""
+    """The result of an append_event job: `{"envelope": <EventEnvelope JSON>}`.
+
+    The envelope's custom data is copied into the result as a message; the
+    rest of the envelope is converted field by field, as json_format would.
+    """
     stored = events_pb2.EventEnvelope.FromString(envelope)
-    return json_format.ParseDict(
-        {"envelope": json_format.MessageToDict(stored)}, struct_pb2.Struct()
-    )
+    result = struct_pb2.Struct()
+    envelope_json = result.get_or_create_struct("envelope")
+    envelope_json.update(json_format.MessageToDict(_without(stored, "event")))
+    if not stored.HasField("event"):
+        return result
+    event_json = envelope_json.get_or_create_struct("event")
+    if stored.event.WhichOneof("kind") != "custom":
+        event_json.update(json_format.MessageToDict(stored.event))
+        return result
+    custom = stored.event.custom
+    custom_json = event_json.get_or_create_struct("custom")
+    custom_json.update(json_format.MessageToDict(_without(custom, "data")))
+    if custom.HasField("data"):
+        custom_json.fields["data"].struct_value.CopyFrom(custom.data)
+    return result
+
+
+def _without(message: M, name: str) -> M:
+    """A copy of `message` lacking field `name` (its other fields are small)."""
+    copy = type(message)()
+    for descriptor, value in message.ListFields():
+        if descriptor.name == name:
+            continue
+        target = getattr(copy, descriptor.name)
+        if descriptor.is_repeated:
+            target.extend(value)
+        elif descriptor.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(copy, descriptor.name, value)
+    return copy
 
 
 def is_retryable(error: Exception) -> bool:
@@ -206,8 +305,7 @@ class BuiltinJobRunner:
     async def _run_one(self, leased: LeasedJob) -> None:
         job = leased.job
         try:
-            envelope = await self._append(leased)
-            result = await off_loop_if_large(len(envelope), append_result, envelope)
+            result = append_result(await self._append(leased))
         except Exception as exc:
             if not isinstance(exc, ServiceError):
                 log.exception("built-in job %s failed unexpectedly", job.job_id)
@@ -229,16 +327,15 @@ class BuiltinJobRunner:
         )
 
     async def _append(self, leased: LeasedJob) -> bytes:
-        """Append the job's event; the stored envelope's bytes."""
+        """Append the job's event; the stored envelope's bytes.
+
+        The payload passed `parse_append_event` at enqueue, so what it converts
+        from JSON here is small: it runs on the loop.
+        """
         job = leased.job
-        call = await off_loop_if_large(
-            job.payload.ByteSize(), parse_append_event, job.payload, "payload"
-        )
-        item = events_pb2.EventInput()
-        item.CopyFrom(call.input)
-        item.event_id = item.event_id or job.job_id
+        call = parse_append_event(job.payload, "payload")
         envelopes = await self._events.append(
-            leased.namespace, call.run_id, [item], call.expectation
+            leased.namespace, call.run_id, [call.event_input(job.job_id)], call.expectation
         )
         return envelopes[0]
 
