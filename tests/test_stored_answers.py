@@ -1,7 +1,9 @@
 """Answers built from stored bytes are what protobuf itself would send.
 
 Saves, loads and listings of snapshots and checkpoints answer with the
-encoding the store keeps instead of a response message rebuilt from it.
+encoding the store keeps instead of a response message rebuilt from it;
+enqueues and completions of jobs encode each job once, without a response
+message around it.
 Each answer here is read as raw bytes and checked to decode to the message
 the server used to build (and, for records without JSON objects, whose
 field order protobuf leaves free, to be those very bytes), for small and
@@ -20,7 +22,7 @@ import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from statekeeper.v1 import checkpoints_pb2, snapshots_pb2
+from statekeeper.v1 import checkpoints_pb2, jobs_pb2, snapshots_pb2
 from statekeeper_server.timestamps import now_us
 from statekeeper_server.wire import message_field, uint_field
 from tests.harness import running_app
@@ -28,8 +30,9 @@ from tests.rpc_errors import error_info
 
 M = TypeVar("M", bound=Message)
 
-LARGE_FIELDS = 60_000
-"""Number fields of a large record's JSON object: about 1.2 MB encoded."""
+LARGE_FIELDS = 40_000
+"""Number fields of a large record's JSON object: about 900 KB encoded (a job's payload
+and result may hold 1 MB)."""
 UPDATE_TIME = snapshots_pb2.Snapshot.UPDATE_TIME_FIELD_NUMBER
 
 
@@ -459,3 +462,84 @@ async def test_a_checkpoint_that_parses_but_is_another_record_is_still_data_loss
         assert caught.value.code() == grpc.StatusCode.DATA_LOSS
         info = error_info(caught.value)
         assert info.metadata["checkpoint_id"] == saved.checkpoint.checkpoint_id
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+def job_spec(size: str, idempotency_key: str = "") -> jobs_pb2.JobSpec:
+    spec = jobs_pb2.JobSpec(queue="work", kind="summarize", idempotency_key=idempotency_key)
+    spec.payload.CopyFrom(SIZES[size]())
+    return spec
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_enqueues_answer_with_each_job_and_whether_it_is_new(
+    channel: grpc.aio.Channel, size: str
+) -> None:
+    one = answer(
+        jobs_pb2.EnqueueJobResponse,
+        await call(
+            channel,
+            "JobService/EnqueueJob",
+            jobs_pb2.EnqueueJobRequest(job=job_spec(size, idempotency_key="key-1")),
+        ),
+    )
+    batch = answer(
+        jobs_pb2.EnqueueJobsResponse,
+        await call(
+            channel,
+            "JobService/EnqueueJobs",
+            jobs_pb2.EnqueueJobsRequest(
+                jobs=[job_spec(size), job_spec(size, idempotency_key="key-1"), job_spec(size)]
+            ),
+        ),
+    )
+
+    assert one.created
+    assert one.job.payload == job_spec(size).payload
+    assert list(batch.created) == [True, False, True]
+    assert batch.jobs[1] == one.job
+    assert [job.payload for job in batch.jobs] == [job_spec(size).payload] * 3
+    got = answer(
+        jobs_pb2.GetJobResponse,
+        await call(
+            channel, "JobService/GetJob", jobs_pb2.GetJobRequest(job_id=batch.jobs[0].job_id)
+        ),
+    )
+    assert got.job == batch.jobs[0]
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_a_completion_answers_with_the_finished_job(
+    channel: grpc.aio.Channel, size: str
+) -> None:
+    await call(channel, "JobService/EnqueueJob", jobs_pb2.EnqueueJobRequest(job=job_spec("small")))
+    [leased] = answer(
+        jobs_pb2.LeaseJobsResponse,
+        await call(
+            channel,
+            "JobService/LeaseJobs",
+            jobs_pb2.LeaseJobsRequest(queue="work", worker_id="worker-1"),
+        ),
+    ).jobs
+    result = SIZES[size]()
+
+    completed = answer(
+        jobs_pb2.CompleteJobResponse,
+        await call(
+            channel,
+            "JobService/CompleteJob",
+            jobs_pb2.CompleteJobRequest(
+                job_id=leased.job_id, lease_id=leased.lease.lease_id, result=result
+            ),
+        ),
+    ).job
+
+    assert completed.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert completed.result == result
+    got = answer(
+        jobs_pb2.GetJobResponse,
+        await call(channel, "JobService/GetJob", jobs_pb2.GetJobRequest(job_id=leased.job_id)),
+    )
+    assert got.job == completed

@@ -1,4 +1,8 @@
-"""JobService: validation of requests in front of the job store, and long-polling."""
+"""JobService: validation of requests in front of the job store, and long-polling.
+
+Enqueues and completions answer with wire bytes (see `wire`): each job is
+encoded once, never copied into a response message first.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +50,12 @@ from statekeeper_server.stores.jobs import (
 from statekeeper_server.stream_buffers import StreamBuffers
 from statekeeper_server.timestamps import duration_us, from_timestamp, now_us, to_timestamp
 from statekeeper_server.validation import enum_value, optional_id, page_size, require_id
+from statekeeper_server.wire import (
+    message_field,
+    packed_bool_field,
+    repeated_message_field,
+    uint_field,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -109,29 +119,34 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         )
         return [sweep_jobs(self._jobs, self._notifier, self._stopping, sweep), runner.run()]
 
-    async def EnqueueJob(
+    async def EnqueueJob(  # type: ignore[override]  # answers with wire bytes
         self, request: jobs_pb2.EnqueueJobRequest, context: Context
-    ) -> jobs_pb2.EnqueueJobResponse:
-        """Validate and store one job."""
+    ) -> bytes:
+        """Validate and store one job; the EnqueueJobResponse's wire bytes."""
         namespace = request_namespace(context)
         if not request.HasField("job"):
             raise InvalidArgument("job", "is required")
         specs = await new_jobs([request.job], ["job"])
         [enqueued] = await self._jobs.enqueue(namespace, specs)
-        return jobs_pb2.EnqueueJobResponse(job=enqueued.job, created=enqueued.created)
+        response = jobs_pb2.EnqueueJobResponse
+        return message_field(
+            response.JOB_FIELD_NUMBER, enqueued.job.SerializeToString()
+        ) + uint_field(response.CREATED_FIELD_NUMBER, enqueued.created)
 
-    async def EnqueueJobs(
+    async def EnqueueJobs(  # type: ignore[override]  # answers with wire bytes
         self, request: jobs_pb2.EnqueueJobsRequest, context: Context
-    ) -> jobs_pb2.EnqueueJobsResponse:
-        """Validate every job, then store them all in one transaction."""
+    ) -> bytes:
+        """Validate every job, then store them all in one transaction; the
+        EnqueueJobsResponse's wire bytes."""
         namespace = request_namespace(context)
         if not 1 <= len(request.jobs) <= MAX_BATCH_JOBS:
             raise InvalidArgument("jobs", f"must hold 1 to {MAX_BATCH_JOBS} jobs")
         specs = await new_jobs(request.jobs, [f"jobs[{i}]" for i in range(len(request.jobs))])
         enqueued = await self._jobs.enqueue(namespace, specs)
-        return jobs_pb2.EnqueueJobsResponse(
-            jobs=[item.job for item in enqueued], created=[item.created for item in enqueued]
-        )
+        response = jobs_pb2.EnqueueJobsResponse
+        return repeated_message_field(
+            response.JOBS_FIELD_NUMBER, [item.job.SerializeToString() for item in enqueued]
+        ) + packed_bool_field(response.CREATED_FIELD_NUMBER, [item.created for item in enqueued])
 
     async def LeaseJobs(
         self, request: jobs_pb2.LeaseJobsRequest, context: Context
@@ -168,15 +183,15 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         beat = await self._jobs.heartbeat(namespace, job_id, lease_id, lease_us)
         return jobs_pb2.HeartbeatJobResponse(lease=beat.lease, cancelled=beat.cancelled)
 
-    async def CompleteJob(
+    async def CompleteJob(  # type: ignore[override]  # answers with wire bytes
         self, request: jobs_pb2.CompleteJobRequest, context: Context
-    ) -> jobs_pb2.CompleteJobResponse:
-        """Mark the leased job SUCCEEDED."""
+    ) -> bytes:
+        """Mark the leased job SUCCEEDED; the CompleteJobResponse's wire bytes."""
         namespace = request_namespace(context)
         job_id = require_id(request.job_id, "job_id")
         lease_id = require_id(request.lease_id, "lease_id")
         job = await self._jobs.complete(namespace, job_id, lease_id, request.result)
-        return jobs_pb2.CompleteJobResponse(job=job)
+        return message_field(jobs_pb2.CompleteJobResponse.JOB_FIELD_NUMBER, job.SerializeToString())
 
     async def FailJob(
         self, request: jobs_pb2.FailJobRequest, context: Context
