@@ -57,12 +57,15 @@ def bearer_token(metadata: Metadata) -> str | None:
 
     UNAUTHENTICATED for a header sent several times or not of the Bearer scheme.
     """
-    values = [value for key, value in metadata if key == AUTHORIZATION_HEADER]
-    if not values:
+    found: str | bytes | None = None
+    for key, value in metadata:
+        if key == AUTHORIZATION_HEADER:
+            if found is not None:
+                raise unauthenticated("send one authorization header, not several")
+            found = value
+    if found is None:
         return None
-    if len(values) > 1:
-        raise unauthenticated("send one authorization header, not several")
-    scheme, _, token = str(values[0]).strip().partition(" ")
+    scheme, _, token = str(found).strip().partition(" ")
     token = token.strip()
     if scheme.lower() != BEARER_SCHEME or not token:
         raise unauthenticated("the authorization header must be `Bearer <token>`")

@@ -9,7 +9,7 @@ higher one.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from statekeeper_server.auth.roles import Role
 from statekeeper_server.validation import is_id
@@ -51,6 +51,17 @@ class Principal:
     name: str
     permissions: frozenset[Permission]
     expires_at: float | None = None
+    sole_namespace: str | None = field(init=False, repr=False, compare=False)
+    """The namespace of a principal whose permissions all name the same one (not `*`):
+    calls may then leave the namespace header out. None otherwise."""
+
+    def __post_init__(self) -> None:
+        # Worked out once: it is read on every call a principal makes.
+        namespaces = {permission.namespace for permission in self.permissions}
+        sole = None
+        if len(namespaces) == 1 and ANY_NAMESPACE not in namespaces:
+            sole = next(iter(namespaces))
+        object.__setattr__(self, "sole_namespace", sole)
 
     @classmethod
     def of(
@@ -62,12 +73,3 @@ class Principal:
     def allows(self, namespace: str, role: Role) -> bool:
         """Whether any permission allows `role` in `namespace`."""
         return any(permission.grants(namespace, role) for permission in self.permissions)
-
-    @property
-    def sole_namespace(self) -> str | None:
-        """The namespace of a principal whose permissions all name the same one (not `*`):
-        calls may then leave the namespace header out."""
-        namespaces = {permission.namespace for permission in self.permissions}
-        if len(namespaces) == 1 and ANY_NAMESPACE not in namespaces:
-            return next(iter(namespaces))
-        return None

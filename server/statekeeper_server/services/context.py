@@ -36,12 +36,15 @@ def namespace_from_metadata(metadata: Metadata, sole_namespace: str | None = Non
     them and the server using another would disagree about the tenant, so
     that is INVALID_ARGUMENT, as is a value that is not a valid id.
     """
-    values = [value for key, value in metadata if key == NAMESPACE_HEADER]
-    if not values:
+    found: str | bytes | None = None
+    for key, value in metadata:
+        if key == NAMESPACE_HEADER:
+            if found is not None:
+                raise InvalidArgument(NAMESPACE_HEADER, "must be sent once, not several times")
+            found = value
+    if found is None:
         return sole_namespace or DEFAULT_NAMESPACE
-    if len(values) > 1:
-        raise InvalidArgument(NAMESPACE_HEADER, "must be sent once, not several times")
-    return require_id(str(values[0]), NAMESPACE_HEADER)
+    return require_id(str(found), NAMESPACE_HEADER)
 
 
 def admit_namespace(namespace: str) -> None:
