@@ -23,6 +23,7 @@ from statekeeper.v1 import (
     snapshots_pb2_grpc,
 )
 from statekeeper_server.app import Application
+from statekeeper_server.auth.interceptor import Access, requirement
 from statekeeper_server.auth.roles import Role
 from tests.auth_support import CALLS, Call, TokenSpec, call_metadata, make_call, write_tokens
 from tests.harness import running_app
@@ -395,3 +396,23 @@ async def test_no_token_ever_reaches_the_log(
     assert "denied" in logged
     for token in [*tokens.values(), "sk_made-up-token"]:
         assert token not in logged
+
+
+@pytest.mark.parametrize(
+    ("method", "reflection_open", "expected"),
+    [
+        ("/grpc.health.v1.Health/Check", False, Access.OPEN),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True, Access.OPEN),
+        (
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            False,
+            Access.AUTHENTICATED,
+        ),
+        ("/other.v1.Service/Method", True, Access.AUTHENTICATED),
+        ("/statekeeper.v1.EventLogService/TruncateRun", True, Role.ADMIN),
+    ],
+)
+def test_only_health_and_open_reflection_need_no_credentials(
+    method: str, reflection_open: bool, expected: Access | Role
+) -> None:
+    assert requirement(method, reflection_open) == expected

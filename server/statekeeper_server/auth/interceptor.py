@@ -24,7 +24,7 @@ import asyncio
 import enum
 import inspect
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 from statekeeper_server.auth.audit import AuditLog
@@ -57,13 +57,11 @@ class Access(enum.Enum):
 Requirement = Role | Access
 
 
-def requirement(
-    method: str, reflection_open: bool, roles: Mapping[str, Role] | None = None
-) -> Requirement:
+def requirement(method: str, reflection_open: bool) -> Requirement:
     """What a call of `method` needs: the role the table gives it, OPEN (health,
     reflection when open) or AUTHENTICATED (reflection otherwise, and any method
     outside the table)."""
-    role = (role_table() if roles is None else roles).get(method)
+    role = role_table().get(method)
     if role is not None:
         return role
     if method.startswith(HEALTH_PREFIX):
