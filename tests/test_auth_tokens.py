@@ -128,6 +128,46 @@ async def test_a_token_made_by_token_create_authenticates_once_its_entry_is_in_t
         assert await load(app.port, token) == grpc.StatusCode.NOT_FOUND
 
 
+async def test_token_create_adds_its_entry_to_a_file_and_prints_only_the_token(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tokens.toml"
+    tokens = []
+    for name in ("ci", "ops"):
+        status, out, _ = create_token(
+            "--name", name, "--permission", "acme:read", "--add-to", str(path)
+        )
+        assert status == 0
+        tokens.append(out.strip())
+    assert [entry.principal.name for entry in parse_tokens(tomllib.loads(path.read_text()))] == [
+        "token:ci",
+        "token:ops",
+    ]
+    assert not any(token in path.read_text() for token in tokens)
+    async with running_app("memory:", auth_tokens_file=str(path)) as app:
+        for token in tokens:
+            assert await load(app.port, token) == grpc.StatusCode.NOT_FOUND
+
+
+def test_token_create_adds_to_a_json_tokens_file_as_json(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    for name in ("a", "b"):
+        assert create_token("--name", name, "--permission", "*:read", "--add-to", str(path))[0] == 0
+    names = [entry.principal.name for entry in parse_tokens(json.loads(path.read_text()))]
+    assert names == ["token:a", "token:b"]
+
+
+def test_token_create_leaves_a_file_it_cannot_read_as_a_tokens_file_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text("not = [valid")
+    status, out, err = create_token("--name", "a", "--permission", "*:read", "--add-to", str(path))
+    assert (status, out) == (2, "")
+    assert "--add-to" in err
+    assert path.read_text() == "not = [valid"
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

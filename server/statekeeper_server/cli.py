@@ -122,10 +122,13 @@ def settings_problems(error: Any) -> list[str]:
 
 
 def _create_token(args: dict[str, Any]) -> int:
-    """Print a new token once, and the tokens-file entry that holds its digest."""
+    """Print a new token once, and the tokens-file entry that holds its digest; with
+    `--add-to`, add the entry to that file and print only the token (for scripts)."""
     import datetime
+    from pathlib import Path
 
     from statekeeper_server.auth.tokens import (
+        add_entry,
         new_token,
         parse_expiry,
         render_entry,
@@ -140,6 +143,14 @@ def _create_token(args: dict[str, Any]) -> int:
     except ValueError as exc:
         print(f"statekeeper token create: {exc}", file=sys.stderr)
         return 2
+    if args["add_to"]:
+        try:
+            add_entry(Path(args["add_to"]), entry)
+        except (ValueError, OSError) as exc:
+            print(f"statekeeper token create: --add-to: {exc}", file=sys.stderr)
+            return 2
+        print(token)
+        return 0
     print(f"Token for {args['name']} (shown only now; keep it secret, e.g. in STATEKEEPER_TOKEN):")
     print(token)
     print()
@@ -167,6 +178,12 @@ def _token_commands(commands: Any) -> None:
     )
     create.add_argument(
         "--format", choices=("toml", "json"), default="toml", help="format of the tokens file"
+    )
+    create.add_argument(
+        "--add-to",
+        metavar="FILE",
+        help="add the entry to this tokens file (TOML, or JSON for a .json name; created if"
+        " missing) and print only the token",
     )
 
 

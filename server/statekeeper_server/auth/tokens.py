@@ -231,6 +231,27 @@ def token_digest_hex(token: str) -> str:
     return token_digest(token).hex()
 
 
+def add_entry(path: Path, entry: dict[str, Any]) -> None:
+    """Add `entry` to the tokens file at `path` (created if missing), keeping its format:
+    a `.json` file is rewritten with the entry appended, a TOML file gets it at the end.
+
+    Raises ValueError saying what is wrong with an existing file (blocking I/O).
+    """
+    if path.suffix.lower() == ".json":
+        document: Any = read_document(path) if path.exists() else {"tokens": []}
+        if not isinstance(document, dict) or not isinstance(document.get("tokens", []), list):
+            raise ValueError(f"{path} does not hold a list of tokens")
+        document.setdefault("tokens", []).append(json.loads(render_entry(entry, "json")))
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        return
+    if path.exists():
+        read_document(path)  # refuse to append to a file that is not valid TOML
+    with path.open("a") as file:
+        if path.stat().st_size:
+            file.write("\n")
+        file.write(render_entry(entry, "toml") + "\n")
+
+
 def render_entry(entry: dict[str, Any], file_format: str) -> str:
     """The entry as text to paste into a tokens file of `file_format` (toml or json)."""
     if file_format == "json":
