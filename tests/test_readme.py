@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import socket
 import sys
 from pathlib import Path
 
+from statekeeper_server.auth.roles import Role, role_table
 from statekeeper_server.config import Settings
 from tests.harness import running_app
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
-def buf_curl_commands() -> list[str]:
-    """Every `buf curl` command of the README's sh blocks, in reading order."""
+ACCESS_CONTROL = README.split("\n## Access control\n", 1)[1].split("\n## ", 1)[0]
+"""The README's section on access control: its examples need servers of their own."""
+
+
+def sh_commands(text: str) -> list[str]:
+    """Every command of the sh blocks of `text`, in reading order."""
     commands: list[str] = []
-    for block in re.findall(r"```sh\n(.*?)```", README, flags=re.S):
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
         pending = ""
         for line in block.splitlines():
             if not pending and (not line.strip() or line.startswith("#")):
@@ -25,10 +32,16 @@ def buf_curl_commands() -> list[str]:
             pending += line + "\n"
             # A command ends at a line that closes every quote and does not continue.
             if pending.count("'") % 2 == 0 and not line.endswith("\\"):
-                if pending.startswith("buf curl"):
-                    commands.append(pending)
+                commands.append(pending)
                 pending = ""
     return commands
+
+
+def buf_curl_commands() -> list[str]:
+    """Every `buf curl` command of the README's sh blocks outside the access control
+    section, in reading order."""
+    text = README.replace(ACCESS_CONTROL, "")
+    return [command for command in sh_commands(text) if command.startswith("buf curl")]
 
 
 def test_readme_has_buf_curl_examples() -> None:
@@ -68,3 +81,80 @@ def test_quickstart_has_exactly_the_serve_and_test_commands() -> None:
         "pip install '.[server]' && statekeeper serve",
         "pip install -e '.[dev]' && pytest",
     ]
+
+
+async def test_the_access_control_examples_work_as_written(tmp_path: Path) -> None:
+    """Run every command of the access control section in order, in one directory: each
+    `statekeeper serve` replaces the server before it (on a free port, the same store)."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    server: asyncio.subprocess.Process | None = None
+    port = 0
+    try:
+        for command in sh_commands(ACCESS_CONTROL):
+            if command.startswith("statekeeper serve"):
+                await stop(server)
+                port = free_port()
+                server = await asyncio.create_subprocess_exec(
+                    "bash",
+                    "-c",
+                    f"exec {command.strip()} --listen 127.0.0.1:{port}",
+                    cwd=tmp_path,
+                    env=env,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                await wait_for_port(port)
+                continue
+            runnable = re.sub(r"(127\.0\.0\.1|localhost):50051", rf"\1:{port}", command)
+            process = await asyncio.create_subprocess_exec(
+                "bash",
+                "-c",
+                runnable,
+                cwd=tmp_path,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(process.communicate(), 60)
+            assert process.returncode == 0, f"{command}\n{out.decode()}\n{err.decode()}"
+    finally:
+        await stop(server)
+    assert port, "the section starts no server"
+
+
+async def stop(server: asyncio.subprocess.Process | None) -> None:
+    """Stop a server started by a README command, if any."""
+    if server is not None and server.returncode is None:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 30)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_for_port(port: int) -> None:
+    """Return once something accepts connections on `port` (at most 30 s)."""
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_the_role_table_is_the_one_the_server_enforces() -> None:
+    table = ACCESS_CONTROL.split("<!-- role-table -->", 1)[1].split("\n\n", 1)[0]
+    documented: dict[str, Role] = {}
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    for line in rows[2:]:
+        service, *by_role = (cell.strip() for cell in line.strip("|").split("|"))
+        for role, cell in zip((Role.READ, Role.WRITE, Role.ADMIN), by_role, strict=True):
+            for method in filter(None, (name.strip() for name in cell.split(","))):
+                documented[f"/statekeeper.v1.{service}/{method}"] = role
+    assert documented == dict(role_table())
