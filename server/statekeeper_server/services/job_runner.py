@@ -232,11 +232,8 @@ def _without(message: M, name: str) -> M:
     for descriptor, value in message.ListFields():
         if descriptor.name == name:
             continue
-        target = getattr(copy, descriptor.name)
-        if descriptor.is_repeated:
-            target.extend(value)
-        elif descriptor.message_type is not None:
-            target.CopyFrom(value)
+        if descriptor.is_repeated or descriptor.message_type is not None:
+            getattr(copy, descriptor.name).MergeFrom(value)
         else:
             setattr(copy, descriptor.name, value)
     return copy
