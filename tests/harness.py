@@ -1,7 +1,9 @@
 """Real servers for end-to-end tests: in-process, or as a separate process.
 
 Both bind port 0 (with `grpc.so_reuseport` off, set by the application) so
-tests never collide on a port.
+tests never collide on a port. In the suite's run with access control on
+(`STATEKEEPER_TEST_AUTH`, see tests/suite_access.py) both demand the suite's
+token, unless the test configures access control itself.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import cast
 
 from statekeeper_server.app import Application
 from statekeeper_server.config import Settings
+from tests import suite_access
 
 
 @contextlib.asynccontextmanager
@@ -30,6 +33,9 @@ async def running_app(store_url: str, **settings: object) -> AsyncIterator[Appli
     when it stops the server, and a short grace keeps the drain short.
     """
     settings.setdefault("grace_period", 0.5)
+    access = suite_access.active()
+    if access is not None:
+        access.add_to_settings(settings)
     app = Application(Settings(listen="127.0.0.1:0", store=store_url, **settings))  # type: ignore[arg-type]
     await app.start()
     try:
@@ -65,6 +71,8 @@ class ServerProcess:
     def start(self, port: int = 0) -> ServerProcess:
         """Start the server (on `port`, or a free one) and wait until it serves."""
         listen_port = port or self.port or _free_port()
+        access = suite_access.active()
+        access_flags = [] if access is None else access.server_flags(self.extra_args)
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -78,6 +86,7 @@ class ServerProcess:
                 "--grace-period",
                 "2",
                 *self.extra_args,
+                *access_flags,
             ],
             stderr=subprocess.PIPE,
             text=True,

@@ -31,6 +31,9 @@ from tests.rpc_errors import error_info
 from tests.test_events_store import custom, started
 from tests.test_snapshots_store import snapshot
 
+# Access control is what these tests are about: each server has its own.
+pytestmark = pytest.mark.own_access_control
+
 PAST = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
 TOKENS: dict[str, TokenSpec] = {
     "acme-reader": ["acme:read"],

@@ -45,6 +45,9 @@ from tests.rpc_errors import error_info
 from tests.test_events_store import started
 from tests.test_snapshots_store import snapshot
 
+# Access control is what these tests are about: each server has its own.
+pytestmark = pytest.mark.own_access_control
+
 ONE_CALL_PER_SERVICE_AND_EVERY_STREAM = [
     *{call.service: call for call in reversed(CALLS) if not call.streaming}.values(),
     *(call for call in CALLS if call.streaming),

@@ -21,6 +21,9 @@ from tests.harness import running_app
 from tests.rpc_errors import error_info
 from tests.test_snapshots_store import snapshot
 
+# Access control is what these tests are about: each server has its own.
+pytestmark = pytest.mark.own_access_control
+
 PERMISSIONS = {
     "worker.acme.internal": ["acme:write"],
     "spiffe://acme/dashboard": ["acme:read"],

@@ -24,6 +24,9 @@ from tests.auth_support import call_metadata, write_tokens
 from tests.harness import ServerProcess, running_app
 from tests.waiting import ENOUGH, POLL, until
 
+# Access control is what these tests are about: each server has its own.
+pytestmark = pytest.mark.own_access_control
+
 NOW = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=datetime.UTC)
 DIGEST = "ab" * 32
 

@@ -18,6 +18,9 @@ from statekeeper.v1 import events_pb2, snapshots_pb2
 from tests.certificates import CertificateAuthority
 from tests.harness import running_app
 
+# Access control is what these tests are about: each server has its own.
+pytestmark = pytest.mark.own_access_control
+
 TOKEN = "sk_writer-of-acme"
 OTHER_TOKEN = "sk_someone-else"
 
