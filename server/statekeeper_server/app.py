@@ -37,6 +37,7 @@ from statekeeper_server.services.jobs import JobServicer
 from statekeeper_server.services.snapshots import SnapshotServicer
 from statekeeper_server.stores import Store, open_store
 from statekeeper_server.stream_buffers import StreamBuffers
+from statekeeper_server.stream_turns import StreamTurns
 from statekeeper_server.tls import ServerTls, TlsError, bind
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,20 @@ PING_DEADLINE_FLOOR = 1.0
 
 
 def build_services(
-    store: Store, settings: Settings, stopping: asyncio.Event, buffers: StreamBuffers
+    store: Store,
+    settings: Settings,
+    stopping: asyncio.Event,
+    buffers: StreamBuffers,
+    turns: StreamTurns,
 ) -> list[Service]:
-    """Every servicer of the API, over `store`; the streams share `buffers`."""
+    """Every servicer of the API, over `store`; the streams share `buffers` and `turns`."""
     return [
         SnapshotServicer(store.snapshots),
         CheckpointServicer(store.checkpoints, settings),
         EventLogServicer(
-            store.events, store.notifier, stopping, settings.heartbeat_interval, buffers
+            store.events, store.notifier, stopping, settings.heartbeat_interval, buffers, turns
         ),
-        JobServicer(store.jobs, store.events, store.notifier, settings, stopping, buffers),
+        JobServicer(store.jobs, store.events, store.notifier, settings, stopping, buffers, turns),
     ]
 
 
@@ -81,6 +86,8 @@ class Application:
             settings.stream_buffer_bytes, on_stream_end=self.trimmer.request
         )
         """The budget of bytes that ReplayEvents and WatchJobs streams hold together."""
+        self.stream_turns = StreamTurns()
+        """The turns ReplayEvents and WatchJobs streams take to read and send a page."""
         self.port = 0
         self._store: Store | None = None
         self._tls: ServerTls | None = None
@@ -123,7 +130,9 @@ class Application:
             ],
             options=transport_options(self.settings),
         )
-        services = build_services(store, self.settings, self.stopping, self.stream_buffers)
+        services = build_services(
+            store, self.settings, self.stopping, self.stream_buffers, self.stream_turns
+        )
         for service in services:
             service.add_to(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -61,7 +61,7 @@ MAX_PAGE_TOKEN_LENGTH = 512
 STREAM_SHARE_BYTES = 16 * KIB
 """Bytes of data read but not yet sent that every live ReplayEvents or WatchJobs stream may
 always hold; what it reads beyond that it borrows from the server's stream buffer budget."""
-DEFAULT_STREAM_BUFFER_BYTES = 16 * MIB
+DEFAULT_STREAM_BUFFER_BYTES = 8 * MIB
 """Default of `--stream-buffer-bytes`: the budget all streams borrow from together, taking
 only what is free (never waiting) and giving it back once it is sent. N streams whose
 clients stopped reading hold at most N x STREAM_SHARE_BYTES plus this (plus a record

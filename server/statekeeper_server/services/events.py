@@ -11,7 +11,11 @@ again before each heartbeat, so a wake-up lost on its way from another
 replica delays an event by one heartbeat interval at most and never loses
 it.
 
-How much a follower reads at a time is what its `StreamBuffer` grants: its
+A follower reads and sends each page in a turn (`StreamTurns`): at most a
+few dozen streams of the server do at once, so a thousand catching up
+together never flood the event loop, and since only those few read, they
+read large pages. How much a follower reads at a time is what its
+`StreamBuffer` grants: its
 share (STREAM_SHARE_BYTES) plus whatever the server's stream buffer budget
 has free, up to REPLAY_READ_BYTES, given back as the page's messages (at
 most REPLAY_MESSAGE_BYTES each) are sent. It reads the next page while
@@ -53,6 +57,7 @@ from statekeeper_server.stores.events import (
     validate_event_input,
 )
 from statekeeper_server.stream_buffers import Grant, StreamBuffer, StreamBuffers
+from statekeeper_server.stream_turns import StreamTurns
 from statekeeper_server.timestamps import now_us, to_timestamp
 from statekeeper_server.validation import page_size, require_id
 
@@ -93,13 +98,16 @@ class EventLogServicer:
         stopping: asyncio.Event,
         heartbeat_interval: float,
         buffers: StreamBuffers,
+        turns: StreamTurns,
     ) -> None:
-        """`buffers` is the server's stream buffer budget, shared with every stream."""
+        """`buffers` is the server's stream buffer budget and `turns` the turns its streams
+        take to read and send, both shared with every stream of the server."""
         self._store = store
         self._notifier = notifier
         self._stopping = stopping
         self._heartbeat_interval = heartbeat_interval
         self._buffers = buffers
+        self._turns = turns
 
     def add_to(self, server: grpc.aio.Server) -> None:
         """Register the handlers; pre-encoded responses are sent as they are."""
@@ -201,51 +209,61 @@ class EventLogServicer:
                         run_id=run_id,
                         last_seq=position,
                     )
-                if ahead is None or ahead_grant is None:
-                    # Nothing else is held now: the share at least is granted.
-                    grant = buffer.grant(REPLAY_READ_BYTES)
-                    assert grant is not None
-                    woken, page = await self._read(namespace, run_id, position, buffer, grant)
-                else:
-                    woken, page = await ahead
-                    grant, ahead, ahead_grant = ahead_grant, None, None
-                run = page.run
-                if run is None or (created_us is not None and run.create_us != created_us):
-                    # Only a follower from the start waits for a run it has never seen; a
-                    # run that vanished (or came back as a new run) was deleted.
-                    if created_us is not None or not follow or after_seq > 0:
-                        raise run_not_found(run_id, deleted=created_us is not None)
-                else:
-                    created_us = run.create_us
-                    check_read_position(run_id, run, position)
-                    if position < run.last_seq and not page.envelopes:
-                        raise missing_event(run_id, position + 1)
-                    if page.through_seq < run.last_seq:
-                        ahead_grant = buffer.grant(REPLAY_READ_BYTES, minimum=self._buffers.share)
-                        if ahead_grant is not None:
-                            ahead = asyncio.ensure_future(
-                                self._read(namespace, run_id, page.through_seq, buffer, ahead_grant)
+                more = False
+                turn = await self._turns.take()
+                try:
+                    if ahead is None or ahead_grant is None:
+                        # Nothing else is held now: the share at least is granted.
+                        grant = buffer.grant(REPLAY_READ_BYTES)
+                        assert grant is not None
+                        woken, page = await self._read(namespace, run_id, position, buffer, grant)
+                    else:
+                        woken, page = await ahead
+                        grant, ahead, ahead_grant = ahead_grant, None, None
+                    run = page.run
+                    if run is None or (created_us is not None and run.create_us != created_us):
+                        # Only a follower from the start waits for a run it has never seen; a
+                        # run that vanished (or came back as a new run) was deleted.
+                        if created_us is not None or not follow or after_seq > 0:
+                            raise run_not_found(run_id, deleted=created_us is not None)
+                    else:
+                        created_us = run.create_us
+                        check_read_position(run_id, run, position)
+                        if position < run.last_seq and not page.envelopes:
+                            raise missing_event(run_id, position + 1)
+                        if page.through_seq < run.last_seq:
+                            ahead_grant = buffer.grant(
+                                REPLAY_READ_BYTES, minimum=self._buffers.share
                             )
-                    messages = [
-                        replay_batch_message(chunk)
-                        for chunk in split_by_size(page.envelopes, len, REPLAY_MESSAGE_BYTES)
-                    ]
-                    through_seq = page.through_seq
-                    # While a follower that stops reading blocks a send, it holds only the
-                    # page's messages (and the read ahead), not the envelopes too.
-                    del page
-                    unsent = grant.size
-                    messages.reverse()
-                    while messages:
-                        message = messages.pop()
-                        unsent -= len(message)
-                        yield message
-                        del message
-                        buffer.settle(grant, max(unsent, 0))
-                        last_sent = loop.time()
-                    position = through_seq
-                    if position < run.last_seq:
-                        continue
+                            if ahead_grant is not None:
+                                ahead = asyncio.ensure_future(
+                                    self._read(
+                                        namespace, run_id, page.through_seq, buffer, ahead_grant
+                                    )
+                                )
+                        messages = [
+                            replay_batch_message(chunk)
+                            for chunk in split_by_size(page.envelopes, len, REPLAY_MESSAGE_BYTES)
+                        ]
+                        through_seq = page.through_seq
+                        # While a follower that stops reading blocks a send, it holds only
+                        # the page's messages (and the read ahead), not the envelopes too.
+                        del page
+                        unsent = grant.size
+                        messages.reverse()
+                        while messages:
+                            message = messages.pop()
+                            unsent -= len(message)
+                            yield message
+                            del message
+                            buffer.settle(grant, max(unsent, 0))
+                            last_sent = loop.time()
+                        position = through_seq
+                        more = position < run.last_seq
+                finally:
+                    self._turns.end(turn)
+                if more:
+                    continue
                 if not caught_up:
                     caught_up = True
                     yield events_pb2.ReplayEventsResponse(

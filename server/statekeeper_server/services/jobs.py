@@ -48,6 +48,7 @@ from statekeeper_server.stores.jobs import (
     queue_key,
 )
 from statekeeper_server.stream_buffers import StreamBuffers
+from statekeeper_server.stream_turns import StreamTurns
 from statekeeper_server.timestamps import duration_us, from_timestamp, now_us, to_timestamp
 from statekeeper_server.validation import enum_value, optional_id, page_size, require_id
 from statekeeper_server.wire import (
@@ -93,9 +94,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         settings: Settings,
         stopping: asyncio.Event,
         buffers: StreamBuffers,
+        turns: StreamTurns,
     ) -> None:
-        """`buffers` is the server's stream buffer budget, shared with every stream."""
+        """`buffers` is the server's stream buffer budget and `turns` the turns its streams
+        take to read and send, both shared with every stream of the server."""
         self._buffers = buffers
+        self._turns = turns
         self._jobs = jobs
         self._events = events
         self._notifier = notifier
@@ -269,10 +273,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[jobs_pb2.WatchJobsResponse]:
         """`started`, then matching changes as they commit, heartbeats when idle.
 
-        A batch holds as many bytes of changes as the stream's buffer grants
-        (its share, plus what the stream buffer budget has free, up to
-        WATCH_BATCH_BYTES), given back once the batch was sent: a watcher
-        that stops reading holds its share and what it borrowed for one batch.
+        Each batch is read and sent in a turn (`StreamTurns`) and holds as
+        many bytes of changes as the stream's buffer grants (its share, plus
+        what the stream buffer budget has free, up to WATCH_BATCH_BYTES),
+        given back once the batch was sent: a watcher that stops reading
+        holds its share and what it borrowed for one batch.
         """
         namespace = request_namespace(context)
         if len(request.job_ids) > MAX_FILTER_IDS:
@@ -296,25 +301,31 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         try:
             while True:
                 wake = self._notifier.watch(key)
-                grant = buffer.grant(WATCH_BATCH_BYTES)
-                assert grant is not None  # nothing else is held: the share at least
-                page = await self._jobs.changes(namespace, where, position, WATCH_BATCH, grant.size)
-                if not started:
-                    started = True
-                    yield jobs_pb2.WatchJobsResponse(
-                        started=jobs_pb2.JobWatchStarted(change_id=position)
+                turn = await self._turns.take()
+                try:
+                    grant = buffer.grant(WATCH_BATCH_BYTES)
+                    assert grant is not None  # nothing else is held: the share at least
+                    page = await self._jobs.changes(
+                        namespace, where, position, WATCH_BATCH, grant.size
                     )
-                position, more = page.through, page.more
-                if page.changes:
-                    batch = jobs_pb2.WatchJobsResponse(
-                        changes=jobs_pb2.JobChangeBatch(changes=page.changes)
-                    )
-                    del page
-                    buffer.settle(grant, batch.ByteSize())
-                    yield batch
-                    del batch
-                    last_sent = loop.time()
-                buffer.release(grant)
+                    if not started:
+                        started = True
+                        yield jobs_pb2.WatchJobsResponse(
+                            started=jobs_pb2.JobWatchStarted(change_id=position)
+                        )
+                    position, more = page.through, page.more
+                    if page.changes:
+                        batch = jobs_pb2.WatchJobsResponse(
+                            changes=jobs_pb2.JobChangeBatch(changes=page.changes)
+                        )
+                        del page
+                        buffer.settle(grant, batch.ByteSize())
+                        yield batch
+                        del batch
+                        last_sent = loop.time()
+                    buffer.release(grant)
+                finally:
+                    self._turns.end(turn)
                 if more:
                     continue
                 idle_for = self._settings.heartbeat_interval - (loop.time() - last_sent)
