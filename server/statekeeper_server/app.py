@@ -24,9 +24,10 @@ from statekeeper_server.auth.control import AccessControl
 from statekeeper_server.auth.exposure import check_exposure
 from statekeeper_server.config import Settings
 from statekeeper_server.interceptors import (
-    AdmissionInterceptor,
-    ErrorInterceptor,
-    RequestInterceptor,
+    AdmissionLayer,
+    ErrorLayer,
+    LayeredInterceptor,
+    RequestLayer,
 )
 from statekeeper_server.limits import CLIENT_RECEIVE_LIMIT_BYTES, TRANSPORT_SLACK_BYTES
 from statekeeper_server.memory_trim import MemoryTrimmer, glibc_malloc_trim
@@ -122,11 +123,15 @@ class Application:
     async def _start_server(self, store: Store) -> None:
         server = grpc.aio.server(
             interceptors=[
-                ErrorInterceptor(),
-                # Without authentication configured there is no auth interceptor at all.
-                *([] if self._access is None else [self._access.interceptor()]),
-                AdmissionInterceptor(self.admission),
-                RequestInterceptor(self.settings.max_message_bytes),
+                LayeredInterceptor(
+                    [
+                        ErrorLayer(),
+                        # Without authentication configured there is no auth layer at all.
+                        *([] if self._access is None else [self._access.layer()]),
+                        AdmissionLayer(self.admission),
+                        RequestLayer(self.settings.max_message_bytes),
+                    ]
+                )
             ],
             options=transport_options(self.settings),
         )

@@ -1,18 +1,21 @@
-"""The server interceptors: each cross-cutting concern of a call in one place.
+"""The server's call layers: each cross-cutting concern of a call in one place.
 
-In the order a call meets them:
+One gRPC interceptor (`LayeredInterceptor`) runs them; in the order a call
+meets them:
 
-1. `ErrorInterceptor` turns a `ServiceError` into its rich status (ErrorInfo,
+1. `ErrorLayer` turns a `ServiceError` into its rich status (ErrorInfo,
    BadRequest) and logs each failed call in one line, rate-limited; any
    other exception is a server fault, logged with its traceback and reported
    as INTERNAL without internals. A caller's mistake therefore never
    surfaces as UNKNOWN or INTERNAL.
-2. `AdmissionInterceptor` decides whether the server takes the call: none
+2. `AuthLayer` (`statekeeper_server.auth.interceptor`), only when access
+   control is configured: who calls, in which namespace, and may they.
+3. `AdmissionLayer` decides whether the server takes the call: none
    once it is draining for shutdown (UNAVAILABLE, SERVER_STOPPING), and
    streams only up to the server's limits (RESOURCE_EXHAUSTED,
    TOO_MANY_STREAMS). It counts calls in flight so a shutdown can wait for
    them.
-3. `RequestInterceptor` decodes the request itself, so a body that is not
+4. `RequestLayer` decodes the request itself, so a body that is not
    the method's message (corrupt bytes, a wrong wire type, text that is not
    UTF-8, nesting beyond protobuf's limit) is INVALID_ARGUMENT rather than
    a traceback; refuses a body over `--max-message-bytes`
@@ -33,7 +36,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -54,33 +57,45 @@ Unary = Callable[[Any, Context], Awaitable[Any]]
 ServerStream = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-class _Wrapping(grpc.aio.ServerInterceptor):
-    """Wraps each method's handler once and reuses the wrapped handler."""
+class Layer:
+    """One concern of every call: wraps a method's handler in it."""
 
-    def __init__(self) -> None:
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """The handler with this layer's concern around it."""
+        raise NotImplementedError
+
+
+class LayeredInterceptor(grpc.aio.ServerInterceptor):
+    """The server's one gRPC interceptor: `layers`, outermost first, around every method.
+
+    Each method's handler is wrapped by all layers on its first call and
+    reused after, so a call pays for one interceptor however many concerns
+    it passes through (grpc runs every interceptor of a chain on every call).
+    """
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        self._layers = tuple(reversed(layers))
         self._wrapped: dict[str, Handler | None] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
-        """The method's handler as this interceptor wraps it (None: unknown method)."""
+        """The method's handler inside every layer (None: unknown method)."""
         method: str = handler_call_details.method
         if method in self._wrapped:
             return self._wrapped[method]
         handler = await continuation(handler_call_details)
-        wrapped = None if handler is None else self.wrap(method, handler)
-        self._wrapped[method] = wrapped
-        return wrapped
-
-    def wrap(self, method: str, handler: Handler) -> Handler:
-        """The handler with this interceptor's concern around it."""
-        raise NotImplementedError
+        if handler is not None:
+            for layer in self._layers:
+                handler = layer.wrap(method, handler)
+        self._wrapped[method] = handler
+        return handler
 
 
 # -- errors -----------------------------------------------------------------------------
 
 
-class ErrorInterceptor(_Wrapping):
+class ErrorLayer(Layer):
     """Maps ServiceError to gRPC statuses for unary and server-streaming calls.
 
     Streaming handlers are wrapped when they are async generators (ours are);
@@ -88,7 +103,6 @@ class ErrorInterceptor(_Wrapping):
     """
 
     def __init__(self) -> None:
-        super().__init__()
         self._caller_lines = RateLimit()
         self._fault_lines = RateLimit(per_second=1.0, burst=10)
 
@@ -162,11 +176,10 @@ class ErrorInterceptor(_Wrapping):
 # -- admission --------------------------------------------------------------------------
 
 
-class AdmissionInterceptor(_Wrapping):
+class AdmissionLayer(Layer):
     """Admits calls through `admission`: none while draining, streams up to its limits."""
 
     def __init__(self, admission: Admission) -> None:
-        super().__init__()
         self._admission = admission
 
     def wrap(self, method: str, handler: Handler) -> Handler:
@@ -219,11 +232,10 @@ UNDECODABLE = (
 )
 
 
-class RequestInterceptor(_Wrapping):
+class RequestLayer(Layer):
     """Decodes and checks every request before its handler runs."""
 
     def __init__(self, max_request_bytes: int) -> None:
-        super().__init__()
         self._max_request_bytes = max_request_bytes
 
     def wrap(self, method: str, handler: Handler) -> Handler:

@@ -6,7 +6,7 @@
   interface and the chain that tries each source in turn.
 - `tokens`, `jwt_tokens`, `mtls`: the three sources (static tokens file, JWTs,
   client certificates).
-- `interceptor`: the auth interceptor (authenticate, resolve the namespace,
+- `interceptor`: the auth layer (authenticate, resolve the namespace,
   check the role, end streams whose credential expires).
 - `control`: everything the settings configure, with reload and file watching.
 - `exposure`: refusing to serve the network without authentication.

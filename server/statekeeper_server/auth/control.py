@@ -1,8 +1,8 @@
-"""Access control as the settings configure it: its sources, its files, its interceptor.
+"""Access control as the settings configure it: its sources, its files, its call layer.
 
 `AccessControl.load(settings)` reads every configured file (tokens, JWT
 keys, certificate permissions) and returns None when none is configured:
-the server then runs without an auth interceptor at all, exactly as fast as
+the server then runs without an auth layer at all, exactly as fast as
 before. `reload()` re-reads the files (SIGHUP); `watch_files()` re-reads
 each when it changes.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from statekeeper_server.auth.audit import AuditLog
 from statekeeper_server.auth.credentials import Authenticator, CredentialChain
 from statekeeper_server.auth.files import WatchedFile
-from statekeeper_server.auth.interceptor import AuthInterceptor, Gate
+from statekeeper_server.auth.interceptor import AuthLayer, Gate
 from statekeeper_server.auth.jwt_tokens import JwtAuthenticator, JwtRules, read_verification_keys
 from statekeeper_server.auth.mtls import CertificateAuthenticator, read_certificate_permissions
 from statekeeper_server.auth.tokens import StaticTokens, read_tokens_file
@@ -95,9 +95,9 @@ class AccessControl:
             await file.load()
         return control
 
-    def interceptor(self) -> AuthInterceptor:
-        """The interceptor enforcing this access control."""
-        return AuthInterceptor(
+    def layer(self) -> AuthLayer:
+        """The call layer enforcing this access control."""
+        return AuthLayer(
             Gate(self.credentials, self.audit),
             self.audit,
             reflection_open=self.settings.reflection == "open",

@@ -1,6 +1,6 @@
-"""The auth interceptor: who is calling, in which namespace, and may they.
+"""The auth layer: who is calling, in which namespace, and may they.
 
-It sits right after the error interceptor (which turns its errors into
+It sits right after the error layer (which turns its errors into
 statuses) and before admission, so a refused call never counts against a
 stream limit and never reaches a store. For each call it
 
@@ -33,7 +33,7 @@ from statekeeper_server.auth.errors import PermissionDenied, permission_denied, 
 from statekeeper_server.auth.permissions import Principal
 from statekeeper_server.auth.roles import Role, role_table
 from statekeeper_server.errors import ServiceError, Unauthenticated
-from statekeeper_server.interceptors import Context, Handler, ServerStream, Unary, _Wrapping
+from statekeeper_server.interceptors import Context, Handler, Layer, ServerStream, Unary
 from statekeeper_server.services.context import (
     NAMESPACE_HEADER,
     admit_namespace,
@@ -108,11 +108,10 @@ class Gate:
         return principal, namespace
 
 
-class AuthInterceptor(_Wrapping):
+class AuthLayer(Layer):
     """Authenticates and authorizes every call before it is admitted."""
 
     def __init__(self, gate: Gate, audit: AuditLog, *, reflection_open: bool) -> None:
-        super().__init__()
         self._gate = gate
         self._audit = audit
         self._reflection_open = reflection_open
@@ -130,7 +129,7 @@ class AuthInterceptor(_Wrapping):
             return handler._replace(unary_unary=self._unary(method, need, handler.unary_unary))
         if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
             return handler._replace(unary_stream=self._stream(method, need, handler.unary_stream))
-        # Handlers the error interceptor passes as they are: refuse with the status itself.
+        # Handlers the error layer passes as they are: refuse with the status itself.
         for kind in ("unary_stream", "stream_unary", "stream_stream"):
             behavior = getattr(handler, kind)
             if behavior is not None:

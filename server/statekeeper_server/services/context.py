@@ -1,7 +1,7 @@
 """What every servicer reads from the call itself: the namespace it acts in.
 
 Without access control the namespace is the `x-statekeeper-namespace`
-header, `default` when absent. With access control the auth interceptor
+header, `default` when absent. With access control the auth layer
 resolves it once, before the call is admitted (a principal with a single
 namespace may leave the header out), and records it for the call;
 `request_namespace` then returns exactly what was checked.
@@ -25,7 +25,7 @@ Metadata = Iterable[tuple[str, str | bytes]]
 """A call's invocation metadata: (key, value) pairs, keys in lower case."""
 
 _checked_namespace: ContextVar[str | None] = ContextVar("statekeeper_namespace", default=None)
-"""The namespace the auth interceptor admitted the current call to (gRPC runs each
+"""The namespace the auth layer admitted the current call to (gRPC runs each
 call in its own task, so the value never leaks from one call into another)."""
 
 
@@ -48,7 +48,7 @@ def namespace_from_metadata(metadata: Metadata, sole_namespace: str | None = Non
 
 
 def admit_namespace(namespace: str) -> None:
-    """Record the namespace the current call was admitted to (by the auth interceptor)."""
+    """Record the namespace the current call was admitted to (by the auth layer)."""
     _checked_namespace.set(namespace)
 
 
