@@ -27,6 +27,8 @@ from typing import Any
 
 import grpc
 
+Metadata = tuple[tuple[str, str], ...] | None
+"""What a call sends besides its request: `(("authorization", "Bearer ..."),)`, or nothing."""
 UNAVAILABLE_CODES = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE)
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -233,16 +235,18 @@ async def unary_load(
     start_at: float,
     duration: float,
     per_call: int = 1,
+    metadata: Metadata = None,
 ) -> Window:
     """Closed-loop unary calls: caller i sends `requests[i % len]` on channel i % channels.
 
-    Each call counts as `per_call` operations (events per AppendEvents, say).
+    Each call counts as `per_call` operations (events per AppendEvents, say)
+    and carries `metadata` (such as a bearer token).
     """
     async with open_channels(target, channels) as chans:
         calls = [raw_unary(chans[i % channels], path) for i in range(concurrency)]
 
         async def call(index: int) -> int:
-            await calls[index](requests[index % len(requests)], timeout=60)
+            await calls[index](requests[index % len(requests)], timeout=60, metadata=metadata)
             return per_call
 
         async with rpc_errors(path):
@@ -310,8 +314,15 @@ async def latency_probe(
     return window
 
 
-async def unary_many(target: str, path: str, requests: Sequence[bytes], concurrency: int) -> int:
-    """Send every request once, `concurrency` at a time (preloading); returns bytes received."""
+async def unary_many(
+    target: str,
+    path: str,
+    requests: Sequence[bytes],
+    concurrency: int,
+    metadata: Metadata = None,
+) -> int:
+    """Send every request once, `concurrency` at a time (preloading), each with `metadata`;
+    returns bytes received."""
     async with open_channels(target, max(1, min(4, concurrency // 8))) as chans:
         calls = [raw_unary(c, path) for c in chans]
         received = 0
@@ -323,7 +334,7 @@ async def unary_many(target: str, path: str, requests: Sequence[bytes], concurre
             while next_index < len(requests):
                 request = requests[next_index]
                 next_index += 1
-                received += len(await call(request, timeout=120))
+                received += len(await call(request, timeout=120, metadata=metadata))
 
         async with rpc_errors(path):
             await asyncio.gather(*(worker(i) for i in range(concurrency)))

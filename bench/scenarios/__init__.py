@@ -26,10 +26,11 @@ class Scenario:
 
 def all_scenarios() -> list[Scenario]:
     """Every scenario, in running order."""
-    from bench.scenarios import events, follow, jobs, maxsize, memory, scale, stalled
+    from bench.scenarios import auth, events, follow, jobs, maxsize, memory, scale, stalled
 
     return [
         Scenario("append", "unary AppendEvent, 64 callers", events.append, every_store=True),
+        Scenario("auth", "AppendEvent with a static token and a JWT vs no auth", auth.auth),
         Scenario("batch", "AppendEvents of 100 events", events.batch, every_store=True),
         Scenario("replay", "ReplayEvents catch-up", events.replay, every_store=True),
         Scenario("follow", "live follow latency", follow.follow),

@@ -16,6 +16,7 @@ from typing import Any
 from bench import payloads, peers
 from bench.harness import Bench, Measurement, split
 from bench.load import (
+    Metadata,
     Window,
     open_channels,
     process_cpu,
@@ -55,15 +56,16 @@ REPLAY_LIMIT = 600.0
 # -- generator side -----------------------------------------------------------
 
 
-async def start_runs(target: str, runs: Sequence[str]) -> int:
-    """Append each run's RunStarted (so its envelopes carry a session id)."""
+async def start_runs(target: str, runs: Sequence[str], metadata: Metadata = None) -> int:
+    """Append each run's RunStarted (so its envelopes carry a session id), each call
+    carrying `metadata`."""
     requests = [
         events_pb2.AppendEventRequest(
             run_id=run, input=events_pb2.EventInput(event=payloads.run_started(run))
         ).SerializeToString()
         for run in runs
     ]
-    return await unary_many(target, APPEND_EVENT, requests, concurrency=16)
+    return await unary_many(target, APPEND_EVENT, requests, concurrency=16, metadata=metadata)
 
 
 async def preload(target: str, runs: Sequence[str], events_per_run: int) -> float:
@@ -121,7 +123,9 @@ async def replay_read(
 # -- scenarios ------------------------------------------------------------------
 
 
-def _callers(bench: Bench, requests: Sequence[bytes], callers: int) -> list[dict[str, Any]]:
+def callers_by_process(
+    bench: Bench, requests: Sequence[bytes], callers: int
+) -> list[dict[str, Any]]:
     """Per generator process: its share of the callers and their requests."""
     parts, start = [], 0
     for count in split(callers, bench.generator_processes):
@@ -130,7 +134,8 @@ def _callers(bench: Bench, requests: Sequence[bytes], callers: int) -> list[dict
     return parts
 
 
-def _generators_note(bench: Bench) -> str:
+def generators_note(bench: Bench) -> str:
+    """How many generator processes sent the load, when more than one."""
     return (
         f"{bench.generator_processes} generator processes" if bench.generator_processes > 1 else ""
     )
@@ -141,7 +146,7 @@ def append(bench: Bench, store: str, with_peers: bool) -> list[Row]:
     name = f"AppendEvent, {CALLERS} callers {store_label(store)}"
     runs = [payloads.run_id(i) for i in range(CALLERS)]
     requests = [payloads.append_request(run).SerializeToString() for run in runs]
-    load = {"per_process": _callers(bench, requests, CALLERS), "channels": CHANNELS}
+    load = {"per_process": callers_by_process(bench, requests, CALLERS), "channels": CHANNELS}
     with bench.statekeeper(store) as server:
         bench.generators.run(start_runs, target=server.target, runs=runs)
 
@@ -176,7 +181,7 @@ def append(bench: Bench, store: str, with_peers: bool) -> list[Row]:
             reference,
             "events/s",
             [Target(0.75, on_ratio=True)],
-            note=_generators_note(bench),
+            note=generators_note(bench),
         ),
         Row(
             "  vs bare echo answering from a thread, as the writer does",
@@ -277,7 +282,7 @@ def batch(bench: Bench, store: str, with_peers: bool) -> list[Row]:
     runs = [payloads.run_id(i) for i in range(BATCH_CALLERS)]
     requests = [payloads.append_batch_request(run, BATCH).SerializeToString() for run in runs]
     load = {
-        "per_process": _callers(bench, requests, BATCH_CALLERS),
+        "per_process": callers_by_process(bench, requests, BATCH_CALLERS),
         "channels": 2,
         "per_call": BATCH,
     }
@@ -305,7 +310,7 @@ def batch(bench: Bench, store: str, with_peers: bool) -> list[Row]:
             reference,
             "events/s",
             [Target(0.5, on_ratio=True), Target(50_000)],
-            note=_generators_note(bench),
+            note=generators_note(bench),
         )
     ]
     figure = measured.rate

@@ -135,9 +135,9 @@ class Settings(BaseSettings):
     stream_buffer_bytes: int = Field(
         DEFAULT_STREAM_BUFFER_BYTES,
         ge=0,
-        description="bytes all ReplayEvents and WatchJobs streams may hold together beyond"
-        " the 16 KiB each always may, for pages read but not yet sent: more lets more fast"
-        " readers read large pages, and is what stalled readers can hold on top of their 16 KiB",
+        description="bytes of pages read but not yet sent that all ReplayEvents and WatchJobs"
+        " streams may hold together beyond the 16 KiB each may always hold: more lets more"
+        " readers read large pages at once; readers that stopped reading may hold all of it",
     )
     max_connections: int = Field(
         5_000, gt=0, description="most client connections open at once; more are closed at once"

@@ -15,15 +15,14 @@ A follower reads and sends each page in a turn (`StreamTurns`): at most a
 few dozen streams of the server do at once, so a thousand catching up
 together never flood the event loop, and since only those few read, they
 read large pages. How much a follower reads at a time is what its
-`StreamBuffer` grants: its
-share (STREAM_SHARE_BYTES) plus whatever the server's stream buffer budget
-has free, up to REPLAY_READ_BYTES, given back as the page's messages (at
-most REPLAY_MESSAGE_BYTES each) are sent. It reads the next page while
-sending one only with budget granted for that read. A follower that keeps
-up thus reads large pages and replays fast, and one that stops reading
-holds its share and what it borrowed for the page it is stuck on, whatever
-the size of the run. Its reads are `stream` reads: the store serves them
-beside point reads, never ahead of them.
+`StreamBuffer` grants: its share (STREAM_SHARE_BYTES) plus whatever the
+server's stream buffer budget has free, up to REPLAY_READ_BYTES, given back
+as the page's messages (at most REPLAY_MESSAGE_BYTES each) are sent. It
+reads the next page while sending one only with budget granted for that
+read. A follower that keeps up thus reads large pages and replays fast,
+and one that stops reading holds its share and what it borrowed for the
+page it is stuck on, whatever the size of the run. Its reads are `stream`
+reads: the store serves them beside point reads, never ahead of them.
 """
 
 from __future__ import annotations
