@@ -1,0 +1,9 @@
+"""What operators watch: metrics, traces and access logs, and the HTTP side port.
+
+- `http`: the side port (`--http-listen`): `/metrics`, `/livez`, `/readyz`.
+- `grpc_metrics`: the call layer counting calls the conventional way
+  (`grpc_server_*`).
+- `store_metrics`: the `statekeeper_*` metrics and the collectors read at scrape.
+- `tracing`: OpenTelemetry spans for calls and store work, when configured.
+- `access_log`: one line per finished call, and the log formats.
+"""
