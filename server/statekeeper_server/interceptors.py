@@ -92,6 +92,21 @@ class LayeredInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+def call_status(context: Context, error: BaseException | None) -> grpc.StatusCode:
+    """The status a call ended with, as a layer outside the error layer sees it.
+
+    OK when the handler returned (or a stream ran out); CANCELLED when the
+    call was cancelled; otherwise the code the error layer aborted with
+    (UNKNOWN only if something aborted without one).
+    """
+    if error is None:
+        return grpc.StatusCode.OK
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
 # -- errors -----------------------------------------------------------------------------
 
 
