@@ -6,6 +6,7 @@ The spans are read from an in-memory exporter on the process's SDK provider
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -160,6 +161,24 @@ async def test_the_python_client_sends_its_trace_context(spans: InMemorySpanExpo
     assert server.parent is not None
     assert server.context.trace_id == caller.get_span_context().trace_id
     assert server.parent.span_id == caller.get_span_context().span_id
+
+
+async def test_the_blocking_client_sends_its_trace_context(spans: InMemorySpanExporter) -> None:
+    tracer = trace.get_tracer("tests")
+
+    def call(target: str) -> int:
+        with (
+            tracer.start_as_current_span("caller") as caller,
+            statekeeper.Client(target) as client,
+        ):
+            client.events.append("run-1", started().event)
+            return caller.get_span_context().trace_id
+
+    async with running_app("memory:", otel=True) as app:
+        trace_id = await asyncio.to_thread(call, f"127.0.0.1:{app.port}")
+    server = only(named(spans, APPEND))
+    assert server.context is not None
+    assert server.context.trace_id == trace_id
 
 
 async def test_a_server_without_tracing_makes_no_spans(spans: InMemorySpanExporter) -> None:

@@ -143,11 +143,13 @@ def _new_provider(environ: Mapping[str, str]) -> TracerProvider:
 
     resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "statekeeper")})
     provider = TracerProvider(resource=resource)
+    # Unset means otlp; `none` (with --otel) makes spans (trace ids in the access log)
+    # without exporting them.
     names = [
         name.strip()
-        for name in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")
+        for name in (environ.get("OTEL_TRACES_EXPORTER", "").strip() or "otlp").split(",")
         if name.strip() not in ("", "none")
-    ] or ["otlp"]
+    ]
     for name in dict.fromkeys(names):
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

@@ -297,13 +297,14 @@ def mapped_errors() -> Iterator[None]:
 
 
 _SPAN_ATTRIBUTES = {"db.system": "postgresql"}
+_NO_SPAN = contextlib.nullcontext()
 
 
 def _span(name: str) -> contextlib.AbstractContextManager[None]:
     """A child span of the traced call around database work (nothing while tracing is
     off, at the cost of one check)."""
     if tracing.tracer is None:
-        return contextlib.nullcontext()
+        return _NO_SPAN
     return tracing.store_span(name, _SPAN_ATTRIBUTES)
 
 
