@@ -49,7 +49,7 @@ def test_a_rate_limit_allows_a_burst_then_counts_what_it_holds_back() -> None:
 async def test_a_flood_of_undecodable_bodies_writes_a_few_log_lines(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="statekeeper.calls")
+    caplog.set_level(logging.INFO, logger="statekeeper.access")
     async with (
         running_app("memory:") as app,
         grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
@@ -58,6 +58,6 @@ async def test_a_flood_of_undecodable_bodies_writes_a_few_log_lines(
         for _ in range(300):
             with pytest.raises(grpc.aio.AioRpcError):
                 await call(b"\xff\xff\xff\xff")
-    lines = [r for r in caplog.records if r.name == "statekeeper.calls"]
+    lines = [r for r in caplog.records if r.name == "statekeeper.access"]
     assert 0 < len(lines) <= 60
     assert not any(r.exc_info for r in lines)

@@ -1,14 +1,41 @@
-"""What every family's client shares: per-call options and the retry policy."""
+"""What every family's client shares: per-call options and the retry policy.
+
+When OpenTelemetry is installed (it is not a dependency), every call carries
+the caller's current trace context (`traceparent`, `tracestate`, through the
+globally configured propagator), so the server's span joins the caller's trace.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from statekeeper._credentials import Token, authorization
 
 NAMESPACE_HEADER = "x-statekeeper-namespace"
+
+
+def _trace_injector() -> Callable[[dict[str, str]], None] | None:
+    """OpenTelemetry's `inject` when OpenTelemetry is installed, else None."""
+    try:
+        from opentelemetry.propagate import inject
+    except ImportError:
+        return None
+    return inject
+
+
+_inject = _trace_injector()
+
+
+def trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The propagation entries of the current trace context (none without
+    OpenTelemetry or outside a span)."""
+    if _inject is None:
+        return ()
+    carrier: dict[str, str] = {}
+    _inject(carrier)
+    return tuple(carrier.items())
 
 
 @dataclass(frozen=True)
@@ -21,12 +48,13 @@ class CallOptions:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        """The metadata of a call made now: the namespace and, with a token, the
-        `authorization` entry (a callable token is called each time)."""
+        """The metadata of a call made now: the namespace, with a token the
+        `authorization` entry (a callable token is called each time), and the
+        current trace context (see the module)."""
         namespace = (NAMESPACE_HEADER, self.namespace)
         if self.token is None:
-            return (namespace,)
-        return (namespace, authorization(self.token))
+            return (namespace, *trace_metadata())
+        return (namespace, authorization(self.token), *trace_metadata())
 
 
 def retry_service_config(idempotent_methods: Iterable[tuple[str, str]]) -> str:

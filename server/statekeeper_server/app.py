@@ -31,6 +31,8 @@ from statekeeper_server.interceptors import (
 )
 from statekeeper_server.limits import CLIENT_RECEIVE_LIMIT_BYTES, TRANSPORT_SLACK_BYTES
 from statekeeper_server.memory_trim import MemoryTrimmer, glibc_malloc_trim
+from statekeeper_server.observability.access_log import AccessLogLayer
+from statekeeper_server.observability.tracing import Tracing, start_tracing
 from statekeeper_server.services import Service
 from statekeeper_server.services.checkpoints import CheckpointServicer
 from statekeeper_server.services.events import EventLogServicer
@@ -93,6 +95,7 @@ class Application:
         self._store: Store | None = None
         self._tls: ServerTls | None = None
         self._access: AccessControl | None = None
+        self._tracing: Tracing | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
@@ -108,9 +111,11 @@ class Application:
         """Read the TLS files (if any), open the store, bind the address and start serving.
 
         Refuses (ExposedWithoutAuth) to serve a non-loopback address without
-        authentication unless `insecure_no_auth`; reads the access-control files.
+        authentication unless `insecure_no_auth`; reads the access-control files;
+        refuses (TracingUnavailable) `--otel` without the otel extra.
         """
         check_exposure(self.settings)
+        self._tracing = start_tracing(self.settings.otel)
         self._tls = await ServerTls.load(self.settings)
         self._access = await AccessControl.load(self.settings)
         self._store = await open_store(self.settings.store, self.settings)
@@ -125,11 +130,21 @@ class Application:
             interceptors=[
                 LayeredInterceptor(
                     [
+                        # Traces and access lines: each layer only when its feature is on.
+                        *([] if self._tracing is None else [self._tracing.layer()]),
+                        *(
+                            []
+                            if self.settings.access_log == "off"
+                            else [AccessLogLayer(self.settings.access_log)]
+                        ),
                         ErrorLayer(),
                         # Without authentication configured there is no auth layer at all.
                         *([] if self._access is None else [self._access.layer()]),
                         AdmissionLayer(self.admission),
-                        RequestLayer(self.settings.max_message_bytes),
+                        RequestLayer(
+                            self.settings.max_message_bytes,
+                            count_bytes=self.settings.access_log != "off",
+                        ),
                     ]
                 )
             ],
@@ -206,6 +221,9 @@ class Application:
         if self._store is not None:
             await self._store.close()
             self._store = None
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.shutdown)
+            self._tracing = None
         log.info("stopped")
 
     async def _set_health(self, status: int) -> None:

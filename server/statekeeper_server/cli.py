@@ -56,6 +56,7 @@ async def _serve(overrides: dict[str, Any]) -> int:
     from statekeeper_server.app import Application
     from statekeeper_server.config import Settings
     from statekeeper_server.logs import configure_logging
+    from statekeeper_server.observability.access_log import log_formatter
 
     try:
         settings = Settings(**overrides)
@@ -63,7 +64,7 @@ async def _serve(overrides: dict[str, Any]) -> int:
         for problem in settings_problems(exc):
             print(f"statekeeper serve: {problem}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_formatter(settings.log_format))
     app = Application(settings)
     try:
         await app.start()
@@ -83,10 +84,22 @@ async def _serve(overrides: dict[str, Any]) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    print(f"statekeeper listening on {settings.listen}", file=sys.stderr, flush=True)
+    print(listening_banner(settings.listen, settings.log_format), file=sys.stderr, flush=True)
     await stop.wait()
     await app.stop()
     return 0
+
+
+def listening_banner(listen: str, log_format: str) -> str:
+    """The line saying the server serves (what supervisors and tests wait for), in the
+    format of the log lines: a JSON object with `--log-format json`."""
+    banner = f"statekeeper listening on {listen}"
+    if log_format != "json":
+        return banner
+    from statekeeper_server.observability.access_log import JsonFormatter
+
+    record = logging.LogRecord("statekeeper", logging.INFO, __file__, 0, banner, None, None)
+    return JsonFormatter().format(record)
 
 
 def _health_credentials(

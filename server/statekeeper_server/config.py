@@ -113,6 +113,21 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="lowest level of log lines written to stderr"
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="format of every log line: text (key=value access lines) or json (one"
+        " object per line)",
+    )
+    access_log: Literal["all", "errors", "off"] = Field(
+        "errors",
+        description="one log line per finished call: all, errors (calls not OK, rate-limited)"
+        " or off (failed calls are then not logged one by one)",
+    )
+    otel: bool = Field(
+        False,
+        description="export OpenTelemetry traces over OTLP (configured by the OTEL_*"
+        " environment; needs the otel extra); the OTEL_* environment alone also turns them on",
+    )
     grace_period: float = Field(
         10.0, ge=0, description="seconds in-flight calls get to finish on SIGTERM/SIGINT"
     )

@@ -4,10 +4,10 @@ One gRPC interceptor (`LayeredInterceptor`) runs them; in the order a call
 meets them:
 
 1. `ErrorLayer` turns a `ServiceError` into its rich status (ErrorInfo,
-   BadRequest) and logs each failed call in one line, rate-limited; any
-   other exception is a server fault, logged with its traceback and reported
-   as INTERNAL without internals. A caller's mistake therefore never
-   surfaces as UNKNOWN or INTERNAL.
+   BadRequest) and records its reason for the call (the access log writes
+   the call's line); any other exception is a server fault, logged with its
+   traceback and reported as INTERNAL without internals. A caller's mistake
+   therefore never surfaces as UNKNOWN or INTERNAL.
 2. `AuthLayer` (`statekeeper_server.auth.interceptor`), only when access
    control is configured: who calls, in which namespace, and may they.
 3. `AdmissionLayer` decides whether the server takes the call: none
@@ -23,7 +23,8 @@ meets them:
    on a worker thread for a large body so walking it never stalls the loop.
    It also encodes every response: a handler may answer with a message or
    with the response's wire bytes already built (from stored records, see
-   `wire`), which are sent as they are.
+   `wire`), which are sent as they are. When asked (`count_bytes`), it
+   counts the bytes of requests and responses into the call's record.
 
 Each wraps a method's handler once, on its first call. Unary and
 server-streaming handlers are wrapped whole; for streaming requests (the
@@ -45,6 +46,7 @@ from statekeeper_server.admission import Admission
 from statekeeper_server.errors import InvalidArgument, ServiceError, TooLarge, internal_status
 from statekeeper_server.limits import INLINE_CHECK_BYTES
 from statekeeper_server.logs import RateLimit
+from statekeeper_server.observability import call_record
 from statekeeper_server.request_checks import check_request
 
 log = logging.getLogger("statekeeper.calls")
@@ -118,7 +120,6 @@ class ErrorLayer(Layer):
     """
 
     def __init__(self) -> None:
-        self._caller_lines = RateLimit()
         self._fault_lines = RateLimit(per_second=1.0, burst=10)
 
     def wrap(self, method: str, handler: Handler) -> Handler:
@@ -162,20 +163,11 @@ class ErrorLayer(Layer):
         return wrapped
 
     async def _abort(self, method: str, context: Context, exc: Exception, started: float) -> None:
-        elapsed_ms = (time.perf_counter() - started) * 1000
         if isinstance(exc, ServiceError):
-            if self._caller_lines.allow():
-                suppressed = self._caller_lines.take_suppressed()
-                log.info(
-                    "%s %s %s (%.1f ms): %s%s",
-                    method,
-                    exc.code.name,
-                    exc.reason,
-                    elapsed_ms,
-                    exc,
-                    f" ({suppressed} similar lines suppressed)" if suppressed else "",
-                )
+            # The access log writes the call's one line, with this reason.
+            call_record.note_reason(exc.reason)
             await context.abort_with_status(exc.to_status())
+        elapsed_ms = (time.perf_counter() - started) * 1000
         if self._fault_lines.allow():
             suppressed = self._fault_lines.take_suppressed()
             log.error(
@@ -248,17 +240,40 @@ UNDECODABLE = (
 
 
 class RequestLayer(Layer):
-    """Decodes and checks every request before its handler runs."""
+    """Decodes and checks every request before its handler runs.
 
-    def __init__(self, max_request_bytes: int) -> None:
+    With `count_bytes` it also counts each request's and response's bytes
+    into the call's record (`call_record`), encoding responses inside the
+    handler so the count is complete when the outer layers see the call end.
+    """
+
+    def __init__(self, max_request_bytes: int, *, count_bytes: bool = False) -> None:
         self._max_request_bytes = max_request_bytes
+        self._count_bytes = count_bytes
 
     def wrap(self, method: str, handler: Handler) -> Handler:
         """The handler with a decoder that never raises, checks before it runs, and an
         encoder that passes pre-encoded responses through."""
         decode = self._decoder(handler.request_deserializer)
         encode = _encoder(handler.response_serializer)
-        handler = handler._replace(request_deserializer=decode, response_serializer=encode)
+        if self._count_bytes:
+            decode = _counting_decoder(decode)
+            counted = _counted(encode)
+            handler = handler._replace(
+                request_deserializer=decode, response_serializer=_counting_encoder(encode)
+            )
+            if handler.unary_unary is not None:
+                return handler._replace(
+                    unary_unary=_encoded_unary(_checked_unary(handler.unary_unary), counted)
+                )
+            if handler.unary_stream is not None and inspect.isasyncgenfunction(
+                handler.unary_stream
+            ):
+                return handler._replace(
+                    unary_stream=_encoded_stream(_checked_stream(handler.unary_stream), counted)
+                )
+        else:
+            handler = handler._replace(request_deserializer=decode, response_serializer=encode)
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=_checked_unary(handler.unary_unary))
         if handler.unary_stream is not None:
@@ -295,6 +310,57 @@ class RequestLayer(Layer):
             return request
 
         return decode
+
+
+def _counting_decoder(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """`decode`, counting each body into the call's record (gRPC decodes in the call's
+    task, before any layer runs: the record starts here)."""
+
+    def counting(data: bytes) -> Any:
+        call_record.current_or_new().request_bytes += len(data)
+        return decode(data)
+
+    return counting
+
+
+def _counted(encode: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """`encode`, counting the bytes of each response into the call's record."""
+
+    def counted(response: Any) -> bytes:
+        data = encode(response)
+        call_record.current_or_new().response_bytes += len(data)
+        return data
+
+    return counted
+
+
+def _counting_encoder(encode: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """The method's encoder when bytes are counted: responses of wrapped handlers arrive
+    encoded and counted; the others (written through `context.write`) are counted here."""
+
+    def encoder(response: Any) -> bytes:
+        if isinstance(response, bytes):
+            return response
+        data = encode(response)
+        call_record.current_or_new().response_bytes += len(data)
+        return data
+
+    return encoder
+
+
+def _encoded_unary(behavior: Unary, encode: Callable[[Any], bytes]) -> Unary:
+    async def encoded(request: Any, context: Context) -> Any:
+        return encode(await behavior(request, context))
+
+    return encoded
+
+
+def _encoded_stream(behavior: ServerStream, encode: Callable[[Any], bytes]) -> ServerStream:
+    async def encoded(request: Any, context: Context) -> AsyncIterator[Any]:
+        async for response in behavior(request, context):
+            yield encode(response)
+
+    return encoded
 
 
 def _encoder(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:

@@ -32,11 +32,13 @@ class EscapingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def configure_logging(level: str) -> None:
-    """Send log lines at `level` and above to stderr, one per event."""
+def configure_logging(level: str, formatter: logging.Formatter | None = None) -> None:
+    """Send log lines at `level` and above to stderr, one per event, formatted by
+    `formatter` (by default an EscapingFormatter: time, level, logger, message)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        formatter
+        or EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

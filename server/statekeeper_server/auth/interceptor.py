@@ -37,6 +37,7 @@ from statekeeper_server.interceptors import Context, Handler, Layer, ServerStrea
 from statekeeper_server.services.context import (
     NAMESPACE_HEADER,
     admit_namespace,
+    admit_principal,
     namespace_from_metadata,
 )
 
@@ -88,6 +89,7 @@ class Gate:
             principal = self._credentials.authenticate(
                 Credentials(bearer_token(metadata), context.auth_context)
             )
+            admit_principal(principal.name)
             if not isinstance(need, Role):
                 return principal, ""
             namespace = namespace_from_metadata(metadata, principal.sole_namespace)

@@ -1,10 +1,12 @@
-"""What every servicer reads from the call itself: the namespace it acts in.
+"""What every servicer reads from the call itself: the namespace it acts in, and
+who is calling (for the access log).
 
 Without access control the namespace is the `x-statekeeper-namespace`
 header, `default` when absent. With access control the auth layer
 resolves it once, before the call is admitted (a principal with a single
 namespace may leave the header out), and records it for the call;
-`request_namespace` then returns exactly what was checked.
+`request_namespace` then returns exactly what was checked. The auth layer
+also records the principal it authenticated (`admit_principal`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ _checked_namespace: ContextVar[str | None] = ContextVar("statekeeper_namespace",
 """The namespace the auth layer admitted the current call to (gRPC runs each
 call in its own task, so the value never leaks from one call into another)."""
 
+_principal: ContextVar[str] = ContextVar("statekeeper_principal", default="")
+"""The name of the principal the auth layer authenticated for the current call."""
+
 
 def namespace_from_metadata(metadata: Metadata, sole_namespace: str | None = None) -> str:
     """The namespace a call names: its header, else `sole_namespace`, else `default`.
@@ -50,6 +55,21 @@ def namespace_from_metadata(metadata: Metadata, sole_namespace: str | None = Non
 def admit_namespace(namespace: str) -> None:
     """Record the namespace the current call was admitted to (by the auth layer)."""
     _checked_namespace.set(namespace)
+
+
+def admit_principal(name: str) -> None:
+    """Record who the current call was authenticated as (by the auth layer)."""
+    _principal.set(name)
+
+
+def call_principal() -> str:
+    """The principal the current call was authenticated as; "" when none was."""
+    return _principal.get()
+
+
+def admitted_namespace() -> str | None:
+    """The namespace the auth layer admitted the current call to, if it did."""
+    return _checked_namespace.get()
 
 
 def request_namespace(context: grpc.aio.ServicerContext[Any, Any]) -> str:

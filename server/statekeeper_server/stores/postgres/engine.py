@@ -46,6 +46,7 @@ import asyncpg
 from statekeeper_server.config import Settings
 from statekeeper_server.errors import ServiceError, Unavailable
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.observability import tracing
 from statekeeper_server.stores import FailureLog, StoreURLError
 from statekeeper_server.stores.postgres.migrations import Migrations, migrate
 from statekeeper_server.stores.postgres.notify import Listener, close_quietly, encode_payload
@@ -295,6 +296,18 @@ def mapped_errors() -> Iterator[None]:
         raise error from exc
 
 
+_SPAN_ATTRIBUTES = {"db.system": "postgresql"}
+_NO_SPAN = contextlib.nullcontext()
+
+
+def _span(name: str) -> contextlib.AbstractContextManager[None]:
+    """A child span of the traced call around database work (nothing while tracing is
+    off, at the cost of one check)."""
+    if tracing.tracer is None:
+        return _NO_SPAN
+    return tracing.store_span(name, _SPAN_ATTRIBUTES)
+
+
 class Transaction:
     """One open transaction: its connection, and wake-ups to send on commit."""
 
@@ -420,7 +433,7 @@ class PostgresEngine:
         the commit. Database failures inside the block surface as Unavailable.
         `stream` marks a stream's read (see the module).
         """
-        with mapped_errors():
+        with _span("postgresql transaction"), mapped_errors():
             async with self._connection(stream=stream) as conn:
                 tx = Transaction(conn, self.options.channel, self._origin)
                 async with conn.transaction(isolation=isolation, readonly=readonly):
@@ -431,25 +444,25 @@ class PostgresEngine:
     async def fetch(self, query: str, *args: Any, stream: bool = False) -> list[asyncpg.Record]:
         """The rows of one statement, run on its own; `stream` marks a stream's read (see
         the module)."""
-        with mapped_errors():
+        with _span("postgresql statement"), mapped_errors():
             async with self._connection(stream=stream) as conn:
                 return await conn.fetch(query, *args)
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         """The first row of one statement, run on its own."""
-        with mapped_errors():
+        with _span("postgresql statement"), mapped_errors():
             async with self._connection() as conn:
                 return await conn.fetchrow(query, *args)
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         """The first value of the first row of one statement, run on its own."""
-        with mapped_errors():
+        with _span("postgresql statement"), mapped_errors():
             async with self._connection() as conn:
                 return await conn.fetchval(query, *args)
 
     async def execute(self, query: str, *args: Any) -> str:
         """Run one statement on its own; its status tag, such as "DELETE 1"."""
-        with mapped_errors():
+        with _span("postgresql statement"), mapped_errors():
             async with self._connection() as conn:
                 return await conn.execute(query, *args)
 

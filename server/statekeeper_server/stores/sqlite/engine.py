@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from statekeeper_server.errors import ServiceError, Unavailable
+from statekeeper_server.observability import tracing
 from statekeeper_server.stores import FailureLog
 
 T = TypeVar("T")
@@ -113,6 +114,8 @@ class _Op:
 
 
 _STOP = object()
+
+_COMMIT_SPAN = {"db.system": "sqlite", "db.operation.name": "COMMIT"}
 
 
 _FAILURES: dict[int, tuple[str, str]] = {
@@ -282,7 +285,11 @@ class SQLiteEngine:
         assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.put(_Op(work, future, is_read, checks_first, is_stream, on_commit))
-        return await future
+        if is_read or tracing.tracer is None:
+            return await future
+        # The caller's wait for its write's group commit, in the caller's trace.
+        with tracing.store_span("sqlite group commit", _COMMIT_SPAN):
+            return await future
 
     def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
         target = str(self._path) if self._path is not None else ":memory:"
