@@ -98,12 +98,13 @@ def call_status(context: Context, error: BaseException | None) -> grpc.StatusCod
     """The status a call ended with, as a layer outside the error layer sees it.
 
     OK when the handler returned (or a stream ran out); CANCELLED when the
-    call was cancelled; otherwise the code the error layer aborted with
-    (UNKNOWN only if something aborted without one).
+    call was cancelled or its stream closed from outside (GeneratorExit: the
+    call may be gone, so its context is not read); otherwise the code the
+    error layer aborted with (UNKNOWN only if something aborted without one).
     """
     if error is None:
         return grpc.StatusCode.OK
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
         return grpc.StatusCode.CANCELLED
     code = context.code()
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN

@@ -167,10 +167,10 @@ async def _fuzz_server(server: ServerProcess, config: FuzzConfig, report: FuzzRe
         workers = [Worker(n, config.seed, session) for n in range(config.workers)]
         await asyncio.gather(*(worker.run(seeds, remaining) for worker in workers))
         report.tally, report.violations = session.tally, session.violations
-        report.rss_after = server.rss_bytes()
         if server.process is None or server.process.poll() is not None:
             report.violations.append(_violation(Finding("server process died")))
             return
+        report.rss_after = server.rss_bytes()
         try:
             if not await _serving(channel):
                 report.violations.append(_violation(Finding("health is not SERVING after")))

@@ -154,7 +154,7 @@ class AccessLogLayer(Layer):
                 raise
             finally:
                 code = call_status(context, error)
-                self._write(name, context, code, record, started, _who(context))
+                self._write(name, context.peer() or "", code, record, started, _who(context))
 
         return logged
 
@@ -163,31 +163,27 @@ class AccessLogLayer(Layer):
             record = call_record.current_or_new()
             started = time.perf_counter()
             error: BaseException | None = None
-            who: tuple[str, str] | None = None
+            # Everything the line needs from the call is read now, in the call's own
+            # task: a stream may be closed from another task after any yield, once
+            # gRPC has let go of the call, and the context must not be touched then.
+            who = _who(context)
+            peer = context.peer() or ""
             try:
                 async for response in behavior(request, context):
-                    # Who called is read in the call's own task, before a yield after
-                    # which the stream may be closed from another task.
-                    if who is None:
-                        who = _who(context)
                     yield response
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                if isinstance(error, GeneratorExit):
-                    code = grpc.StatusCode.CANCELLED
-                else:
-                    code = call_status(context, error)
-                    who = who or _who(context)
-                self._write(name, context, code, record, started, who or ("", ""))
+                code = call_status(context, error)
+                self._write(name, peer, code, record, started, who)
 
         return logged
 
     def _write(
         self,
         name: str,
-        context: Context,
+        peer: str,
         code: grpc.StatusCode,
         record: call_record.CallRecord,
         started: float,
@@ -209,7 +205,7 @@ class AccessLogLayer(Layer):
             reason=record.reason,
             namespace=namespace,
             principal=principal,
-            peer=context.peer() or "",
+            peer=peer,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             request_bytes=record.request_bytes,
             response_bytes=record.response_bytes,

@@ -323,10 +323,7 @@ def _end(
     """End `span` with the call's status code."""
     from opentelemetry.trace import Status, StatusCode
 
-    if isinstance(error, GeneratorExit):
-        code = grpc.StatusCode.CANCELLED
-    else:
-        code = call_status(context, error)
+    code = call_status(context, error)
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code is not grpc.StatusCode.OK:
         reason = record.reason or code.name
