@@ -327,6 +327,13 @@ class JobCountsCache:
         """Start a refresh in the loop if one is due."""
         if self.closed or time.monotonic() - self.refreshed_at < self.interval:
             return
+        try:
+            in_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            in_loop = False
+        if in_loop:
+            self._start()
+            return
         with contextlib.suppress(RuntimeError):  # the loop closed
             self.loop.call_soon_threadsafe(self._start)
 
