@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from prometheus_client import REGISTRY
@@ -18,6 +20,7 @@ from statekeeper.v1 import checkpoints_pb2, events_pb2, events_pb2_grpc
 from statekeeper_server.app import Application
 from statekeeper_server.observability import store_metrics
 from tests.harness import running_app
+from tests.postgres_harness import SERVER_URL
 from tests.waiting import until
 
 FAST = {"job_sweep_interval": 0.05, "heartbeat_interval": 0.05}
@@ -293,14 +296,39 @@ async def test_a_corrupt_record_is_counted_as_a_corrupt_store_error(tmp_path: Pa
         assert value("statekeeper_store_errors_total", kind="corrupt") == corrupt + 1
 
 
-async def test_the_postgres_pool_is_reported(postgres_url: str) -> None:
+async def test_a_statement_past_its_time_limit_is_counted_as_a_timeout(
+    postgres_url: str,
+) -> None:
+    schema = urllib.parse.parse_qs(urllib.parse.urlsplit(postgres_url).query)["schema"][0]
+    async with (
+        running_app(postgres_url, postgres_statement_timeout=0.2) as app,
+        statekeeper.AsyncClient(f"127.0.0.1:{app.port}") as client,
+    ):
+        await client.events.append("run-1", custom_event("step"))
+        timeouts = value("statekeeper_store_errors_total", kind="timeout")
+        blocker = await asyncpg.connect(SERVER_URL)
+        try:
+            async with blocker.transaction():
+                await blocker.execute(f"LOCK TABLE {schema}.event_runs IN ACCESS EXCLUSIVE MODE")
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await client.events.append("run-1", custom_event("step"))
+        finally:
+            await blocker.close()
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert value("statekeeper_store_errors_total", kind="timeout") == timeouts + 1
+
+
+async def test_the_postgres_pool_is_reported_while_its_store_is_open(postgres_url: str) -> None:
+    size = value("statekeeper_postgres_pool_size")
+    in_use = value("statekeeper_postgres_pool_in_use")
+    waiters = value("statekeeper_postgres_pool_waiters")
     async with running_app(postgres_url, postgres_pool_size=4) as app:
-        assert value("statekeeper_postgres_pool_size") >= 1
-        assert value("statekeeper_postgres_pool_in_use") == 0
-        assert value("statekeeper_postgres_pool_waiters") == 0
         async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}") as client:
             await client.events.append("run-1", custom_event("step"))
-    assert REGISTRY.get_sample_value("statekeeper_postgres_pool_size") is None
+        assert 1 <= value("statekeeper_postgres_pool_size") - size <= 4
+        assert value("statekeeper_postgres_pool_in_use") == in_use
+        assert value("statekeeper_postgres_pool_waiters") == waiters
+    assert value("statekeeper_postgres_pool_size") == size
 
 
 async def test_with_the_namespace_label_counters_carry_the_namespace() -> None:
