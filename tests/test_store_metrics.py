@@ -20,7 +20,7 @@ from statekeeper.v1 import checkpoints_pb2, events_pb2, events_pb2_grpc
 from statekeeper_server.app import Application
 from statekeeper_server.observability import store_metrics
 from tests.harness import running_app
-from tests.postgres_harness import SERVER_URL
+from tests.postgres_harness import SERVER_URL, open_engine, terminate_backend
 from tests.waiting import until
 
 FAST = {"job_sweep_interval": 0.05, "heartbeat_interval": 0.05}
@@ -329,6 +329,18 @@ async def test_the_postgres_pool_is_reported_while_its_store_is_open(postgres_ur
         assert value("statekeeper_postgres_pool_in_use") == in_use
         assert value("statekeeper_postgres_pool_waiters") == waiters
     assert value("statekeeper_postgres_pool_size") == size
+
+
+async def test_a_lost_listen_connection_reopened_is_counted(postgres_url: str) -> None:
+    reconnects = value("statekeeper_postgres_listen_reconnects_total")
+    async with open_engine(postgres_url) as engine:
+        pid = engine.listener.server_pid
+        assert pid is not None
+        await terminate_backend(pid)
+        await until(
+            lambda: engine.listener.server_pid not in (None, pid), "the listener reconnects"
+        )
+        assert value("statekeeper_postgres_listen_reconnects_total") == reconnects + 1
 
 
 async def test_with_the_namespace_label_counters_carry_the_namespace() -> None:
