@@ -221,6 +221,12 @@ class Settings(BaseSettings):
     checkpoint_sweep_interval: float = Field(
         60.0, gt=0, description="seconds between sweeps applying checkpoint retention"
     )
+    metrics_namespace_label: bool = Field(
+        False,
+        description="label the per-namespace store metrics (events appended, job counts,"
+        " leases expired, jobs dead, checkpoints) with their namespace; off keeps one series"
+        " per metric however many namespaces there are",
+    )
 
     @property
     def auth_enabled(self) -> bool:

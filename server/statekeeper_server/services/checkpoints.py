@@ -17,6 +17,7 @@ import grpc
 from statekeeper.v1 import checkpoints_pb2, checkpoints_pb2_grpc
 from statekeeper_server.config import Settings
 from statekeeper_server.errors import InvalidArgument
+from statekeeper_server.observability import store_metrics
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.stores.checkpoints import (
     NUL_RULE,
@@ -112,6 +113,7 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
             defaults=self._defaults,
             now_us=now_us(),
         )
+        store_metrics.checkpoint_saved(namespace, "workflow", saved.dropped_count)
         return saved_response(checkpoints_pb2.SaveWorkflowCheckpointResponse, saved)
 
     async def LoadWorkflowCheckpoint(  # type: ignore[override]  # answers with wire bytes
@@ -197,6 +199,7 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
             defaults=self._defaults,
             now_us=now_us(),
         )
+        store_metrics.checkpoint_saved(namespace, "agent", saved.dropped_count)
         return saved_response(checkpoints_pb2.PersistAgentCheckpointResponse, saved)
 
     async def RecoverAgentCheckpoint(  # type: ignore[override]  # answers with wire bytes

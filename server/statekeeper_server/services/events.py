@@ -43,6 +43,7 @@ from statekeeper_server.limits import (
     REPLAY_READ_EVENTS,
 )
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.observability import store_metrics
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.stores.budget import split_by_size
 from statekeeper_server.stores.event_wire import pack_envelopes, replay_batch_message
@@ -192,6 +193,7 @@ class EventLogServicer:
         caught_up = False
         last_sent = loop.time()
         buffer = self._buffers.open()
+        follower = store_metrics.FOLLOWERS.open(key, after_seq)
         # While a page of history is sent, the next one may be read, with budget granted
         # for it (one page ahead at most).
         ahead: asyncio.Future[tuple[asyncio.Event, EventPage]] | None = None
@@ -240,8 +242,9 @@ class EventLogServicer:
                                         namespace, run_id, page.through_seq, buffer, ahead_grant
                                     )
                                 )
+                        follower.last_seq = run.last_seq
                         messages = [
-                            replay_batch_message(chunk)
+                            (replay_batch_message(chunk), len(chunk))
                             for chunk in split_by_size(page.envelopes, len, REPLAY_MESSAGE_BYTES)
                         ]
                         through_seq = page.through_seq
@@ -251,10 +254,11 @@ class EventLogServicer:
                         unsent = grant.size
                         messages.reverse()
                         while messages:
-                            message = messages.pop()
+                            message, count = messages.pop()
                             unsent -= len(message)
                             yield message
                             del message
+                            follower.position += count
                             buffer.settle(grant, max(unsent, 0))
                             last_sent = loop.time()
                         position = through_seq
@@ -284,6 +288,7 @@ class EventLogServicer:
                     alarm = self._notifier.wake_at(due, key)
                 await woken.wait()
         finally:
+            store_metrics.FOLLOWERS.close(follower)
             if ahead is not None:
                 ahead.cancel()
             if alarm is not None:

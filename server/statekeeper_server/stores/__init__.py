@@ -20,6 +20,7 @@ from pathlib import Path
 
 from statekeeper_server.config import Settings
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores.checkpoints import CheckpointStore
 from statekeeper_server.stores.events import EventStore
 from statekeeper_server.stores.jobs import JobStore
@@ -88,11 +89,29 @@ class FailureLog:
 
 
 async def open_store(url: str, settings: Settings | None = None) -> Store:
-    """Open (and migrate) the store named by `url`.
+    """Open (and migrate) the store named by `url`, its jobs counted in the metrics
+    until it closes.
 
     `settings` tunes backends that have options (the PostgreSQL pool, timeouts
-    and schema); None means their defaults.
+    and schema) and the metrics (`metrics_namespace_label`); None means their
+    defaults.
     """
+    if settings is not None:
+        store_metrics.use_namespace_label(settings.metrics_namespace_label)
+    store = await _open_backend(url, settings)
+    counted = store_metrics.watch_jobs(store.jobs.metrics_counts)
+    close = store.close
+
+    async def close_counted() -> None:
+        store_metrics.unwatch_jobs(counted)
+        await close()
+
+    store.close = close_counted
+    return store
+
+
+async def _open_backend(url: str, settings: Settings | None) -> Store:
+    """The backend named by `url`, opened and migrated."""
     if url == "memory:" or url.startswith("memory:"):
         from statekeeper_server.stores.sqlite import open_sqlite_store
 

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 
 from statekeeper.v1 import checkpoints_pb2
 from statekeeper_server.errors import Aborted, DataLoss, InvalidArgument, NotFound
+from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
 
@@ -47,6 +48,11 @@ class CheckpointKind:
 
 WORKFLOW = CheckpointKind(noun="run", owner_field="run_id")
 AGENT = CheckpointKind(noun="agent", owner_field="agent_id")
+
+
+def metric_kind(kind: CheckpointKind) -> str:
+    """The `kind` label of the checkpoint metrics: workflow or agent."""
+    return "workflow" if kind is WORKFLOW else "agent"
 
 
 # -- retention ------------------------------------------------------------
@@ -566,6 +572,7 @@ def checkpoint_not_found(kind: CheckpointKind, owner: str, checkpoint_id: str) -
 
 def corrupt_checkpoint(kind: CheckpointKind, owner: str, checkpoint_id: str) -> DataLoss:
     """The error for a stored checkpoint that cannot be decoded."""
+    store_metrics.store_error("corrupt")
     return DataLoss(
         "CORRUPT_CHECKPOINT",
         f"checkpoint {checkpoint_id} of {kind.noun} {owner} is corrupt",

@@ -28,6 +28,7 @@ from statekeeper_server.errors import (
     OutOfRange,
 )
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
+from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores import event_wire
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
@@ -574,6 +575,7 @@ def truncation_point(run: RunState, up_to_seq: int) -> int | None:
 
 def missing_event(run_id: str, seq: int) -> DataLoss:
     """The error for a seq the run's counters promise but the store does not hold."""
+    store_metrics.store_error("corrupt")
     return DataLoss(
         "MISSING_EVENT",
         f"event {seq} of run {run_id} is missing from the store",

@@ -26,6 +26,8 @@ from google.protobuf.message import DecodeError, Message
 from statekeeper.v1 import jobs_pb2
 from statekeeper_server.errors import DataLoss, FailedPrecondition, NotFound, OutOfRange, TooLarge
 from statekeeper_server.limits import MAX_JOB_ERROR_BYTES, PAGE_BUDGET_BYTES, RESPONSE_BUDGET_BYTES
+from statekeeper_server.observability import store_metrics
+from statekeeper_server.observability.store_metrics import JobCounts
 from statekeeper_server.stores.budget import fill_page, framed_size
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
@@ -215,14 +217,31 @@ class Effects:
     ready_queues: set[tuple[str, str]] = field(default_factory=set)
     changed_namespaces: set[str] = field(default_factory=set)
     new_timers: bool = False
+    dead: list[str] = field(default_factory=list)
+    """The namespace of each job the write made DEAD."""
+    leases_expired: list[str] = field(default_factory=list)
+    """The namespace of each expired lease the write took back."""
 
     def note(self, row: JobRow) -> None:
         """Remember whom the change of `row` to its current state concerns."""
         self.changed_namespaces.add(row.namespace)
+        if row.state == DEAD:
+            self.dead.append(row.namespace)
         if row.state == AVAILABLE:
             self.ready_queues.add((row.namespace, row.queue))
         elif row.state == SCHEDULED:
             self.new_timers = True
+
+    def note_expired(self, row: JobRow) -> None:
+        """Remember that the write took back the expired lease of `row`."""
+        self.leases_expired.append(row.namespace)
+
+    def committed(self) -> None:
+        """Count what the write did in the metrics; call once it committed."""
+        if self.dead:
+            store_metrics.jobs_dead(self.dead)
+        if self.leases_expired:
+            store_metrics.job_leases_expired(self.leases_expired)
 
     def wake_keys(self) -> list[Hashable]:
         """The notifier keys to wake once the write committed, in a stable order.
@@ -330,6 +349,15 @@ class JobStore(Protocol):
     async def sweep(self) -> SweepResult:
         """Promote due jobs and settle expired leases, a bounded batch at a time."""
 
+    async def metrics_counts(self) -> JobCounts:
+        """The jobs of every namespace by queue and stored state, and the earliest
+        run_after of the runnable jobs of each queue (`runnable_since`).
+
+        For the metrics: one grouped count over the index on (namespace,
+        queue, state), plus two index lookups per queue holding waiting jobs;
+        read beside the reads of streams, never ahead of point reads.
+        """
+
     async def purge(self, finished_before_us: int, changes_before_us: int) -> int:
         """Delete jobs finished before, and changes committed before, the given times.
 
@@ -344,6 +372,20 @@ TIMERS_KEY = ("job_timers",)
 
 ANY_NAMESPACE = "*"
 """Stands for every namespace in a queue key (never a valid namespace)."""
+
+
+def runnable_since(
+    earliest_available: int | None, earliest_scheduled: int | None, now_us: int
+) -> int | None:
+    """Since when the longest-runnable job of a queue could run: the earliest run_after of
+    its AVAILABLE jobs and of its SCHEDULED jobs already due; None when none can run."""
+    due = (
+        earliest_scheduled
+        if earliest_scheduled is not None and earliest_scheduled <= now_us
+        else None
+    )
+    found = [value for value in (earliest_available, due) if value is not None]
+    return min(found) if found else None
 
 
 def queue_key(namespace: str, queue: str) -> tuple[str, str, str]:
@@ -694,6 +736,7 @@ def decode_struct(job_id: str, data: bytes) -> struct_pb2.Struct:
 
 
 def _corrupt(job_id: str) -> DataLoss:
+    store_metrics.store_error("corrupt")
     return DataLoss("CORRUPT_JOB", f"the stored job {job_id} is corrupt", job_id=job_id)
 
 

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 
 from statekeeper.v1 import snapshots_pb2
 from statekeeper_server.errors import Aborted, DataLoss, NotFound
+from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import now_us, to_timestamp
 
@@ -93,6 +94,7 @@ def readable_snapshot(run_id: str, data: bytes) -> bytes:
     try:
         snapshots_pb2.Snapshot.FromString(data)
     except DecodeError as exc:
+        store_metrics.store_error("corrupt")
         raise DataLoss(
             "CORRUPT_SNAPSHOT", f"the stored snapshot of run {run_id} is corrupt", run_id=run_id
         ) from exc

@@ -33,6 +33,7 @@ import asyncpg
 
 from statekeeper.v1 import checkpoints_pb2
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
+from statekeeper_server.observability import store_metrics
 from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.stores.checkpoints import (
     AGENT,
@@ -53,6 +54,7 @@ from statekeeper_server.stores.checkpoints import (
     latest_page,
     latest_workflows_filters,
     metadata_json,
+    metric_kind,
     mint_agent,
     mint_workflow,
     newest_readable,
@@ -358,7 +360,9 @@ class PostgresCheckpointStore:
             while cursor is not None:
                 cursor, candidates = await self._sweep_candidates(table, cursor, defaults, now_us)
                 if candidates:
-                    dropped += await self._sweep_prune(table, candidates, defaults, now_us)
+                    by_namespace = await self._sweep_prune(table, candidates, defaults, now_us)
+                    store_metrics.checkpoints_swept(metric_kind(table.kind), by_namespace)
+                    dropped += sum(by_namespace.values())
         return dropped
 
     async def _sweep_candidates(
@@ -398,9 +402,10 @@ class PostgresCheckpointStore:
         candidates: list[tuple[str, str]],
         defaults: RetentionPolicy,
         now_us: int,
-    ) -> int:
-        """Prune each candidate under its head's lock, by the policy in force."""
-        dropped = 0
+    ) -> dict[str, int]:
+        """Prune each candidate under its head's lock, by the policy in force; how many
+        were dropped per namespace (once committed)."""
+        dropped: dict[str, int] = {}
         async with self._engine.transaction() as tx:
             for namespace, owner in candidates:
                 row = await tx.conn.fetchrow(
@@ -412,7 +417,8 @@ class PostgresCheckpointStore:
                 if row is None or row["seq"] is None:
                     continue
                 policy = RetentionOverride(row["keep_last"], row["ttl_us"]).resolve(defaults)
-                dropped += await _prune(tx, table, namespace, owner, row["seq"], policy, now_us)
+                count = await _prune(tx, table, namespace, owner, row["seq"], policy, now_us)
+                dropped[namespace] = dropped.get(namespace, 0) + count
         return dropped
 
     # -- shared by both kinds ------------------------------------------------

@@ -36,6 +36,7 @@ import contextlib
 import logging
 import re
 import secrets
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Hashable, Iterator, Mapping
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ import asyncpg
 from statekeeper_server.config import Settings
 from statekeeper_server.errors import ServiceError, Unavailable
 from statekeeper_server.notifier import Notifier
-from statekeeper_server.observability import tracing
+from statekeeper_server.observability import store_metrics, tracing
 from statekeeper_server.stores import FailureLog, StoreURLError
 from statekeeper_server.stores.postgres.migrations import Migrations, migrate
 from statekeeper_server.stores.postgres.notify import Listener, close_quietly, encode_payload
@@ -231,6 +232,9 @@ _FAILURES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], st
 """Failures of the database, the connection or the driver: the reason and plain words
 for each, first match wins."""
 
+_ERROR_KINDS = {"STORE_TIMEOUT": "timeout", "STORE_CONFLICT": "conflict"}
+"""The `kind` of statekeeper_store_errors_total per reason; any other is unavailable."""
+
 _SERVER_SIDE_TROUBLE = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
@@ -249,6 +253,7 @@ def store_error(exc: BaseException) -> ServiceError | None:
     for kinds, reason, message in _FAILURES:
         if isinstance(exc, kinds):
             failures.report(message, f"{type(exc).__name__}: {exc}")
+            store_metrics.store_error(_ERROR_KINDS.get(reason, "unavailable"))
             return Unavailable(reason, message)
     return None
 
@@ -370,6 +375,8 @@ class PostgresEngine:
         self._closing: set[asyncio.Task[None]] = set()
         """Discarded connections being closed (held here so the tasks live on)."""
         self._stream_slots = asyncio.Semaphore(options.stream_connections)
+        self._waiters = 0
+        """Calls waiting for a pooled connection now."""
         self.listener = Listener(self._connect, options.channel, self._origin, notifier)
 
     async def open(self) -> None:
@@ -394,12 +401,22 @@ class PostgresEngine:
             except BaseException:
                 self._pool.terminate()
                 raise
+        store_metrics.watch_pool(self.pool_state)
+
+    def pool_state(self) -> store_metrics.PoolState:
+        """The pool now: connections open, lent out, and calls waiting for one (no I/O)."""
+        pool = self._pool
+        if pool is None:
+            return store_metrics.PoolState(0, 0, self._waiters)
+        size = pool.get_size()
+        return store_metrics.PoolState(size, size - pool.get_idle_size(), self._waiters)
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
         if self._closed:
             return
         self._closed = True
+        store_metrics.unwatch_pool(self.pool_state)
         await self.listener.close()
         if self._pool is not None:
             try:
@@ -436,8 +453,14 @@ class PostgresEngine:
         with _span("postgresql transaction"), mapped_errors():
             async with self._connection(stream=stream) as conn:
                 tx = Transaction(conn, self.options.channel, self._origin)
+                began = time.perf_counter()
                 async with conn.transaction(isolation=isolation, readonly=readonly):
                     yield tx
+                    committing = time.perf_counter()
+                if not readonly:
+                    # Reached only once COMMIT returned; one transaction is one write.
+                    committed = time.perf_counter()
+                    store_metrics.observe_commit(1, committed - began, committed - committing)
         for key in tx.keys:
             self.notifier.notify(key)
 
@@ -492,7 +515,11 @@ class PostgresEngine:
         """
         pool = self._require_pool()
         async with self._stream_slots if stream else contextlib.nullcontext():
-            conn = await pool.acquire()
+            self._waiters += 1
+            try:
+                conn = await pool.acquire()
+            finally:
+                self._waiters -= 1
             try:
                 yield conn
             except BaseException as exc:

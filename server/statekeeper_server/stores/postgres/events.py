@@ -28,6 +28,7 @@ import asyncpg
 
 from statekeeper.v1 import events_pb2
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
+from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.events import (
     RUNS_FILTERS,
@@ -283,7 +284,12 @@ class PostgresEventStore:
                 now = now_us()
                 new = build_envelopes(run_id, run, plan.fresh, now)
                 if await _write(tx, namespace, run_id, run, plan.fresh, new, now):
-                    return plan.results(originals, new.encoded)
+                    break
+        # Committed: the transaction ended without raising.
+        store_metrics.events_committed(
+            namespace, event_key(namespace, run_id), new.encoded, new.last_seq
+        )
+        return plan.results(originals, new.encoded)
 
     def recent(
         self,

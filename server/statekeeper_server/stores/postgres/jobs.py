@@ -67,6 +67,7 @@ from google.protobuf import struct_pb2
 
 from statekeeper.v1 import jobs_pb2
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
+from statekeeper_server.observability.store_metrics import JobCounts
 from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.jobs import (
     AVAILABLE,
@@ -118,6 +119,7 @@ from statekeeper_server.stores.jobs import (
     reported_state,
     revived_row,
     row_lease,
+    runnable_since,
     sized_change,
     sized_job,
     stats_filters,
@@ -206,6 +208,10 @@ MIGRATIONS = [
             id INTEGER PRIMARY KEY CHECK (id = 1),
             through BIGINT NOT NULL
         )""",
+    ],
+    [
+        # The oldest runnable job of a queue, for the metrics, in one index lookup.
+        "CREATE INDEX jobs_available_since ON jobs (namespace, queue, run_after) WHERE state = 2",
     ],
 ]
 
@@ -542,6 +548,39 @@ class PostgresJobStore:
 
         return await self._write(work)
 
+    async def metrics_counts(self) -> JobCounts:
+        """Jobs by namespace, queue and stored state, and since when each queue's
+        longest-runnable job could run; stream reads (see JobStore)."""
+        now = now_us()
+        counts = [
+            (str(r[0]), str(r[1]), int(r[2]), int(r[3]))
+            for r in await self._engine.fetch(
+                "SELECT namespace, queue, state, count(*) FROM jobs"
+                " GROUP BY namespace, queue, state",
+                stream=True,
+            )
+        ]
+        waiting = sorted({(ns, queue) for ns, queue, state, _ in counts if state in (1, 2)})
+        if not waiting:
+            return JobCounts(counts, [])
+        rows = await self._engine.fetch(
+            "SELECT q.namespace, q.queue,"
+            " (SELECT min(run_after) FROM jobs j WHERE j.state = 2"
+            "   AND j.namespace = q.namespace AND j.queue = q.queue),"
+            " (SELECT min(run_after) FROM jobs j WHERE j.state = 1"
+            "   AND j.namespace = q.namespace AND j.queue = q.queue)"
+            " FROM unnest($1::text[], $2::text[]) AS q(namespace, queue)",
+            [ns for ns, _ in waiting],
+            [queue for _, queue in waiting],
+            stream=True,
+        )
+        oldest: list[tuple[str, str, int]] = []
+        for row in rows:
+            since = runnable_since(row[2], row[3], now)
+            if since is not None:
+                oldest.append((str(row[0]), str(row[1]), since))
+        return JobCounts(counts, oldest)
+
     async def sweep(self) -> SweepResult:
         """Promote due jobs and settle expired leases of every queue."""
 
@@ -741,6 +780,7 @@ class PostgresJobStore:
             write = _Write(tx)
             result = await work(write)
             await write.finish()
+        write.effects.committed()
         return result
 
     async def _purge_batch(
@@ -1004,6 +1044,7 @@ async def _settle(write: _Write, now: int, scope: Scope) -> bool:
         write.record(row, SCHEDULED, now)
     for row in settled:
         write.record(row, RUNNING, now, error=LEASE_EXPIRED_ERROR)
+        write.effects.note_expired(row)
     return len(due) == SETTLE_BATCH or len(expired) == SETTLE_BATCH
 
 
@@ -1015,6 +1056,7 @@ async def _settle_job(write: _Write, namespace: str, job_id: str) -> JobRow:
         row = expired_row(row, now)
         write.store([row])
         write.record(row, RUNNING, now, error=LEASE_EXPIRED_ERROR)
+        write.effects.note_expired(row)
     return row
 
 

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.observability import store_metrics
 
 if TYPE_CHECKING:
     import asyncpg
@@ -149,6 +150,7 @@ class Listener:
             await self._until_lost(self._conn)
             log.warning("lost the LISTEN connection of %s; reconnecting", self._channel)
             self._conn = await self._reconnect()
+            store_metrics.POSTGRES_LISTEN_RECONNECTS.inc()
             log.info("listening on %s again; waking every watcher to re-read", self._channel)
             self._notifier.notify_all()
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from statekeeper.v1 import checkpoints_pb2
+from statekeeper_server.observability import store_metrics
 from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.stores.checkpoints import (
     AGENT,
@@ -38,6 +39,7 @@ from statekeeper_server.stores.checkpoints import (
     latest_page,
     latest_workflows_filters,
     metadata_json,
+    metric_kind,
     mint_agent,
     mint_workflow,
     newest_readable,
@@ -322,9 +324,11 @@ class SQLiteCheckpointStore:
                     _sweep_reader(table, cursor, defaults, now_us)
                 )
                 if candidates:
-                    dropped += await self._engine.write(
+                    by_namespace = await self._engine.write(
                         _sweep_writer(table, candidates, defaults, now_us)
                     )
+                    store_metrics.checkpoints_swept(metric_kind(table.kind), by_namespace)
+                    dropped += sum(by_namespace.values())
         return dropped
 
     # -- shared by both kinds ------------------------------------------------
@@ -576,20 +580,16 @@ def _sweep_reader(
 
 def _sweep_writer(
     table: _Table, candidates: list[tuple[str, str]], defaults: RetentionPolicy, now_us: int
-) -> Callable[[sqlite3.Connection], int]:
-    """A write pruning each candidate by the policy in force at that moment."""
+) -> Callable[[sqlite3.Connection], dict[str, int]]:
+    """A write pruning each candidate by the policy in force at that moment; how many
+    it dropped per namespace."""
 
-    def work(conn: sqlite3.Connection) -> int:
-        return sum(
-            _prune(
-                conn,
-                table,
-                namespace,
-                owner,
-                _policy_in_force(conn, table, namespace, owner, defaults),
-                now_us,
-            )
-            for namespace, owner in candidates
-        )
+    def work(conn: sqlite3.Connection) -> dict[str, int]:
+        dropped: dict[str, int] = {}
+        for namespace, owner in candidates:
+            policy = _policy_in_force(conn, table, namespace, owner, defaults)
+            count = _prune(conn, table, namespace, owner, policy, now_us)
+            dropped[namespace] = dropped.get(namespace, 0) + count
+        return dropped
 
     return work

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from statekeeper_server.errors import ServiceError, Unavailable
-from statekeeper_server.observability import tracing
+from statekeeper_server.observability import store_metrics, tracing
 from statekeeper_server.stores import FailureLog
 
 T = TypeVar("T")
@@ -134,11 +134,22 @@ _FAILURES: dict[int, tuple[str, str]] = {
 
 _FAILED_STATEMENT = ("STORE_UNAVAILABLE", "the store failed to run a statement")
 
+_ERROR_KINDS = {
+    sqlite3.SQLITE_BUSY: "timeout",
+    sqlite3.SQLITE_LOCKED: "timeout",
+    sqlite3.SQLITE_CORRUPT: "corrupt",
+    sqlite3.SQLITE_NOTADB: "corrupt",
+}
+"""The `kind` of statekeeper_store_errors_total per primary code; any other is unavailable."""
+
 
 def _failure(exc: sqlite3.Error) -> tuple[str, str]:
     """The reason and plain words for `exc`; SQLite's own text goes to the log."""
     code = getattr(exc, "sqlite_errorcode", None)
     reason, message = _FAILURES.get(code & 0xFF, _FAILED_STATEMENT) if code else _FAILED_STATEMENT
+    store_metrics.store_error(
+        _ERROR_KINDS.get(code & 0xFF, "unavailable") if code else "unavailable"
+    )
     name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
     failures.report(message, f"{name}: {exc}")
     return reason, message
@@ -376,12 +387,20 @@ class SQLiteEngine:
         writes = [op for op in batch if not op.is_read]
         if writes:
             try:
+                began = time.perf_counter()
                 if not _apply(conn, writes, guard_all=False):
                     conn.execute("ROLLBACK")
                     self.rollbacks += 1
                     _apply(conn, writes, guard_all=True)
+                committing = time.perf_counter()
                 conn.execute("COMMIT")
+                committed = time.perf_counter()
                 self.transactions += 1
+                store_metrics.observe_commit(
+                    len(writes),
+                    committed - began,
+                    committed - committing if self._path is not None else None,
+                )
             except sqlite3.Error as exc:
                 reason, message = _failure(exc)
                 _roll_back(conn)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from statekeeper.v1 import events_pb2
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.events import (
     RUNS_FILTERS,
@@ -223,6 +224,7 @@ class SQLiteEventStore:
                 key = event_key(namespace, run_id)
                 self._recent.publish(key, *committed)
                 self._notifier.notify(key)
+                store_metrics.events_committed(namespace, key, committed[2], committed[1].last_seq)
 
         # Everything an append checks, it checks before it writes.
         return await self._engine.write(work, checks_first=True, on_commit=wake_followers)

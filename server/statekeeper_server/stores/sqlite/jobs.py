@@ -25,6 +25,7 @@ from google.protobuf import struct_pb2
 from statekeeper.v1 import jobs_pb2
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.observability.store_metrics import JobCounts
 from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.jobs import (
     AVAILABLE,
@@ -78,6 +79,7 @@ from statekeeper_server.stores.jobs import (
     reported_state,
     revived_row,
     row_lease,
+    runnable_since,
     sized_change,
     sized_job,
     stats_filters,
@@ -149,6 +151,10 @@ MIGRATIONS = [
             id INTEGER PRIMARY KEY CHECK (id = 1),
             through INTEGER NOT NULL
         )""",
+    ],
+    [
+        # The oldest runnable job of a queue, for the metrics, in one index lookup.
+        "CREATE INDEX jobs_available_since ON jobs (namespace, queue, run_after) WHERE state = 2",
     ],
 ]
 
@@ -338,6 +344,37 @@ class SQLiteJobStore:
 
         return await self._write(work)
 
+    async def metrics_counts(self) -> JobCounts:
+        """Jobs by namespace, queue and stored state, and since when each queue's
+        longest-runnable job could run; a stream read (see JobStore)."""
+
+        def work(conn: sqlite3.Connection) -> JobCounts:
+            now = now_us()
+            counts = [
+                (str(namespace), str(queue), int(state), int(count))
+                for namespace, queue, state, count in conn.execute(
+                    "SELECT namespace, queue, state, COUNT(*) FROM jobs INDEXED BY jobs_by_queue"
+                    " GROUP BY namespace, queue, state"
+                )
+            ]
+            oldest: list[tuple[str, str, int]] = []
+            waiting = sorted({(ns, queue) for ns, queue, state, _ in counts if state in (1, 2)})
+            for namespace, queue in waiting:
+                available, scheduled = (
+                    conn.execute(
+                        "SELECT MIN(run_after) FROM jobs WHERE state = ? AND namespace = ?"
+                        " AND queue = ?",
+                        (state, namespace, queue),
+                    ).fetchone()[0]
+                    for state in (AVAILABLE, SCHEDULED)
+                )
+                since = runnable_since(available, scheduled, now)
+                if since is not None:
+                    oldest.append((namespace, queue, since))
+            return JobCounts(counts, oldest)
+
+        return await self._engine.read(work, stream=True)
+
     async def sweep(self) -> SweepResult:
         """Promote due jobs and settle expired leases of every queue."""
 
@@ -517,11 +554,18 @@ class SQLiteJobStore:
         """Run `work` in a write transaction; on COMMIT, wake whoever it concerns."""
         effects = Effects()
 
+        def attempt(conn: sqlite3.Connection) -> T:
+            # The engine may run a write again (see SQLiteEngine): count only the last run.
+            nonlocal effects
+            effects = Effects()
+            return work(conn, effects)
+
         def wake(_: T) -> None:
             for key in effects.wake_keys():
                 self._notifier.notify(key)
+            effects.committed()
 
-        return await self._engine.write(lambda conn: work(conn, effects), on_commit=wake)
+        return await self._engine.write(attempt, on_commit=wake)
 
     async def _read_settled(self, namespace: str, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run the read `work`; if the namespace has expired leases, settle them and re-read."""
@@ -704,6 +748,7 @@ def _settle(conn: sqlite3.Connection, effects: Effects, now: int, scope: _Scope)
     ]
     for row in expired:
         _store_failure(conn, effects, expired_row(row, now), LEASE_EXPIRED_ERROR)
+        effects.note_expired(row)
     return len(due) == SETTLE_BATCH or len(expired) == SETTLE_BATCH
 
 
@@ -713,6 +758,7 @@ def _settle_job(conn: sqlite3.Connection, effects: Effects, namespace: str, job_
     row = _require(conn, namespace, job_id)
     if lease_lapsed(row, now):
         row = _store_failure(conn, effects, expired_row(row, now), LEASE_EXPIRED_ERROR)
+        effects.note_expired(row)
     return row
 
 
