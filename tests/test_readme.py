@@ -103,7 +103,7 @@ async def test_the_access_control_examples_work_as_written(tmp_path: Path) -> No
                 server = await asyncio.create_subprocess_exec(
                     "bash",
                     "-c",
-                    f"exec {command.strip()} --listen 127.0.0.1:{port}",
+                    f"exec {command.strip()} --listen 127.0.0.1:{port} --http-listen 127.0.0.1:0",
                     cwd=tmp_path,
                     env=env,
                     stderr=asyncio.subprocess.DEVNULL,

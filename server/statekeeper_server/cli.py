@@ -83,6 +83,8 @@ async def _serve(overrides: dict[str, Any]) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    if app.http_address:
+        print(f"HTTP side port listening on {app.http_address}", file=sys.stderr, flush=True)
     print(f"statekeeper listening on {settings.listen}", file=sys.stderr, flush=True)
     await stop.wait()
     await app.stop()
