@@ -88,11 +88,20 @@ class Metrics:
         )
 
 
-async def scrape(port: int, token: str | None = None) -> Metrics:
-    """GET /metrics on 127.0.0.1:`port` (as Prometheus text), parsed; fails unless 200."""
+async def get_metrics(
+    port: int, token: str | None = None, headers: Mapping[str, str] | None = None
+) -> HttpAnswer:
+    """GET /metrics on 127.0.0.1:`port` with `headers`, sending `token` (in the suite's run
+    with access control on, the suite's token unless given one)."""
     access = suite_access.active()
     if token is None and access is not None:
         token = access.token
-    answer = await http_get(port, "/metrics", bearer(token) if token else None)
+    sent = {**(headers or {}), **(bearer(token) if token else {})}
+    return await http_get(port, "/metrics", sent)
+
+
+async def scrape(port: int, token: str | None = None) -> Metrics:
+    """GET /metrics on 127.0.0.1:`port` (as Prometheus text), parsed; fails unless 200."""
+    answer = await get_metrics(port, token)
     assert answer.status == 200, f"/metrics answered {answer.status}: {answer.body}"
     return Metrics(answer.body)

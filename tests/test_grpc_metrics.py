@@ -42,7 +42,7 @@ async def client(app: Application) -> AsyncIterator[statekeeper.AsyncClient]:
 
 
 @pytest.fixture
-def stub(client: statekeeper.AsyncClient) -> events_pb2_grpc.EventLogServiceStub:
+def stub(client: statekeeper.AsyncClient) -> events_pb2_grpc.EventLogServiceAsyncStub:
     return events_pb2_grpc.EventLogServiceStub(client.channel)
 
 
@@ -55,12 +55,12 @@ def moved(before: Metrics, after: Metrics, name: str, **selected: str) -> float:
     return after.value(name, **selected) - before.value(name, **selected)
 
 
-async def append(stub: events_pb2_grpc.EventLogServiceStub, run_id: str = RUN) -> None:
+async def append(stub: events_pb2_grpc.EventLogServiceAsyncStub, run_id: str = RUN) -> None:
     await stub.AppendEvent(events_pb2.AppendEventRequest(run_id=run_id, input=custom()))
 
 
 async def test_successful_unary_calls_are_started_handled_ok_received_and_sent(
-    app: Application, stub: events_pb2_grpc.EventLogServiceStub
+    app: Application, stub: events_pb2_grpc.EventLogServiceAsyncStub
 ) -> None:
     before = await scrape(app.http_port)
     for _ in range(3):
@@ -75,7 +75,7 @@ async def test_successful_unary_calls_are_started_handled_ok_received_and_sent(
 
 
 async def test_every_call_is_observed_once_in_the_handling_time_histogram(
-    app: Application, stub: events_pb2_grpc.EventLogServiceStub
+    app: Application, stub: events_pb2_grpc.EventLogServiceAsyncStub
 ) -> None:
     before = await scrape(app.http_port)
     for _ in range(4):
@@ -88,7 +88,7 @@ async def test_every_call_is_observed_once_in_the_handling_time_histogram(
 
 
 async def test_the_handling_time_has_the_go_grpc_prometheus_buckets(
-    app: Application, stub: events_pb2_grpc.EventLogServiceStub
+    app: Application, stub: events_pb2_grpc.EventLogServiceAsyncStub
 ) -> None:
     await append(stub)
     after = await scrape(app.http_port)
@@ -103,7 +103,7 @@ async def test_the_handling_time_has_the_go_grpc_prometheus_buckets(
 
 
 async def test_an_invalid_argument_is_handled_with_its_code_and_sends_nothing(
-    app: Application, stub: events_pb2_grpc.EventLogServiceStub
+    app: Application, stub: events_pb2_grpc.EventLogServiceAsyncStub
 ) -> None:
     before = await scrape(app.http_port)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -121,7 +121,7 @@ async def test_an_invalid_argument_is_handled_with_its_code_and_sends_nothing(
 
 
 async def test_a_not_found_is_handled_with_its_code(
-    app: Application, stub: events_pb2_grpc.EventLogServiceStub
+    app: Application, stub: events_pb2_grpc.EventLogServiceAsyncStub
 ) -> None:
     before = await scrape(app.http_port)
     for _ in range(2):
@@ -135,7 +135,9 @@ async def test_a_not_found_is_handled_with_its_code(
 
 
 async def test_a_replay_counts_every_message_it_streams(
-    app: Application, client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
+    app: Application,
+    client: statekeeper.AsyncClient,
+    stub: events_pb2_grpc.EventLogServiceAsyncStub,
 ) -> None:
     # Events of about 100 KiB: a replay packs a few per message, so it sends several.
     await client.events.append_many(RUN, [custom_event("big", {"pad": "x" * 100_000})] * 10)
@@ -153,7 +155,7 @@ async def test_a_replay_counts_every_message_it_streams(
 
 
 async def test_a_stream_is_started_at_once_and_handled_when_it_ends(
-    app: Application, stub: events_pb2_grpc.EventLogServiceStub
+    app: Application, stub: events_pb2_grpc.EventLogServiceAsyncStub
 ) -> None:
     await append(stub)
     before = await scrape(app.http_port)
@@ -178,7 +180,7 @@ async def test_a_stream_is_started_at_once_and_handled_when_it_ends(
 
 
 async def test_open_streams_are_counted_by_method_while_they_last(
-    app: Application, stub: events_pb2_grpc.EventLogServiceStub
+    app: Application, stub: events_pb2_grpc.EventLogServiceAsyncStub
 ) -> None:
     await append(stub)
     calls: list[Any] = []
