@@ -18,7 +18,7 @@ import pytest
 
 import statekeeper
 from statekeeper.events import custom_event
-from statekeeper.v1 import events_pb2, events_pb2_grpc
+from statekeeper.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from statekeeper_server.app import Application
 from tests.harness import running_app
 from tests.metrics_scrape import Metrics, scrape
@@ -152,6 +152,33 @@ async def test_a_replay_counts_every_message_it_streams(
     assert moved(before, after, "grpc_server_msg_received_total", **stream) == 1
     assert moved(before, after, "grpc_server_started_total", **stream) == 1
     assert moved(before, after, "grpc_server_handled_total", **stream, grpc_code="OK") == 1
+
+
+async def test_a_job_watch_counts_every_message_it_streams(
+    app: Application, client: statekeeper.AsyncClient
+) -> None:
+    stub = jobs_pb2_grpc.JobServiceStub(client.channel)
+    before = await scrape(app.http_port)
+    call: Any = stub.WatchJobs(jobs_pb2.WatchJobsRequest(queue="mail"))
+    messages = aiter(call)
+    received = [await anext(messages)]
+    for kind in ("a", "b", "c"):
+        await client.jobs.enqueue(kind, queue="mail")
+        received.append(await anext(messages))
+    assert received[0].WhichOneof("message") == "started"
+    assert all(m.WhichOneof("message") == "changes" for m in received[1:])
+    call.cancel()
+    stream = labels("WatchJobs", "server_stream")
+    stream["grpc_service"] = "statekeeper.v1.JobService"
+    after: list[Metrics] = []
+
+    async def ended() -> bool:
+        after.append(await scrape(app.http_port))
+        return moved(before, after[-1], "grpc_server_handled_total", **stream) == 1
+
+    await until_async(ended, "the cancelled watch counted as handled")
+    assert moved(before, after[-1], "grpc_server_msg_sent_total", **stream) == len(received)
+    assert moved(before, after[-1], "grpc_server_started_total", **stream) == 1
 
 
 async def test_a_stream_is_started_at_once_and_handled_when_it_ends(
