@@ -133,11 +133,11 @@ def echo_server() -> ServerProcess:
 
 
 def statekeeper_server(store_url: str, *extra: str) -> ServerProcess:
-    """`python -m statekeeper_server serve` on `store_url`, logging warnings only."""
+    """`python -m statekeeper_server serve` on `store_url`, logging warnings only, its HTTP
+    side port (and so its call metrics) on, on a free port so servers never collide."""
     argv = [sys.executable, "-m", "statekeeper_server", "serve", "--store", store_url]
-    return ServerProcess(
-        "statekeeper", [*argv, "--log-level", "warning", "--grace-period", "1", *extra]
-    )
+    flags = ["--log-level", "warning", "--grace-period", "1", "--http-listen", "127.0.0.1:0"]
+    return ServerProcess("statekeeper", [*argv, *flags, *extra])
 
 
 @contextlib.contextmanager

@@ -30,9 +30,11 @@ async def running_app(store_url: str, **settings: object) -> AsyncIterator[Appli
     """An Application serving `store_url` on a free port of 127.0.0.1.
 
     Its grace period is half a second unless given: a test's calls are over
-    when it stops the server, and a short grace keeps the drain short.
+    when it stops the server, and a short grace keeps the drain short. Its
+    HTTP side port takes a free port of 127.0.0.1 unless given (`app.http_port`).
     """
     settings.setdefault("grace_period", 0.5)
+    settings.setdefault("http_listen", "127.0.0.1:0")
     access = suite_access.active()
     if access is not None:
         access.add_to_settings(settings)
@@ -50,6 +52,8 @@ class ServerProcess:
     By default the server's stderr is echoed to the test's stderr. With
     `capture_log=True` every line it writes (startup included) is kept in
     `log` instead, undecodable bytes escaped, so a test can inspect it.
+    Its HTTP side port takes a free port (`http_port`) unless `--http-listen` is
+    among the extra arguments.
     """
 
     def __init__(self, store_url: str, *extra_args: str, capture_log: bool = False) -> None:
@@ -57,6 +61,8 @@ class ServerProcess:
         self.extra_args = extra_args
         self.capture_log = capture_log
         self.port = 0
+        self.http_port = 0
+        """The port of the HTTP side port once started (0 when it is off)."""
         self.process: subprocess.Popen[str] | None = None
         self.startup_log: list[str] = []
         """What the server wrote to stderr until it was listening."""
@@ -73,6 +79,7 @@ class ServerProcess:
         listen_port = port or self.port or _free_port()
         access = suite_access.active()
         access_flags = [] if access is None else access.server_flags(self.extra_args)
+        http_flags = [] if "--http-listen" in self.extra_args else ["--http-listen", "127.0.0.1:0"]
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -85,6 +92,7 @@ class ServerProcess:
                 self.store_url,
                 "--grace-period",
                 "2",
+                *http_flags,
                 *self.extra_args,
                 *access_flags,
             ],
@@ -105,9 +113,13 @@ class ServerProcess:
             )
         deadline = time.monotonic() + 20
         lines: list[str] = []
+        self.http_port = 0
         for line in self.process.stderr:
             lines.append(line)
-            if re.search(r"listening on", line):
+            http = re.match(r"HTTP side port listening on .*:(\d+)$", line.rstrip())
+            if http:
+                self.http_port = int(http.group(1))
+            if line.startswith("statekeeper listening on"):
                 break
             if time.monotonic() > deadline:
                 break

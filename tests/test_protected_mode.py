@@ -33,14 +33,20 @@ def test_every_other_address_is_reachable_from_the_network(listen: str) -> None:
 
 
 async def test_a_server_on_a_network_address_without_authentication_refuses_to_start() -> None:
-    app = Application(Settings(listen="0.0.0.0:0", store="memory:"))  # type: ignore[call-arg]
+    app = Application(Settings(listen="0.0.0.0:0", store="memory:", http_listen=""))  # type: ignore[call-arg]
     with pytest.raises(ExposedWithoutAuth, match="--insecure-no-auth"):
         await app.start()
 
 
 async def test_insecure_no_auth_lets_a_server_serve_a_network_address() -> None:
     app = Application(
-        Settings(listen="0.0.0.0:0", store="memory:", insecure_no_auth=True, grace_period=0.1)  # type: ignore[call-arg]
+        Settings(  # type: ignore[call-arg]
+            listen="0.0.0.0:0",
+            store="memory:",
+            insecure_no_auth=True,
+            grace_period=0.1,
+            http_listen="127.0.0.1:0",
+        )
     )
     await app.start()
     assert app.port > 0
@@ -55,6 +61,7 @@ async def test_a_server_with_authentication_serves_a_network_address(tmp_path: P
             store="memory:",
             auth_tokens_file=str(tmp_path / "tokens.toml"),
             grace_period=0.1,
+            http_listen="127.0.0.1:0",
         )
     )
     await app.start()

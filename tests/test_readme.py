@@ -22,6 +22,9 @@ README = (Path(__file__).parent.parent / "README.md").read_text()
 ACCESS_CONTROL = README.split("\n## Access control\n", 1)[1].split("\n## ", 1)[0]
 """The README's section on access control: its examples need servers of their own."""
 
+METRICS = README.split("\n## Metrics and health endpoints\n", 1)[1].split("\n## ", 1)[0]
+"""The README's section on the HTTP side port: its examples need servers of their own."""
+
 
 def sh_commands(text: str) -> list[str]:
     """Every command of the sh blocks of `text`, in reading order."""
@@ -89,33 +92,46 @@ def test_quickstart_has_exactly_the_serve_and_test_commands() -> None:
 
 @pytest.mark.own_access_control
 async def test_the_access_control_examples_work_as_written(tmp_path: Path) -> None:
-    """Run every command of the access control section in order, in one directory: each
-    `statekeeper serve` replaces the server before it (on a free port, the same store)."""
+    await run_section(ACCESS_CONTROL, tmp_path)
+
+
+@pytest.mark.own_access_control
+async def test_the_metrics_examples_work_as_written(tmp_path: Path) -> None:
+    await run_section(METRICS, tmp_path)
+
+
+async def run_section(section: str, directory: Path) -> None:
+    """Run every command of the sh blocks of `section` in order, in `directory`: each
+    `statekeeper serve` replaces the server before it (on free ports, the same store),
+    and the commands after it reach its gRPC port (50051) and HTTP side port (9464)."""
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
     server: asyncio.subprocess.Process | None = None
-    port = 0
+    port = http_port = 0
     try:
-        for command in sh_commands(ACCESS_CONTROL):
+        for command in sh_commands(section):
             if command.startswith("statekeeper serve"):
                 await stop(server)
-                port = free_port()
+                port, http_port = free_port(), free_port()
                 server = await asyncio.create_subprocess_exec(
                     "bash",
                     "-c",
-                    f"exec {command.strip()} --listen 127.0.0.1:{port}",
-                    cwd=tmp_path,
+                    f"exec {command.strip()} --listen 127.0.0.1:{port}"
+                    f" --http-listen 127.0.0.1:{http_port}",
+                    cwd=directory,
                     env=env,
                     stderr=asyncio.subprocess.DEVNULL,
                 )
                 await wait_for_port(port)
+                await wait_for_port(http_port)
                 continue
             runnable = re.sub(r"(127\.0\.0\.1|localhost):50051", rf"\1:{port}", command)
+            runnable = re.sub(r"(127\.0\.0\.1|localhost):9464", rf"\1:{http_port}", runnable)
             process = await asyncio.create_subprocess_exec(
                 "bash",
                 "-c",
                 runnable,
-                cwd=tmp_path,
+                cwd=directory,
                 env=env,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

@@ -35,6 +35,7 @@ class Admission:
         self._idle.set()
         self._streams = 0
         self._streams_by_peer: dict[str, int] = {}
+        self._streams_by_method: dict[str, int] = {}
 
     @property
     def in_flight(self) -> int:
@@ -45,6 +46,15 @@ class Admission:
     def streams(self) -> int:
         """Streams admitted that have not ended."""
         return self._streams
+
+    @property
+    def draining(self) -> bool:
+        """Whether the server refuses new calls because it is shutting down."""
+        return self._draining
+
+    def streams_by_method(self) -> dict[str, int]:
+        """Streams admitted that have not ended, by method path (only methods with some)."""
+        return dict(self._streams_by_method)
 
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
@@ -66,8 +76,9 @@ class Admission:
                 self._idle.set()
 
     @contextlib.contextmanager
-    def stream(self, peer: str) -> Iterator[None]:
-        """Hold one stream of the connection `peer`; ResourceExhausted past a limit."""
+    def stream(self, peer: str, method: str = "") -> Iterator[None]:
+        """Hold one stream of the connection `peer`, a call of `method`; ResourceExhausted
+        past a limit."""
         if self._streams >= self.max_streams:
             raise _too_many("the server", self.max_streams)
         on_peer = self._streams_by_peer.get(peer, 0)
@@ -75,15 +86,14 @@ class Admission:
             raise _too_many("this connection", self.max_streams_per_connection)
         self._streams += 1
         self._streams_by_peer[peer] = on_peer + 1
+        by_method = self._streams_by_method
+        by_method[method] = by_method.get(method, 0) + 1
         try:
             yield
         finally:
             self._streams -= 1
-            left = self._streams_by_peer[peer] - 1
-            if left:
-                self._streams_by_peer[peer] = left
-            else:
-                del self._streams_by_peer[peer]
+            _release(self._streams_by_peer, peer)
+            _release(by_method, method)
 
     def start_draining(self) -> None:
         """Refuse every call from now on; those in flight go on."""
@@ -98,6 +108,15 @@ class Admission:
             if quiet_for >= quiet_seconds and self._in_flight == 0:
                 return
             await asyncio.sleep(quiet_seconds - quiet_for)
+
+
+def _release(counts: dict[str, int], key: str) -> None:
+    """One fewer for `key`; a key that reaches zero is removed (peers come and go)."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 def _too_many(where: str, limit: int) -> ResourceExhausted:

@@ -2,11 +2,13 @@
 
 It serves every family's servicer, the standard health service (overall and
 per service) and server reflection, and watches the store so that health
-says NOT_SERVING while the store is down. `stop` is the graceful shutdown:
-followers and long polls are told to end, health turns NOT_SERVING, new
-calls are refused with UNAVAILABLE while the calls already received finish
-(within the grace period), then the transport stops, background loops stop
-and the store closes.
+says NOT_SERVING while the store is down. Beside the gRPC port it serves the
+HTTP side port (`--http-listen`: metrics, liveness, readiness), whose
+readiness follows the same health. `stop` is the graceful shutdown:
+followers and long polls are told to end, health turns NOT_SERVING (and
+`/readyz` 503), new calls are refused with UNAVAILABLE while the calls
+already received finish (within the grace period), then the transport
+stops, the side port closes, background loops stop and the store closes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from statekeeper_server.interceptors import (
 )
 from statekeeper_server.limits import CLIENT_RECEIVE_LIMIT_BYTES, TRANSPORT_SLACK_BYTES
 from statekeeper_server.memory_trim import MemoryTrimmer, glibc_malloc_trim
+from statekeeper_server.observability import server_metrics
 from statekeeper_server.observability.access_log import AccessLogLayer
+from statekeeper_server.observability.grpc_metrics import MetricsLayer
+from statekeeper_server.observability.http import HttpPort
 from statekeeper_server.observability.tracing import Tracing, start_tracing
 from statekeeper_server.services import Service
 from statekeeper_server.services.checkpoints import CheckpointServicer
@@ -92,6 +97,11 @@ class Application:
         self.stream_turns = StreamTurns()
         """The turns ReplayEvents and WatchJobs streams take to read and send a page."""
         self.port = 0
+        self.http_port = 0
+        """The bound port of the HTTP side port (0 while it is off or not started)."""
+        self._http: HttpPort | None = None
+        self._store_answers = True
+        """Whether the store passed its last health check."""
         self._store: Store | None = None
         self._tls: ServerTls | None = None
         self._access: AccessControl | None = None
@@ -125,13 +135,32 @@ class Application:
             await self._store.close()
             raise
 
+    def readiness(self) -> str | None:
+        """None while the server takes calls (serving, not draining, its store answering
+        the health checks); otherwise why it does not, in a few words."""
+        if self.stopping.is_set() or self.admission.draining:
+            return "draining for shutdown"
+        if self._server is None:
+            return "not serving yet"
+        if not self._store_answers:
+            return "the store does not answer"
+        return None
+
+    @property
+    def http_address(self) -> str:
+        """host:port the HTTP side port is bound to ("" while it is off or not started)."""
+        return "" if self._http is None else self._http.address
+
     async def _start_server(self, store: Store) -> None:
+        # Without the side port nothing could read call metrics: no metrics layer at all.
+        metrics = [MetricsLayer()] if self.settings.http_listen else []
         server = grpc.aio.server(
             interceptors=[
                 LayeredInterceptor(
                     [
-                        # Traces and access lines: each layer only when its feature is on.
+                        # Traces, call metrics and access lines: each only when it is on.
                         *([] if self._tracing is None else [self._tracing.layer()]),
+                        *metrics,
                         *(
                             []
                             if self.settings.access_log == "off"
@@ -166,6 +195,12 @@ class Application:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
+        try:
+            await self._start_http()
+        except BaseException:
+            self._server = None
+            await server.stop(0)
+            raise
         await self._set_health(SERVING)
         background = [self._watch_store(store), self.trimmer.run()]
         for service in services:
@@ -174,6 +209,24 @@ class Application:
             background.append(self._access.watch_files())
         self._tasks = [asyncio.create_task(coro) for coro in background]
         log.info("serving on %s with store %s", self.settings.listen, _redact(self.settings.store))
+
+    async def _start_http(self) -> None:
+        """Serve the HTTP side port, if `http_listen` names one."""
+        if not self.settings.http_listen:
+            return
+        http = HttpPort(
+            self.settings.http_listen, self.readiness, self._access, self.settings.metrics_public
+        )
+        try:
+            await http.start()
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen on --http-listen {self.settings.http_listen}: {exc.strerror}"
+            ) from None
+        self._http = http
+        self.http_port = http.port
+        server_metrics.SERVERS.track(self)
+        log.info("HTTP side port (/metrics, /livez, /readyz) on %s", http.address)
 
     async def reload(self) -> None:
         """Re-read what may change while serving (on SIGHUP): the TLS files and the
@@ -212,6 +265,10 @@ class Application:
                 )
             await self._server.stop(max(deadline - loop.time(), 0.0))
             self._server = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
+            server_metrics.SERVERS.forget(self)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -257,6 +314,7 @@ class Application:
                     log.warning(
                         "store cannot serve: %s", str(exc) or f"no answer within {deadline:g} s"
                     )
+            self._store_answers = now_healthy
             if now_healthy != healthy and not self.stopping.is_set():
                 healthy = now_healthy
                 await self._set_health(SERVING if healthy else NOT_SERVING)

@@ -84,21 +84,30 @@ async def _serve(overrides: dict[str, Any]) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    print(listening_banner(settings.listen, settings.log_format), file=sys.stderr, flush=True)
+    if app.http_address:
+        print(
+            banner(f"HTTP side port listening on {app.http_address}", settings.log_format),
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        banner(f"statekeeper listening on {settings.listen}", settings.log_format),
+        file=sys.stderr,
+        flush=True,
+    )
     await stop.wait()
     await app.stop()
     return 0
 
 
-def listening_banner(listen: str, log_format: str) -> str:
-    """The line saying the server serves (what supervisors and tests wait for), in the
-    format of the log lines: a JSON object with `--log-format json`."""
-    banner = f"statekeeper listening on {listen}"
+def banner(text: str, log_format: str) -> str:
+    """A line saying where the server serves (what supervisors and tests wait for), in
+    the format of the log lines: a JSON object with `--log-format json`."""
     if log_format != "json":
-        return banner
+        return text
     from statekeeper_server.observability.access_log import JsonFormatter
 
-    record = logging.LogRecord("statekeeper", logging.INFO, __file__, 0, banner, None, None)
+    record = logging.LogRecord("statekeeper", logging.INFO, __file__, 0, text, None, None)
     return JsonFormatter().format(record)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from statekeeper_server.limits import (
@@ -109,6 +109,16 @@ class Settings(BaseSettings):
         False,
         description="allow listening on a non-loopback address without any authentication"
         " (only on a network that is itself trusted)",
+    )
+    http_listen: str = Field(
+        "127.0.0.1:9464",
+        description="address (host:port) of the HTTP side port serving /metrics, /livez and"
+        " /readyz; empty disables it",
+    )
+    metrics_public: bool = Field(
+        False,
+        description="serve /metrics without credentials even when access control is"
+        " configured (otherwise it needs a bearer token granting *:metrics or *:admin)",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="lowest level of log lines written to stderr"
@@ -233,6 +243,13 @@ class Settings(BaseSettings):
         """Whether any authentication is configured (tokens, JWT keys or certificates)."""
         return bool(self.auth_tokens_file or self.auth_jwt_keys or self.auth_mtls_permissions)
 
+    @field_validator("http_listen")
+    @classmethod
+    def _check_http_listen(cls, value: str) -> str:
+        if value:
+            split_host_port(value)
+        return value
+
     @model_validator(mode="after")
     def _check_auth(self) -> Settings:
         if self.reflection == "authenticated" and not self.auth_enabled:
@@ -252,3 +269,12 @@ class Settings(BaseSettings):
                 " certificate"
             )
         return self
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """`host:port` (or `[v6]:port`) as (host, port); ValueError saying what is expected."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{listen!r} must be HOST:PORT, such as 127.0.0.1:9464 (port 0: any)")
+    return host, int(port)

@@ -205,7 +205,7 @@ class AdmissionLayer(Layer):
             stream: ServerStream = handler.unary_stream
 
             async def admitted_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                with admission.call(), admission.stream(context.peer()):
+                with admission.call(), admission.stream(context.peer(), method):
                     async for response in stream(request, context):
                         yield response
 

@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from statekeeper_server.auth.audit import AuditLog
-from statekeeper_server.auth.credentials import Authenticator, CredentialChain
+from statekeeper_server.auth.credentials import (
+    AUTHORIZATION_HEADER,
+    Authenticator,
+    CredentialChain,
+    Credentials,
+    PeerIdentity,
+    bearer_token,
+)
+from statekeeper_server.auth.errors import PermissionDenied, capability_denied
 from statekeeper_server.auth.files import WatchedFile
 from statekeeper_server.auth.interceptor import AuthLayer, Gate
 from statekeeper_server.auth.jwt_tokens import JwtAuthenticator, JwtRules, read_verification_keys
 from statekeeper_server.auth.mtls import CertificateAuthenticator, read_certificate_permissions
+from statekeeper_server.auth.permissions import Principal
+from statekeeper_server.auth.roles import Capability
 from statekeeper_server.auth.tokens import StaticTokens, read_tokens_file
 from statekeeper_server.config import Settings
+from statekeeper_server.errors import Unauthenticated
 
 log = logging.getLogger("statekeeper.auth")
 
@@ -103,6 +115,32 @@ class AccessControl:
             reflection_open=self.settings.reflection == "open",
         )
 
+    def authorize(
+        self, authorization: Sequence[str], capability: Capability, what: str, peer: str
+    ) -> Principal:
+        """The principal whose bearer token (the values of the request's Authorization
+        headers) grants `capability`, for a request outside gRPC (`what`, such as
+        `GET /metrics`, from `peer`).
+
+        Raises Unauthenticated (no token, or one no source accepts) or
+        PermissionDenied (a valid token without the capability); both are
+        audited. There is no TLS client certificate here: only bearer tokens
+        (static or JWT) can prove a principal.
+        """
+        principal: Principal | None = None
+        try:
+            metadata = [(AUTHORIZATION_HEADER, value) for value in authorization]
+            principal = self.credentials.authenticate(
+                Credentials(bearer_token(metadata), _no_client_certificate)
+            )
+            if not principal.holds(capability):
+                raise capability_denied(capability.label)
+        except (Unauthenticated, PermissionDenied) as error:
+            name = None if principal is None else principal.name
+            self.audit.denied(what, error, name, None, peer)
+            raise
+        return principal
+
     async def reload(self) -> None:
         """Re-read every file; one that cannot be used is logged and the version in
         force stays."""
@@ -121,6 +159,10 @@ class AccessControl:
                     await file.reload_if_changed()
                 except Exception:
                     log.exception("checking %s %s for changes failed", file.flag, file.path)
+
+
+def _no_client_certificate() -> PeerIdentity:
+    return {}
 
 
 def _count(number: int, thing: str) -> str:

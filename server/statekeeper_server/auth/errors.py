@@ -57,3 +57,21 @@ def permission_denied(namespace: str, role: Role) -> PermissionDenied:
         namespace=namespace,
         required_role=role.label,
     )
+
+
+def no_call_allowed() -> PermissionDenied:
+    """PERMISSION_DENIED for credentials that grant only capabilities (`*:metrics`)."""
+    return PermissionDenied(
+        PERMISSION_DENIED,
+        "the caller's credentials grant no role, only capabilities such as *:metrics"
+        " (scraping /metrics on the HTTP side port); gRPC calls need a role such as acme:read",
+    )
+
+
+def capability_denied(label: str) -> PermissionDenied:
+    """PERMISSION_DENIED for credentials without the capability `label` (or *:admin)."""
+    return PermissionDenied(
+        PERMISSION_DENIED,
+        f"this needs the permission *:{label} (or *:admin), which the credentials do not grant",
+        required_role=label,
+    )

@@ -9,7 +9,8 @@ stream limit and never reaches a store. For each call it
 2. resolves the namespace: the `x-statekeeper-namespace` header, or the
    principal's only namespace when it has one and the header is absent;
 3. checks the role the RPC needs there (`role_table()`, read from the
-   protos), else PERMISSION_DENIED naming namespace and role;
+   protos), else PERMISSION_DENIED naming namespace and role (credentials
+   holding only capabilities, such as `*:metrics`, may make no call);
 4. records the namespace for the servicer (`request_namespace`) and, for a
    stream, ends it with TOKEN_EXPIRED (resumable) when its credential
    expires.
@@ -29,7 +30,12 @@ from typing import Any
 
 from statekeeper_server.auth.audit import AuditLog
 from statekeeper_server.auth.credentials import CredentialChain, Credentials, bearer_token
-from statekeeper_server.auth.errors import PermissionDenied, permission_denied, token_expired
+from statekeeper_server.auth.errors import (
+    PermissionDenied,
+    no_call_allowed,
+    permission_denied,
+    token_expired,
+)
 from statekeeper_server.auth.permissions import Principal
 from statekeeper_server.auth.roles import Role, role_table
 from statekeeper_server.errors import ServiceError, Unauthenticated
@@ -89,6 +95,8 @@ class Gate:
             principal = self._credentials.authenticate(
                 Credentials(bearer_token(metadata), context.auth_context)
             )
+            if not principal.has_roles:
+                raise no_call_allowed()
             admit_principal(principal.name)
             if not isinstance(need, Role):
                 return principal, ""

@@ -3,7 +3,9 @@
 A permission is written `namespace:role`, such as `acme:write` or
 `*:read`. A principal holds a set of them; it may make a call when one of
 them names the call's namespace (or `*`) with the required role or a
-higher one.
+higher one. A capability (`*:metrics`) is a permission over the server
+itself: it grants no call, only what asks for that capability (scraping
+`/metrics`); `*:admin` includes it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from statekeeper_server.auth.roles import Role
+from statekeeper_server.auth.roles import Capability, Role, parse_grant
 from statekeeper_server.validation import is_id
 
 ANY_NAMESPACE = "*"
@@ -19,22 +21,39 @@ ANY_NAMESPACE = "*"
 
 @dataclass(frozen=True, slots=True)
 class Permission:
-    """A role in one namespace, or in every namespace (`*`)."""
+    """A role in one namespace, or in every namespace (`*`); or a capability (`*` only)."""
 
     namespace: str
-    role: Role
+    role: Role | Capability
 
     @classmethod
     def parse(cls, text: str) -> Permission:
-        """`acme:write` as a Permission; ValueError saying what is wrong otherwise."""
+        """`acme:write` (or `*:metrics`) as a Permission; ValueError saying what is wrong
+        otherwise."""
         namespace, sep, role = text.strip().rpartition(":")
         if not sep or not (namespace == ANY_NAMESPACE or is_id(namespace)):
             raise ValueError(f"permission {text!r} must be NAMESPACE:ROLE, such as acme:write")
-        return cls(namespace, Role.parse(role))
+        grant = parse_grant(role)
+        if isinstance(grant, Capability) and namespace != ANY_NAMESPACE:
+            raise ValueError(
+                f"permission {text!r}: {grant.label} is about the whole server, not a"
+                f" namespace; write {ANY_NAMESPACE}:{grant.label}"
+            )
+        return cls(namespace, grant)
 
     def grants(self, namespace: str, role: Role) -> bool:
-        """Whether this permission allows `role` in `namespace`."""
-        return self.namespace in (namespace, ANY_NAMESPACE) and self.role >= role
+        """Whether this permission allows `role` in `namespace` (a capability never does)."""
+        return (
+            isinstance(self.role, Role)
+            and self.namespace in (namespace, ANY_NAMESPACE)
+            and self.role >= role
+        )
+
+    def grants_capability(self, capability: Capability) -> bool:
+        """Whether this permission is `capability` itself or `*:admin`."""
+        return self.role is capability or (
+            self.namespace == ANY_NAMESPACE and self.role is Role.ADMIN
+        )
 
     def __str__(self) -> str:
         return f"{self.namespace}:{self.role.label}"
@@ -52,12 +71,17 @@ class Principal:
     permissions: frozenset[Permission]
     expires_at: float | None = None
     sole_namespace: str | None = field(init=False, repr=False, compare=False)
-    """The namespace of a principal whose permissions all name the same one (not `*`):
-    calls may then leave the namespace header out. None otherwise."""
+    """The namespace of a principal whose roles all name the same one (not `*`):
+    calls may then leave the namespace header out. None otherwise. Capabilities
+    do not count: they name no namespace."""
 
     def __post_init__(self) -> None:
         # Worked out once: it is read on every call a principal makes.
-        namespaces = {permission.namespace for permission in self.permissions}
+        namespaces = {
+            permission.namespace
+            for permission in self.permissions
+            if isinstance(permission.role, Role)
+        }
         sole = None
         if len(namespaces) == 1 and ANY_NAMESPACE not in namespaces:
             sole = next(iter(namespaces))
@@ -73,3 +97,13 @@ class Principal:
     def allows(self, namespace: str, role: Role) -> bool:
         """Whether any permission allows `role` in `namespace`."""
         return any(permission.grants(namespace, role) for permission in self.permissions)
+
+    @property
+    def has_roles(self) -> bool:
+        """Whether any permission is a role (so some gRPC call may be allowed), not only
+        capabilities."""
+        return any(isinstance(permission.role, Role) for permission in self.permissions)
+
+    def holds(self, capability: Capability) -> bool:
+        """Whether any permission grants `capability` (itself or `*:admin`)."""
+        return any(permission.grants_capability(capability) for permission in self.permissions)

@@ -1,4 +1,5 @@
-"""The role every RPC requires, read from the contract itself.
+"""The role every RPC requires, read from the contract itself, and the capabilities
+outside the roles.
 
 Each RPC in `protos/statekeeper/v1/*.proto` carries the option
 `(statekeeper.v1.required_role)`; this module turns those options into the
@@ -35,12 +36,38 @@ class Role(enum.IntEnum):
         try:
             return cls[name.upper()]
         except KeyError:
-            raise ValueError(f"unknown role {name!r}: use read, write or admin") from None
+            raise ValueError(
+                f"unknown role {name!r}: use read, write or admin (or metrics, as *:metrics)"
+            ) from None
 
     @property
     def label(self) -> str:
         """The role as written in permissions: `read`, `write`, `admin`."""
         return self.name.lower()
+
+
+class Capability(enum.Enum):
+    """A right over the server itself rather than a namespace, written `*:<label>`.
+
+    A capability grants no gRPC call: `*:metrics` lets its holder scrape
+    `/metrics` on the HTTP side port and nothing else. `*:admin` includes
+    every capability.
+    """
+
+    METRICS = "metrics"
+
+    @property
+    def label(self) -> str:
+        """The capability as written in permissions: `metrics`."""
+        return self.value
+
+
+def parse_grant(name: str) -> Role | Capability:
+    """A role (`read`, `write`, `admin`) or a capability (`metrics`); ValueError otherwise."""
+    for capability in Capability:
+        if name.lower() == capability.label:
+            return capability
+    return Role.parse(name)
 
 
 def services() -> list[descriptor.ServiceDescriptor]:
