@@ -116,10 +116,11 @@ class ServerProcess:
         self.http_port = 0
         for line in self.process.stderr:
             lines.append(line)
-            http = re.match(r"HTTP side port listening on .*:(\d+)$", line.rstrip())
+            # Plain lines, or JSON objects with `--log-format json`.
+            http = re.search(r"HTTP side port listening on [^\s\"]*:(\d+)", line)
             if http:
                 self.http_port = int(http.group(1))
-            if line.startswith("statekeeper listening on"):
+            if "statekeeper listening on" in line:
                 break
             if time.monotonic() > deadline:
                 break
