@@ -282,7 +282,8 @@ async def test_every_series_the_alerts_and_dashboard_read_is_exposed_by_a_real_s
         exposed = await exposed_once_counted(
             on_file.http_port, "statekeeper_job_leases_expired_total"
         )
-        # Pool gauges exist only where a PostgreSQL store is open.
+        # Pool gauges exist only while a PostgreSQL store is open in the process (the
+        # registry is process-wide, so either scrape shows them; both are read).
         exposed |= await sample_names(on_postgres.http_port)
     missing = {
         name: sorted(places)
