@@ -15,7 +15,7 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -128,12 +128,15 @@ class Bench:
     profiles: dict[str, str] = field(default_factory=dict)
 
     @contextlib.contextmanager
-    def statekeeper(self, store: str, *extra: str) -> Iterator[ServerProcess]:
-        """A fresh statekeeper server on an empty store of kind `store`.
+    def statekeeper(
+        self, store: str, *extra: str, env: Mapping[str, str] | None = None
+    ) -> Iterator[ServerProcess]:
+        """A fresh statekeeper server on an empty store of kind `store`, with `extra`
+        flags and `env` in its environment.
 
         A call that failed gets the server's last log lines added to its message.
         """
-        with servers.statekeeper(store, *extra) as server:
+        with servers.statekeeper(store, *extra, env=env) as server:
             try:
                 yield server
             except RpcFailed as exc:

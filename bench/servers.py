@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,8 @@ class ServerProcess:
     name: str
     argv: list[str]
     port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables set for the process beside this process's own."""
     process: subprocess.Popen[str] | None = None
     log: deque[str] = field(default_factory=lambda: deque(maxlen=50))
 
@@ -74,7 +76,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
         )
         assert self.process.stderr is not None
         deadline = time.monotonic() + timeout
@@ -177,10 +179,16 @@ def drop_postgres_schema(schema: str) -> None:
 
 
 @contextlib.contextmanager
-def statekeeper(kind: str, *extra: str) -> Iterator[ServerProcess]:
-    """A statekeeper server on a fresh store of `kind`, stopped and cleaned up after."""
-    with store_url(kind) as url, statekeeper_server(url, *extra) as server:
-        yield server
+def statekeeper(
+    kind: str, *extra: str, env: Mapping[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """A statekeeper server on a fresh store of `kind`, stopped and cleaned up after;
+    `env` is set in its environment."""
+    with store_url(kind) as url:
+        process = statekeeper_server(url, *extra)
+        process.env.update(env or {})
+        with process as server:
+            yield server
 
 
 @dataclass

@@ -26,11 +26,26 @@ class Scenario:
 
 def all_scenarios() -> list[Scenario]:
     """Every scenario, in running order."""
-    from bench.scenarios import auth, events, follow, jobs, maxsize, memory, scale, stalled
+    from bench.scenarios import (
+        auth,
+        events,
+        follow,
+        jobs,
+        maxsize,
+        memory,
+        observe,
+        scale,
+        stalled,
+    )
 
     return [
         Scenario("append", "unary AppendEvent, 64 callers", events.append, every_store=True),
         Scenario("auth", "AppendEvent with a static token and a JWT vs no auth", auth.auth),
+        Scenario(
+            "observe",
+            "AppendEvent and ReplayEvents with metrics and tracing on vs off",
+            observe.observe,
+        ),
         Scenario("batch", "AppendEvents of 100 events", events.batch, every_store=True),
         Scenario("replay", "ReplayEvents catch-up", events.replay, every_store=True),
         Scenario("follow", "live follow latency", follow.follow),

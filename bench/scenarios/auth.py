@@ -39,7 +39,13 @@ from bench import payloads
 from bench.harness import Bench, Measurement, best
 from bench.load import Metadata, unary_load
 from bench.report import Row, Target
-from bench.scenarios.common import APPEND_EVENT, compare, store_label
+from bench.scenarios.common import (
+    APPEND_EVENT,
+    compare,
+    cpu_per_call,
+    interleaved,
+    store_label,
+)
 from bench.scenarios.events import CALLERS, CHANNELS, callers_by_process, start_runs
 from statekeeper_server.auth.tokens import new_token, render_entry, token_entry
 
@@ -179,13 +185,6 @@ def check_seconds(variant: Variant) -> float:
     return fastest
 
 
-def cpu_per_call(measured: Measurement) -> float:
-    """Seconds of server CPU per call in a measurement (NaN when nothing was measured)."""
-    if not measured.rate or measured.server_cpu is None:
-        return float("nan")
-    return measured.server_cpu / measured.rate
-
-
 # -- the scenario -----------------------------------------------------------------------
 
 
@@ -206,24 +205,21 @@ def auth(bench: Bench, store: str, with_peers: bool) -> list[Row]:
             bench.generators.run(
                 start_runs, target=server.target, runs=runs, metadata=kind.metadata
             )
-        results: list[list[Measurement]] = [[] for _ in kinds]
-        for round_index in range(rounds):
-            # Each round starts with another server, so none is always measured first.
-            for offset in range(len(kinds)):
-                index = (round_index + offset) % len(kinds)
-                kind, server = kinds[index], started[index]
-                results[index].append(
-                    bench.measure(
-                        unary_load,
-                        server,
-                        f"{name}, {kind.label} {store_label(store)}",
-                        per_process=per_process,
-                        target=server.target,
-                        path=APPEND_EVENT,
-                        channels=CHANNELS,
-                        metadata=kind.metadata,
-                    )
-                )
+
+        def appends(index: int) -> Measurement:
+            kind, server = kinds[index], started[index]
+            return bench.measure(
+                unary_load,
+                server,
+                f"{name}, {kind.label} {store_label(store)}",
+                per_process=per_process,
+                target=server.target,
+                path=APPEND_EVENT,
+                channels=CHANNELS,
+                metadata=kind.metadata,
+            )
+
+        results = interleaved(rounds, len(kinds), appends)
         checks = [check_seconds(kind) for kind in kinds[1:]]
     without = results[0]
     plain = best(without)

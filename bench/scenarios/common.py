@@ -72,6 +72,30 @@ def repeated(
     return [best(r, lower_is_better) for r in results]
 
 
+def interleaved(
+    rounds: int, count: int, measure: Callable[[int], Measurement]
+) -> list[list[Measurement]]:
+    """`measure(index)` of each of `count` servers once per round, for `rounds` rounds;
+    every measurement of each server, in round order.
+
+    Each round starts with another server, so none is always measured first and all
+    see the same disturbances from the rest of the machine.
+    """
+    results: list[list[Measurement]] = [[] for _ in range(count)]
+    for round_index in range(rounds):
+        for offset in range(count):
+            index = (round_index + offset) % count
+            results[index].append(measure(index))
+    return results
+
+
+def cpu_per_call(measured: Measurement) -> float:
+    """Seconds of server CPU per call in a measurement (NaN when nothing was measured)."""
+    if not measured.rate or measured.server_cpu is None:
+        return float("nan")
+    return measured.server_cpu / measured.rate
+
+
 def peer_row(
     bench: Bench,
     scenario: str,
