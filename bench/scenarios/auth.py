@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,14 +35,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench import payloads
-from bench.harness import Bench, Measurement, best
+from bench.harness import Bench, Measurement
 from bench.load import Metadata, unary_load
 from bench.report import Row, Target
 from bench.scenarios.common import (
     APPEND_EVENT,
-    compare,
-    cpu_per_call,
+    Compared,
     interleaved,
+    rate_and_cpu_rows,
     store_label,
 )
 from bench.scenarios.events import CALLERS, CHANNELS, callers_by_process, start_runs
@@ -221,45 +220,18 @@ def auth(bench: Bench, store: str, with_peers: bool) -> list[Row]:
 
         results = interleaved(rounds, len(kinds), appends)
         checks = [check_seconds(kind) for kind in kinds[1:]]
-    without = results[0]
-    plain = best(without)
-    plain_cpu = statistics.median(cpu_per_call(m) for m in without)
-    rows = [
-        Row(
-            f"{name}, no auth {store_label(store)}",
-            figure=plain.rate,
-            unit="events/s",
-            note=f"best of {rounds} round{'' if rounds == 1 else 's'}; {plain.note()}",
-        )
-    ]
-    cpu_rows = []
-    for kind, measured, check in zip(kinds[1:], results[1:], checks, strict=True):
-        pairs = list(zip(measured, without, strict=True))
-        rows.append(
-            compare(
-                f"  with {kind.label}",
-                best(measured),
-                "no auth, same run",
-                plain,
-                "events/s",
-                [Target(TARGET, on_ratio=True)],
-                note="rate vs no auth per round: "
-                + ", ".join(f"{m.rate / w.rate:.2f}x" if w.rate else "-" for m, w in pairs),
+    return rate_and_cpu_rows(
+        f"{name}, no auth {store_label(store)}",
+        "no auth",
+        [
+            Compared(
+                kind.label,
+                targets=[Target(TARGET, on_ratio=True)],
+                cpu_targets=[Target(CPU_TARGET, at_least=False, on_ratio=True)],
+                cpu_note=f"the access check alone takes {check * 1e6:.1f} us (timed in process)",
             )
-        )
-        cpu = statistics.median(cpu_per_call(m) for m in measured)
-        cpu_rows.append(
-            Row(
-                f"  server CPU per call with {kind.label}",
-                figure=cpu * 1e6,
-                unit="us",
-                reference="no auth, same run",
-                reference_figure=plain_cpu * 1e6,
-                targets=[Target(CPU_TARGET, at_least=False, on_ratio=True)],
-                lower_is_better=True,
-                note=f"median of {rounds} round{'' if rounds == 1 else 's'}; per round: "
-                + ", ".join(f"{cpu_per_call(m) / cpu_per_call(w):.2f}x" for m, w in pairs)
-                + f"; the access check alone takes {check * 1e6:.1f} us (timed in process)",
-            )
-        )
-    return rows + cpu_rows
+            for kind, check in zip(kinds[1:], checks, strict=True)
+        ],
+        results,
+        rounds,
+    )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bench import servers
@@ -94,6 +96,88 @@ def cpu_per_call(measured: Measurement) -> float:
     if not measured.rate or measured.server_cpu is None:
         return float("nan")
     return measured.server_cpu / measured.rate
+
+
+def plural(count: int, word: str) -> str:
+    """`1 round`, `3 rounds`."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def per_round(measured: Sequence[Measurement], reference: Sequence[Measurement]) -> str:
+    """`0.97x, 1.01x`: each round's rate against the same round's rate of the reference."""
+    return ", ".join(
+        f"{m.rate / r.rate:.2f}x" if r.rate else "-"
+        for m, r in zip(measured, reference, strict=True)
+    )
+
+
+@dataclass(frozen=True)
+class Compared:
+    """A server measured against the reference server of an interleaved comparison."""
+
+    label: str
+    targets: Sequence[Target] = ()
+    """Targets of its rate, as a share of the reference's."""
+    cpu_targets: Sequence[Target] = ()
+    """Targets of its server CPU per call, as a multiple of the reference's."""
+    cpu_note: str = ""
+    """Said after the per-round CPU ratios."""
+
+
+def rate_and_cpu_rows(
+    first: str,
+    reference: str,
+    compared: Sequence[Compared],
+    results: Sequence[Sequence[Measurement]],
+    rounds: int,
+    unit: str = "events/s",
+) -> list[Row]:
+    """Rows of an interleaved comparison: the reference's best rate (`first`, from
+    `results[0]`), each compared server's best rate against it, then each one's median
+    server CPU per call against the reference's, with every round's ratio."""
+    without = results[0]
+    plain = best(list(without))
+    plain_cpu = statistics.median(cpu_per_call(m) for m in without)
+    same_run = f"{reference}, same run"
+    rows = [
+        Row(
+            first,
+            figure=plain.rate,
+            unit=unit,
+            note=f"best of {plural(rounds, 'round')}; {plain.note()}",
+        )
+    ]
+    cpu_rows = []
+    for kind, measured in zip(compared, results[1:], strict=True):
+        rows.append(
+            compare(
+                f"  with {kind.label}",
+                best(list(measured)),
+                same_run,
+                plain,
+                unit,
+                list(kind.targets),
+                note=f"rate vs {reference} per round: {per_round(measured, without)}",
+            )
+        )
+        cpu_ratios = ", ".join(
+            f"{cpu_per_call(m) / cpu_per_call(w):.2f}x"
+            for m, w in zip(measured, without, strict=True)
+        )
+        cpu_rows.append(
+            Row(
+                f"  server CPU per call with {kind.label}",
+                figure=statistics.median(cpu_per_call(m) for m in measured) * 1e6,
+                unit="us",
+                reference=same_run,
+                reference_figure=plain_cpu * 1e6,
+                targets=list(kind.cpu_targets),
+                lower_is_better=True,
+                note=f"median of {plural(rounds, 'round')}; per round: {cpu_ratios}"
+                + (f"; {kind.cpu_note}" if kind.cpu_note else ""),
+            )
+        )
+    return rows + cpu_rows
 
 
 def peer_row(

@@ -29,7 +29,6 @@ and at most 1.05x its CPU per call; the other rows are reported, not judged.
 from __future__ import annotations
 
 import contextlib
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -40,9 +39,12 @@ from bench.report import Row, Target
 from bench.scenarios.common import (
     APPEND_EVENT,
     REPLAY_EVENTS,
+    Compared,
     compare,
-    cpu_per_call,
     interleaved,
+    per_round,
+    plural,
+    rate_and_cpu_rows,
     store_label,
 )
 from bench.scenarios.events import (
@@ -101,18 +103,6 @@ VARIANTS = [
 """The servers, the first the one every other is compared with."""
 COMMON_FLAGS = ["--log-level", "info"]
 """Flags of every server: info is the level access lines are written at."""
-
-
-def per_round(measured: Sequence[Measurement], without: Sequence[Measurement]) -> str:
-    """`0.97x, 1.01x`: each round's rate against the same round's rate with metrics off."""
-    return ", ".join(
-        f"{m.rate / w.rate:.2f}x" if w.rate else "-" for m, w in zip(measured, without, strict=True)
-    )
-
-
-def plural(count: int, word: str) -> str:
-    """`1 round`, `3 rounds`."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def observe(bench: Bench, store: str, with_peers: bool) -> list[Row]:
@@ -174,48 +164,13 @@ def observe(bench: Bench, store: str, with_peers: bool) -> list[Row]:
 
 def append_rows(name: str, store: str, results: list[list[Measurement]], rounds: int) -> list[Row]:
     """The AppendEvent rate of each server against metrics off, then its CPU per call."""
-    without = results[0]
-    plain = best(without)
-    plain_cpu = statistics.median(cpu_per_call(m) for m in without)
-    rows = [
-        Row(
-            f"{name}, {VARIANTS[0].label} {store_label(store)}",
-            figure=plain.rate,
-            unit="events/s",
-            note=f"best of {plural(rounds, 'round')}; {plain.note()}",
-        )
-    ]
-    cpu_rows = []
-    for kind, measured in zip(VARIANTS[1:], results[1:], strict=True):
-        rows.append(
-            compare(
-                f"  with {kind.label}",
-                best(measured),
-                "metrics off, same run",
-                plain,
-                "events/s",
-                kind.targets,
-                note=f"rate vs metrics off per round: {per_round(measured, without)}",
-            )
-        )
-        cpu = statistics.median(cpu_per_call(m) for m in measured)
-        cpu_rows.append(
-            Row(
-                f"  server CPU per call with {kind.label}",
-                figure=cpu * 1e6,
-                unit="us",
-                reference="metrics off, same run",
-                reference_figure=plain_cpu * 1e6,
-                targets=kind.cpu_targets,
-                lower_is_better=True,
-                note=f"median of {plural(rounds, 'round')}; per round: "
-                + ", ".join(
-                    f"{cpu_per_call(m) / cpu_per_call(w):.2f}x"
-                    for m, w in zip(measured, without, strict=True)
-                ),
-            )
-        )
-    return rows + cpu_rows
+    return rate_and_cpu_rows(
+        f"{name}, {VARIANTS[0].label} {store_label(store)}",
+        VARIANTS[0].label,
+        [Compared(kind.label, kind.targets, kind.cpu_targets) for kind in VARIANTS[1:]],
+        results,
+        rounds,
+    )
 
 
 def replay_rows(
