@@ -224,6 +224,32 @@ async def test_open_streams_are_counted_by_method_while_they_last(
     assert after.value("statekeeper_active_streams", grpc_method="ReplayEvents") == 0
 
 
+async def test_open_connections_are_counted_while_they_are_open(app: Application) -> None:
+    async def connections() -> float:
+        return (await scrape(app.http_port)).value("statekeeper_connections")
+
+    before = await connections()
+    channels = [
+        # Each its own connection: no subchannel sharing between these channels.
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{app.port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        for _ in range(3)
+    ]
+    for channel in channels:
+        await append(events_pb2_grpc.EventLogServiceStub(channel), run_id="connections")
+    assert await connections() == before + 3
+    for channel in channels:
+        await channel.close()
+    await until_async(
+        lambda: _equals(connections(), before), "the closed connections stopped counting"
+    )
+
+
+async def _equals(value: Awaitable[float], expected: float) -> bool:
+    return await value == expected
+
+
 async def test_build_info_names_the_version_and_python(app: Application) -> None:
     metrics = await scrape(app.http_port)
     assert metrics.value("statekeeper_build_info", python=platform.python_version()) == 1

@@ -4,8 +4,10 @@
 - statekeeper_ready: 1 when `/readyz` would answer 200, else 0
 - statekeeper_active_streams{grpc_method}: ReplayEvents and WatchJobs
   streams admitted and not yet ended, from the admission's own count
+- statekeeper_connections: client connections open now (read from the
+  kernel's TCP tables, see `connections`; no sample where they cannot be read)
 
-The last two are read at scrape time by one process-wide collector from the
+The last three are read at scrape time by one process-wide collector from the
 servers `track`ed with it (tests run several in one process); with none
 tracked they have no sample. Reading them costs a call nothing.
 """
@@ -23,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from statekeeper_server.admission import Admission
+from statekeeper_server.observability.connections import established_connections
 from statekeeper_server.observability.grpc_metrics import split_method
 
 
@@ -30,6 +33,8 @@ class ObservedServer(Protocol):
     """What the collector reads of a server."""
 
     admission: Admission
+    port: int
+    """The port the gRPC server is bound to (0 before it is)."""
 
     def readiness(self) -> str | None:
         """None when ready to take calls, else why not."""
@@ -70,7 +75,7 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """The families with the tracked servers' current values."""
-        ready, streams = self._families()
+        ready, streams, connections = self._families()
         servers = list(self._servers)
         if servers:
             ready.add_metric([], float(all(s.readiness() is None for s in servers)))
@@ -81,10 +86,14 @@ class ServerCollector(Collector):
                 by_method[name] = by_method.get(name, 0) + count
         for name, count in sorted(by_method.items()):
             streams.add_metric([name], float(count))
-        return [ready, streams]
+        counts = [established_connections(server.port) for server in servers]
+        known = [count for count in counts if count is not None]
+        if known:
+            connections.add_metric([], float(sum(known)))
+        return [ready, streams, connections]
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "statekeeper_ready",
@@ -95,6 +104,10 @@ class ServerCollector(Collector):
                 "statekeeper_active_streams",
                 "ReplayEvents and WatchJobs streams open now, by method.",
                 labels=["grpc_method"],
+            ),
+            GaugeMetricFamily(
+                "statekeeper_connections",
+                "Client connections open now (established TCP connections to the gRPC port).",
             ),
         )
 
