@@ -7,10 +7,9 @@ test compares a scrape after its calls with one before.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import platform
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, cast
 
 import grpc
@@ -23,7 +22,7 @@ from statekeeper_server.app import Application
 from tests.harness import running_app
 from tests.metrics_scrape import Metrics, scrape
 from tests.test_events_store import custom
-from tests.waiting import ENOUGH, POLL, until
+from tests.waiting import until, until_async
 
 SERVICE = "statekeeper.v1.EventLogService"
 RUN = "run-1"
@@ -254,12 +253,3 @@ async def test_build_info_names_the_version_and_python(app: Application) -> None
     metrics = await scrape(app.http_port)
     assert metrics.value("statekeeper_build_info", python=platform.python_version()) == 1
     assert metrics.has("statekeeper_build_info", version=importlib.metadata.version("statekeeper"))
-
-
-async def until_async(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    """`until` for a condition that must be awaited (a scrape)."""
-    for _ in range(int(ENOUGH / POLL)):
-        if await condition():
-            return
-        await asyncio.sleep(POLL)
-    raise AssertionError(f"never: {what}")

@@ -7,7 +7,7 @@ import asyncio
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +28,9 @@ from tests.harness import ServerProcess, running_app
 from tests.metrics_scrape import Metrics, get_metrics, http_get, scrape
 from tests.private_postgres import private_postgres
 from tests.test_events_store import custom
-from tests.waiting import ENOUGH, POLL
+from tests.waiting import until_async
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
-
-
-async def until_async(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Return once `condition()` is true; fail naming `what` if it is not within ENOUGH s."""
-    for _ in range(int(ENOUGH / POLL)):
-        if await condition():
-            return
-        await asyncio.sleep(POLL)
-    raise AssertionError(f"never: {what}")
 
 
 @pytest.fixture

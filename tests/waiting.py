@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 ENOUGH = 10.0
 """Seconds after which what must happen counts as never happening."""
@@ -14,6 +14,15 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     """Return once `condition()` is true; fail naming `what` if it is not within ENOUGH s."""
     for _ in range(int(ENOUGH / POLL)):
         if condition():
+            return
+        await asyncio.sleep(POLL)
+    raise AssertionError(f"never: {what}")
+
+
+async def until_async(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """`until` for a condition that must be awaited (a scrape, a call)."""
+    for _ in range(int(ENOUGH / POLL)):
+        if await condition():
             return
         await asyncio.sleep(POLL)
     raise AssertionError(f"never: {what}")
