@@ -38,7 +38,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -59,12 +59,12 @@ Unary = Callable[[Any, Context], Awaitable[Any]]
 ServerStream = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-class Layer:
+class Layer(Protocol):
     """One concern of every call: wraps a method's handler in it."""
 
     def wrap(self, method: str, handler: Handler) -> Handler:
         """The handler with this layer's concern around it."""
-        raise NotImplementedError
+        ...
 
 
 class LayeredInterceptor(grpc.aio.ServerInterceptor):
