@@ -47,14 +47,14 @@ describe("working jobs", () => {
   it("keeps a lease alive with heartbeats while a handler outlasts the lease", async () => {
     const queue = uniqueId("queue");
     await enqueue(queue, { to: "grace@example.com" });
-    const leaseSeconds = 0.6;
+    const leaseSeconds = 1;
     const worked = await workOne(server.jobs, {
       queue,
       workerId: "worker-2",
       leaseSeconds,
       waitSeconds: 1,
       async handle(_job, payload) {
-        await sleep(leaseSeconds * 3 * 1000);
+        await sleep(leaseSeconds * 2.5 * 1000);
         return { sentTo: payload.to };
       },
     });
