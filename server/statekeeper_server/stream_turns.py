@@ -93,7 +93,8 @@ class StreamTurns:
         return len(self._waiting)
 
     async def take(self) -> Turn:
-        """A turn, at once if fewer than `slots` count, else once one ends or runs out."""
+        """A turn: at once if fewer than `slots` count, fewer than `per_pass` started in
+        this pass and no stream waits; else in a later pass, once one ends or runs out."""
         if self._free() and not self._waiting:
             return self._start()
         waiter: asyncio.Future[Turn] = asyncio.get_running_loop().create_future()
