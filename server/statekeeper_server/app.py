@@ -43,6 +43,7 @@ from statekeeper_server.services import Service
 from statekeeper_server.services.checkpoints import CheckpointServicer
 from statekeeper_server.services.events import EventLogServicer
 from statekeeper_server.services.jobs import JobServicer
+from statekeeper_server.services.relays import RelayServicer
 from statekeeper_server.services.snapshots import SnapshotServicer
 from statekeeper_server.stores import Store, open_store
 from statekeeper_server.stream_buffers import StreamBuffers
@@ -83,6 +84,7 @@ def build_services(
         JobServicer(
             store.jobs, store.events, store.notifier, settings, stopping, buffers, turns, sinks
         ),
+        RelayServicer(store.relays, store.events, sinks, settings, stopping),
     ]
 
 
