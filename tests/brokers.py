@@ -48,6 +48,17 @@ class JetStreamStream:
             for seq in range(info.state.first_seq, info.state.last_seq + 1)
         ]
 
+    async def headers(self, count: int) -> list[dict[str, str]]:
+        """The headers of the stream's first `count` messages, in stream order, read by
+        an ordered consumer of the test's own (fails if fewer arrive in time)."""
+        subscription = await self.js.subscribe(f"{self.prefix}.>", ordered_consumer=True)
+        try:
+            return [
+                dict((await subscription.next_msg(timeout=10)).headers or {}) for _ in range(count)
+            ]
+        finally:
+            await subscription.unsubscribe()
+
 
 @contextlib.asynccontextmanager
 async def jetstream_stream(max_msg_size: int = -1) -> AsyncIterator[JetStreamStream]:

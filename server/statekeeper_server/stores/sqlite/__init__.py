@@ -24,6 +24,7 @@ async def open_sqlite_store(path: Path | None) -> Store:
     """A Store on the SQLite file at `path`, or in memory when None."""
     engine = SQLiteEngine(path, MIGRATIONS)
     await engine.open()
+    await engine.write(relays.forget_leases)
     notifier = Notifier()
 
     async def ping() -> None:

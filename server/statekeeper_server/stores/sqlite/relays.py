@@ -1,8 +1,10 @@
 """Relays in SQLite: definitions with their lease, and a cursor row per (relay, run).
 
-The file store is served by one process at a time, so its leases are
-always this process's; they are kept all the same, so a relay behaves the
-same on every backend.
+The file store is served by one process at a time, so the leases found when
+it opens belong to a process that is gone: `forget_leases` drops them, and
+a server restarted after a crash resumes its relays at once. Leases are
+kept all the same while it runs, so a relay behaves the same on every
+backend.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ _PENDING = """
     WHERE r.namespace = ? AND substr(r.run_id, 1, ?) = ?
         AND r.last_seq > MAX(COALESCE(c.seq, 0), r.first_seq - 1)
 """
+
+
+def forget_leases(conn: sqlite3.Connection) -> None:
+    """End every lease (see the module): run when the store opens."""
+    conn.execute("UPDATE relays SET owner = '', lease_until_us = 0 WHERE owner != ''")
 
 
 def _relay(row: tuple[str, str, str, str, str, int, str, int, str]) -> StoredRelay:
