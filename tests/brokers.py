@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import nats
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg, StreamConfig
 from redis.asyncio import Redis
@@ -83,10 +84,23 @@ async def jetstream_stream(max_msg_size: int = -1) -> AsyncIterator[JetStreamStr
 
 
 @contextlib.asynccontextmanager
-async def redis_keys() -> AsyncIterator[tuple[Redis, str]]:
-    """A Redis client and a key prefix of the test's own; its keys are deleted on exit."""
+async def jetstream_cleanup(name: str) -> AsyncIterator[None]:
+    """Delete the JetStream stream `name` on exit, if something made it."""
+    try:
+        yield
+    finally:
+        client = await nats.connect(NATS_URL)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await client.jetstream().delete_stream(name)
+        await client.close()
+
+
+@contextlib.asynccontextmanager
+async def redis_keys(prefix: str = "") -> AsyncIterator[tuple[Redis, str]]:
+    """A Redis client and a key prefix of the test's own (`prefix`, else a new one);
+    its keys are deleted on exit."""
     client = Redis.from_url(REDIS_URL)
-    prefix = unique("sktest")
+    prefix = prefix or unique("sktest")
     try:
         yield client, prefix
     finally:
