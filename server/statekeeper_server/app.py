@@ -84,7 +84,7 @@ def build_services(
         JobServicer(
             store.jobs, store.events, store.notifier, settings, stopping, buffers, turns, sinks
         ),
-        RelayServicer(store.relays, store.events, sinks, settings, stopping),
+        RelayServicer(store.relays, store.events, sinks, store.notifier, settings, stopping),
     ]
 
 

@@ -246,9 +246,10 @@ class Settings(BaseSettings):
         " EventEnvelope as protobuf bytes or as JSON",
     )
     relay_poll_interval: float = Field(
-        0.2,
+        1.0,
         gt=0,
-        description="most seconds a relay waits before looking for new events to forward",
+        description="most seconds a relay waits before looking for events to forward when"
+        " no commit wakes it",
     )
     relay_lease_duration: float = Field(
         5.0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 
 class Notifier:
@@ -21,6 +21,17 @@ class Notifier:
         self._events: weakref.WeakValueDictionary[Hashable, asyncio.Event] = (
             weakref.WeakValueDictionary()
         )
+        self._listeners: list[Callable[[Hashable], None]] = []
+
+    def listen(self, listener: Callable[[Hashable], None]) -> None:
+        """Call `listener(key)` on every `notify`, whoever watches the key (a waiter on a
+        family of keys, such as every run of a namespace). It must be quick."""
+        self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[Hashable], None]) -> None:
+        """Stop calling `listener`."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def watch(self, key: Hashable) -> asyncio.Event:
         """The event the next `notify(key)` sets; take it before reading."""
@@ -31,8 +42,10 @@ class Notifier:
         return event
 
     def notify(self, key: Hashable) -> None:
-        """Wake everyone watching `key`."""
+        """Wake everyone watching `key`, and tell the listeners."""
         self._wake(key)
+        for listener in self._listeners:
+            listener(key)
 
     def wake_at(self, when: float, key: Hashable) -> asyncio.TimerHandle:
         """Wake everyone watching `key` at loop time `when` (a timer, not a commit)."""

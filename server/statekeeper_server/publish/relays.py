@@ -7,7 +7,10 @@ replica forwards a relay at a time; a replica that dies stops renewing,
 and another takes the relay over once the lease lapses
 (`--relay-lease-duration`); a replica that stops gives its leases back.
 
-A forwarder reads the runs that have events after the relay's cursor,
+A forwarder is woken by every commit to a run of its namespace (on
+PostgreSQL also those of other replicas, through LISTEN/NOTIFY) and looks
+again at least every `--relay-poll-interval` seconds, so a lost wake-up
+only delays. It reads the runs that have events after the relay's cursor,
 publishes each run's events in seq order (one at a time: the next is sent
 once the broker acknowledged the one before), and moves the cursor after
 the acknowledgements, page by page and before raising on a failure. So a
@@ -25,10 +28,11 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 
 from statekeeper_server.errors import ServiceError
+from statekeeper_server.notifier import Notifier
 from statekeeper_server.publish.messages import outgoing
 from statekeeper_server.publish.sinks import SinkRejected, Sinks, SinkUnavailable
 from statekeeper_server.services.job_runner import wait_for_wake
@@ -44,6 +48,8 @@ PARALLEL_RUNS = 8
 """Runs a forwarder publishes at once (each run in order, one message at a time)."""
 PAGE_EVENTS = 200
 """Events read per page; the cursor moves after each page."""
+GATHER_COMMITS = 0.005
+"""Seconds a woken forwarder waits for more commits before it looks for events."""
 MAX_RETRY_PAUSE = 2.0
 FIRST_RETRY_PAUSE = 0.1
 LAG_EVERY = 1.0
@@ -85,11 +91,15 @@ class RelayRunner:
         relays: RelayStore,
         events: EventStore,
         sinks: Sinks,
+        notifier: Notifier,
         stopping: asyncio.Event,
         poll_interval: float,
         lease_seconds: float,
     ) -> None:
         self._relays = relays
+        self._notifier = notifier
+        self._commits: dict[tuple[str, str], tuple[str, asyncio.Event]] = {}
+        """Per relay this replica runs: its run id prefix and the event its commits set."""
         self._events = events
         self._sinks = sinks
         self._stopping = stopping
@@ -113,6 +123,7 @@ class RelayRunner:
 
     async def run(self) -> None:
         """Hold the leases of the relays and forward them until `stopping` is set."""
+        self._notifier.listen(self._committed)
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
@@ -122,7 +133,17 @@ class RelayRunner:
                     log.warning("cannot read the relays: %s", exc)
                 await wait_for_wake(self._wake, self._stopping, self._renew_every)
         finally:
+            self._notifier.unlisten(self._committed)
             await self._stop_all()
+
+    def _committed(self, key: Hashable) -> None:
+        """Wake the forwarders of the namespace of a commit to an event log."""
+        if not (isinstance(key, tuple) and len(key) == 3 and key[0] == "events"):
+            return
+        _, namespace, run_id = key
+        for (relay_namespace, _), (prefix, wake) in self._commits.items():
+            if relay_namespace == namespace and str(run_id).startswith(prefix):
+                wake.set()
 
     async def _claim_all(self) -> None:
         held: set[tuple[str, str, int]] = set()
@@ -141,6 +162,7 @@ class RelayRunner:
         for key in [key for key in self._running if key not in held]:
             self._running.pop(key).cancel()
             self.states.pop(key[:2], None)
+            self._commits.pop(key[:2], None)
 
     def _warn_missing_sink(self, relay: StoredRelay) -> None:
         if relay.spec.sink not in self._warned_sinks:
@@ -156,6 +178,7 @@ class RelayRunner:
         tasks = list(self._running.items())
         self._running.clear()
         self.states.clear()
+        self._commits.clear()
         for _, task in tasks:
             task.cancel()
         for (namespace, name, _), task in tasks:
@@ -169,9 +192,15 @@ class RelayRunner:
         state = self.states[(relay.namespace, relay.spec.name)] = RelayState(
             relay.namespace, relay.spec.name
         )
+        committed = asyncio.Event()
+        self._commits[(relay.namespace, relay.spec.name)] = (
+            relay.spec.run_id_prefix,
+            committed,
+        )
         pause = FIRST_RETRY_PAUSE
         error = relay.last_error
         while not self._stopping.is_set():
+            committed.clear()
             try:
                 await self._measure(relay, state)
                 forwarded = await self._forward_backlog(relay, state)
@@ -179,9 +208,10 @@ class RelayRunner:
                     error = ""
                     await self._relays.report(relay.namespace, relay.spec.name, self.owner, "")
                 pause = FIRST_RETRY_PAUSE
-                if forwarded:
-                    continue
-                delay = self._poll
+                if not forwarded and await wait_for_wake(committed, self._stopping, self._poll):
+                    # Let the commits arriving together make one pass, not one each.
+                    await asyncio.sleep(GATHER_COMMITS)
+                continue
             except LeaseLost:
                 log.info("relay %s of %s: lease lost", relay.spec.name, relay.namespace)
                 return

@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2
 from statekeeper.v1 import relays_pb2, relays_pb2_grpc
 from statekeeper_server.config import Settings
 from statekeeper_server.errors import InvalidArgument
+from statekeeper_server.notifier import Notifier
 from statekeeper_server.observability import relay_metrics
 from statekeeper_server.publish.relays import RelayRunner
 from statekeeper_server.publish.sinks import Sinks
@@ -46,6 +47,7 @@ class RelayServicer(relays_pb2_grpc.RelayServiceServicer):
         relays: RelayStore,
         events: EventStore,
         sinks: Sinks,
+        notifier: Notifier,
         settings: Settings,
         stopping: asyncio.Event,
     ) -> None:
@@ -55,6 +57,7 @@ class RelayServicer(relays_pb2_grpc.RelayServiceServicer):
             relays,
             events,
             sinks,
+            notifier,
             stopping,
             settings.relay_poll_interval,
             settings.relay_lease_duration,
