@@ -152,6 +152,43 @@ async def test_a_broker_down_delays_the_relay_which_catches_up_without_a_gap() -
     assert seqs == {"run-1": [1, 2, 3, 4, 5, 6], "run-2": [1, 2, 3, 4, 5]}
 
 
+async def test_a_message_the_broker_refuses_stops_the_relay_there_until_it_is_taken() -> None:
+    async with (
+        redis_keys() as (redis, prefix),
+        running_app("memory:", sink=[f"audit={REDIS_URL}?stream={prefix}:{{kind}}"]) as app,
+        statekeeper.AsyncClient(f"127.0.0.1:{app.port}") as client,
+    ):
+        await redis.set(f"{prefix}:custom", "not a stream")
+        await client.relays.create("audit", "audit")
+        await client.events.append("run-1", STARTED)
+        await client.events.append_many(
+            "run-1",
+            [
+                custom_event("step"),
+                events_pb2.AgentEvent(run_completed=events_pb2.RunCompleted(iterations=1)),
+            ],
+        )
+
+        async def refused() -> bool:
+            return "WRONGTYPE" in (await client.relays.get("audit")).status.last_error
+
+        await until_async(refused, "the relay reports the refusal")
+        stalled = await client.relays.get("audit")
+        held_back = await redis.exists(f"{prefix}:run_completed")
+        await redis.delete(f"{prefix}:custom")
+
+        async def caught_up() -> bool:
+            return (await client.relays.get("audit")).status.lag_events == 0
+
+        await until_async(caught_up, "the relay forwarded the rest")
+        kinds = [
+            [fields[b"seq"] for _, fields in await redis.xrange(f"{prefix}:{kind}")]
+            for kind in ("run_started", "custom", "run_completed")
+        ]
+    assert (stalled.status.lag_events, held_back) == (2, 0)
+    assert kinds == [[b"1"], [b"2"], [b"3"]]
+
+
 async def test_the_lag_of_a_relay_is_a_metric_of_the_replica_running_it() -> None:
     async with (
         redis_keys() as (_, prefix),

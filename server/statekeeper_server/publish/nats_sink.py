@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import nats
 import nats.errors
@@ -66,6 +67,16 @@ class NatsSink:
             raise SinkUnavailable(self.name, "no JetStream stream takes this subject") from None
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise SinkUnavailable(self.name, _describe(exc)) from None
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish one message at a time, each once the one before is acknowledged (so a
+        stream never holds a later one without an earlier one)."""
+        for acked, message in enumerate(messages):
+            try:
+                await self.publish(message)
+            except (SinkUnavailable, SinkRejected) as exc:
+                exc.acked = acked
+                raise
 
     async def _jetstream(self) -> JetStreamContext:
         async with self._connecting:

@@ -7,17 +7,23 @@ replica forwards a relay at a time; a replica that dies stops renewing,
 and another takes the relay over once the lease lapses
 (`--relay-lease-duration`); a replica that stops gives its leases back.
 
+Each page of a run goes to the sink in one `publish_many`, which keeps
+the order (JetStream: one message at a time, each once the one before is
+acknowledged; Redis: one script appending them in order).
+
 A forwarder is woken by every commit to a run of its namespace (on
 PostgreSQL also those of other replicas, through LISTEN/NOTIFY) and looks
 again at least every `--relay-poll-interval` seconds, so a lost wake-up
 only delays. It reads the runs that have events after the relay's cursor,
-publishes each run's events in seq order (one at a time: the next is sent
-once the broker acknowledged the one before), and moves the cursor after
-the acknowledgements, page by page and before raising on a failure. So a
-crash or an outage repeats at most the unacknowledged end of a page; it
-never skips an event. Events of kinds the relay does not forward advance
-the cursor without being sent. A sink that fails is retried with a growing
-pause (at most MAX_RETRY_PAUSE); its message is the relay's `last_error`.
+publishes each run's events in seq order, and moves the cursor after the
+acknowledgements, page by page and, on a failure, to the last message the
+broker holds before raising. So a crash or an outage repeats at most the
+unacknowledged end of a page; it never skips an event. Events of kinds the
+relay does not forward advance the cursor without being sent. A sink that
+fails is retried with a growing pause (at most MAX_RETRY_PAUSE); its
+message is the relay's `last_error`. A message the broker refuses for good
+stops the relay at that event (it is retried, never skipped) until the
+operator fixes the broker or deletes the relay.
 """
 
 from __future__ import annotations
@@ -48,8 +54,6 @@ PARALLEL_RUNS = 8
 """Runs a forwarder publishes at once (each run in order, one message at a time)."""
 PAGE_EVENTS = 200
 """Events read per page; the cursor moves after each page."""
-GATHER_COMMITS = 0.005
-"""Seconds a woken forwarder waits for more commits before it looks for events."""
 MAX_RETRY_PAUSE = 2.0
 FIRST_RETRY_PAUSE = 0.1
 LAG_EVERY = 1.0
@@ -208,9 +212,8 @@ class RelayRunner:
                     error = ""
                     await self._relays.report(relay.namespace, relay.spec.name, self.owner, "")
                 pause = FIRST_RETRY_PAUSE
-                if not forwarded and await wait_for_wake(committed, self._stopping, self._poll):
-                    # Let the commits arriving together make one pass, not one each.
-                    await asyncio.sleep(GATHER_COMMITS)
+                if not forwarded:
+                    await wait_for_wake(committed, self._stopping, self._poll)
                 continue
             except LeaseLost:
                 log.info("relay %s of %s: lease lost", relay.spec.name, relay.namespace)
@@ -257,6 +260,13 @@ class RelayRunner:
             handled += outcome
         return handled
 
+    async def _advance(self, relay: StoredRelay, run: PendingRun, after: int, seq: int) -> None:
+        """Move the run's cursor from `after` to `seq`; LeaseLost if the lease is gone."""
+        if seq > after and not await self._relays.advance(
+            relay.namespace, relay.spec.name, self.owner, run, seq
+        ):
+            raise LeaseLost()
+
     async def _forward_run(self, relay: StoredRelay, state: RelayState, run: PendingRun) -> int:
         """Publish the run's events after the cursor in seq order, moving the cursor after
         each page's acknowledgements; how many events were handled."""
@@ -266,18 +276,18 @@ class RelayRunner:
             page = await self._events.read(relay.namespace, run.run_id, after, PAGE_EVENTS)
             if not page.envelopes:
                 break
-            acked = after
+            messages = [
+                outgoing(relay.namespace, envelope, sink.format) for envelope in page.envelopes
+            ]
+            sent = [message for message in messages if relay.spec.forwards(message.kind)]
             try:
-                for envelope in page.envelopes:
-                    message = outgoing(relay.namespace, envelope, sink.format)
-                    if relay.spec.forwards(message.kind):
-                        await sink.publish(message)
-                        state.forwarded += 1
-                    acked = message.seq
-            finally:
-                if acked > after and not await self._relays.advance(
-                    relay.namespace, relay.spec.name, self.owner, run, acked
-                ):
-                    raise LeaseLost()
-            after = acked
+                await sink.publish_many(sent)
+            except (SinkUnavailable, SinkRejected) as exc:
+                # The cursor may pass what the broker holds, and nothing after it.
+                state.forwarded += exc.acked
+                await self._advance(relay, run, after, sent[exc.acked].seq - 1)
+                raise
+            state.forwarded += len(sent)
+            await self._advance(relay, run, after, page.through_seq)
+            after = page.through_seq
         return after - run.after_seq

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -48,18 +48,27 @@ class SinkConfigError(ValueError):
 
 
 class SinkUnavailable(Unavailable):
-    """The broker did not acknowledge in time or cannot be reached: try again later."""
+    """The broker did not acknowledge in time or cannot be reached: try again later.
 
-    def __init__(self, sink: str, detail: str) -> None:
+    `acked` is how many messages of a `publish_many` the broker acknowledged
+    before (the first ones, in order).
+    """
+
+    def __init__(self, sink: str, detail: str, acked: int = 0) -> None:
         super().__init__("SINK_UNAVAILABLE", f"sink {sink}: {detail}", sink=sink)
+        self.acked = acked
 
 
 class SinkRejected(FailedPrecondition):
     """The broker refused the message and would refuse it again (too large, wrong key
-    type...): publishing it once more cannot succeed."""
+    type...): publishing it once more cannot succeed. `acked` as for SinkUnavailable."""
 
-    def __init__(self, sink: str, detail: str) -> None:
+    def __init__(self, sink: str, detail: str, acked: int = 0) -> None:
         super().__init__("SINK_REJECTED", f"sink {sink}: {detail}", sink=sink)
+        self.acked = acked
+
+
+SinkError = SinkUnavailable | SinkRejected
 
 
 class Sink(Protocol):
@@ -73,6 +82,14 @@ class Sink(Protocol):
 
         Raises SinkUnavailable when it may succeed later, SinkRejected when
         it never will.
+        """
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish `messages` in order; return once the broker acknowledged them all.
+
+        The broker never holds a message without every one before it: on a
+        failure (raised as by `publish`) its `acked` says how many of the
+        first ones it holds.
         """
 
     async def close(self) -> None:
