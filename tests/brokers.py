@@ -49,6 +49,10 @@ class JetStreamStream:
             for seq in range(info.state.first_seq, info.state.last_seq + 1)
         ]
 
+    async def count(self) -> int:
+        """How many messages the stream holds."""
+        return int((await self.js.stream_info(self.name)).state.messages)
+
     async def headers(self, count: int) -> list[dict[str, str]]:
         """The headers of the stream's first `count` messages, in stream order, read by
         an ordered consumer of the test's own (fails if fewer arrive in time)."""
