@@ -194,7 +194,9 @@ async def test_the_lag_of_a_relay_is_a_metric_of_the_replica_running_it() -> Non
         redis_keys() as (_, prefix),
         gate(REDIS_URL) as redis_gate,
         running_app(
-            "memory:", sink=[f"audit=redis://127.0.0.1:{redis_gate.port}/0?stream={prefix}"]
+            "memory:",
+            sink=[f"audit=redis://127.0.0.1:{redis_gate.port}/0?stream={prefix}"],
+            relay_poll_interval=0.1,
         ) as app,
         statekeeper.AsyncClient(f"127.0.0.1:{app.port}") as client,
     ):

@@ -245,6 +245,8 @@ class RelayRunner:
             relay.namespace, relay.spec.name, relay.spec.run_id_prefix, BACKLOG_RUNS
         )
         if not backlog:
+            # Nothing left to forward: the lag is known without measuring it.
+            state.lag, state.lag_measured_us = Lag(0, None), now_us()
             return 0
         turns = asyncio.Semaphore(PARALLEL_RUNS)
 
