@@ -38,6 +38,7 @@ from statekeeper_server.observability.access_log import AccessLogLayer
 from statekeeper_server.observability.grpc_metrics import MetricsLayer
 from statekeeper_server.observability.http import HttpPort
 from statekeeper_server.observability.tracing import Tracing, start_tracing
+from statekeeper_server.publish.relay_config import declare_relays
 from statekeeper_server.publish.sinks import Sinks
 from statekeeper_server.services import Service
 from statekeeper_server.services.checkpoints import CheckpointServicer
@@ -142,6 +143,7 @@ class Application:
         self._access = await AccessControl.load(self.settings)
         self._store = await open_store(self.settings.store, self.settings)
         try:
+            await declare_relays(self._store.relays, self.settings.relay, self.sinks)
             await self._start_server(self._store)
         except BaseException:
             await self._store.close()

@@ -245,6 +245,12 @@ class Settings(BaseSettings):
         description="body of published messages unless a sink's URL says format=: the"
         " EventEnvelope as protobuf bytes or as JSON",
     )
+    relay: list[str] = Field(
+        [],
+        description="a relay declared at start, NAME=SINK, optionally"
+        " ?namespace=NS&run_id_prefix=P&event_kinds=K1,K2: created unless it exists;"
+        " repeatable",
+    )
     relay_poll_interval: float = Field(
         1.0,
         gt=0,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import grpc
@@ -35,6 +35,33 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 LIST_FILTERS: dict[str, object] = {"list": "relays"}
 """The filters a page token of a relay listing is bound to."""
+
+
+def relay_spec(
+    name: str,
+    sink: str,
+    run_id_prefix: str,
+    event_kinds: Iterable[str],
+    sinks: Sinks,
+    field: str,
+) -> RelaySpec:
+    """A relay's definition checked; InvalidArgument naming `<field><part>` (such as
+    `relay.sink`) if a part is wrong or the sink is not one of `sinks`."""
+    require_id(name, f"{field}name")
+    if not sink:
+        raise InvalidArgument(f"{field}sink", "is required (the name of a server sink)")
+    if sink not in sinks:
+        configured = ", ".join(sinks.names()) or "none (see --sink)"
+        raise InvalidArgument(f"{field}sink", f"names no sink of the server; sinks: {configured}")
+    optional_id(run_id_prefix, f"{field}run_id_prefix")
+    kinds: set[str] = set()
+    for index, kind in enumerate(event_kinds):
+        if kind not in RELAY_KINDS:
+            raise InvalidArgument(
+                f"{field}event_kinds[{index}]", "must be one of " + ", ".join(RELAY_KINDS)
+            )
+        kinds.add(kind)
+    return RelaySpec(name, sink, run_id_prefix, tuple(sorted(kinds)))
 
 
 class RelayServicer(relays_pb2_grpc.RelayServiceServicer):
@@ -86,22 +113,9 @@ class RelayServicer(relays_pb2_grpc.RelayServiceServicer):
         if not request.HasField("relay"):
             raise InvalidArgument("relay", "is required")
         relay = request.relay
-        name = require_id(relay.name, "relay.name")
-        if not relay.sink:
-            raise InvalidArgument("relay.sink", "is required (the name of a server sink)")
-        if relay.sink not in self._sinks:
-            configured = ", ".join(self._sinks.names()) or "none (see --sink)"
-            raise InvalidArgument("relay.sink", f"names no sink of the server; sinks: {configured}")
-        optional_id(relay.run_id_prefix, "relay.run_id_prefix")
-        kinds: list[str] = []
-        for index, kind in enumerate(relay.event_kinds):
-            if kind not in RELAY_KINDS:
-                raise InvalidArgument(
-                    f"relay.event_kinds[{index}]", "must be one of " + ", ".join(RELAY_KINDS)
-                )
-            if kind not in kinds:
-                kinds.append(kind)
-        spec = RelaySpec(name, relay.sink, relay.run_id_prefix, tuple(sorted(kinds)))
+        spec = relay_spec(
+            relay.name, relay.sink, relay.run_id_prefix, relay.event_kinds, self._sinks, "relay."
+        )
         stored, created = await self._relays.create(namespace, spec)
         self.runner.wake()
         return relays_pb2.CreateRelayResponse(
