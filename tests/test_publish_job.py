@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 import statekeeper
 from statekeeper.events import custom_event
+from statekeeper.jobs import PUBLISH_EVENT_KIND, job_spec
 from statekeeper.v1 import events_pb2, jobs_pb2
 from statekeeper_server.publish.messages import JSON_CONTENT_TYPE, PROTOBUF_CONTENT_TYPE
 from tests.brokers import NATS_URL, REDIS_URL, gate, jetstream_stream, redis_keys
@@ -65,10 +67,7 @@ async def test_a_job_publishes_a_stored_envelope_to_a_redis_stream_as_json(
     assert fields[b"event_id"] == stored.event_id.encode()
     assert (fields[b"seq"], fields[b"run_id"], fields[b"namespace"]) == (b"1", b"run-1", b"default")
     assert fields[b"content_type"] == JSON_CONTENT_TYPE.encode()
-    published = events_pb2.EventEnvelope()
-    from google.protobuf import json_format
-
-    json_format.Parse(fields[b"data"], published)
+    published = json_format.Parse(fields[b"data"], events_pb2.EventEnvelope())
     assert published == stored
 
 
@@ -155,8 +154,6 @@ async def client() -> AsyncIterator[statekeeper.AsyncClient]:
 async def test_an_invalid_publish_payload_is_refused_at_enqueue_naming_the_field(
     client: statekeeper.AsyncClient, payload: dict[str, object], field: str
 ) -> None:
-    from statekeeper.jobs import PUBLISH_EVENT_KIND, job_spec
-
     with pytest.raises(grpc.RpcError) as raised:
         await client.jobs.enqueue_many([job_spec(PUBLISH_EVENT_KIND, payload, queue="")])
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT

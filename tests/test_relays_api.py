@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
+from redis.asyncio import Redis
 
 import statekeeper
 from statekeeper.events import custom_event
@@ -46,10 +47,8 @@ def by_run(seqs: Sequence[tuple[str, int]]) -> dict[str, list[int]]:
     return dict(runs)
 
 
-async def redis_seqs(redis: object, key: str) -> list[tuple[str, int]]:
-    from redis.asyncio import Redis
-
-    assert isinstance(redis, Redis)
+async def redis_seqs(redis: Redis, key: str) -> list[tuple[str, int]]:
+    """(run_id, seq) of every entry of the stream `key`, in stream order."""
     return [
         (fields[b"run_id"].decode(), int(fields[b"seq"])) for _, fields in await redis.xrange(key)
     ]
