@@ -63,7 +63,7 @@ class NatsSink:
             raise SinkRejected(
                 self.name, f"JetStream refused the message: {exc.description}"
             ) from None
-        except nats.errors.NoRespondersError:
+        except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError):
             raise SinkUnavailable(self.name, "no JetStream stream takes this subject") from None
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise SinkUnavailable(self.name, _describe(exc)) from None
