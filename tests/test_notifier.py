@@ -33,3 +33,14 @@ async def test_a_cancelled_wake_at_wakes_no_one() -> None:
     notifier.wake_at(loop.time() + 0.01, "run-1").cancel()
     await asyncio.sleep(0.05)
     assert not watched.is_set()
+
+
+def test_a_listener_hears_every_notified_key_until_it_stops_listening() -> None:
+    notifier = Notifier()
+    heard: list[object] = []
+    notifier.listen(heard.append)
+    notifier.notify(("events", "acme", "run-1"))
+    notifier.notify("queue")
+    notifier.unlisten(heard.append)
+    notifier.notify("after")
+    assert heard == [("events", "acme", "run-1"), "queue"]
