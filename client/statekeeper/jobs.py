@@ -50,6 +50,7 @@ same lease returns the job again; enqueues, leases, failures and retries
 are not repeated behind the caller's back."""
 
 APPEND_EVENT_KIND = "statekeeper.append_event"
+PUBLISH_EVENT_KIND = "statekeeper.publish_event"
 PRIORITIES: Mapping[str, jobs_pb2.JobPriority.ValueType] = {
     "low": jobs_pb2.JOB_PRIORITY_LOW,
     "normal": jobs_pb2.JOB_PRIORITY_NORMAL,
@@ -117,6 +118,31 @@ def append_event_spec(
     if expectation is not None:
         payload["expectation"] = json_format.MessageToDict(expectation)
     return job_spec(APPEND_EVENT_KIND, payload, queue="", **options)
+
+
+def publish_event_spec(
+    sink: str,
+    run_id: str,
+    *,
+    event: events_pb2.AgentEvent | None = None,
+    seq: int | None = None,
+    event_id: str = "",
+    **options: Any,
+) -> jobs_pb2.JobSpec:
+    """A built-in job that publishes to the server's sink `sink` when it becomes runnable:
+    either `event` (as an envelope of run `run_id`, id `event_id` or the job's id) or
+    the stored envelope `seq` of run `run_id`.
+
+    `options` are those of `job_spec` (such as `max_retries=20`), except `queue`.
+    """
+    payload: dict[str, Any] = {"sink": sink, "run_id": run_id}
+    if event is not None:
+        payload["event"] = json_format.MessageToDict(event)
+    if seq is not None:
+        payload["seq"] = seq
+    if event_id:
+        payload["event_id"] = event_id
+    return job_spec(PUBLISH_EVENT_KIND, payload, queue="", **options)
 
 
 def to_struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
@@ -214,6 +240,21 @@ class JobsClient:
         """
         response = await self._stub.EnqueueJob(
             jobs_pb2.EnqueueJobRequest(job=append_event_spec(run_id, event, **options)),
+            metadata=self._options.metadata,
+            timeout=self._options.timeout,
+        )
+        return response.job
+
+    async def publish_event(self, sink: str, run_id: str, **options: Any) -> jobs_pb2.Job:
+        """Have the server publish an event to its sink `sink`, with the queue's retries:
+        `event=` (an AgentEvent, as an envelope of `run_id`) or `seq=` (the stored
+        envelope of `run_id`).
+
+        Arguments as for `publish_event_spec`. The job's result names the sink,
+        run, seq and event id published.
+        """
+        response = await self._stub.EnqueueJob(
+            jobs_pb2.EnqueueJobRequest(job=publish_event_spec(sink, run_id, **options)),
             metadata=self._options.metadata,
             timeout=self._options.timeout,
         )
@@ -553,8 +594,10 @@ class WorkItem:
 
 __all__ = [
     "APPEND_EVENT_KIND",
+    "PUBLISH_EVENT_KIND",
     "JobsClient",
     "WorkItem",
     "append_event_spec",
     "job_spec",
+    "publish_event_spec",
 ]
