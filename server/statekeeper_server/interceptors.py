@@ -19,8 +19,10 @@ meets them:
    the method's message (corrupt bytes, a wrong wire type, text that is not
    UTF-8, nesting beyond protobuf's limit) is INVALID_ARGUMENT rather than
    a traceback; refuses a body over `--max-message-bytes`
-   (RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE); and runs `check_request`,
-   on a worker thread for a large body so walking it never stalls the loop.
+   (RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE); screens the JSON values of the
+   body at C speed (`wire_twins`: key counts, depth, finite numbers) before
+   the real decode; and runs `check_request`, on a worker thread for a large
+   body the screen could not clear, so walking it never stalls the loop.
    It also encodes every response: a handler may answer with a message or
    with the response's wire bytes already built (from stored records, see
    `wire`), which are sent as they are. When asked (`count_bytes`), it
@@ -41,6 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf import descriptor
 
 from statekeeper_server.admission import Admission
 from statekeeper_server.errors import InvalidArgument, ServiceError, TooLarge, internal_status
@@ -48,6 +51,7 @@ from statekeeper_server.limits import INLINE_CHECK_BYTES
 from statekeeper_server.logs import RateLimit
 from statekeeper_server.observability import call_record
 from statekeeper_server.request_checks import check_request
+from statekeeper_server.wire_twins import JsonScreen, screen_for
 
 log = logging.getLogger("statekeeper.calls")
 
@@ -288,8 +292,15 @@ class RequestLayer(Layer):
         return handler
 
     def _decoder(self, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
-        """Decode a body into the request, or into `_Refused`; never raise."""
+        """Decode a body into the request, or into `_Refused`; never raise.
+
+        A request type that holds JSON values has its body screened first
+        (`wire_twins`, C speed): objects over the key limit are refused
+        before the real decode, whose cost grows with them, and a body the
+        screen clears is checked without walking its JSON values.
+        """
         limit = self._max_request_bytes
+        screen = _screen_of(deserialize)
 
         def decode(data: bytes) -> Any:
             if len(data) > limit:
@@ -298,19 +309,34 @@ class RequestLayer(Layer):
                 )
             if deserialize is None:
                 return data
+            screened = False
             try:
+                if screen is not None:
+                    screened = screen.passes(data)
                 request = deserialize(data)
+            except ServiceError as error:
+                return _Refused(error)
             except Exception:
                 return _Refused(InvalidArgument("request", UNDECODABLE, "UNDECODABLE_REQUEST"))
-            if len(data) > INLINE_CHECK_BYTES:
+            if not screened and len(data) > INLINE_CHECK_BYTES:
                 return _Unchecked(request)
             try:
-                check_request(request)
+                check_request(request, json_screened=screened)
             except ServiceError as error:
                 return _Refused(error)
             return request
 
         return decode
+
+
+def _screen_of(deserialize: Callable[[bytes], Any] | None) -> JsonScreen | None:
+    """The JSON screen of the message a method's deserializer decodes (a generated
+    message class's `FromString`), if that message holds JSON values."""
+    message_class = getattr(deserialize, "__self__", None)
+    message_type = getattr(message_class, "DESCRIPTOR", None)
+    if not isinstance(message_type, descriptor.Descriptor):
+        return None
+    return screen_for(message_type)
 
 
 def _counting_decoder(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
