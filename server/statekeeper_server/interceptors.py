@@ -50,6 +50,7 @@ from statekeeper_server.errors import InvalidArgument, ServiceError, TooLarge, i
 from statekeeper_server.limits import INLINE_CHECK_BYTES
 from statekeeper_server.logs import RateLimit
 from statekeeper_server.observability import call_record
+from statekeeper_server.piecewise import decode_in_pieces
 from statekeeper_server.request_checks import check_request
 from statekeeper_server.wire_twins import JsonScreen, screen_for
 
@@ -229,6 +230,16 @@ class _Refused:
         self.error = error
 
 
+class _Pending:
+    """A large body holding JSON values, decoded and checked in steps by the handler."""
+
+    __slots__ = ("data", "screen")
+
+    def __init__(self, data: bytes, screen: JsonScreen) -> None:
+        self.data = data
+        self.screen = screen
+
+
 class _Unchecked:
     """A decoded request too large to check on the event loop; checked on a thread."""
 
@@ -309,6 +320,8 @@ class RequestLayer(Layer):
                 )
             if deserialize is None:
                 return data
+            if screen is not None and len(data) > INLINE_CHECK_BYTES:
+                return _Pending(data, screen)
             screened = False
             try:
                 if screen is not None:
@@ -337,6 +350,31 @@ def _screen_of(deserialize: Callable[[bytes], Any] | None) -> JsonScreen | None:
     if not isinstance(message_type, descriptor.Descriptor):
         return None
     return screen_for(message_type)
+
+
+async def _screened_request(pending: _Pending) -> Any:
+    """Screen, decode and check a large body holding JSON values, letting other calls
+    run between the steps (protobuf decodes holding the GIL: a thread would not help)."""
+    screen = pending.screen
+    try:
+        steps = screen.screening(pending.data)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                screened: bool = done.value
+                break
+            await asyncio.sleep(0)
+        request = await decode_in_pieces(screen.message_class, pending.data)
+    except ServiceError:
+        raise
+    except Exception as exc:
+        raise InvalidArgument("request", UNDECODABLE, "UNDECODABLE_REQUEST") from exc
+    if screened:
+        check_request(request, json_screened=True)
+    else:
+        await asyncio.to_thread(check_request, request)
+    return request
 
 
 def _counting_decoder(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -412,6 +450,8 @@ async def _checked(request: Any) -> Any:
     if isinstance(request, _Unchecked):
         await asyncio.to_thread(check_request, request.message)
         return request.message
+    if isinstance(request, _Pending):
+        return await _screened_request(request)
     return request
 
 
@@ -436,9 +476,12 @@ def _checked_requests(behavior: Callable[[Any, Context], Any]) -> Callable[[Any,
     def each(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async def checked_requests() -> AsyncIterator[Any]:
             async for request in requests:
-                if isinstance(request, _Refused):
-                    await context.abort_with_status(request.error.to_status())
-                yield request.message if isinstance(request, _Unchecked) else request
+                try:
+                    checked = await _checked(request)
+                except ServiceError as error:
+                    await context.abort_with_status(error.to_status())
+                    raise
+                yield checked
 
         return checked_requests()
 

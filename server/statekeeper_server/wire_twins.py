@@ -40,13 +40,15 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Generator
 from typing import Any
 
-from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message_factory, struct_pb2
 from google.protobuf.message import EncodeError, Message
 
 from statekeeper_server.errors import InvalidArgument
 from statekeeper_server.limits import MAX_JSON_DEPTH, MAX_JSON_OBJECT_KEYS
+from statekeeper_server.piecewise import LENGTH_DELIMITED, read_varint, records
 
 STRUCT_FILE = "google/protobuf/struct.proto"
 PACKAGE = "google.protobuf"
@@ -262,37 +264,139 @@ def count_keys(
     Only what is large enough to hold such an object is looked into: an
     object's key takes at least ENTRY_BYTES_PER_KEY bytes. In a list or an
     object whose `data` is in its shortest encoding (every tag in one byte),
-    a nested object that large shows as tag 0x2a and a length of two bytes
-    or more; without one, its items are not looked at. `thorough` looks
-    into every list and object whatever its encoding.
+    a nested object that large shows as tag 0x2a and a long length; without
+    one, its items are not looked at. `thorough` looks into every list and
+    object whatever its encoding. `data` must decode as a `message_type`.
     """
-    skeleton: Any = skeleton_twin(message_type).FromString(data)
-    full_name = message_type.full_name
-    if full_name == STRUCT and len(skeleton.fields) > MAX_JSON_OBJECT_KEYS:
-        raise InvalidArgument(
-            path, f"must not hold a JSON object of more than {MAX_JSON_OBJECT_KEYS} keys"
-        )
-    if full_name in CONTAINERS and not thorough and WIDE_OBJECT.search(data) is None:
+    _count_in(message_type, memoryview(data), path, thorough)
+
+
+def _count_in(
+    message_type: descriptor.Descriptor, data: memoryview, path: str, thorough: bool
+) -> None:
+    counter = _JSON_COUNTERS.get(message_type.full_name)
+    if counter is not None:
+        counter(data, path, thorough)
         return
-    inside_json = full_name in JSON_TYPES or full_name == STRUCT_ENTRY
+    skeleton: Any = skeleton_twin(message_type).FromString(data)
     for field in _json_fields(message_type):
         items = getattr(skeleton, field.name)
         if not items:
             continue
-        name = path if inside_json else f"{path}.{field.name}" if path else field.name
+        name = f"{path}.{field.name}" if path else field.name
         if field.is_repeated:
-            listed = list(items)  # one copy out of the container: iterating it is slower
-            if max(map(len, listed)) < WIDE_BYTES:
-                continue
-            for index, item in enumerate(listed):
-                if len(item) >= WIDE_BYTES:
-                    item_path = name if inside_json else f"{name}[{index}]"
-                    count_keys(field.message_type, item, item_path, thorough=thorough)
+            for index, item in _wide_items(items):
+                _count_in(field.message_type, item, f"{name}[{index}]", thorough)
         else:
             # A decoder merges every occurrence of a singular message field: so does this.
-            joined = items[0] if len(items) == 1 else b"".join(items)
+            joined = memoryview(items[0] if len(items) == 1 else b"".join(items))
             if len(joined) >= WIDE_BYTES:
-                count_keys(field.message_type, joined, name, thorough=thorough)
+                _count_in(field.message_type, joined, name, thorough)
+
+
+def _wide_items(items: Any) -> list[tuple[int, memoryview]]:
+    """The items (and their indexes) large enough to hold an object over the key limit."""
+    listed = list(items)  # one copy out of the container: iterating it is slower
+    if not listed or max(map(len, listed)) < WIDE_BYTES:
+        return []
+    return [(index, memoryview(item)) for index, item in enumerate(listed) if len(item) >= WIDE_BYTES]
+
+
+def _count_struct(data: memoryview, path: str, thorough: bool) -> None:
+    single = _single_item(data)
+    if single is not None:
+        # One entry (an object wrapping another, say): no decode, no copy.
+        _count_entry(single, path, thorough)
+        return
+    entries = _skeleton_struct().FromString(data).fields
+    if len(entries) > MAX_JSON_OBJECT_KEYS:
+        raise InvalidArgument(
+            path, f"must not hold a JSON object of more than {MAX_JSON_OBJECT_KEYS} keys"
+        )
+    if not thorough and WIDE_OBJECT.search(data) is None:
+        return
+    for _, entry in _wide_items(entries):
+        _count_entry(entry, path, thorough)
+
+
+def _count_list(data: memoryview, path: str, thorough: bool) -> None:
+    if not thorough and WIDE_OBJECT.search(data) is None:
+        return
+    single = _single_item(data)
+    if single is not None:
+        _count_value(single, path, thorough)
+        return
+    for _, item in _wide_items(_skeleton_list().FromString(data).values):
+        _count_value(item, path, thorough)
+
+
+def _count_entry(data: memoryview, path: str, thorough: bool) -> None:
+    values = [payload for number, payload in _fields(data) if number == ENTRY_VALUE]
+    if values:
+        _count_value(_merged(values), path, thorough)
+
+
+def _count_value(data: memoryview, path: str, thorough: bool) -> None:
+    structs: list[memoryview] = []
+    arrays: list[memoryview] = []
+    for number, payload in _fields(data):
+        if number == VALUE_STRUCT:
+            structs.append(payload)
+        elif number == VALUE_LIST:
+            arrays.append(payload)
+    if structs:
+        merged = _merged(structs)
+        if len(merged) >= WIDE_BYTES:
+            _count_struct(merged, path, thorough)
+    if arrays:
+        merged = _merged(arrays)
+        if len(merged) >= WIDE_BYTES:
+            _count_list(merged, path, thorough)
+
+
+def _merged(parts: list[memoryview]) -> memoryview:
+    """The occurrences of one message field as the one message a decoder makes of them."""
+    return parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
+
+
+ENTRY_VALUE = 2
+VALUE_STRUCT = 5
+VALUE_LIST = 6
+
+
+def _fields(data: memoryview) -> list[tuple[int, memoryview]]:
+    """The length-delimited fields of a message's encoding: (number, payload)."""
+    return [
+        (number, data[payload:end])
+        for _, payload, end, number, kind in records(data)
+        if kind == LENGTH_DELIMITED
+    ]
+
+
+def _single_item(data: memoryview) -> memoryview | None:
+    """The payload of field 1 if `data` is exactly one such field (an object of one key,
+    a list of one item), else None."""
+    if not data or data[0] != 0x0A:
+        return None
+    length, at = read_varint(data, 1)
+    return data[at:] if at + length == len(data) else None
+
+
+@functools.cache
+def _skeleton_struct() -> Any:
+    return skeleton_twin(struct_pb2.Struct.DESCRIPTOR)
+
+
+@functools.cache
+def _skeleton_list() -> Any:
+    return skeleton_twin(struct_pb2.ListValue.DESCRIPTOR)
+
+
+_JSON_COUNTERS: dict[str, Callable[[memoryview, str, bool], None]] = {
+    STRUCT: _count_struct,
+    LIST_VALUE: _count_list,
+    VALUE: _count_value,
+}
 
 
 # -- the screen ------------------------------------------------------------------------
@@ -303,6 +407,8 @@ class JsonScreen:
 
     def __init__(self, message_type: descriptor.Descriptor) -> None:
         self._message_type = message_type
+        self.message_class = message_factory.GetMessageClass(message_type)
+        """The real message the screened bodies decode into."""
         self._depth_twin = depth_twin(message_type)
         skeleton_twin(message_type)
 
@@ -314,20 +420,39 @@ class JsonScreen:
         MAX_JSON_OBJECT_KEYS keys, and `google.protobuf.message.DecodeError` if
         `data` is not an encoding of the message.
         """
+        steps = self.screening(data)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                verdict: bool = done.value
+                return verdict
+
+    def screening(self, data: bytes) -> Generator[None, None, bool]:
+        """`passes` in steps, yielding between them (each a few milliseconds for the
+        largest bodies), so a caller can let others run in between."""
         twin = self._depth_twin.FromString(data)
+        yield
         try:
             # Encoding checks required fields: only a value nested too deep has one.
             shortest = twin.SerializeToString()
         except EncodeError:
+            yield
             # What lies too deep stays as it was sent: look into everything.
             count_keys(self._message_type, data, thorough=True)
             return False
         if len(shortest) >= WIDE_BYTES:
+            yield
             count_keys(self._message_type, shortest)
-        return not (
-            (b"\x7f" in shortest or b"\xff" in shortest)
-            and NON_FINITE_NUMBER.search(shortest) is not None
-        )
+        yield
+        return not _holds_non_finite_number(shortest)
+
+
+def _holds_non_finite_number(shortest: bytes) -> bool:
+    """Whether a shortest encoding may hold a NaN or an infinity (which ends in 0x7f or 0xff)."""
+    if b"\x7f" not in shortest and b"\xff" not in shortest:
+        return False
+    return NON_FINITE_NUMBER.search(shortest) is not None
 
 
 @functools.cache
