@@ -168,7 +168,8 @@ async def test_a_non_finite_number_in_a_large_request_is_refused_naming_the_fiel
 ) -> None:
     stub = events_pb2_grpc.EventLogServiceStub(channel)
     request = events_pb2.AppendEventRequest(
-        run_id="run-1", input=event_input({"filler": wide(MAX_JSON_OBJECT_KEYS), "bad": [{"x": [0]}]})
+        run_id="run-1",
+        input=event_input({"filler": wide(MAX_JSON_OBJECT_KEYS), "bad": [{"x": [0]}]}),
     )
     bad = request.input.event.custom.data.fields["bad"].list_value.values[0]
     bad.struct_value.fields["x"].list_value.values[0].number_value = number

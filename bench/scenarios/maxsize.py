@@ -136,7 +136,6 @@ def wide_struct(target_bytes: int, depth: int = 2) -> struct_pb2.Struct:
     return data
 
 
-
 def _caller_id(kind: str, caller: int) -> str:
     """The fixed-width id (run, queue) of one caller of a kind: `snapshot-00000001`."""
     return payloads.run_id(caller, kind)
@@ -512,7 +511,9 @@ def _best_ms(action: Callable[[], object]) -> float:
 
 
 def _decoded_requests() -> dict[str, tuple[type[Message], bytes]]:
-    complete = jobs_pb2.CompleteJobRequest(job_id="j" * 36, lease_id="l" * 36, result=result_struct())
+    complete = jobs_pb2.CompleteJobRequest(
+        job_id="j" * 36, lease_id="l" * 36, result=result_struct()
+    )
     return {
         "SaveSnapshot": (snapshots_pb2.SaveSnapshotRequest, snapshot_request(0)),
         "AppendEvents": (events_pb2.AppendEventsRequest, batch_request(0)),
@@ -536,7 +537,8 @@ async def decode_costs() -> dict[str, dict[str, float]]:
     costs: dict[str, dict[str, float]] = {}
     for name, (message_class, data) in _decoded_requests().items():
         screen = screen_for(message_class.DESCRIPTOR)
-        assert screen is not None and screen.passes(data)
+        assert screen is not None
+        assert screen.passes(data)
         request = message_class.FromString(data)
         costs[name] = {
             "bytes": float(len(data)),

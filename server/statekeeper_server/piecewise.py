@@ -93,21 +93,26 @@ def _can_cut(field: FieldDescriptor | None, kind: int) -> bool:
     )
 
 
-def _target(message: Any, field: FieldDescriptor, payload: memoryview) -> tuple[Any, memoryview] | None:
+def _target(
+    message: Any, field: FieldDescriptor, payload: memoryview
+) -> tuple[Any, memoryview] | None:
     """The message a large field's payload decodes into, and what to decode into it;
     None if the field must be decoded whole."""
-    if field.message_type.GetOptions().map_entry:
-        return _map_value(message, field, payload)
+    message_type = field.message_type
+    if message_type is None:
+        return None
+    if message_type.GetOptions().map_entry:
+        return _map_value(message, message_type, field.name, payload)
     if field.is_repeated:
         return getattr(message, field.name).add(), payload
     return getattr(message, field.name), payload
 
 
 def _map_value(
-    message: Any, field: FieldDescriptor, entry: memoryview
+    message: Any, entry_type: descriptor.Descriptor, name: str, entry: memoryview
 ) -> tuple[Any, memoryview] | None:
-    key_field = field.message_type.fields_by_number[_MAP_KEY]
-    value_field = field.message_type.fields_by_number[_MAP_VALUE]
+    key_field = entry_type.fields_by_number[_MAP_KEY]
+    value_field = entry_type.fields_by_number[_MAP_VALUE]
     if key_field.type != FieldDescriptor.TYPE_STRING or value_field.message_type is None:
         return None
     keys: list[memoryview] = []
@@ -121,7 +126,7 @@ def _map_value(
         key = keys[-1].tobytes().decode() if keys else ""
     except UnicodeDecodeError:
         return None  # decoded whole, the entry fails as the decode would
-    container = getattr(message, field.name)
+    container = getattr(message, name)
     if key in container:
         del container[key]
     joined = values[0] if len(values) == 1 else memoryview(b"".join(values))

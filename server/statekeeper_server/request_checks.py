@@ -140,7 +140,9 @@ def _check_for(field: FieldDescriptor, skip_json: bool) -> Check | None:
     return _check_nested_beside_json if skip_json else _check_nested
 
 
-def _needs_checks(message_type: descriptor.Descriptor, seen: frozenset[str], skip_json: bool) -> bool:
+def _needs_checks(
+    message_type: descriptor.Descriptor, seen: frozenset[str], skip_json: bool
+) -> bool:
     """Whether any field of `message_type`, at any depth, has a check."""
     if message_type.full_name in seen:
         return False

@@ -214,10 +214,12 @@ def _carries_json(message_type: descriptor.Descriptor, seen: frozenset[str]) -> 
 
 
 @functools.cache
-def _json_fields(message_type: descriptor.Descriptor) -> tuple[descriptor.FieldDescriptor, ...]:
-    """The fields of `message_type` that lead to JSON."""
+def _json_fields(
+    message_type: descriptor.Descriptor,
+) -> tuple[tuple[descriptor.FieldDescriptor, descriptor.Descriptor], ...]:
+    """The fields of `message_type` that lead to JSON, with their message types."""
     return tuple(
-        field
+        (field, field.message_type)
         for field in message_type.fields
         if field.message_type is not None and carries_json(field.message_type)
     )
@@ -246,7 +248,7 @@ def skeleton_twin(message_type: descriptor.Descriptor) -> type[Message]:
         name=f"{SKELETON_PACKAGE}/{name}.proto", package=SKELETON_PACKAGE, syntax="proto2"
     )
     skeleton = file.message_type.add(name=name)
-    for field in _json_fields(message_type):
+    for field, _ in _json_fields(message_type):
         skeleton.field.add(
             name=field.name, number=field.number, type=Field.TYPE_BYTES, label=Field.LABEL_REPEATED
         )
@@ -278,20 +280,21 @@ def _count_in(
     if counter is not None:
         counter(data, path, thorough)
         return
-    skeleton: Any = skeleton_twin(message_type).FromString(data)
-    for field in _json_fields(message_type):
+    skeleton_class: Any = skeleton_twin(message_type)
+    skeleton = skeleton_class.FromString(data)
+    for field, field_type in _json_fields(message_type):
         items = getattr(skeleton, field.name)
         if not items:
             continue
         name = f"{path}.{field.name}" if path else field.name
         if field.is_repeated:
             for index, item in _wide_items(items):
-                _count_in(field.message_type, item, f"{name}[{index}]", thorough)
+                _count_in(field_type, item, f"{name}[{index}]", thorough)
         else:
             # A decoder merges every occurrence of a singular message field: so does this.
             joined = memoryview(items[0] if len(items) == 1 else b"".join(items))
             if len(joined) >= WIDE_BYTES:
-                _count_in(field.message_type, joined, name, thorough)
+                _count_in(field_type, joined, name, thorough)
 
 
 def _wide_items(items: Any) -> list[tuple[int, memoryview]]:
@@ -299,7 +302,9 @@ def _wide_items(items: Any) -> list[tuple[int, memoryview]]:
     listed = list(items)  # one copy out of the container: iterating it is slower
     if not listed or max(map(len, listed)) < WIDE_BYTES:
         return []
-    return [(index, memoryview(item)) for index, item in enumerate(listed) if len(item) >= WIDE_BYTES]
+    return [
+        (index, memoryview(item)) for index, item in enumerate(listed) if len(item) >= WIDE_BYTES
+    ]
 
 
 def _count_struct(data: memoryview, path: str, thorough: bool) -> None:
