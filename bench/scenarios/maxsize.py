@@ -112,27 +112,32 @@ def wide_struct(target_bytes: int, depth: int = 2) -> struct_pb2.Struct:
     """A Struct of about `target_bytes` encoded (never more): many small number fields in
     objects of MAX_JSON_OBJECT_KEYS keys (`{"g000": {...}, "g001": {...}}`), nesting
     `depth` levels (at least 2: the groups sit at the bottom of a chain of single-key
-    objects)."""
+    objects). Built once, then trimmed: building takes a good part of a second."""
 
     def build(count: int) -> struct_pb2.Struct:
-        groups = struct_pb2.Struct()
+        data = struct_pb2.Struct()
+        groups = data
+        for _ in range(depth - 2):
+            groups = groups.fields["d"].struct_value
         for group, start in enumerate(range(0, count, limits.MAX_JSON_OBJECT_KEYS)):
             keys = range(start, min(count, start + limits.MAX_JSON_OBJECT_KEYS))
             groups.fields[f"g{group:03d}"].struct_value.update(
                 {f"k{key:06d}": float(key) for key in keys}
             )
-        for _ in range(depth - 2):
-            outer = struct_pb2.Struct()
-            outer.fields["d"].struct_value.CopyFrom(groups)
-            groups = outer
-        return groups
+        return data
 
     per_field = (build(1000).ByteSize() - build(0).ByteSize()) / 1000
     count = max(0, int((target_bytes - build(0).ByteSize() - 64) / per_field))
     data = build(count)
-    while count > 0 and data.ByteSize() > target_bytes:
-        count -= max(1, count // 1000)
-        data = build(count)
+    last = data
+    for _ in range(depth - 2):
+        last = last.fields["d"].struct_value
+    while count > 0 and (excess := data.ByteSize() - target_bytes) > 0:
+        # Drop the last keys: each takes about per_field bytes.
+        for _ in range(min(count, int(excess / per_field) + 1)):
+            count -= 1
+            group = last.fields[f"g{count // limits.MAX_JSON_OBJECT_KEYS:03d}"].struct_value
+            del group.fields[f"k{count:06d}"]
     return data
 
 

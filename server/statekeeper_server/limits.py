@@ -89,5 +89,7 @@ MAX_ERROR_TEXT_LENGTH = 256
 """Caller-supplied text quoted in an error message or its metadata is cut to this length."""
 
 INLINE_CHECK_BYTES = 16 * KIB
-"""Requests up to this size are checked on the event loop; larger ones on a worker
-thread, so that walking a large JSON value never stalls other callers."""
+"""Inputs up to this size are worked on at once, on the event loop; larger ones off it:
+Python work (converting JSON, checking a request without JSON values) on a worker thread,
+and a request holding JSON values screened, decoded and checked in steps of a millisecond
+or so (protobuf holds the GIL whatever thread runs it), other calls served in between."""
