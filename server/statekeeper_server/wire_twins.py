@@ -56,7 +56,6 @@ STRUCT = f"{PACKAGE}.Struct"
 LIST_VALUE = f"{PACKAGE}.ListValue"
 VALUE = f"{PACKAGE}.Value"
 JSON_TYPES = frozenset((STRUCT, LIST_VALUE, VALUE))
-STRUCT_ENTRY = f"{STRUCT}.FieldsEntry"
 
 Field = descriptor_pb2.FieldDescriptorProto
 
@@ -80,7 +79,6 @@ def _long_length(minimum: int) -> bytes:
 WIDE_OBJECT = re.compile(rb"\x2a" + _long_length(WIDE_BYTES))
 """A `struct_value` (field 5, wire type 2) of about WIDE_BYTES or more, in the shortest
 encoding."""
-CONTAINERS = frozenset((STRUCT, LIST_VALUE))
 
 
 # -- the twin struct.proto files ------------------------------------------------------
