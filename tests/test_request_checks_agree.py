@@ -201,3 +201,21 @@ def test_the_key_count_refuses_an_object_one_key_past_the_limit_wherever_it_sits
     assert refused_field(request) is None
     data.CopyFrom(PLACES[place](wide_value(MAX_JSON_OBJECT_KEYS + 1)))
     assert refused_field(request) == "input.event.custom.data"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(nested(MAX_JSON_DEPTH), min_size=1, max_size=3))
+def test_a_screened_twin_measures_what_the_request_measures(data: list[Any]) -> None:
+    request = events_pb2.AppendEventsRequest(run_id="run-1")
+    for item in data:
+        event = request.inputs.add().event
+        event.custom.type = "t"
+        event.custom.data.fields["x"].CopyFrom(as_value(item))
+    screen = screen_for(request.DESCRIPTOR)
+    assert screen is not None
+    twin: Any = screen.screen(request.SerializeToString())
+    if twin is None:  # not finite: the exact check decides, on the request itself
+        assert not naming_pass_accepts(request)
+        return
+    assert twin.ByteSize() == request.ByteSize()
+    assert [item.ByteSize() for item in twin.inputs] == [item.ByteSize() for item in request.inputs]

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf import descriptor
+from google.protobuf.message import Message
 
 from statekeeper_server.admission import Admission
 from statekeeper_server.errors import InvalidArgument, ServiceError, TooLarge, internal_status
@@ -323,19 +324,19 @@ class RequestLayer(Layer):
                 return data
             if screen is not None and len(data) > INLINE_CHECK_BYTES:
                 return _Pending(data, screen)
-            screened = False
+            twin = None
             try:
                 if screen is not None:
-                    screened = screen.passes(data)
+                    twin = screen.screen(data)
                 request = deserialize(data)
             except ServiceError as error:
                 return _Refused(error)
             except Exception:
                 return _Refused(InvalidArgument("request", UNDECODABLE, "UNDECODABLE_REQUEST"))
-            if not screened and len(data) > INLINE_CHECK_BYTES:
+            if len(data) > INLINE_CHECK_BYTES:
                 return _Unchecked(request)
             try:
-                check_request(request, json_screened=screened)
+                check_request(request, screened_twin=twin)
             except ServiceError as error:
                 return _Refused(error)
             return request
@@ -363,7 +364,7 @@ async def _screened_request(pending: _Pending) -> Any:
             try:
                 next(steps)
             except StopIteration as done:
-                screened: bool = done.value
+                twin: Message | None = done.value
                 break
             await asyncio.sleep(0)
         request = await decode_in_pieces(screen.message_class, pending.data)
@@ -374,7 +375,7 @@ async def _screened_request(pending: _Pending) -> Any:
     # Measuring a large request's records (and, unless the screen cleared them, walking its
     # JSON values) is many short steps: on a thread, the interpreter lets the loop run
     # between them.
-    await asyncio.to_thread(functools.partial(check_request, request, json_screened=screened))
+    await asyncio.to_thread(functools.partial(check_request, request, screened_twin=twin))
     return request
 
 

@@ -138,8 +138,12 @@ def depth_twin_file() -> descriptor_pb2.FileDescriptorProto:
         _field(value, "list_value", 6, Field.TYPE_MESSAGE, array, oneof=0)
     for depth in range(1, MAX_JSON_DEPTH + 1):
         entry = file.message_type.add(name=f"{_struct_name(depth)}Entry")
-        _field(entry, "key", 1, Field.TYPE_BYTES)
-        _field(entry, "value", 2, Field.TYPE_MESSAGE, _value_name(depth))
+        # Required, as every encoder writes them: a twin whose entries all have both
+        # encodes to the same size as the real message.
+        _field(entry, "key", 1, Field.TYPE_BYTES, label=Field.LABEL_REQUIRED)
+        _field(
+            entry, "value", 2, Field.TYPE_MESSAGE, _value_name(depth), label=Field.LABEL_REQUIRED
+        )
         struct_message = file.message_type.add(name=_struct_name(depth))
         _field(
             struct_message,
@@ -416,39 +420,48 @@ class JsonScreen:
         skeleton_twin(message_type)
 
     def passes(self, data: bytes) -> bool:
-        """True if every JSON value in `data` nests at most MAX_JSON_DEPTH levels and
-        holds only finite numbers; False if the exact check must decide.
+        """Whether `data` passes the screen (see `screen`)."""
+        return self.screen(data) is not None
 
-        Raises InvalidArgument, naming the field, if an object holds more than
-        MAX_JSON_OBJECT_KEYS keys, and `google.protobuf.message.DecodeError` if
-        `data` is not an encoding of the message.
+    def screen(self, data: bytes) -> Message | None:
+        """The depth twin of `data` if every JSON value in it nests at most
+        MAX_JSON_DEPTH levels and holds only finite numbers; None if the exact
+        check must decide.
+
+        A twin that passed encodes to the sizes the real message does (but for
+        a key sent twice in one object, which it keeps twice): its sizes can
+        stand for the real message's. Raises InvalidArgument, naming the
+        field, if an object holds more than MAX_JSON_OBJECT_KEYS keys, and
+        `google.protobuf.message.DecodeError` if `data` is not an encoding of
+        the message.
         """
         steps = self.screening(data)
         while True:
             try:
                 next(steps)
             except StopIteration as done:
-                verdict: bool = done.value
-                return verdict
+                twin: Message | None = done.value
+                return twin
 
-    def screening(self, data: bytes) -> Generator[None, None, bool]:
-        """`passes` in steps, yielding between them (each a few milliseconds for the
+    def screening(self, data: bytes) -> Generator[None, None, Message | None]:
+        """`screen` in steps, yielding between them (each a few milliseconds for the
         largest bodies), so a caller can let others run in between."""
         twin = self._depth_twin.FromString(data)
         yield
         try:
-            # Encoding checks required fields: only a value nested too deep has one.
+            # Encoding checks required fields: only a value nested too deep (or an
+            # object's entry without its key or value, which no encoder writes) lacks one.
             shortest = twin.SerializeToString()
         except EncodeError:
             yield
             # What lies too deep stays as it was sent: look into everything.
             count_keys(self._message_type, data, thorough=True)
-            return False
+            return None
         if len(shortest) >= WIDE_BYTES:
             yield
             count_keys(self._message_type, shortest)
         yield
-        return not _holds_non_finite_number(shortest)
+        return None if _holds_non_finite_number(shortest) else twin
 
 
 def _holds_non_finite_number(shortest: bytes) -> bool:
