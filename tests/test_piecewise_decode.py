@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from statekeeper.v1 import events_pb2
 from statekeeper_server import piecewise
 from statekeeper_server.piecewise import decode_in_pieces
+from statekeeper_server.wire_twins import depth_twin
 
 SMALL_PIECE = 48
 """Bytes per piece in these tests, so that small messages are cut too."""
@@ -83,3 +84,12 @@ def test_text_that_is_not_utf8_fails_as_decoding_whole_does() -> None:
         events_pb2.AppendEventRequest.FromString(body)
     with pytest.raises(DecodeError):
         asyncio.run(decode_in_pieces(events_pb2.AppendEventRequest, body))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(json_values, min_size=1, max_size=4))
+def test_a_wire_twin_decoded_in_pieces_equals_the_twin_decoded_whole(data: list[Any]) -> None:
+    body = batch(data).SerializeToString()
+    twin = depth_twin(events_pb2.AppendEventsRequest.DESCRIPTOR)
+    decoded = asyncio.run(decode_in_pieces(twin, body))
+    assert decoded == twin.FromString(body)

@@ -359,7 +359,9 @@ async def _screened_request(pending: _Pending) -> Any:
     run between the steps (protobuf decodes holding the GIL: a thread would not help)."""
     screen = pending.screen
     try:
-        steps = screen.screening(pending.data)
+        steps = screen.screening(
+            pending.data, await decode_in_pieces(screen.twin_class, pending.data)
+        )
         while True:
             try:
                 next(steps)

@@ -443,11 +443,20 @@ class JsonScreen:
                 twin: Message | None = done.value
                 return twin
 
-    def screening(self, data: bytes) -> Generator[None, None, Message | None]:
+    @property
+    def twin_class(self) -> type[Message]:
+        """The depth twin of the screened message."""
+        return self._depth_twin
+
+    def screening(
+        self, data: bytes, twin: Message | None = None
+    ) -> Generator[None, None, Message | None]:
         """`screen` in steps, yielding between them (each a few milliseconds for the
-        largest bodies), so a caller can let others run in between."""
-        twin = self._depth_twin.FromString(data)
-        yield
+        largest bodies), so a caller can let others run in between; `twin` is `data`
+        decoded as `twin_class`, if the caller decoded it already."""
+        if twin is None:
+            twin = self._depth_twin.FromString(data)
+            yield
         try:
             # Encoding checks required fields: only a value nested too deep (or an
             # object's entry without its key or value, which no encoder writes) lacks one.
