@@ -503,12 +503,13 @@ def probe_calls(job_id: str) -> list[tuple[str, str, bytes]]:
 
 # -- what decoding and checking each request costs the server -------------------------
 
-DECODE_REPEATS = 5
+DECODE_REPEATS = {"full": 5, "quick": 5, "smoke": 1}
+"""Timings of each step, the best kept."""
 
 
-def _best_ms(action: Callable[[], object]) -> float:
+def _best_ms(action: Callable[[], object], repeats: int) -> float:
     best = float("inf")
-    for _ in range(DECODE_REPEATS):
+    for _ in range(repeats):
         started = time.perf_counter()
         action()
         best = min(best, time.perf_counter() - started)
@@ -533,8 +534,8 @@ def _decoded_requests() -> dict[str, tuple[type[Message], bytes]]:
     }
 
 
-async def decode_costs() -> dict[str, dict[str, float]]:
-    """Per kind, in ms (best of DECODE_REPEATS, in one process): the server's screen of
+async def decode_costs(repeats: int) -> dict[str, dict[str, float]]:
+    """Per kind, in ms (best of `repeats`, in one process): the server's screen of
     the body on its wire twins, the real decode and the checks beside JSON values; and
     the real decode with the Python checks of every value, as without the screen. Under
     "one wide object", a 2 MB Struct of 95,000 keys (over the key limit) decoded as its
@@ -548,19 +549,23 @@ async def decode_costs() -> dict[str, dict[str, float]]:
         request = message_class.FromString(data)
         costs[name] = {
             "bytes": float(len(data)),
-            "screen": _best_ms(lambda: screen.passes(data)),  # noqa: B023 - run at once
-            "decode": _best_ms(lambda: message_class.FromString(data)),  # noqa: B023
+            "screen": _best_ms(lambda: screen.passes(data), repeats),  # noqa: B023 - run at once
+            "decode": _best_ms(lambda: message_class.FromString(data), repeats),  # noqa: B023
             "checks beside JSON": _best_ms(
-                lambda: check_request(request, screened_twin=twin)  # noqa: B023
+                lambda: check_request(request, screened_twin=twin),  # noqa: B023
+                repeats,
             ),
-            "checks of every value": _best_ms(lambda: check_request(request)),  # noqa: B023
+            "checks of every value": _best_ms(
+                lambda: check_request(request),  # noqa: B023
+                repeats,
+            ),
         }
     wide = payloads.wide_struct(limits.MAX_RECORD_BYTES - MARGIN).SerializeToString()
-    twin = depth_twin(struct_pb2.Struct.DESCRIPTOR)
+    twin_class = depth_twin(struct_pb2.Struct.DESCRIPTOR)
     costs["one wide object"] = {
         "bytes": float(len(wide)),
-        "twin": _best_ms(lambda: twin.FromString(wide)),
-        "real": _best_ms(lambda: struct_pb2.Struct.FromString(wide)),
+        "twin": _best_ms(lambda: twin_class.FromString(wide), repeats),
+        "real": _best_ms(lambda: struct_pb2.Struct.FromString(wide), repeats),
     }
     return costs
 
@@ -673,7 +678,7 @@ def _row(
 
 def maxsize(bench: Bench, store: str, with_peers: bool) -> list[Row]:
     """Another caller's p99 beside each kind of max-size request, then beside all of them."""
-    rows = decode_rows(bench.generators.run(decode_costs))
+    rows = decode_rows(bench.generators.run(decode_costs, repeats=DECODE_REPEATS[bench.mode.name]))
     sizes = bench.generators.run(request_sizes)
     with bench.statekeeper(store) as server:
         job_id = bench.generators.run(prepare, target=server.target, checkpoints=STORED_CHECKPOINTS)
