@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -71,6 +72,8 @@ from bench.scenarios.common import (
 )
 from statekeeper.v1 import checkpoints_pb2, events_pb2, jobs_pb2, snapshots_pb2
 from statekeeper_server import limits
+from statekeeper_server.request_checks import check_request
+from statekeeper_server.wire_twins import depth_twin, screen_for
 
 MB = 1024 * 1024
 GET_JOB = method("JobService", "GetJob")
@@ -105,6 +108,39 @@ PROBE_QUEUE = "probe"
 # -- requests (built in the generator process that sends them) -----------------------
 
 
+def wide_struct(target_bytes: int, depth: int = 2) -> struct_pb2.Struct:
+    """A Struct of about `target_bytes` encoded (never more): many small number fields in
+    objects of MAX_JSON_OBJECT_KEYS keys (`{"g000": {...}, "g001": {...}}`), nesting
+    `depth` levels (at least 2: the groups sit at the bottom of a chain of single-key
+    objects). Built once, then trimmed: building takes a good part of a second."""
+
+    def build(count: int) -> struct_pb2.Struct:
+        data = struct_pb2.Struct()
+        groups = data
+        for _ in range(depth - 2):
+            groups = groups.fields["d"].struct_value
+        for group, start in enumerate(range(0, count, limits.MAX_JSON_OBJECT_KEYS)):
+            keys = range(start, min(count, start + limits.MAX_JSON_OBJECT_KEYS))
+            groups.fields[f"g{group:03d}"].struct_value.update(
+                {f"k{key:06d}": float(key) for key in keys}
+            )
+        return data
+
+    per_field = (build(1000).ByteSize() - build(0).ByteSize()) / 1000
+    count = max(0, int((target_bytes - build(0).ByteSize() - 64) / per_field))
+    data = build(count)
+    last = data
+    for _ in range(depth - 2):
+        last = last.fields["d"].struct_value
+    while count > 0 and (excess := data.ByteSize() - target_bytes) > 0:
+        # Drop the last keys: each takes about per_field bytes.
+        for _ in range(min(count, int(excess / per_field) + 1)):
+            count -= 1
+            group = last.fields[f"g{count // limits.MAX_JSON_OBJECT_KEYS:03d}"].struct_value
+            del group.fields[f"k{count:06d}"]
+    return data
+
+
 def _caller_id(kind: str, caller: int) -> str:
     """The fixed-width id (run, queue) of one caller of a kind: `snapshot-00000001`."""
     return payloads.run_id(caller, kind)
@@ -135,7 +171,7 @@ def snapshot_request(run: str) -> bytes:
     """SaveSnapshot of a snapshot at the record limit (wide request metadata)."""
     snapshot = payloads.snapshot(run)
     room = limits.MAX_RECORD_BYTES - MARGIN - snapshot.ByteSize()
-    snapshot.request.metadata.CopyFrom(payloads.wide_struct(room))
+    snapshot.request.metadata.CopyFrom(wide_struct(room))
     return snapshots_pb2.SaveSnapshotRequest(snapshot=snapshot).SerializeToString()
 
 
@@ -154,7 +190,7 @@ def deep_event_request(run: str) -> bytes:
     """AppendEvent of one event nesting MAX_JSON_DEPTH levels, at the record limit."""
     event = payloads.custom_event()
     room = limits.MAX_RECORD_BYTES - MARGIN - event.ByteSize()
-    event.custom.data.CopyFrom(payloads.wide_struct(room, depth=limits.MAX_JSON_DEPTH))
+    event.custom.data.CopyFrom(wide_struct(room, depth=limits.MAX_JSON_DEPTH))
     return events_pb2.AppendEventRequest(
         run_id=run, input=events_pb2.EventInput(event=event)
     ).SerializeToString()
@@ -165,14 +201,14 @@ def enqueue_request(queue: str) -> bytes:
     """EnqueueJobs of ENQUEUE_BATCH jobs with wide payloads at the payload limit."""
     spec = payloads.job_spec(0)
     spec.queue = queue
-    spec.payload.CopyFrom(payloads.wide_struct(limits.MAX_JOB_PAYLOAD_BYTES - MARGIN))
+    spec.payload.CopyFrom(wide_struct(limits.MAX_JOB_PAYLOAD_BYTES - MARGIN))
     return jobs_pb2.EnqueueJobsRequest(jobs=[spec] * ENQUEUE_BATCH).SerializeToString()
 
 
 @functools.cache
 def result_struct() -> struct_pb2.Struct:
     """A wide job result at the result limit."""
-    return payloads.wide_struct(limits.MAX_JOB_RESULT_BYTES - MARGIN)
+    return wide_struct(limits.MAX_JOB_RESULT_BYTES - MARGIN)
 
 
 @_per_caller("checkpoint")
@@ -183,7 +219,7 @@ def checkpoint_request(run: str) -> bytes:
     )
     checkpoint.metadata.CopyFrom(payloads.wide_struct(limits.MAX_METADATA_BYTES - MARGIN))
     room = limits.MAX_RECORD_BYTES - 2 * MARGIN - checkpoint.ByteSize()
-    checkpoint.scope_snapshot.CopyFrom(payloads.wide_struct(room))
+    checkpoint.scope_snapshot.CopyFrom(wide_struct(room))
     return checkpoints_pb2.SaveWorkflowCheckpointRequest(checkpoint=checkpoint).SerializeToString()
 
 
@@ -465,6 +501,113 @@ def probe_calls(job_id: str) -> list[tuple[str, str, bytes]]:
     ]
 
 
+# -- what decoding and checking each request costs the server -------------------------
+
+DECODE_REPEATS = {"full": 5, "quick": 5, "smoke": 1}
+"""Timings of each step, the best kept."""
+
+
+def _best_ms(action: Callable[[], object], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
+def _decoded_requests() -> dict[str, tuple[type[Message], bytes]]:
+    complete = jobs_pb2.CompleteJobRequest(
+        job_id="j" * 36, lease_id="l" * 36, result=result_struct()
+    )
+    return {
+        "SaveSnapshot": (snapshots_pb2.SaveSnapshotRequest, snapshot_request(0)),
+        "AppendEvents": (events_pb2.AppendEventsRequest, batch_request(0)),
+        "AppendEvent": (events_pb2.AppendEventRequest, deep_event_request(0)),
+        "EnqueueJobs": (jobs_pb2.EnqueueJobsRequest, enqueue_request(0)),
+        "CompleteJob": (jobs_pb2.CompleteJobRequest, complete.SerializeToString()),
+        "SaveWorkflowCheckpoint": (
+            checkpoints_pb2.SaveWorkflowCheckpointRequest,
+            checkpoint_request(0),
+        ),
+        "append_event job": (jobs_pb2.EnqueueJobRequest, append_job_request(0)),
+    }
+
+
+async def decode_costs(repeats: int) -> dict[str, dict[str, float]]:
+    """Per kind, in ms (best of `repeats`, in one process): the server's screen of
+    the body on its wire twins, the real decode and the checks beside JSON values; and
+    the real decode with the Python checks of every value, as without the screen. Under
+    "one wide object", a 2 MB Struct of 95,000 keys (over the key limit) decoded as its
+    wire twin and as a Struct."""
+    costs: dict[str, dict[str, float]] = {}
+    for name, (message_class, data) in _decoded_requests().items():
+        screen = screen_for(message_class.DESCRIPTOR)
+        assert screen is not None
+        twin = screen.screen(data)
+        assert twin is not None
+        request = message_class.FromString(data)
+        costs[name] = {
+            "bytes": float(len(data)),
+            "screen": _best_ms(lambda: screen.passes(data), repeats),  # noqa: B023 - run at once
+            "decode": _best_ms(lambda: message_class.FromString(data), repeats),  # noqa: B023
+            "checks beside JSON": _best_ms(
+                lambda: check_request(request, screened_twin=twin),  # noqa: B023
+                repeats,
+            ),
+            "checks of every value": _best_ms(
+                lambda: check_request(request),  # noqa: B023
+                repeats,
+            ),
+        }
+    wide = payloads.wide_struct(limits.MAX_RECORD_BYTES - MARGIN).SerializeToString()
+    twin_class = depth_twin(struct_pb2.Struct.DESCRIPTOR)
+    costs["one wide object"] = {
+        "bytes": float(len(wide)),
+        "twin": _best_ms(lambda: twin_class.FromString(wide), repeats),
+        "real": _best_ms(lambda: struct_pb2.Struct.FromString(wide), repeats),
+    }
+    return costs
+
+
+def decode_rows(costs: dict[str, dict[str, float]]) -> list[Row]:
+    """One row per kind: screen + decode + checks beside the decode and checks of before."""
+    rows = []
+    for name, cost in costs.items():
+        size = f"{cost['bytes'] / MB:.2f} MB"
+        if name == "one wide object":
+            rows.append(
+                Row(
+                    f"maxsize decode: one object of 95,000 keys ({size}), as its wire twin",
+                    figure=cost["twin"],
+                    unit="ms",
+                    reference="decoded as a google.protobuf.Struct",
+                    reference_figure=cost["real"],
+                    lower_is_better=True,
+                    note="over the key limit: refused before the real decode",
+                )
+            )
+            continue
+        total = cost["screen"] + cost["decode"] + cost["checks beside JSON"]
+        before = cost["decode"] + cost["checks of every value"]
+        rows.append(
+            Row(
+                f"maxsize decode: {name} ({size}): screen, decode and check",
+                figure=total,
+                unit="ms",
+                reference="decode, then check every JSON value in Python",
+                reference_figure=before,
+                lower_is_better=True,
+                note=(
+                    f"screen {cost['screen']:.1f} ms, decode {cost['decode']:.1f} ms, checks"
+                    f" beside JSON {cost['checks beside JSON']:.1f} ms; Python checks of every"
+                    f" value {cost['checks of every value']:.1f} ms"
+                ),
+            )
+        )
+    return rows
+
+
 # -- scenario ------------------------------------------------------------------------
 
 ALL_AT_ONCE = [
@@ -535,7 +678,7 @@ def _row(
 
 def maxsize(bench: Bench, store: str, with_peers: bool) -> list[Row]:
     """Another caller's p99 beside each kind of max-size request, then beside all of them."""
-    rows = []
+    rows = decode_rows(bench.generators.run(decode_costs, repeats=DECODE_REPEATS[bench.mode.name]))
     sizes = bench.generators.run(request_sizes)
     with bench.statekeeper(store) as server:
         job_id = bench.generators.run(prepare, target=server.target, checkpoints=STORED_CHECKPOINTS)

@@ -19,8 +19,10 @@ meets them:
    the method's message (corrupt bytes, a wrong wire type, text that is not
    UTF-8, nesting beyond protobuf's limit) is INVALID_ARGUMENT rather than
    a traceback; refuses a body over `--max-message-bytes`
-   (RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE); and runs `check_request`,
-   on a worker thread for a large body so walking it never stalls the loop.
+   (RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE); screens the JSON values of the
+   body at C speed (`wire_twins`: key counts, depth, finite numbers) before
+   the real decode; and runs `check_request`, on a worker thread for a large
+   body the screen could not clear, so walking it never stalls the loop.
    It also encodes every response: a handler may answer with a message or
    with the response's wire bytes already built (from stored records, see
    `wire`), which are sent as they are. When asked (`count_bytes`), it
@@ -34,6 +36,7 @@ reflection service) each message is checked as it arrives.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -41,13 +44,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf import descriptor
+from google.protobuf.message import Message
 
 from statekeeper_server.admission import Admission
 from statekeeper_server.errors import InvalidArgument, ServiceError, TooLarge, internal_status
 from statekeeper_server.limits import INLINE_CHECK_BYTES
 from statekeeper_server.logs import RateLimit
 from statekeeper_server.observability import call_record
+from statekeeper_server.piecewise import decode_in_pieces
 from statekeeper_server.request_checks import check_request
+from statekeeper_server.wire_twins import JsonScreen, screen_for
 
 log = logging.getLogger("statekeeper.calls")
 
@@ -225,6 +232,16 @@ class _Refused:
         self.error = error
 
 
+class _Pending:
+    """A large body holding JSON values, decoded and checked in steps by the handler."""
+
+    __slots__ = ("data", "screen")
+
+    def __init__(self, data: bytes, screen: JsonScreen) -> None:
+        self.data = data
+        self.screen = screen
+
+
 class _Unchecked:
     """A decoded request too large to check on the event loop; checked on a thread."""
 
@@ -288,8 +305,15 @@ class RequestLayer(Layer):
         return handler
 
     def _decoder(self, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
-        """Decode a body into the request, or into `_Refused`; never raise."""
+        """Decode a body into the request, or into `_Refused`; never raise.
+
+        A request type that holds JSON values has its body screened first
+        (`wire_twins`, C speed): objects over the key limit are refused
+        before the real decode, whose cost grows with them, and a body the
+        screen clears is checked without walking its JSON values.
+        """
         limit = self._max_request_bytes
+        screen = _screen_of(deserialize)
 
         def decode(data: bytes) -> Any:
             if len(data) > limit:
@@ -298,19 +322,63 @@ class RequestLayer(Layer):
                 )
             if deserialize is None:
                 return data
+            if screen is not None and len(data) > INLINE_CHECK_BYTES:
+                return _Pending(data, screen)
+            twin = None
             try:
+                if screen is not None:
+                    twin = screen.screen(data)
                 request = deserialize(data)
+            except ServiceError as error:
+                return _Refused(error)
             except Exception:
                 return _Refused(InvalidArgument("request", UNDECODABLE, "UNDECODABLE_REQUEST"))
             if len(data) > INLINE_CHECK_BYTES:
                 return _Unchecked(request)
             try:
-                check_request(request)
+                check_request(request, screened_twin=twin)
             except ServiceError as error:
                 return _Refused(error)
             return request
 
         return decode
+
+
+def _screen_of(deserialize: Callable[[bytes], Any] | None) -> JsonScreen | None:
+    """The JSON screen of the message a method's deserializer decodes (a generated
+    message class's `FromString`), if that message holds JSON values."""
+    message_class = getattr(deserialize, "__self__", None)
+    message_type = getattr(message_class, "DESCRIPTOR", None)
+    if not isinstance(message_type, descriptor.Descriptor):
+        return None
+    return screen_for(message_type)
+
+
+async def _screened_request(pending: _Pending) -> Any:
+    """Screen, decode and check a large body holding JSON values, letting other calls
+    run between the steps (protobuf decodes holding the GIL: a thread would not help)."""
+    screen = pending.screen
+    try:
+        steps = screen.screening(
+            pending.data, await decode_in_pieces(screen.twin_class, pending.data)
+        )
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                twin: Message | None = done.value
+                break
+            await asyncio.sleep(0)
+        request = await decode_in_pieces(screen.message_class, pending.data)
+    except ServiceError:
+        raise
+    except Exception as exc:
+        raise InvalidArgument("request", UNDECODABLE, "UNDECODABLE_REQUEST") from exc
+    # Measuring a large request's records (and, unless the screen cleared them, walking its
+    # JSON values) is many short steps: on a thread, the interpreter lets the loop run
+    # between them.
+    await asyncio.to_thread(functools.partial(check_request, request, screened_twin=twin))
+    return request
 
 
 def _counting_decoder(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -386,6 +454,8 @@ async def _checked(request: Any) -> Any:
     if isinstance(request, _Unchecked):
         await asyncio.to_thread(check_request, request.message)
         return request.message
+    if isinstance(request, _Pending):
+        return await _screened_request(request)
     return request
 
 
@@ -410,9 +480,12 @@ def _checked_requests(behavior: Callable[[Any, Context], Any]) -> Callable[[Any,
     def each(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async def checked_requests() -> AsyncIterator[Any]:
             async for request in requests:
-                if isinstance(request, _Refused):
-                    await context.abort_with_status(request.error.to_status())
-                yield request.message if isinstance(request, _Unchecked) else request
+                try:
+                    checked = await _checked(request)
+                except ServiceError as error:
+                    await context.abort_with_status(error.to_status())
+                    raise
+                yield checked
 
         return checked_requests()
 

@@ -30,7 +30,8 @@ read back by any standard client):
   BATCH_TOO_LARGE) naming the field, with metadata `size_bytes` and
   `limit_bytes`.
 - A `google.protobuf.Struct` (or `Value`) nests at most 20 levels of
-  objects and lists and holds only finite numbers; no floating-point field
+  objects and lists, none of its objects holds more than 5,000 keys, and
+  it holds only finite numbers; no floating-point field
   is NaN or infinite; an unsigned integer is at most the signed maximum of
   its width (2^63-1, 2^31-1); Timestamps and Durations lie in the ranges
   protobuf defines. Anything else is INVALID_ARGUMENT naming the field.

@@ -1,0 +1,188 @@
+"""Decoding a large request in pieces, so that other calls are served in between.
+
+protobuf decodes holding the GIL, so a thread does not help; but decoding
+the concatenation of two encodings is merging the second into the first,
+so a body cut at field boundaries decodes piece by piece into the same
+message, with the event loop free between pieces. A field too large for
+one piece is decoded in pieces itself, into the message it fills: the
+singular message field, the new item of a repeated one, or the value of a
+map entry with a string key (the key's previous value dropped first, since
+a map keeps the last value of a key rather than merging). Anything else
+(a string, an entry of another map) is decoded whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+from google.protobuf import descriptor
+from google.protobuf.message import Message
+
+from statekeeper_server.limits import KIB
+
+PIECE_BYTES = 128 * KIB
+"""Bytes decoded at a time (about a millisecond of protobuf's slowest decoding here)."""
+
+MANY_RECORDS = 2_000
+"""Fields of one message past which the rest is decoded whole: finding each in Python
+costs about a microsecond, more than protobuf takes to decode a small one (an object's
+fields are bounded by MAX_JSON_OBJECT_KEYS, and a list's items decode fast)."""
+
+FieldDescriptor = descriptor.FieldDescriptor
+LENGTH_DELIMITED = 2
+_START_GROUP, _END_GROUP = 3, 4
+_MAP_KEY, _MAP_VALUE = 1, 2
+
+
+async def decode_in_pieces(message_class: type[Message], data: bytes) -> Message:
+    """`message_class.FromString(data)`, letting the event loop run between pieces of at
+    most PIECE_BYTES (but a field that cannot be cut).
+
+    `data` must be a well-formed encoding (the request's screen decoded it);
+    raises `google.protobuf.message.DecodeError` where the decode would (text
+    that is not UTF-8).
+    """
+    message = message_class()
+    await _merge(message, memoryview(data))
+    return message
+
+
+async def _merge(message: Any, data: memoryview) -> None:
+    if len(data) <= PIECE_BYTES:
+        message.MergeFromString(data)
+        await asyncio.sleep(0)
+        return
+    fields = message.DESCRIPTOR.fields_by_number
+    start = end = 0
+    for count, (record_start, payload, record_end, number, kind) in enumerate(records(data)):
+        if count == MANY_RECORDS:
+            # Small fields: finding them here would cost more than decoding them.
+            message.MergeFromString(data[start:])
+            await asyncio.sleep(0)
+            return
+        if record_end - record_start > PIECE_BYTES and _can_cut(fields.get(number), kind):
+            if end > start:
+                # Decoded first: the field's target may be a new item, after these.
+                message.MergeFromString(data[start:end])
+                await asyncio.sleep(0)
+            found = _target(message, fields[number], data[payload:record_end])
+            if found is not None:
+                await _merge(*found)
+            else:
+                message.MergeFromString(data[record_start:record_end])
+                await asyncio.sleep(0)
+            start = end = record_end
+            continue
+        if record_end - start > PIECE_BYTES and end > start:
+            message.MergeFromString(data[start:end])
+            await asyncio.sleep(0)
+            start = record_start
+        end = record_end
+    if end > start:
+        message.MergeFromString(data[start:end])
+        await asyncio.sleep(0)
+
+
+def _can_cut(field: FieldDescriptor | None, kind: int) -> bool:
+    return (
+        field is not None
+        and kind == LENGTH_DELIMITED
+        and field.type == FieldDescriptor.TYPE_MESSAGE
+    )
+
+
+def _target(
+    message: Any, field: FieldDescriptor, payload: memoryview
+) -> tuple[Any, memoryview] | None:
+    """The message a large field's payload decodes into, and what to decode into it;
+    None if the field must be decoded whole."""
+    message_type = field.message_type
+    if message_type is None:
+        return None
+    if message_type.GetOptions().map_entry:
+        return _map_value(message, message_type, field.name, payload)
+    if field.is_repeated:
+        return getattr(message, field.name).add(), payload
+    return getattr(message, field.name), payload
+
+
+def _map_value(
+    message: Any, entry_type: descriptor.Descriptor, name: str, entry: memoryview
+) -> tuple[Any, memoryview] | None:
+    key_field = entry_type.fields_by_number[_MAP_KEY]
+    value_field = entry_type.fields_by_number[_MAP_VALUE]
+    if key_field.type != FieldDescriptor.TYPE_STRING or value_field.message_type is None:
+        return None
+    keys: list[memoryview] = []
+    values: list[memoryview] = []
+    for _, payload, end, number, kind in records(entry):
+        if kind == LENGTH_DELIMITED and number == _MAP_KEY:
+            keys.append(entry[payload:end])
+        elif kind == LENGTH_DELIMITED and number == _MAP_VALUE:
+            values.append(entry[payload:end])
+    try:
+        key = keys[-1].tobytes().decode() if keys else ""
+    except UnicodeDecodeError:
+        return None  # decoded whole, the entry fails as the decode would
+    container = getattr(message, name)
+    if key in container:
+        del container[key]
+    joined = values[0] if len(values) == 1 else memoryview(b"".join(values))
+    return container[key], joined
+
+
+def records(data: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
+    """(start, payload start, end, field number, wire type) of each top-level field of
+    `data`, a well-formed encoding; a group is one field, what it holds skipped."""
+    at, end = 0, len(data)
+    while at < end:
+        start = at
+        key, at = read_varint(data, at)
+        number, kind = key >> 3, key & 7
+        payload = at
+        if kind == LENGTH_DELIMITED:
+            length, payload = read_varint(data, at)
+            at = payload + length
+        else:
+            at = _skip(data, at, kind)
+        yield start, payload, at, number, kind
+
+
+def _skip(data: memoryview, at: int, kind: int) -> int:
+    """The position after a field's value of wire type `kind` starting at `at`."""
+    if kind == 0:
+        return read_varint(data, at)[1]
+    if kind == 1:
+        return at + 8
+    if kind == 5:
+        return at + 4
+    if kind == LENGTH_DELIMITED:
+        length, at = read_varint(data, at)
+        return at + length
+    if kind == _START_GROUP:
+        depth = 1
+        while depth:
+            key, at = read_varint(data, at)
+            inner = key & 7
+            if inner == _START_GROUP:
+                depth += 1
+            elif inner == _END_GROUP:
+                depth -= 1
+            else:
+                at = _skip(data, at, inner)
+        return at
+    return at
+
+
+def read_varint(data: memoryview, at: int) -> tuple[int, int]:
+    """The varint at `at` and the position after it."""
+    result = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, at
+        shift += 7
