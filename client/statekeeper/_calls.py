@@ -1,4 +1,17 @@
-"""What every family's client shares: per-call options and the retry policy.
+"""What both clients share: the settings of a client, the options of every call, the
+retry policy, and the plans of calls that the families build.
+
+A family method is written once, as an *operation*: a plain function that checks
+its arguments and returns a plan (`Unary`, `Pages`, `Collected` or `Stream`)
+saying which RPC to call with which request and how to read the answer. The
+asyncio client (`_aio_calls`) and the blocking one (`_sync_calls`) each carry
+plans out in their own way; nothing else differs between them.
+
+Retries are the client's own, in `Attempts`, for both clients alike: a plan marked
+idempotent is tried again on UNAVAILABLE, with a growing, jittered pause, within
+the call's deadline. (gRPC core's retry service config would do the same on a
+real channel, but neither a channel given to `from_channel` nor a test channel
+carries it; one policy in Python serves every channel.)
 
 When OpenTelemetry is installed (it is not a dependency), every call carries
 the caller's current trace context (`traceparent`, `tracestate`, through the
@@ -7,13 +20,26 @@ globally configured propagator), so the server's span joins the caller's trace.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-from statekeeper._credentials import Token, authorization
+import grpc
+from google.protobuf import message
+
+from statekeeper._credentials import (
+    Pem,
+    Token,
+    authorization,
+    channel_credentials,
+    resolve_target,
+    resolve_token,
+)
 
 NAMESPACE_HEADER = "x-statekeeper-namespace"
+T = TypeVar("T")
 
 
 def _trace_injector() -> Callable[[dict[str, str]], None] | None:
@@ -39,12 +65,27 @@ def trace_metadata() -> tuple[tuple[str, str], ...]:
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """When and how often a call that is safe to repeat is tried again."""
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True)
 class CallOptions:
-    """The namespace, deadline and token of every call of one client."""
+    """The namespace, deadline, token and retry policy of every call of one client."""
 
     namespace: str
     timeout: float | None
     token: Token | None = None
+    retry: RetryPolicy = field(default=RETRY)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -57,26 +98,140 @@ class CallOptions:
         return (namespace, authorization(self.token), *trace_metadata())
 
 
-def retry_service_config(idempotent_methods: Iterable[tuple[str, str]]) -> str:
-    """A gRPC service config retrying UNAVAILABLE for the given (service, method)s.
+class Attempts:
+    """The attempts of one call: the time each may take and whether a failure is
+    tried again.
 
-    Only calls that are safe to repeat are listed: a retried read or delete
-    changes nothing, a retried append with a client event id is deduplicated.
+    The deadline (`timeout` seconds from now, None for none) covers every
+    attempt; a call that is not idempotent is attempted once.
     """
-    names = [{"service": service, "method": method} for service, method in idempotent_methods]
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": names,
-                    "retryPolicy": {
-                        "maxAttempts": 5,
-                        "initialBackoff": "0.1s",
-                        "maxBackoff": "2s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
-        }
+
+    def __init__(self, options: CallOptions, *, idempotent: bool, extra_timeout: float = 0.0):
+        self._policy = options.retry
+        self._left = self._policy.max_attempts if idempotent else 1
+        self._backoff = self._policy.initial_backoff
+        timeout = options.timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout + extra_timeout
+
+    def timeout(self) -> float | None:
+        """The seconds the next attempt may take (None: no deadline)."""
+        if self._deadline is None:
+            return None
+        return max(self._deadline - time.monotonic(), 0.0)
+
+    def pause_after(self, code: grpc.StatusCode) -> float | None:
+        """The pause before trying again after a failure with `code`, or None when the
+        call fails (not retryable, no attempt left, or no time left for the pause)."""
+        self._left -= 1
+        if self._left <= 0 or code not in self._policy.codes:
+            return None
+        pause = random.uniform(0, self._backoff)
+        self._backoff = min(self._backoff * self._policy.multiplier, self._policy.max_backoff)
+        if self._deadline is not None and time.monotonic() + pause >= self._deadline:
+            return None
+        return pause
+
+
+# -- plans: what an operation asks either client to do ------------------------------
+
+
+@dataclass(frozen=True)
+class Unary(Generic[T]):
+    """One request, one response: call `method` with `request`, return `unpack(response)`.
+
+    `idempotent` calls are retried on UNAVAILABLE; `extra_timeout` seconds are
+    added to the client's deadline (a long poll).
+    """
+
+    method: str
+    request: message.Message
+    unpack: Callable[[Any], T]
+    idempotent: bool = False
+    extra_timeout: float = 0.0
+
+
+@dataclass(frozen=True)
+class Pages(Generic[T]):
+    """A list read page by page: `request(page_token)` for each page, `items(response)`
+    of each, until a response's `next_page_token` is empty. Every page is a
+    read, retried on UNAVAILABLE; the client yields the items one by one."""
+
+    method: str
+    request: Callable[[str], message.Message]
+    items: Callable[[Any], Iterable[T]]
+
+
+@dataclass(frozen=True)
+class Collected(Generic[T]):
+    """Like `Pages`, but the client returns the items of every page as one list."""
+
+    method: str
+    request: Callable[[str], message.Message]
+    items: Callable[[Any], Iterable[T]]
+
+
+@dataclass(frozen=True)
+class Stream(Generic[T]):
+    """A server stream without deadline: call `method` with `request` and yield
+    `items(message)` of every message until the server ends it or the caller stops."""
+
+    method: str
+    request: message.Message
+    items: Callable[[Any], Iterable[T]]
+
+
+# -- the settings of a client ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where a client connects, how, and what every call carries."""
+
+    target: str
+    credentials: grpc.ChannelCredentials | None
+    channel_options: tuple[tuple[str, Any], ...]
+    call_options: CallOptions
+
+
+def connection(
+    target: str | None,
+    *,
+    namespace: str,
+    timeout: float | None,
+    token: Token | None,
+    tls: bool,
+    root_certificates: Pem | None,
+    client_cert: Pem | None,
+    client_key: Pem | None,
+    credentials: grpc.ChannelCredentials | None,
+    channel_options: Sequence[tuple[str, Any]],
+) -> Connection:
+    """The arguments of a client checked and resolved (see `AsyncClient`): ValueError
+    for credentials given twice or a token metadata cannot carry, OSError for a
+    certificate file that cannot be read."""
+    if credentials is not None and (
+        tls or root_certificates is not None or client_cert is not None or client_key is not None
+    ):
+        raise ValueError("give credentials or the TLS arguments, not both")
+    if credentials is None:
+        credentials = channel_credentials(
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
+        )
+    return Connection(
+        target=resolve_target(target),
+        credentials=credentials,
+        channel_options=tuple(channel_options),
+        call_options=call_options(namespace=namespace, timeout=timeout, token=token),
     )
+
+
+def call_options(*, namespace: str, timeout: float | None, token: Token | None) -> CallOptions:
+    """The options of every call of a client; a token given as a string that metadata
+    cannot carry fails here (ValueError), not at each call."""
+    token = resolve_token(token)
+    if isinstance(token, str):
+        authorization(token)
+    return CallOptions(namespace=namespace, timeout=timeout, token=token)

@@ -1,0 +1,172 @@
+"""The asyncio client's way of carrying out the plans of `_calls`.
+
+A family class lists its methods as `save = unary(SnapshotCalls.save)`: the
+method takes the operation's arguments and returns a coroutine (`unary`,
+`collected`) or an async iterator (`pages`, `stream`). The blocking twin is
+`_sync_calls`, with the same four names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
+
+import grpc
+
+from statekeeper._calls import Attempts, CallOptions, Collected, Pages, Stream, T, Unary
+from statekeeper.errors import StatekeeperError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Family:
+    """One family of calls over an asyncio channel (`client.snapshots`, ...)."""
+
+    stub: ClassVar[type[Any]]
+    """The generated stub class of the family's service."""
+
+    def __init__(self, channel: grpc.aio.Channel, options: CallOptions) -> None:
+        self._channel = channel
+        self._stub = self.stub(channel)
+        self._options = options
+
+    async def _unary(self, plan: Unary[T]) -> T:
+        """Call, retrying an idempotent call on UNAVAILABLE; errors as StatekeeperError."""
+        method = getattr(self._stub, plan.method)
+        attempts = Attempts(
+            self._options, idempotent=plan.idempotent, extra_timeout=plan.extra_timeout
+        )
+        while True:
+            try:
+                response = await method(
+                    plan.request, metadata=self._options.metadata, timeout=attempts.timeout()
+                )
+            except grpc.aio.AioRpcError as exc:
+                error = StatekeeperError.from_call(exc)
+                pause = attempts.pause_after(error.code())
+                if pause is None:
+                    raise error from None
+                await asyncio.sleep(pause)
+                continue
+            return plan.unpack(response)
+
+    async def _pages(self, plan: Pages[T] | Collected[T]) -> AsyncIterator[T]:
+        token = ""
+        while True:
+            response = await self._unary(
+                Unary(plan.method, plan.request(token), _same, idempotent=True)
+            )
+            for item in plan.items(response):
+                yield item
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def _collected(self, plan: Collected[T]) -> list[T]:
+        return [item async for item in self._pages(plan)]
+
+    async def _stream(self, plan: Stream[T]) -> AsyncIterator[T]:
+        call = getattr(self._stub, plan.method)(plan.request, metadata=self._options.metadata)
+        try:
+            async for response in call:
+                for item in plan.items(response):
+                    yield item
+        except grpc.aio.AioRpcError as exc:
+            raise StatekeeperError.from_call(exc) from None
+        finally:
+            call.cancel()
+
+
+def _same(response: Any) -> Any:
+    return response
+
+
+class _Method(Generic[P, R]):
+    """A family method made of an operation: the bound method is made once per family."""
+
+    def __init__(self, operation: Callable[P, Any]) -> None:
+        self.operation = operation
+        self.name = operation.__name__
+        self.__doc__ = operation.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, family: None, owner: type) -> _Method[P, R]: ...
+
+    @overload
+    def __get__(self, family: Family, owner: type) -> Callable[P, R]: ...
+
+    def __get__(self, family: Family | None, owner: type) -> _Method[P, R] | Callable[P, R]:
+        if family is None:
+            return self
+        bound = functools.wraps(self.operation)(self._bind(family))
+        family.__dict__[self.name] = bound
+        return bound
+
+    def _bind(self, family: Family) -> Callable[P, R]:
+        raise NotImplementedError
+
+
+class unary(_Method[P, Coroutine[Any, Any, T]]):  # noqa: N801 (used as a decorator-like name)
+    """A method returning the coroutine of a `Unary` plan's call."""
+
+    def __init__(self, operation: Callable[P, Unary[T]]) -> None:
+        super().__init__(operation)
+
+    def _bind(self, family: Family) -> Callable[P, Coroutine[Any, Any, T]]:
+        operation: Callable[P, Unary[T]] = self.operation
+
+        async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await family._unary(operation(*args, **kwargs))
+
+        return call
+
+
+class pages(_Method[P, AsyncIterator[T]]):  # noqa: N801
+    """A method returning an async iterator over the items of a `Pages` plan."""
+
+    def __init__(self, operation: Callable[P, Pages[T]]) -> None:
+        super().__init__(operation)
+
+    def _bind(self, family: Family) -> Callable[P, AsyncIterator[T]]:
+        operation: Callable[P, Pages[T]] = self.operation
+
+        def call(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+            return family._pages(operation(*args, **kwargs))
+
+        return call
+
+
+class collected(_Method[P, Coroutine[Any, Any, list[T]]]):  # noqa: N801
+    """A method returning the coroutine of a `Collected` plan's list."""
+
+    def __init__(self, operation: Callable[P, Collected[T]]) -> None:
+        super().__init__(operation)
+
+    def _bind(self, family: Family) -> Callable[P, Coroutine[Any, Any, list[T]]]:
+        operation: Callable[P, Collected[T]] = self.operation
+
+        async def call(*args: P.args, **kwargs: P.kwargs) -> list[T]:
+            return await family._collected(operation(*args, **kwargs))
+
+        return call
+
+
+class stream(_Method[P, AsyncIterator[T]]):  # noqa: N801
+    """A method returning an async iterator over a `Stream` plan's items."""
+
+    def __init__(self, operation: Callable[P, Stream[T]]) -> None:
+        super().__init__(operation)
+
+    def _bind(self, family: Family) -> Callable[P, AsyncIterator[T]]:
+        operation: Callable[P, Stream[T]] = self.operation
+
+        def call(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+            return family._stream(operation(*args, **kwargs))
+
+        return call

@@ -1,0 +1,169 @@
+"""The blocking client's way of carrying out the plans of `_calls`, on gRPC's
+synchronous API (no event loop, no thread of its own).
+
+A family class lists its methods as `save = unary(SnapshotCalls.save)`: the
+method takes the operation's arguments and returns the answer (`unary`,
+`collected`) or an iterator (`pages`, `stream`). The asyncio twin is
+`_aio_calls`, with the same four names.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
+
+import grpc
+
+from statekeeper._calls import Attempts, CallOptions, Collected, Pages, Stream, T, Unary
+from statekeeper.errors import StatekeeperError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Family:
+    """One family of calls over a blocking channel (`client.snapshots`, ...)."""
+
+    stub: ClassVar[type[Any]]
+    """The generated stub class of the family's service."""
+
+    def __init__(self, channel: grpc.Channel, options: CallOptions) -> None:
+        self._channel = channel
+        self._stub = self.stub(channel)
+        self._options = options
+
+    def _unary(self, plan: Unary[T]) -> T:
+        """Call, retrying an idempotent call on UNAVAILABLE; errors as StatekeeperError."""
+        method = getattr(self._stub, plan.method)
+        attempts = Attempts(
+            self._options, idempotent=plan.idempotent, extra_timeout=plan.extra_timeout
+        )
+        while True:
+            try:
+                response = method(
+                    plan.request, metadata=self._options.metadata, timeout=attempts.timeout()
+                )
+            except grpc.RpcError as exc:
+                error = StatekeeperError.from_call(exc)
+                pause = attempts.pause_after(error.code())
+                if pause is None:
+                    raise error from None
+                time.sleep(pause)
+                continue
+            return plan.unpack(response)
+
+    def _pages(self, plan: Pages[T] | Collected[T]) -> Iterator[T]:
+        token = ""
+        while True:
+            response = self._unary(Unary(plan.method, plan.request(token), _same, idempotent=True))
+            yield from plan.items(response)
+            token = response.next_page_token
+            if not token:
+                return
+
+    def _collected(self, plan: Collected[T]) -> list[T]:
+        return [item for item in self._pages(plan)]
+
+    def _stream(self, plan: Stream[T]) -> Iterator[T]:
+        call = getattr(self._stub, plan.method)(plan.request, metadata=self._options.metadata)
+        try:
+            for response in call:
+                yield from plan.items(response)
+        except grpc.RpcError as exc:
+            raise StatekeeperError.from_call(exc) from None
+        finally:
+            call.cancel()
+
+
+def _same(response: Any) -> Any:
+    return response
+
+
+class _Method(Generic[P, R]):
+    """A family method made of an operation: the bound method is made once per family."""
+
+    def __init__(self, operation: Callable[P, Any]) -> None:
+        self.operation = operation
+        self.name = operation.__name__
+        self.__doc__ = operation.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, family: None, owner: type) -> _Method[P, R]: ...
+
+    @overload
+    def __get__(self, family: Family, owner: type) -> Callable[P, R]: ...
+
+    def __get__(self, family: Family | None, owner: type) -> _Method[P, R] | Callable[P, R]:
+        if family is None:
+            return self
+        bound = functools.wraps(self.operation)(self._bind(family))
+        family.__dict__[self.name] = bound
+        return bound
+
+    def _bind(self, family: Family) -> Callable[P, R]:
+        raise NotImplementedError
+
+
+class unary(_Method[P, T]):  # noqa: N801 (used as a decorator-like name)
+    """A method returning the answer of a `Unary` plan's call."""
+
+    def __init__(self, operation: Callable[P, Unary[T]]) -> None:
+        super().__init__(operation)
+
+    def _bind(self, family: Family) -> Callable[P, T]:
+        operation: Callable[P, Unary[T]] = self.operation
+
+        def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            return family._unary(operation(*args, **kwargs))
+
+        return call
+
+
+class pages(_Method[P, Iterator[T]]):  # noqa: N801
+    """A method returning an iterator over the items of a `Pages` plan."""
+
+    def __init__(self, operation: Callable[P, Pages[T]]) -> None:
+        super().__init__(operation)
+
+    def _bind(self, family: Family) -> Callable[P, Iterator[T]]:
+        operation: Callable[P, Pages[T]] = self.operation
+
+        def call(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+            return family._pages(operation(*args, **kwargs))
+
+        return call
+
+
+class collected(_Method[P, list[T]]):  # noqa: N801
+    """A method returning a `Collected` plan's list."""
+
+    def __init__(self, operation: Callable[P, Collected[T]]) -> None:
+        super().__init__(operation)
+
+    def _bind(self, family: Family) -> Callable[P, list[T]]:
+        operation: Callable[P, Collected[T]] = self.operation
+
+        def call(*args: P.args, **kwargs: P.kwargs) -> list[T]:
+            return family._collected(operation(*args, **kwargs))
+
+        return call
+
+
+class stream(_Method[P, Iterator[T]]):  # noqa: N801
+    """A method returning an iterator over a `Stream` plan's items."""
+
+    def __init__(self, operation: Callable[P, Stream[T]]) -> None:
+        super().__init__(operation)
+
+    def _bind(self, family: Family) -> Callable[P, Iterator[T]]:
+        operation: Callable[P, Stream[T]] = self.operation
+
+        def call(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+            return family._stream(operation(*args, **kwargs))
+
+        return call
