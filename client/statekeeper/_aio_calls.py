@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 import grpc
@@ -53,7 +53,7 @@ class Family:
                 continue
             return plan.unpack(response)
 
-    async def _pages(self, plan: Pages[T] | Collected[T]) -> AsyncIterator[T]:
+    async def _pages(self, plan: Pages[T] | Collected[T]) -> AsyncGenerator[T, None]:
         token = ""
         while True:
             response = await self._unary(
@@ -68,7 +68,7 @@ class Family:
     async def _collected(self, plan: Collected[T]) -> list[T]:
         return [item async for item in self._pages(plan)]
 
-    async def _stream(self, plan: Stream[T]) -> AsyncIterator[T]:
+    async def _stream(self, plan: Stream[T]) -> AsyncGenerator[T, None]:
         call = getattr(self._stub, plan.method)(plan.request, metadata=self._options.metadata)
         try:
             async for response in call:
@@ -127,16 +127,16 @@ class unary(_Method[P, Coroutine[Any, Any, T]]):  # noqa: N801 (used as a decora
         return call
 
 
-class pages(_Method[P, AsyncIterator[T]]):  # noqa: N801
+class pages(_Method[P, AsyncGenerator[T, None]]):  # noqa: N801
     """A method returning an async iterator over the items of a `Pages` plan."""
 
     def __init__(self, operation: Callable[P, Pages[T]]) -> None:
         super().__init__(operation)
 
-    def _bind(self, family: Family) -> Callable[P, AsyncIterator[T]]:
+    def _bind(self, family: Family) -> Callable[P, AsyncGenerator[T, None]]:
         operation: Callable[P, Pages[T]] = self.operation
 
-        def call(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+        def call(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[T, None]:
             return family._pages(operation(*args, **kwargs))
 
         return call
@@ -157,16 +157,16 @@ class collected(_Method[P, Coroutine[Any, Any, list[T]]]):  # noqa: N801
         return call
 
 
-class stream(_Method[P, AsyncIterator[T]]):  # noqa: N801
+class stream(_Method[P, AsyncGenerator[T, None]]):  # noqa: N801
     """A method returning an async iterator over a `Stream` plan's items."""
 
     def __init__(self, operation: Callable[P, Stream[T]]) -> None:
         super().__init__(operation)
 
-    def _bind(self, family: Family) -> Callable[P, AsyncIterator[T]]:
+    def _bind(self, family: Family) -> Callable[P, AsyncGenerator[T, None]]:
         operation: Callable[P, Stream[T]] = self.operation
 
-        def call(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+        def call(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[T, None]:
             return family._stream(operation(*args, **kwargs))
 
         return call

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 import grpc
@@ -54,7 +54,7 @@ class Family:
                 continue
             return plan.unpack(response)
 
-    def _pages(self, plan: Pages[T] | Collected[T]) -> Iterator[T]:
+    def _pages(self, plan: Pages[T] | Collected[T]) -> Generator[T, None, None]:
         token = ""
         while True:
             response = self._unary(Unary(plan.method, plan.request(token), _same, idempotent=True))
@@ -66,7 +66,7 @@ class Family:
     def _collected(self, plan: Collected[T]) -> list[T]:
         return [item for item in self._pages(plan)]
 
-    def _stream(self, plan: Stream[T]) -> Iterator[T]:
+    def _stream(self, plan: Stream[T]) -> Generator[T, None, None]:
         call = getattr(self._stub, plan.method)(plan.request, metadata=self._options.metadata)
         try:
             for response in call:
@@ -124,16 +124,16 @@ class unary(_Method[P, T]):  # noqa: N801 (used as a decorator-like name)
         return call
 
 
-class pages(_Method[P, Iterator[T]]):  # noqa: N801
+class pages(_Method[P, Generator[T, None, None]]):  # noqa: N801
     """A method returning an iterator over the items of a `Pages` plan."""
 
     def __init__(self, operation: Callable[P, Pages[T]]) -> None:
         super().__init__(operation)
 
-    def _bind(self, family: Family) -> Callable[P, Iterator[T]]:
+    def _bind(self, family: Family) -> Callable[P, Generator[T, None, None]]:
         operation: Callable[P, Pages[T]] = self.operation
 
-        def call(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        def call(*args: P.args, **kwargs: P.kwargs) -> Generator[T, None, None]:
             return family._pages(operation(*args, **kwargs))
 
         return call
@@ -154,16 +154,16 @@ class collected(_Method[P, list[T]]):  # noqa: N801
         return call
 
 
-class stream(_Method[P, Iterator[T]]):  # noqa: N801
+class stream(_Method[P, Generator[T, None, None]]):  # noqa: N801
     """A method returning an iterator over a `Stream` plan's items."""
 
     def __init__(self, operation: Callable[P, Stream[T]]) -> None:
         super().__init__(operation)
 
-    def _bind(self, family: Family) -> Callable[P, Iterator[T]]:
+    def _bind(self, family: Family) -> Callable[P, Generator[T, None, None]]:
         operation: Callable[P, Stream[T]] = self.operation
 
-        def call(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        def call(*args: P.args, **kwargs: P.kwargs) -> Generator[T, None, None]:
             return family._stream(operation(*args, **kwargs))
 
         return call

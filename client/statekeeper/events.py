@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -245,7 +245,7 @@ class EventsClient(aio.Family):
         follow: bool = True,
         *,
         reconnect_timeout: float = 30.0,
-    ) -> AsyncIterator[events_pb2.EventEnvelope]:
+    ) -> AsyncGenerator[events_pb2.EventEnvelope, None]:
         """Every event of `run_id` after `after_seq`, one at a time, in seq order.
 
         With `follow` the iterator keeps delivering live events and ends after
@@ -298,7 +298,7 @@ class BlockingEventsClient(sync.Family):
         follow: bool = True,
         *,
         reconnect_timeout: float = 30.0,
-    ) -> Iterator[events_pb2.EventEnvelope]:
+    ) -> Generator[events_pb2.EventEnvelope, None, None]:
         """Every event of `run_id` after `after_seq`, one at a time, in seq order:
         blocking, otherwise as `EventsClient.replay` (following, resuming after
         UNAVAILABLE from the last seq delivered, `reconnect_timeout`)."""

@@ -33,11 +33,11 @@ import threading
 import time
 import uuid
 from collections.abc import (
-    AsyncIterator,
+    AsyncGenerator,
     Awaitable,
     Callable,
+    Generator,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -501,7 +501,7 @@ class JobsClient(aio.Family):
         max_jobs: int = 1,
         lease_duration: float = 30.0,
         wait: float = 20.0,
-    ) -> AsyncIterator[WorkItem]:
+    ) -> AsyncGenerator[WorkItem, None]:
         """Lease jobs of `queue` (of `kinds`, or any) forever and hand them out one by one.
 
         Leases long-poll for up to `wait` seconds; every held job's lease is
@@ -642,7 +642,7 @@ class BlockingJobsClient(sync.Family):
         max_jobs: int = 1,
         lease_duration: float = 30.0,
         wait: float = 20.0,
-    ) -> Iterator[BlockingWorkItem]:
+    ) -> Generator[BlockingWorkItem, None, None]:
         """Lease jobs of `queue` (of `kinds`, or any) forever and hand them out one by one:
         blocking, otherwise as `JobsClient.work`, with `with item:` for `async with`.
 
