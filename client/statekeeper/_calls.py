@@ -7,6 +7,21 @@ saying which RPC to call with which request and how to read the answer. The
 asyncio client (`_aio_calls`) and the blocking one (`_sync_calls`) each carry
 plans out in their own way; nothing else differs between them.
 
+A family module (see `snapshots.py`) holds:
+- `class SnapshotCalls` with one static operation per method;
+- `class SnapshotsClient(_aio_calls.Family)` and
+  `class BlockingSnapshotsClient(_sync_calls.Family)`, each naming the
+  generated stub (`stub = SnapshotServiceStub`) and listing its methods, one
+  line each: `load = aio.unary(SnapshotCalls.load)` and
+  `load = sync.unary(SnapshotCalls.load)` (`pages`, `collected` and `stream`
+  for the other plans). A method no plan fits (a replay that resumes, a worker
+  loop) is written in both classes around a shared helper that holds every
+  decision (`events.ReplayCursor`, `jobs.Held`), leaving only the waiting to
+  each.
+`AsyncClient._attach` and `Client._attach` then add the family; the test of
+the twins (tests/test_client_twins.py) fails until both clients have it
+with the same methods, arguments and answers.
+
 Retries are the client's own, in `Attempts`, for both clients alike: a plan marked
 idempotent is tried again on UNAVAILABLE, with a growing, jittered pause, within
 the call's deadline. (gRPC core's retry service config would do the same on a

@@ -52,8 +52,9 @@ class Client:
 
         `token` is sent as `authorization: Bearer <token>` on every call: a
         string, or a function called before each call for a fresh one (on the
-        calling thread); else $STATEKEEPER_TOKEN; `""`
-        sends none. It travels in the clear without TLS.
+        thread making the call: `jobs.work`'s heartbeats call it on theirs);
+        else $STATEKEEPER_TOKEN; `""` sends none. It travels in the clear
+        without TLS.
 
         TLS is on with `tls=True` or any certificate: the server must prove
         itself against `root_certificates` (else the system's CAs), and
