@@ -9,17 +9,24 @@ method takes the operation's arguments and returns a coroutine (`unary`,
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncGenerator, Callable, Coroutine
-from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar
 
 import grpc
 
-from statekeeper._calls import Attempts, CallOptions, Collected, Pages, Stream, T, Unary
+from statekeeper._calls import (
+    Attempts,
+    CallOptions,
+    Collected,
+    FamilyMethod,
+    P,
+    Pages,
+    Stream,
+    T,
+    Unary,
+    whole,
+)
 from statekeeper.errors import StatekeeperError
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 class Family:
@@ -57,7 +64,7 @@ class Family:
         token = ""
         while True:
             response = await self._unary(
-                Unary(plan.method, plan.request(token), _same, idempotent=True)
+                Unary(plan.method, plan.request(token), whole, idempotent=True)
             )
             for item in plan.items(response):
                 yield item
@@ -80,39 +87,7 @@ class Family:
             call.cancel()
 
 
-def _same(response: Any) -> Any:
-    return response
-
-
-class _Method(Generic[P, R]):
-    """A family method made of an operation: the bound method is made once per family."""
-
-    def __init__(self, operation: Callable[P, Any]) -> None:
-        self.operation = operation
-        self.name = operation.__name__
-        self.__doc__ = operation.__doc__
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    @overload
-    def __get__(self, family: None, owner: type) -> _Method[P, R]: ...
-
-    @overload
-    def __get__(self, family: Family, owner: type) -> Callable[P, R]: ...
-
-    def __get__(self, family: Family | None, owner: type) -> _Method[P, R] | Callable[P, R]:
-        if family is None:
-            return self
-        bound = functools.wraps(self.operation)(self._bind(family))
-        family.__dict__[self.name] = bound
-        return bound
-
-    def _bind(self, family: Family) -> Callable[P, R]:
-        raise NotImplementedError
-
-
-class unary(_Method[P, Coroutine[Any, Any, T]]):  # noqa: N801 (used as a decorator-like name)
+class unary(FamilyMethod[Family, P, Coroutine[Any, Any, T]]):  # noqa: N801 (used as a decorator-like name)
     """A method returning the coroutine of a `Unary` plan's call."""
 
     def __init__(self, operation: Callable[P, Unary[T]]) -> None:
@@ -127,7 +102,7 @@ class unary(_Method[P, Coroutine[Any, Any, T]]):  # noqa: N801 (used as a decora
         return call
 
 
-class pages(_Method[P, AsyncGenerator[T, None]]):  # noqa: N801
+class pages(FamilyMethod[Family, P, AsyncGenerator[T, None]]):  # noqa: N801
     """A method returning an async iterator over the items of a `Pages` plan."""
 
     def __init__(self, operation: Callable[P, Pages[T]]) -> None:
@@ -142,7 +117,7 @@ class pages(_Method[P, AsyncGenerator[T, None]]):  # noqa: N801
         return call
 
 
-class collected(_Method[P, Coroutine[Any, Any, list[T]]]):  # noqa: N801
+class collected(FamilyMethod[Family, P, Coroutine[Any, Any, list[T]]]):  # noqa: N801
     """A method returning the coroutine of a `Collected` plan's list."""
 
     def __init__(self, operation: Callable[P, Collected[T]]) -> None:
@@ -157,7 +132,7 @@ class collected(_Method[P, Coroutine[Any, Any, list[T]]]):  # noqa: N801
         return call
 
 
-class stream(_Method[P, AsyncGenerator[T, None]]):  # noqa: N801
+class stream(FamilyMethod[Family, P, AsyncGenerator[T, None]]):  # noqa: N801
     """A method returning an async iterator over a `Stream` plan's items."""
 
     def __init__(self, operation: Callable[P, Stream[T]]) -> None:

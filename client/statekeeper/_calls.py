@@ -35,11 +35,12 @@ globally configured propagator), so the server's span joins the caller's trace.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import grpc
 from google.protobuf import message
@@ -55,6 +56,9 @@ from statekeeper._credentials import (
 
 NAMESPACE_HEADER = "x-statekeeper-namespace"
 T = TypeVar("T")
+F = TypeVar("F")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _trace_injector() -> Callable[[dict[str, str]], None] | None:
@@ -193,6 +197,45 @@ class Stream(Generic[T]):
     method: str
     request: message.Message
     items: Callable[[Any], Iterable[T]]
+
+
+def whole(response: Any) -> Any:
+    """The unpacking of a plan whose answer is the response itself."""
+    return response
+
+
+class FamilyMethod(Generic[F, P, R]):
+    """A method of family class `F` made of an operation taking `P`, answering `R`.
+
+    Each client's module subclasses it once per kind of plan (`unary`,
+    `pages`, ...) with the `_bind` that carries the plan out. The method is
+    bound once per family object; it shows the operation's name, signature
+    and docstring to `help` and `inspect`.
+    """
+
+    def __init__(self, operation: Callable[P, Any]) -> None:
+        self.operation = operation
+        self.name = operation.__name__
+        self.__doc__ = operation.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, family: None, owner: type) -> FamilyMethod[F, P, R]: ...
+
+    @overload
+    def __get__(self, family: F, owner: type) -> Callable[P, R]: ...
+
+    def __get__(self, family: F | None, owner: type) -> FamilyMethod[F, P, R] | Callable[P, R]:
+        if family is None:
+            return self
+        bound = functools.wraps(self.operation)(self._bind(family))
+        family.__dict__[self.name] = bound
+        return bound
+
+    def _bind(self, family: F) -> Callable[P, R]:
+        raise NotImplementedError
 
 
 # -- the settings of a client ---------------------------------------------------------

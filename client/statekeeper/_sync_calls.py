@@ -9,18 +9,25 @@ method takes the operation's arguments and returns the answer (`unary`,
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Generator
-from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar
 
 import grpc
 
-from statekeeper._calls import Attempts, CallOptions, Collected, Pages, Stream, T, Unary
+from statekeeper._calls import (
+    Attempts,
+    CallOptions,
+    Collected,
+    FamilyMethod,
+    P,
+    Pages,
+    Stream,
+    T,
+    Unary,
+    whole,
+)
 from statekeeper.errors import StatekeeperError
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 class Family:
@@ -57,7 +64,7 @@ class Family:
     def _pages(self, plan: Pages[T] | Collected[T]) -> Generator[T, None, None]:
         token = ""
         while True:
-            response = self._unary(Unary(plan.method, plan.request(token), _same, idempotent=True))
+            response = self._unary(Unary(plan.method, plan.request(token), whole, idempotent=True))
             yield from plan.items(response)
             token = response.next_page_token
             if not token:
@@ -77,39 +84,7 @@ class Family:
             call.cancel()
 
 
-def _same(response: Any) -> Any:
-    return response
-
-
-class _Method(Generic[P, R]):
-    """A family method made of an operation: the bound method is made once per family."""
-
-    def __init__(self, operation: Callable[P, Any]) -> None:
-        self.operation = operation
-        self.name = operation.__name__
-        self.__doc__ = operation.__doc__
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    @overload
-    def __get__(self, family: None, owner: type) -> _Method[P, R]: ...
-
-    @overload
-    def __get__(self, family: Family, owner: type) -> Callable[P, R]: ...
-
-    def __get__(self, family: Family | None, owner: type) -> _Method[P, R] | Callable[P, R]:
-        if family is None:
-            return self
-        bound = functools.wraps(self.operation)(self._bind(family))
-        family.__dict__[self.name] = bound
-        return bound
-
-    def _bind(self, family: Family) -> Callable[P, R]:
-        raise NotImplementedError
-
-
-class unary(_Method[P, T]):  # noqa: N801 (used as a decorator-like name)
+class unary(FamilyMethod[Family, P, T]):  # noqa: N801 (used as a decorator-like name)
     """A method returning the answer of a `Unary` plan's call."""
 
     def __init__(self, operation: Callable[P, Unary[T]]) -> None:
@@ -124,7 +99,7 @@ class unary(_Method[P, T]):  # noqa: N801 (used as a decorator-like name)
         return call
 
 
-class pages(_Method[P, Generator[T, None, None]]):  # noqa: N801
+class pages(FamilyMethod[Family, P, Generator[T, None, None]]):  # noqa: N801
     """A method returning an iterator over the items of a `Pages` plan."""
 
     def __init__(self, operation: Callable[P, Pages[T]]) -> None:
@@ -139,7 +114,7 @@ class pages(_Method[P, Generator[T, None, None]]):  # noqa: N801
         return call
 
 
-class collected(_Method[P, list[T]]):  # noqa: N801
+class collected(FamilyMethod[Family, P, list[T]]):  # noqa: N801
     """A method returning a `Collected` plan's list."""
 
     def __init__(self, operation: Callable[P, Collected[T]]) -> None:
@@ -154,7 +129,7 @@ class collected(_Method[P, list[T]]):  # noqa: N801
         return call
 
 
-class stream(_Method[P, Generator[T, None, None]]):  # noqa: N801
+class stream(FamilyMethod[Family, P, Generator[T, None, None]]):  # noqa: N801
     """A method returning an iterator over a `Stream` plan's items."""
 
     def __init__(self, operation: Callable[P, Stream[T]]) -> None:

@@ -18,7 +18,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from statekeeper import _aio_calls as aio
 from statekeeper import _sync_calls as sync
-from statekeeper._calls import Pages, Unary
+from statekeeper._calls import Pages, Unary, whole
 from statekeeper.v1 import checkpoints_pb2, checkpoints_pb2_grpc
 
 
@@ -110,7 +110,7 @@ class CheckpointCalls:
                 checkpoint_id=checkpoint_id,
                 fallback_to_readable=fallback_to_readable,
             ),
-            lambda response: response,
+            whole,
             idempotent=True,
         )
 
@@ -210,7 +210,7 @@ class CheckpointCalls:
             checkpoints_pb2.RecoverAgentCheckpointRequest(
                 agent_id=agent_id, fallback_to_readable=fallback_to_readable
             ),
-            lambda response: response,
+            whole,
             idempotent=True,
         )
 

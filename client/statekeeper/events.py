@@ -21,7 +21,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from statekeeper import _aio_calls as aio
 from statekeeper import _sync_calls as sync
-from statekeeper._calls import Pages, Unary
+from statekeeper._calls import Pages, Unary, whole
 from statekeeper.errors import StatekeeperError
 from statekeeper.v1 import events_pb2, events_pb2_grpc
 
@@ -157,7 +157,7 @@ class EventCalls:
         return Unary(
             "TruncateRun",
             events_pb2.TruncateRunRequest(run_id=run_id, up_to_seq=up_to_seq),
-            lambda response: response,
+            whole,
             idempotent=True,
         )
 

@@ -50,7 +50,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from statekeeper import _aio_calls as aio
 from statekeeper import _sync_calls as sync
-from statekeeper._calls import Collected, Pages, Stream, Unary
+from statekeeper._calls import Collected, Pages, Stream, Unary, whole
 from statekeeper.errors import StatekeeperError
 from statekeeper.v1 import events_pb2, jobs_pb2, jobs_pb2_grpc
 
@@ -322,7 +322,7 @@ class JobCalls:
         request = jobs_pb2.HeartbeatJobRequest(job_id=job_id, lease_id=lease_id)
         if lease_duration is not None:
             request.lease_duration.CopyFrom(to_duration(lease_duration))
-        return Unary("HeartbeatJob", request, lambda response: response, idempotent=True)
+        return Unary("HeartbeatJob", request, whole, idempotent=True)
 
     @staticmethod
     def complete(
