@@ -129,11 +129,11 @@ async def test_the_blocking_loops_heartbeats_keep_a_long_job_leased(
     def work_one() -> None:
         with (
             statekeeper.Client(f"127.0.0.1:{app.port}") as blocking,
-            contextlib.closing(blocking.jobs.work(lease_duration=0.3, wait=5)) as work,
+            contextlib.closing(blocking.jobs.work(lease_duration=0.6, wait=5)) as work,
         ):
             for item in work:
                 with item:
-                    time.sleep(0.7)
+                    time.sleep(1.5)  # well past the lease: only heartbeats keep it
                 break
 
     await asyncio.to_thread(work_one)
