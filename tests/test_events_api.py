@@ -361,6 +361,43 @@ async def test_follower_reads_again_before_each_heartbeat_so_a_lost_wake_up_only
     assert [first.seq] + [e.seq async for e in replay] == [1, 2, 3]
 
 
+async def test_a_followers_heartbeat_wakes_no_other_follower_of_the_run(
+    app: Application,
+    client: statekeeper.AsyncClient,
+    stub: events_pb2_grpc.EventLogServiceStub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    followers, heartbeats_each = 10, 3
+    await client.events.append(RUN, started().event)
+    calls = []
+    for _ in range(followers):
+        call = open_replay(stub)
+        assert (await next_message(call)).HasField("batch")
+        assert (await next_message(call)).HasField("caught_up")
+        calls.append(call)
+    reads = 0
+    watch = app.store.notifier.watch
+
+    def counted_watch(key: object) -> Any:
+        nonlocal reads
+        reads += 1  # a follower takes the run's wake-up before each read
+        return watch(key)
+
+    async def heartbeats(call: ReplayCall) -> list[str | None]:
+        return [(await next_message(call)).WhichOneof("message") for _ in range(heartbeats_each)]
+
+    monkeypatch.setattr(app.store.notifier, "watch", counted_watch)
+    kinds = await asyncio.gather(*(heartbeats(call) for call in calls))
+    monkeypatch.undo()
+    for call in calls:
+        call.cancel()
+    assert kinds == [["heartbeat"] * heartbeats_each] * followers
+    # Each follower reads again once per heartbeat it owes (give or take one while they
+    # are counted); were each heartbeat to wake the whole run, every follower would read
+    # once per heartbeat of each of the others.
+    assert reads <= followers * (heartbeats_each + 2)
+
+
 async def test_deleting_a_followed_run_ends_its_streams_with_not_found(
     client: statekeeper.AsyncClient, stub: events_pb2_grpc.EventLogServiceStub
 ) -> None:

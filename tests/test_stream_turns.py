@@ -89,3 +89,52 @@ async def test_a_stream_cancelled_just_as_it_got_a_turn_gives_it_back() -> None:
     with pytest.raises(asyncio.CancelledError):
         await cancelled
     assert (turns.counted, turns.waiting) == (0, 0)
+
+
+async def test_at_most_per_pass_turns_start_before_the_loop_runs_other_work() -> None:
+    turns = StreamTurns(slots=100, patience=PATIENT, per_pass=2)
+    started: list[int] = []
+
+    async def stream(index: int) -> None:
+        await turns.take()
+        started.append(index)
+
+    streams = [asyncio.ensure_future(stream(i)) for i in range(6)]
+    seen: list[int] = []
+    asyncio.get_running_loop().call_soon(lambda: seen.append(len(started)))
+    await asyncio.wait_for(asyncio.gather(*streams), ENOUGH)
+    assert seen == [2]
+    assert started == [0, 1, 2, 3, 4, 5]
+
+
+async def test_a_call_needing_several_passes_completes_before_a_crowd_of_streams_all_start() -> (
+    None
+):
+    turns = StreamTurns(slots=100, patience=PATIENT, per_pass=2)
+    started = 0
+
+    async def stream() -> None:
+        nonlocal started
+        turns.end(await turns.take())
+        started += 1
+
+    async def other_call() -> int:
+        for _ in range(5):  # a unary call takes a few passes of the loop: read, handle, send
+            await asyncio.sleep(0)
+        return started
+
+    streams = [asyncio.ensure_future(stream()) for _ in range(100)]
+    started_by_then = await asyncio.wait_for(other_call(), ENOUGH)
+    await asyncio.wait_for(asyncio.gather(*streams), ENOUGH)
+    assert started_by_then <= 2 * 6
+    assert started == 100
+
+
+async def test_turns_ended_in_the_pass_they_started_leave_no_stream_waiting() -> None:
+    turns = StreamTurns(slots=100, patience=PATIENT, per_pass=1)
+
+    async def stream() -> None:
+        turns.end(await turns.take())
+
+    await asyncio.wait_for(asyncio.gather(*(stream() for _ in range(5))), ENOUGH)
+    assert (turns.counted, turns.waiting) == (0, 0)

@@ -28,8 +28,11 @@ depends on that window, so the scenario is run twice:
 - **default windows**: grpc's default client. BDP probing grows the
   window while data flows fast, so on a fast link the client's transport
   takes several MB per stream before it stops; a 2 MB history may then
-  leave the server entirely. `client buffered` says how much the follower
-  processes took in.
+  leave the server entirely. "the client transports took in" says how
+  much the follower processes took in. Followers whose whole history left
+  are caught up as far as the server knows: idle followers of one run,
+  each owed a heartbeat every interval, so the rows while they stall also
+  show what a thousand idle followers of one run cost other callers.
 
 Targets: at most 100 MB of RSS added for 1,000 stalled followers (100 KB
 each; the figure is scaled to N in the smaller modes), and the other

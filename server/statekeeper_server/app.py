@@ -188,6 +188,9 @@ class Application:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self._service_names = [service.service_name for service in services]
         if self.settings.reflection != "off":
+            # Reflection answers from the default descriptor pool: beside the services it
+            # resolves every type the server imported, the google.rpc error details of
+            # errors.py among them, so that grpcurl prints a status's details as JSON.
             reflection.enable_server_reflection(
                 [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
             )

@@ -10,6 +10,15 @@ STREAM_TURNS streams hold one, the others wait (holding no page), and
 since only those few read at a time, they share the stream buffer budget
 among few and read large pages.
 
+Nor do many streams start their turns in one pass of the event loop: a
+commit to a run with a thousand followers, or a thousand followers' timers
+going off together, would otherwise wake them all into the same pass, and
+the loop would serve nothing else until each had read and sent. At most
+TURNS_PER_PASS turns start in a pass; the next ones start in later passes,
+and in between the loop serves other callers' calls. A lone stream (a
+single replay catching up) never waits for that: it starts one turn per
+page, and its pages keep the loop busy while its sends wait on the socket.
+
 A client that stops reading must not keep its turn: a turn that lasts
 longer than TURN_PATIENCE_SECONDS no longer counts, and the next stream
 waiting gets one. That stream's page stays with it (its share and what it
@@ -25,6 +34,9 @@ from collections import deque
 
 STREAM_TURNS = 32
 """Most streams reading or sending a page at once (turns that ran out of patience aside)."""
+TURNS_PER_PASS = 16
+"""Most turns started in one pass of the event loop; streams woken together beyond these
+start theirs in the passes after, other callers' work running in between."""
 TURN_PATIENCE_SECONDS = 0.1
 """A turn counts for this long at most: a stream whose send takes longer (its client reads
 slowly or not at all) keeps others waiting no longer."""
@@ -46,16 +58,29 @@ class StreamTurns:
 
     Guarantees: at most `slots` turns count at once; a turn counts from
     `take` until `end` or until it is `patience` seconds old, whichever
-    comes first; a stream waits for a turn only while `slots` turns count.
+    comes first; at most `per_pass` turns start in one pass of the event
+    loop (a round: from a turn starting while none had in the round,
+    until the callback that round scheduled runs); a stream waits for a
+    turn only while `slots` turns count or `per_pass` turns started in the
+    round, and then gets one in a later pass, in the order it came.
     """
 
-    def __init__(self, slots: int = STREAM_TURNS, patience: float = TURN_PATIENCE_SECONDS):
+    def __init__(
+        self,
+        slots: int = STREAM_TURNS,
+        patience: float = TURN_PATIENCE_SECONDS,
+        per_pass: int = TURNS_PER_PASS,
+    ):
         self._slots = slots
         self._patience = patience
+        self._per_pass = per_pass
         self._counted: dict[Turn, None] = {}
         """The turns that count, oldest first."""
         self._waiting: deque[asyncio.Future[Turn]] = deque()
         self._expiry: asyncio.TimerHandle | None = None
+        self._started = 0
+        """Turns started in this round; while any has, a callback that ends the round is
+        scheduled."""
 
     @property
     def counted(self) -> int:
@@ -68,8 +93,9 @@ class StreamTurns:
         return len(self._waiting)
 
     async def take(self) -> Turn:
-        """A turn, at once if fewer than `slots` count, else once one ends or runs out."""
-        if len(self._counted) < self._slots and not self._waiting:
+        """A turn: at once if fewer than `slots` count, fewer than `per_pass` started in
+        this pass and no stream waits; else in a later pass, once one ends or runs out."""
+        if self._free() and not self._waiting:
             return self._start()
         waiter: asyncio.Future[Turn] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
@@ -92,13 +118,27 @@ class StreamTurns:
             del self._counted[turn]
             self._admit()
 
+    def _free(self) -> bool:
+        """Whether a turn may start now."""
+        return len(self._counted) < self._slots and self._started < self._per_pass
+
     def _start(self) -> Turn:
-        turn = Turn(asyncio.get_running_loop().time())
+        loop = asyncio.get_running_loop()
+        if self._started == 0:
+            loop.call_soon(self._next_round)
+        self._started += 1
+        turn = Turn(loop.time())
         self._counted[turn] = None
         return turn
 
+    def _next_round(self) -> None:
+        """End the round (the loop went on to its next pass): the waiting streams next in
+        line start their turns, which they run in the pass after."""
+        self._started = 0
+        self._admit()
+
     def _admit(self) -> None:
-        while self._waiting and len(self._counted) < self._slots:
+        while self._waiting and self._free():
             waiter = self._waiting.popleft()
             if not waiter.done():  # one cancelled is gone by the time its stream hears of it
                 waiter.set_result(self._start())

@@ -9,7 +9,9 @@ switch from history to live has no gap and no duplicate, and a slow
 follower holds no events in server memory. An idle follower also reads
 again before each heartbeat, so a wake-up lost on its way from another
 replica delays an event by one heartbeat interval at most and never loses
-it.
+it. Its heartbeat timer wakes it alone (`Wakeup.wait_or`), never the other
+followers of the run: a thousand idle followers then cost a thousand
+wake-ups per heartbeat interval, not a million.
 
 A follower reads and sends each page in a turn (`StreamTurns`): at most a
 few dozen streams of the server do at once, so a thousand catching up
@@ -42,7 +44,7 @@ from statekeeper_server.limits import (
     REPLAY_READ_BYTES,
     REPLAY_READ_EVENTS,
 )
-from statekeeper_server.notifier import Notifier
+from statekeeper_server.notifier import Notifier, Wakeup
 from statekeeper_server.observability import store_metrics
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.stores.budget import split_by_size
@@ -196,11 +198,20 @@ class EventLogServicer:
         follower = store_metrics.FOLLOWERS.open(key, after_seq)
         # While a page of history is sent, the next one may be read, with budget granted
         # for it (one page ahead at most).
-        ahead: asyncio.Future[tuple[asyncio.Event, EventPage]] | None = None
+        ahead: asyncio.Future[tuple[Wakeup, EventPage]] | None = None
         ahead_grant: Grant | None = None
-        # Wakes the run's followers when this one may owe a heartbeat. Re-armed only once
-        # it went off, not for every message: a timer per wait cost more than the wait.
+        # Wakes this follower alone when it may owe a heartbeat, by resolving `bell`, the
+        # future its current wait ends with. Re-armed only once it went off, not for every
+        # wait: a timer per wait cost more than the wait.
         alarm: asyncio.TimerHandle | None = None
+        bell: asyncio.Future[None] | None = None
+
+        def ring() -> None:
+            nonlocal alarm
+            alarm = None
+            if bell is not None and not bell.done():
+                bell.set_result(None)
+
         try:
             while True:
                 if self._stopping.is_set():
@@ -280,13 +291,13 @@ class EventLogServicer:
                     yield events_pb2.ReplayEventsResponse(
                         heartbeat=events_pb2.Heartbeat(sent_at=to_timestamp(now_us()))
                     )
-                    last_sent = now = loop.time()
+                    last_sent = loop.time()
                 # Woken or not, read again once a heartbeat is due: a wake-up lost on its
                 # way from another replica then delays an event by one heartbeat at most.
-                if alarm is None or alarm.when() <= now:
-                    due = last_sent + self._heartbeat_interval
-                    alarm = self._notifier.wake_at(due, key)
-                await woken.wait()
+                if alarm is None:
+                    alarm = loop.call_at(last_sent + self._heartbeat_interval, ring)
+                bell = loop.create_future()
+                await woken.wait_or(bell)
         finally:
             store_metrics.FOLLOWERS.close(follower)
             if ahead is not None:
@@ -297,7 +308,7 @@ class EventLogServicer:
 
     async def _read(
         self, namespace: str, run_id: str, after_seq: int, buffer: StreamBuffer, grant: Grant
-    ) -> tuple[asyncio.Event, EventPage]:
+    ) -> tuple[Wakeup, EventPage]:
         """The run's next page (at most `grant.size` bytes of envelopes, at least one
         envelope), and the wake-up event taken before reading it; `grant` is settled to
         the bytes the page holds.
