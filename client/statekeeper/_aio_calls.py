@@ -90,6 +90,8 @@ class Family:
 class unary(FamilyMethod[Family, P, Coroutine[Any, Any, T]]):  # noqa: N801 (used as a decorator-like name)
     """A method returning the coroutine of a `Unary` plan's call."""
 
+    answer = "Coroutine[Any, Any, {}]"
+
     def __init__(self, operation: Callable[P, Unary[T]]) -> None:
         super().__init__(operation)
 
@@ -104,6 +106,8 @@ class unary(FamilyMethod[Family, P, Coroutine[Any, Any, T]]):  # noqa: N801 (use
 
 class pages(FamilyMethod[Family, P, AsyncGenerator[T, None]]):  # noqa: N801
     """A method returning an async iterator over the items of a `Pages` plan."""
+
+    answer = "AsyncGenerator[{}, None]"
 
     def __init__(self, operation: Callable[P, Pages[T]]) -> None:
         super().__init__(operation)
@@ -120,6 +124,8 @@ class pages(FamilyMethod[Family, P, AsyncGenerator[T, None]]):  # noqa: N801
 class collected(FamilyMethod[Family, P, Coroutine[Any, Any, list[T]]]):  # noqa: N801
     """A method returning the coroutine of a `Collected` plan's list."""
 
+    answer = "Coroutine[Any, Any, list[{}]]"
+
     def __init__(self, operation: Callable[P, Collected[T]]) -> None:
         super().__init__(operation)
 
@@ -134,6 +140,8 @@ class collected(FamilyMethod[Family, P, Coroutine[Any, Any, list[T]]]):  # noqa:
 
 class stream(FamilyMethod[Family, P, AsyncGenerator[T, None]]):  # noqa: N801
     """A method returning an async iterator over a `Stream` plan's items."""
+
+    answer = "AsyncGenerator[{}, None]"
 
     def __init__(self, operation: Callable[P, Stream[T]]) -> None:
         super().__init__(operation)

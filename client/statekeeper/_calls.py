@@ -36,11 +36,13 @@ globally configured propagator), so the server's span joins the caller's trace.
 from __future__ import annotations
 
 import functools
+import inspect
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 import grpc
 from google.protobuf import message
@@ -213,10 +215,19 @@ class FamilyMethod(Generic[F, P, R]):
     and docstring to `help` and `inspect`.
     """
 
+    answer: ClassVar[str] = "{}"
+    """The type of the method's answer around the plan's (`{}`), as `help` shows it:
+    `Coroutine[Any, Any, {}]`, `Generator[{}, None, None]`, ..."""
+
     def __init__(self, operation: Callable[P, Any]) -> None:
         self.operation = operation
         self.name = operation.__name__
         self.__doc__ = operation.__doc__
+        signature = inspect.signature(operation)
+        planned = re.fullmatch(r"\w+\[(.*)\]", str(signature.return_annotation))
+        if planned is not None:
+            signature = signature.replace(return_annotation=self.answer.format(planned[1]))
+        self.signature = signature
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -231,6 +242,7 @@ class FamilyMethod(Generic[F, P, R]):
         if family is None:
             return self
         bound = functools.wraps(self.operation)(self._bind(family))
+        bound.__signature__ = self.signature  # type: ignore[attr-defined]
         family.__dict__[self.name] = bound
         return bound
 

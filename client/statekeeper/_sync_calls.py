@@ -87,6 +87,8 @@ class Family:
 class unary(FamilyMethod[Family, P, T]):  # noqa: N801 (used as a decorator-like name)
     """A method returning the answer of a `Unary` plan's call."""
 
+    answer = "{}"
+
     def __init__(self, operation: Callable[P, Unary[T]]) -> None:
         super().__init__(operation)
 
@@ -101,6 +103,8 @@ class unary(FamilyMethod[Family, P, T]):  # noqa: N801 (used as a decorator-like
 
 class pages(FamilyMethod[Family, P, Generator[T, None, None]]):  # noqa: N801
     """A method returning an iterator over the items of a `Pages` plan."""
+
+    answer = "Generator[{}, None, None]"
 
     def __init__(self, operation: Callable[P, Pages[T]]) -> None:
         super().__init__(operation)
@@ -117,6 +121,8 @@ class pages(FamilyMethod[Family, P, Generator[T, None, None]]):  # noqa: N801
 class collected(FamilyMethod[Family, P, list[T]]):  # noqa: N801
     """A method returning a `Collected` plan's list."""
 
+    answer = "list[{}]"
+
     def __init__(self, operation: Callable[P, Collected[T]]) -> None:
         super().__init__(operation)
 
@@ -131,6 +137,8 @@ class collected(FamilyMethod[Family, P, list[T]]):  # noqa: N801
 
 class stream(FamilyMethod[Family, P, Generator[T, None, None]]):  # noqa: N801
     """A method returning an iterator over a `Stream` plan's items."""
+
+    answer = "Generator[{}, None, None]"
 
     def __init__(self, operation: Callable[P, Stream[T]]) -> None:
         super().__init__(operation)
