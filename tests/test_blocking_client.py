@@ -323,6 +323,30 @@ def test_replay_resumes_after_a_dropped_stream_from_the_last_seq(scripted: Scrip
     assert (second.after_seq, second.follow) == (2, True)
 
 
+def test_replay_goes_on_reconnecting_when_a_stopping_server_cancels_a_reopened_stream(
+    scripted: Scripted,
+) -> None:
+    replaying = scripted.call(lambda: [e.seq for e in scripted.client.events.replay("run-1")])
+    stopping = Unavailable("SERVER_STOPPING", "the server is stopping").to_status()
+    _, _, rpc = scripted.channel.take_unary_stream(REPLAY)
+    rpc.terminate(stopping.trailing_metadata, stopping.code, stopping.details)
+    _, _, rpc = scripted.channel.take_unary_stream(REPLAY)
+    rpc.terminate((), grpc.StatusCode.CANCELLED, "CANCELLED")
+    _, resumed, rpc = scripted.channel.take_unary_stream(REPLAY)
+    rpc.send_response(batch(envelope(1, terminal=True)))
+    assert replaying.result(timeout=5) == [1]
+    assert resumed.after_seq == 0
+
+
+def test_replay_raises_a_cancellation_that_comes_outside_an_outage(scripted: Scripted) -> None:
+    replaying = scripted.call(lambda: list(scripted.client.events.replay("run-1")))
+    _, _, rpc = scripted.channel.take_unary_stream(REPLAY)
+    rpc.terminate((), grpc.StatusCode.CANCELLED, "CANCELLED")
+    with pytest.raises(StatekeeperError) as caught:
+        replaying.result(timeout=5)
+    assert caught.value.code() == grpc.StatusCode.CANCELLED
+
+
 def test_replay_raises_a_refusal_at_once(scripted: Scripted) -> None:
     replaying = scripted.call(lambda: list(scripted.client.events.replay("run-1")))
     _, _, rpc = scripted.channel.take_unary_stream(REPLAY)

@@ -207,14 +207,17 @@ class ReplayCursor:
         None when the replay fails with it.
 
         UNAVAILABLE is waited out with a doubling pause until
-        `reconnect_timeout` seconds pass without getting through.
+        `reconnect_timeout` seconds pass without getting through. So is
+        CANCELLED while doing so: a stopping server answers new streams
+        with UNAVAILABLE, but cancels one that reaches it at its very end.
         UNAUTHENTICATED on a stream the server had accepted (the credential
         it was opened with expired) is resumed at once: the reopened stream
         sends the client's token anew. Anything else fails the replay.
         """
         if self._accepted and code == grpc.StatusCode.UNAUTHENTICATED:
             return 0.0
-        if code not in RECONNECT_CODES:
+        reconnecting = self._failing_since is not None
+        if code not in RECONNECT_CODES and not (reconnecting and code == grpc.StatusCode.CANCELLED):
             return None
         now = time.monotonic()
         if self._failing_since is None:
