@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 
-# Build stage: install statekeeper with its server extra into /install.
+# Build stage: install statekeeper with its server and publish extras into /install.
 FROM python:3.12-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -8,7 +8,7 @@ COPY client ./client
 COPY server ./server
 # The image installs this checkout; its dependencies are bounded in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --prefix=/install ".[server]"
+RUN pip install --no-cache-dir --prefix=/install ".[server,publish]"
 
 # Runtime stage: only the installed packages, run as an unprivileged user.
 FROM python:3.12-slim

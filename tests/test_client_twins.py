@@ -81,7 +81,13 @@ def pairs(clients: tuple[Any, Any]) -> Iterator[tuple[str, Callable[..., Any], C
 async def test_both_clients_have_the_same_families(clients: tuple[Any, Any]) -> None:
     asynchronous, blocking = clients
     assert sorted(families(asynchronous)) == sorted(families(blocking))
-    assert sorted(families(asynchronous)) == ["checkpoints", "events", "jobs", "snapshots"]
+    assert sorted(families(asynchronous)) == [
+        "checkpoints",
+        "events",
+        "jobs",
+        "relays",
+        "snapshots",
+    ]
 
 
 async def test_each_family_has_the_same_methods_in_both_clients(
@@ -99,7 +105,7 @@ async def test_each_method_takes_the_same_arguments_and_answers_alike(
     for name, asynchronous, blocking in pairs(clients):
         assert shape(asynchronous) == shape(blocking), name
         compared += 1
-    assert compared >= 33  # the methods of the four families today
+    assert compared >= 39  # the methods of the five families today
 
 
 async def test_only_the_asyncio_clients_methods_are_awaited_or_async_iterated(

@@ -1,4 +1,5 @@
-"""Every method of both clients, called as a user would call it, against a real server.
+"""Every method of both clients, called as a user would call it, against a real server
+(with a Redis sink for the relays).
 
 mypy checks this file (pyproject's `[tool.mypy] files`): each `assert_type`
 states the type a user's editor and type checker see for an answer, for the
@@ -18,7 +19,8 @@ from typing_extensions import assert_type
 import statekeeper
 from statekeeper.events import custom_event
 from statekeeper.jobs import BlockingWorkItem, WorkItem, job_spec
-from statekeeper.v1 import checkpoints_pb2, events_pb2, jobs_pb2, snapshots_pb2
+from statekeeper.v1 import checkpoints_pb2, events_pb2, jobs_pb2, relays_pb2, snapshots_pb2
+from tests.brokers import REDIS_URL, redis_keys
 from tests.harness import running_app
 
 SNAPSHOT = snapshots_pb2.Snapshot(
@@ -117,6 +119,9 @@ async def use_every_async_method(client: statekeeper.AsyncClient) -> None:
     later = assert_type(
         await client.jobs.append_event_later("run-2", STARTED, delay=60), jobs_pb2.Job
     )
+    assert_type(
+        await client.jobs.publish_event("audit", "run-2", event=STARTED, delay=60), jobs_pb2.Job
+    )
     assert assert_type(await client.jobs.get(job.job_id), jobs_pb2.Job) == job
     jobs = assert_type(client.jobs.list(queue="q"), AsyncGenerator[jobs_pb2.Job, None])
     assert len([j async for j in jobs]) == 2
@@ -152,6 +157,16 @@ async def use_every_async_method(client: statekeeper.AsyncClient) -> None:
             async with item:
                 item.result = {"sent": True}
             break
+
+    # relays
+    relay = assert_type(
+        await client.relays.create("audit", "audit", run_id_prefix="none-"), relays_pb2.Relay
+    )
+    assert assert_type(await client.relays.get("audit"), relays_pb2.Relay).name == relay.name
+    relays = assert_type(client.relays.list(page_size=10), AsyncGenerator[relays_pb2.Relay, None])
+    assert [r.name async for r in relays] == ["audit"]
+    assert assert_type(await client.relays.names(), list[str]) == ["audit"]
+    assert assert_type(await client.relays.delete("audit"), bool)
 
 
 def use_every_blocking_method(client: statekeeper.Client) -> None:
@@ -232,6 +247,7 @@ def use_every_blocking_method(client: statekeeper.Client) -> None:
     )
     assert_type(client.jobs.enqueue_many([job_spec("email.send", queue="q")]), list[jobs_pb2.Job])
     later = assert_type(client.jobs.append_event_later("run-2", STARTED, delay=60), jobs_pb2.Job)
+    assert_type(client.jobs.publish_event("audit", "run-2", event=STARTED, delay=60), jobs_pb2.Job)
     assert assert_type(client.jobs.get(job.job_id), jobs_pb2.Job) == job
     jobs = assert_type(client.jobs.list(queue="q"), Generator[jobs_pb2.Job, None, None])
     assert len(list(jobs)) == 2
@@ -266,17 +282,31 @@ def use_every_blocking_method(client: statekeeper.Client) -> None:
                 item.result = {"sent": True}
             break
 
+    # relays
+    relay = assert_type(
+        client.relays.create("audit", "audit", run_id_prefix="none-"), relays_pb2.Relay
+    )
+    assert assert_type(client.relays.get("audit"), relays_pb2.Relay).name == relay.name
+    relays = assert_type(client.relays.list(page_size=10), Generator[relays_pb2.Relay, None, None])
+    assert [r.name for r in relays] == ["audit"]
+    assert assert_type(client.relays.names(), list[str]) == ["audit"]
+    assert assert_type(client.relays.delete("audit"), bool)
+
 
 async def test_every_method_of_the_asyncio_client_answers_with_its_declared_type() -> None:
     async with (
-        running_app("memory:") as app,
+        redis_keys() as (_, prefix),
+        running_app("memory:", sink=[f"audit={REDIS_URL}?stream={prefix}"]) as app,
         statekeeper.AsyncClient(f"127.0.0.1:{app.port}") as client,
     ):
         await use_every_async_method(client)
 
 
 async def test_every_method_of_the_blocking_client_answers_with_its_declared_type() -> None:
-    async with running_app("memory:") as app:
+    async with (
+        redis_keys() as (_, prefix),
+        running_app("memory:", sink=[f"audit={REDIS_URL}?stream={prefix}"]) as app,
+    ):
 
         def use() -> None:
             with statekeeper.Client(f"127.0.0.1:{app.port}") as client:

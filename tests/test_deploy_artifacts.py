@@ -19,6 +19,7 @@ import statekeeper
 from statekeeper.events import custom_event
 from statekeeper.v1 import events_pb2, events_pb2_grpc
 from statekeeper_server.app import Application
+from tests.brokers import REDIS_URL, redis_keys
 from tests.harness import running_app
 from tests.promql_names import base_name, label_values_metric, metric_names
 from tests.waiting import ENOUGH
@@ -55,6 +56,9 @@ CONTRACT = frozenset(
         "statekeeper_jobs_dead_total",
         "statekeeper_checkpoints_saved_total",
         "statekeeper_checkpoints_dropped_total",
+        "statekeeper_relay_lag_events",
+        "statekeeper_relay_lag_seconds",
+        "statekeeper_relay_events_forwarded_total",
     }
 )
 """The metric names the server promises (histograms by their base name)."""
@@ -235,6 +239,8 @@ async def exercised(app: Application) -> AsyncIterator[None]:
     """Real calls of every kind the metrics count, and a follower kept open inside the
     block (so open streams show)."""
     async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}") as client:
+        # A relay to the app's sink forwards the events below (relay metrics).
+        await client.relays.create("audit", "audit")
         for step in range(3):
             await client.events.append("run-1", custom_event("step", {"n": step}))
         # The last save keeps one checkpoint, so retention drops the others.
@@ -272,8 +278,12 @@ async def test_every_series_the_alerts_and_dashboard_read_is_exposed_by_a_real_s
     tmp_path: Path, postgres_url: str
 ) -> None:
     async with (
+        redis_keys() as (_, prefix),
         running_app(
-            f"file:{tmp_path / 'statekeeper.db'}", http_listen="127.0.0.1:0", **FAST
+            f"file:{tmp_path / 'statekeeper.db'}",
+            http_listen="127.0.0.1:0",
+            sink=[f"audit={REDIS_URL}?stream={prefix}"],
+            **FAST,
         ) as on_file,
         running_app(postgres_url, http_listen="127.0.0.1:0", **FAST) as on_postgres,
         exercised(on_file),
@@ -281,6 +291,9 @@ async def test_every_series_the_alerts_and_dashboard_read_is_exposed_by_a_real_s
         # The sweeper takes the abandoned lease back after it expired.
         exposed = await exposed_once_counted(
             on_file.http_port, "statekeeper_job_leases_expired_total"
+        )
+        exposed |= await exposed_once_counted(
+            on_file.http_port, "statekeeper_relay_events_forwarded_total"
         )
         # Pool gauges exist only while a PostgreSQL store is open in the process (the
         # registry is process-wide, so either scrape shows them; both are read).

@@ -69,3 +69,14 @@ async def test_a_cancelled_wait_or_leaves_the_other_waiters_waiting() -> None:
     assert not other.done()
     watched.set()
     await asyncio.wait_for(other, 1)
+
+
+def test_a_listener_hears_every_notified_key_until_it_stops_listening() -> None:
+    notifier = Notifier()
+    heard: list[object] = []
+    notifier.listen(heard.append)
+    notifier.notify(("events", "acme", "run-1"))
+    notifier.notify("queue")
+    notifier.unlisten(heard.append)
+    notifier.notify("after")
+    assert heard == [("events", "acme", "run-1"), "queue"]

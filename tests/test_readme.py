@@ -25,6 +25,10 @@ ACCESS_CONTROL = README.split("\n## Access control\n", 1)[1].split("\n## ", 1)[0
 METRICS = README.split("\n## Metrics and health endpoints\n", 1)[1].split("\n## ", 1)[0]
 """The README's section on the HTTP side port: its examples need servers of their own."""
 
+PUBLISHING = README.split("\n## Publishing to brokers\n", 1)[1].split("\n## ", 1)[0]
+"""The README's section on brokers: its examples need a server with sinks (see
+tests/test_readme_publishing.py)."""
+
 
 def sh_commands(text: str) -> list[str]:
     """Every command of the sh blocks of `text`, in reading order."""
@@ -44,8 +48,8 @@ def sh_commands(text: str) -> list[str]:
 
 def buf_curl_commands() -> list[str]:
     """Every `buf curl` command of the README's sh blocks outside the access control
-    section, in reading order."""
-    text = README.replace(ACCESS_CONTROL, "")
+    and broker sections, in reading order."""
+    text = README.replace(ACCESS_CONTROL, "").replace(PUBLISHING, "")
     return [command for command in sh_commands(text) if command.startswith("buf curl")]
 
 

@@ -34,6 +34,7 @@ def all_scenarios() -> list[Scenario]:
         maxsize,
         memory,
         observe,
+        relay,
         scale,
         stalled,
     )
@@ -54,4 +55,5 @@ def all_scenarios() -> list[Scenario]:
         Scenario("memory", "server RSS with lagging and idle followers", memory.memory),
         Scenario("stalled", "followers that never read, and another caller", stalled.stalled),
         Scenario("maxsize", "max-size requests, and another caller", maxsize.maxsize),
+        Scenario("relay", "relays to NATS JetStream and Redis Streams", relay.relay),
     ]

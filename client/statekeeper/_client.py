@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from statekeeper import checkpoints, events, jobs, snapshots
+from statekeeper import checkpoints, events, jobs, relays, snapshots
 from statekeeper._calls import CallOptions, call_options, connection
 from statekeeper._credentials import Pem, Token
 
@@ -27,6 +27,7 @@ class AsyncClient:
     checkpoints: checkpoints.CheckpointsClient
     events: events.EventsClient
     jobs: jobs.JobsClient
+    relays: relays.RelaysClient
 
     def __init__(
         self,
@@ -97,6 +98,7 @@ class AsyncClient:
         self.checkpoints = checkpoints.CheckpointsClient(channel, options)
         self.events = events.EventsClient(channel, options)
         self.jobs = jobs.JobsClient(channel, options)
+        self.relays = relays.RelaysClient(channel, options)
 
     @property
     def channel(self) -> grpc.aio.Channel:

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from statekeeper import checkpoints, events, jobs, snapshots
+from statekeeper import checkpoints, events, jobs, relays, snapshots
 from statekeeper._calls import CallOptions, call_options, connection
 from statekeeper._credentials import Pem, Token
 
@@ -33,6 +33,7 @@ class Client:
     checkpoints: checkpoints.BlockingCheckpointsClient
     events: events.BlockingEventsClient
     jobs: jobs.BlockingJobsClient
+    relays: relays.BlockingRelaysClient
 
     def __init__(
         self,
@@ -104,6 +105,7 @@ class Client:
         self.checkpoints = checkpoints.BlockingCheckpointsClient(channel, options)
         self.events = events.BlockingEventsClient(channel, options)
         self.jobs = jobs.BlockingJobsClient(channel, options)
+        self.relays = relays.BlockingRelaysClient(channel, options)
 
     @property
     def channel(self) -> grpc.Channel:

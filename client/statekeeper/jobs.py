@@ -55,6 +55,7 @@ from statekeeper.errors import StatekeeperError
 from statekeeper.v1 import events_pb2, jobs_pb2, jobs_pb2_grpc
 
 APPEND_EVENT_KIND = "statekeeper.append_event"
+PUBLISH_EVENT_KIND = "statekeeper.publish_event"
 PRIORITIES: Mapping[str, jobs_pb2.JobPriority.ValueType] = {
     "low": jobs_pb2.JOB_PRIORITY_LOW,
     "normal": jobs_pb2.JOB_PRIORITY_NORMAL,
@@ -124,6 +125,31 @@ def append_event_spec(
     if expectation is not None:
         payload["expectation"] = json_format.MessageToDict(expectation)
     return job_spec(APPEND_EVENT_KIND, payload, queue="", **options)
+
+
+def publish_event_spec(
+    sink: str,
+    run_id: str,
+    *,
+    event: events_pb2.AgentEvent | None = None,
+    seq: int | None = None,
+    event_id: str = "",
+    **options: Any,
+) -> jobs_pb2.JobSpec:
+    """A built-in job that publishes to the server's sink `sink` when it becomes runnable:
+    either `event` (as an envelope of run `run_id`, id `event_id` or the job's id) or
+    the stored envelope `seq` of run `run_id`.
+
+    `options` are those of `job_spec` (such as `max_retries=20`), except `queue`.
+    """
+    payload: dict[str, Any] = {"sink": sink, "run_id": run_id}
+    if event is not None:
+        payload["event"] = json_format.MessageToDict(event)
+    if seq is not None:
+        payload["seq"] = seq
+    if event_id:
+        payload["event_id"] = event_id
+    return job_spec(PUBLISH_EVENT_KIND, payload, queue="", **options)
 
 
 def to_struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
@@ -217,6 +243,21 @@ class JobCalls:
         return Unary(
             "EnqueueJob",
             jobs_pb2.EnqueueJobRequest(job=append_event_spec(run_id, event, **options)),
+            _job,
+        )
+
+    @staticmethod
+    def publish_event(sink: str, run_id: str, **options: Any) -> Unary[jobs_pb2.Job]:
+        """Have the server publish an event to its sink `sink`, with the queue's retries:
+        `event=` (an AgentEvent, as an envelope of `run_id`) or `seq=` (the stored
+        envelope of `run_id`).
+
+        Arguments as for `publish_event_spec`. The job's result names the sink,
+        run, seq and event id published.
+        """
+        return Unary(
+            "EnqueueJob",
+            jobs_pb2.EnqueueJobRequest(job=publish_event_spec(sink, run_id, **options)),
             _job,
         )
 
@@ -481,6 +522,7 @@ class JobsClient(aio.Family):
     enqueue = aio.unary(JobCalls.enqueue)
     enqueue_many = aio.unary(JobCalls.enqueue_many)
     append_event_later = aio.unary(JobCalls.append_event_later)
+    publish_event = aio.unary(JobCalls.publish_event)
     get = aio.unary(JobCalls.get)
     list = aio.pages(JobCalls.list)
     cancel = aio.unary(JobCalls.cancel)
@@ -622,6 +664,7 @@ class BlockingJobsClient(sync.Family):
     enqueue = sync.unary(JobCalls.enqueue)
     enqueue_many = sync.unary(JobCalls.enqueue_many)
     append_event_later = sync.unary(JobCalls.append_event_later)
+    publish_event = sync.unary(JobCalls.publish_event)
     get = sync.unary(JobCalls.get)
     list = sync.pages(JobCalls.list)
     cancel = sync.unary(JobCalls.cancel)
@@ -755,10 +798,12 @@ class BlockingWorkItem(Leased):
 
 __all__ = [
     "APPEND_EVENT_KIND",
+    "PUBLISH_EVENT_KIND",
     "BlockingJobsClient",
     "BlockingWorkItem",
     "JobsClient",
     "WorkItem",
     "append_event_spec",
     "job_spec",
+    "publish_event_spec",
 ]

@@ -39,10 +39,13 @@ from statekeeper_server.observability.access_log import AccessLogLayer
 from statekeeper_server.observability.grpc_metrics import MetricsLayer
 from statekeeper_server.observability.http import HttpPort
 from statekeeper_server.observability.tracing import Tracing, start_tracing
+from statekeeper_server.publish.relay_config import declare_relays
+from statekeeper_server.publish.sinks import Sinks
 from statekeeper_server.services import Service
 from statekeeper_server.services.checkpoints import CheckpointServicer
 from statekeeper_server.services.events import EventLogServicer
 from statekeeper_server.services.jobs import JobServicer
+from statekeeper_server.services.relays import RelayServicer
 from statekeeper_server.services.snapshots import SnapshotServicer
 from statekeeper_server.stores import Store, open_store
 from statekeeper_server.stream_buffers import StreamBuffers
@@ -70,15 +73,20 @@ def build_services(
     stopping: asyncio.Event,
     buffers: StreamBuffers,
     turns: StreamTurns,
+    sinks: Sinks,
 ) -> list[Service]:
-    """Every servicer of the API, over `store`; the streams share `buffers` and `turns`."""
+    """Every servicer of the API, over `store`; the streams share `buffers` and `turns`;
+    jobs and relays publish through `sinks`."""
     return [
         SnapshotServicer(store.snapshots),
         CheckpointServicer(store.checkpoints, settings),
         EventLogServicer(
             store.events, store.notifier, stopping, settings.heartbeat_interval, buffers, turns
         ),
-        JobServicer(store.jobs, store.events, store.notifier, settings, stopping, buffers, turns),
+        JobServicer(
+            store.jobs, store.events, store.notifier, settings, stopping, buffers, turns, sinks
+        ),
+        RelayServicer(store.relays, store.events, sinks, store.notifier, settings, stopping),
     ]
 
 
@@ -111,6 +119,8 @@ class Application:
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.sinks = Sinks({})
+        """The sinks events are published to (read from the settings at `start`)."""
 
     @property
     def store(self) -> Store:
@@ -126,11 +136,15 @@ class Application:
         refuses (TracingUnavailable) `--otel` without the otel extra.
         """
         check_exposure(self.settings)
+        self.sinks = Sinks.from_settings(
+            self.settings.sink, self.settings.sinks_file, self.settings.sink_format
+        )
         self._tracing = start_tracing(self.settings.otel)
         self._tls = await ServerTls.load(self.settings)
         self._access = await AccessControl.load(self.settings)
         self._store = await open_store(self.settings.store, self.settings)
         try:
+            await declare_relays(self._store.relays, self.settings.relay, self.sinks)
             await self._start_server(self._store)
         except BaseException:
             await self._store.close()
@@ -181,7 +195,12 @@ class Application:
             options=transport_options(self.settings),
         )
         services = build_services(
-            store, self.settings, self.stopping, self.stream_buffers, self.stream_turns
+            store,
+            self.settings,
+            self.stopping,
+            self.stream_buffers,
+            self.stream_turns,
+            self.sinks,
         )
         for service in services:
             service.add_to(server)
@@ -279,6 +298,7 @@ class Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.sinks.close()
         if self._store is not None:
             await self._store.close()
             self._store = None

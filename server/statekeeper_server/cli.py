@@ -27,6 +27,8 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": field.description}
         if field.annotation is bool:
             kwargs["action"] = "store_true"
+        elif typing.get_origin(field.annotation) is list:
+            kwargs["action"] = "append"
         elif typing.get_origin(field.annotation) is typing.Literal:
             kwargs["choices"] = typing.get_args(field.annotation)
         elif field.annotation in (int, float):

@@ -231,6 +231,38 @@ class Settings(BaseSettings):
     checkpoint_sweep_interval: float = Field(
         60.0, gt=0, description="seconds between sweeps applying checkpoint retention"
     )
+    sink: list[str] = Field(
+        [],
+        description="a sink events can be published to, NAME=URL: nats://host:4222?subject=TEMPLATE"
+        " (JetStream) or redis://host:6379/0?stream=TEMPLATE&maxlen=N (Redis Streams);"
+        " repeatable (needs the publish extra)",
+    )
+    sinks_file: str = Field(
+        "", description="file of more sinks, one NAME=URL per line (# starts a comment)"
+    )
+    sink_format: Literal["protobuf", "json"] = Field(
+        "protobuf",
+        description="body of published messages unless a sink's URL says format=: the"
+        " EventEnvelope as protobuf bytes or as JSON",
+    )
+    relay: list[str] = Field(
+        [],
+        description="a relay declared at start, NAME=SINK, optionally"
+        " ?namespace=NS&run_id_prefix=P&event_kinds=K1,K2: created unless it exists;"
+        " repeatable",
+    )
+    relay_poll_interval: float = Field(
+        1.0,
+        gt=0,
+        description="most seconds a relay waits before looking for events to forward when"
+        " no commit wakes it",
+    )
+    relay_lease_duration: float = Field(
+        5.0,
+        gt=0,
+        description="seconds a replica holds a relay without renewing its lease (PostgreSQL):"
+        " how soon another replica takes over a relay whose replica died",
+    )
     metrics_namespace_label: bool = Field(
         False,
         description="label the per-namespace store metrics (events appended, job counts,"

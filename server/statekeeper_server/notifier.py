@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 
 class Wakeup(asyncio.Event):
@@ -58,6 +58,17 @@ class Notifier:
 
     def __init__(self) -> None:
         self._events: weakref.WeakValueDictionary[Hashable, Wakeup] = weakref.WeakValueDictionary()
+        self._listeners: list[Callable[[Hashable], None]] = []
+
+    def listen(self, listener: Callable[[Hashable], None]) -> None:
+        """Call `listener(key)` on every `notify`, whoever watches the key (a waiter on a
+        family of keys, such as every run of a namespace). It must be quick."""
+        self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[Hashable], None]) -> None:
+        """Stop calling `listener`."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def watch(self, key: Hashable) -> Wakeup:
         """The event the next `notify(key)` sets; take it before reading."""
@@ -68,10 +79,12 @@ class Notifier:
         return event
 
     def notify(self, key: Hashable) -> None:
-        """Wake everyone watching `key`."""
+        """Wake everyone watching `key`, and tell the listeners."""
         event = self._events.pop(key, None)
         if event is not None:
             event.set()
+        for listener in self._listeners:
+            listener(key)
 
     def notify_all(self) -> None:
         """Wake every watcher (after a reconnect, when changes may be missed)."""

@@ -1,10 +1,11 @@
 """The job queue's background work: the built-in job runner and the sweeper.
 
 The runner leases the jobs of queue `statekeeper.builtin` (in every
-namespace) and runs them in this server. Its one kind,
-`statekeeper.append_event`, appends an event to a run's log; the event id
-is the payload's `event_id`, else the job id, so a job that runs twice
-(after a crash between the append and the completion) appends once.
+namespace) and runs them in this server. Kind `statekeeper.append_event`
+appends an event to a run's log; the event id is the payload's `event_id`,
+else the job id, so a job that runs twice (after a crash between the append
+and the completion) appends once. Kind `statekeeper.publish_event`
+publishes an event to a sink (see `publish_job`).
 
 The sweeper promotes jobs whose run_after came, settles expired leases
 (waking long-polling leasers), and deletes finished jobs and old change
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,6 +29,17 @@ from google.protobuf.message import Message
 from statekeeper.v1 import events_pb2
 from statekeeper_server.errors import InvalidArgument, ServiceError, Unavailable
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.publish.sinks import Sinks
+from statekeeper_server.services.job_payloads import (
+    json_message,
+    set_aside_custom_data,
+    string_field,
+)
+from statekeeper_server.services.publish_job import (
+    PUBLISH_EVENT_KIND,
+    parse_publish_event,
+    publish_event,
+)
 from statekeeper_server.stores.events import EventStore, validate_event_input, validate_expectation
 from statekeeper_server.stores.jobs import (
     ANY_NAMESPACE,
@@ -44,7 +56,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 APPEND_EVENT_KIND = "statekeeper.append_event"
-BUILTIN_KINDS = (APPEND_EVENT_KIND,)
+BUILTIN_KINDS = (APPEND_EVENT_KIND, PUBLISH_EVENT_KIND)
 APPEND_EVENT_FIELDS = ("run_id", "event", "event_id", "expectation")
 RUNNER_BATCH = 32
 ERROR_PAUSE = 1.0
@@ -126,80 +138,26 @@ def parse_append_event(payload: struct_pb2.Struct, field: str) -> AppendEventCal
             raise InvalidArgument(
                 f"{field}.{name}", "is not one of " + ", ".join(APPEND_EVENT_FIELDS)
             )
-    run_id = _string(fields, "run_id")
+    run_id = string_field(fields, "run_id")
     if run_id is None:
         raise InvalidArgument(f"{field}.run_id", "is required (a string)")
     require_id(run_id, f"{field}.run_id")
-    event_id = _string(fields, "event_id") if "event_id" in fields else ""
+    event_id = string_field(fields, "event_id") if "event_id" in fields else ""
     if event_id is None:
         raise InvalidArgument(f"{field}.event_id", "must be a string")
     item = events_pb2.EventInput(event_id=event_id)
-    event_json, data = _set_aside_custom_data(fields, f"{field}.event")
-    _parse(event_json, item.event, f"{field}.event")
+    event_json, data = set_aside_custom_data(fields, f"{field}.event")
+    json_message(event_json, item.event, f"{field}.event")
     validate_event_input(item, field)
     expectation = None
     if "expectation" in fields:
-        expectation = _parse(
+        expectation = json_message(
             json_format.MessageToDict(fields["expectation"]),
             events_pb2.SeqExpectation(),
             f"{field}.expectation",
         )
         validate_expectation(expectation, f"{field}.expectation")
     return AppendEventCall(run_id, item, data, expectation)
-
-
-def _string(fields: Mapping[str, struct_pb2.Value], name: str) -> str | None:
-    """The text of JSON field `name`; None when it is absent or not a string."""
-    if name not in fields or fields[name].WhichOneof("kind") != "string_value":
-        return None
-    return fields[name].string_value
-
-
-def _set_aside_custom_data(
-    fields: Mapping[str, struct_pb2.Value], field: str
-) -> tuple[object, struct_pb2.Struct | None]:
-    """The payload's event as JSON without its custom data, and that data (a part of
-    the payload) or None; InvalidArgument naming `field` if there is no event object.
-
-    Only a `custom.data` object is set aside; anything else, right or wrong, stays
-    in the JSON for json_format to parse or refuse as it would the whole event.
-    """
-    if "event" not in fields or fields["event"].WhichOneof("kind") != "struct_value":
-        raise InvalidArgument(field, "is required (a AgentEvent in JSON form)")
-    event = fields["event"].struct_value
-    custom = _object(event.fields, "custom")
-    data = None if custom is None else _object(custom.fields, "data")
-    if custom is None or data is None:
-        return json_format.MessageToDict(event), None
-    rest = {
-        key: json_format.MessageToDict(value)
-        for key, value in event.fields.items()
-        if key != "custom"
-    }
-    rest["custom"] = {
-        key: json_format.MessageToDict(value)
-        for key, value in custom.fields.items()
-        if key != "data"
-    }
-    return rest, data
-
-
-def _object(fields: Mapping[str, struct_pb2.Value], name: str) -> struct_pb2.Struct | None:
-    """JSON field `name` when it holds an object; None otherwise."""
-    if name not in fields or fields[name].WhichOneof("kind") != "struct_value":
-        return None
-    return fields[name].struct_value
-
-
-def _parse(value: object, message: M, field: str) -> M:
-    """`message` with JSON `value` merged in; InvalidArgument naming `field` if it is
-    not the message's JSON form."""
-    if not isinstance(value, dict):
-        raise InvalidArgument(field, f"is required (a {message.DESCRIPTOR.name} in JSON form)")
-    try:
-        return json_format.ParseDict(value, message)
-    except json_format.ParseError as exc:
-        raise InvalidArgument(field, str(exc).splitlines()[0]) from None
 
 
 def append_result(envelope: bytes) -> struct_pb2.Struct:
@@ -242,9 +200,9 @@ def _without(message: M, name: str) -> M:
 def is_retryable(error: Exception) -> bool:
     """Whether a built-in job failing with `error` may succeed on another attempt.
 
-    Only an unavailable store or an unexpected fault is retried: a rejected
-    event, a conflicting id, a closed run or a failed expectation will fail
-    the same way again.
+    Only an unavailable store or sink or an unexpected fault is retried: a
+    rejected event, a conflicting id, a closed run, a failed expectation or
+    a message a sink refused will fail the same way again.
     """
     return isinstance(error, Unavailable) or not isinstance(error, ServiceError)
 
@@ -265,8 +223,10 @@ class BuiltinJobRunner:
         notifier: Notifier,
         stopping: asyncio.Event,
         lease_us: int,
+        sinks: Sinks,
     ) -> None:
         self._jobs = jobs
+        self._sinks = sinks
         self._events = events
         self._notifier = notifier
         self._stopping = stopping
@@ -302,7 +262,7 @@ class BuiltinJobRunner:
     async def _run_one(self, leased: LeasedJob) -> None:
         job = leased.job
         try:
-            result = append_result(await self._append(leased))
+            result = await self._run_kind(leased)
         except Exception as exc:
             if not isinstance(exc, ServiceError):
                 log.exception("built-in job %s failed unexpectedly", job.job_id)
@@ -322,6 +282,16 @@ class BuiltinJobRunner:
             self._jobs.complete(leased.namespace, job.job_id, job.lease.lease_id, result),
             job.job_id,
         )
+
+    async def _run_kind(self, leased: LeasedJob) -> struct_pb2.Struct:
+        """Do what the job's kind does; the job's result."""
+        job = leased.job
+        if job.kind == PUBLISH_EVENT_KIND:
+            call = parse_publish_event(job.payload, "payload", self._sinks.specs)
+            return await publish_event(
+                call, leased.namespace, job.job_id, self._events, self._sinks
+            )
+        return append_result(await self._append(leased))
 
     async def _append(self, leased: LeasedJob) -> bytes:
         """Append the job's event; the stored envelope's bytes.

@@ -7,7 +7,7 @@ encoded once, never copied into a response message first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -19,6 +19,7 @@ from statekeeper_server.errors import InvalidArgument, Unavailable
 from statekeeper_server.limits import WATCH_BATCH_BYTES
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.offload import off_loop_if_large
+from statekeeper_server.publish.sinks import Sinks
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.services.job_runner import (
     BUILTIN_KINDS,
@@ -30,6 +31,7 @@ from statekeeper_server.services.job_runner import (
     sweep_jobs,
     wait_for_wake,
 )
+from statekeeper_server.services.publish_job import PUBLISH_EVENT_KIND, parse_publish_event
 from statekeeper_server.stores.events import EventStore
 from statekeeper_server.stores.jobs import (
     BUILTIN_QUEUE,
@@ -95,9 +97,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         stopping: asyncio.Event,
         buffers: StreamBuffers,
         turns: StreamTurns,
+        sinks: Sinks,
     ) -> None:
         """`buffers` is the server's stream buffer budget and `turns` the turns its streams
-        take to read and send, both shared with every stream of the server."""
+        take to read and send, both shared with every stream of the server; `sinks` are
+        those `statekeeper.publish_event` jobs may name."""
+        self._sinks = sinks
         self._buffers = buffers
         self._turns = turns
         self._jobs = jobs
@@ -119,7 +124,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             change_retention=self._settings.job_change_retention,
         )
         runner = BuiltinJobRunner(
-            self._jobs, self._events, self._notifier, self._stopping, self._default_lease_us
+            self._jobs,
+            self._events,
+            self._notifier,
+            self._stopping,
+            self._default_lease_us,
+            self._sinks,
         )
         return [sweep_jobs(self._jobs, self._notifier, self._stopping, sweep), runner.run()]
 
@@ -130,7 +140,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         namespace = request_namespace(context)
         if not request.HasField("job"):
             raise InvalidArgument("job", "is required")
-        specs = await new_jobs([request.job], ["job"])
+        specs = await new_jobs([request.job], ["job"], self._sinks.specs)
         [enqueued] = await self._jobs.enqueue(namespace, specs)
         response = jobs_pb2.EnqueueJobResponse
         return message_field(
@@ -145,7 +155,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         namespace = request_namespace(context)
         if not 1 <= len(request.jobs) <= MAX_BATCH_JOBS:
             raise InvalidArgument("jobs", f"must hold 1 to {MAX_BATCH_JOBS} jobs")
-        specs = await new_jobs(request.jobs, [f"jobs[{i}]" for i in range(len(request.jobs))])
+        specs = await new_jobs(
+            request.jobs, [f"jobs[{i}]" for i in range(len(request.jobs))], self._sinks.specs
+        )
         enqueued = await self._jobs.enqueue(namespace, specs)
         response = jobs_pb2.EnqueueJobsResponse
         return repeated_message_field(
@@ -399,20 +411,24 @@ def valid_timestamp(value: timestamp_pb2.Timestamp, field: str) -> int:
     return from_timestamp(value)
 
 
-async def new_jobs(specs: Sequence[jobs_pb2.JobSpec], fields: Sequence[str]) -> list[NewJob]:
+async def new_jobs(
+    specs: Sequence[jobs_pb2.JobSpec], fields: Sequence[str], sinks: Collection[str]
+) -> list[NewJob]:
     """`new_job` of every spec (named by `fields` in errors), off the event loop when
     built-in payloads, which are parsed as JSON, are large."""
     parsed = sum(spec.payload.ByteSize() for spec in specs if spec.kind in BUILTIN_KINDS)
     return await off_loop_if_large(
-        parsed, lambda: [new_job(spec, field) for spec, field in zip(specs, fields, strict=True)]
+        parsed,
+        lambda: [new_job(spec, field, sinks) for spec, field in zip(specs, fields, strict=True)],
     )
 
 
-def new_job(spec: jobs_pb2.JobSpec, field: str) -> NewJob:
+def new_job(spec: jobs_pb2.JobSpec, field: str, sinks: Collection[str]) -> NewJob:
     """Validate `spec` (named `field` in errors) into the job to store.
 
     Built-in kinds go to BUILTIN_QUEUE and have their payload checked now,
-    so a job that could never run is refused at enqueue.
+    so a job that could never run is refused at enqueue; a publish_event job
+    must name one of `sinks`.
     """
     kind = require_id(spec.kind, f"{field}.kind")
     if kind.startswith(RESERVED_PREFIX):
@@ -427,7 +443,10 @@ def new_job(spec: jobs_pb2.JobSpec, field: str) -> NewJob:
                 f"{field}.queue", f"built-in kind {kind} runs on queue {BUILTIN_QUEUE}"
             )
         queue = BUILTIN_QUEUE
-        parse_append_event(spec.payload, f"{field}.payload")
+        if kind == PUBLISH_EVENT_KIND:
+            parse_publish_event(spec.payload, f"{field}.payload", sinks)
+        else:
+            parse_append_event(spec.payload, f"{field}.payload")
     else:
         queue = worker_queue(spec.queue, f"{field}.queue")
     priority = enum_value(spec.priority, f"{field}.priority", JOB_PRIORITIES, required=False)

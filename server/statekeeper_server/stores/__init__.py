@@ -24,6 +24,7 @@ from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores.checkpoints import CheckpointStore
 from statekeeper_server.stores.events import EventStore
 from statekeeper_server.stores.jobs import JobStore
+from statekeeper_server.stores.relays import RelayStore
 from statekeeper_server.stores.snapshots import SnapshotStore
 
 
@@ -44,6 +45,7 @@ class Store:
     checkpoints: CheckpointStore
     events: EventStore
     jobs: JobStore
+    relays: RelayStore
     notifier: Notifier
     close: Callable[[], Awaitable[None]]
     ping: Callable[[], Awaitable[None]]

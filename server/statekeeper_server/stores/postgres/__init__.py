@@ -17,7 +17,7 @@ from __future__ import annotations
 from statekeeper_server.config import Settings
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores import Store
-from statekeeper_server.stores.postgres import checkpoints, events, jobs, snapshots
+from statekeeper_server.stores.postgres import checkpoints, events, jobs, relays, snapshots
 from statekeeper_server.stores.postgres.engine import (
     HEALTH_MIGRATIONS,
     PostgresEngine,
@@ -29,6 +29,7 @@ MIGRATIONS: Migrations = {
     "checkpoints": checkpoints.MIGRATIONS,
     "events": events.MIGRATIONS,
     "jobs": jobs.MIGRATIONS,
+    "relays": relays.MIGRATIONS,
     "snapshots": snapshots.MIGRATIONS,
     "health": HEALTH_MIGRATIONS,
 }
@@ -50,6 +51,7 @@ async def open_postgres_store(url: str, settings: Settings | None = None) -> Sto
         checkpoints=checkpoints.PostgresCheckpointStore(engine),
         events=events.PostgresEventStore(engine),
         jobs=jobs.PostgresJobStore(engine),
+        relays=relays.PostgresRelayStore(engine),
         notifier=notifier,
         close=engine.close,
         ping=engine.ping,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores import Store
-from statekeeper_server.stores.sqlite import checkpoints, events, jobs, snapshots
+from statekeeper_server.stores.sqlite import checkpoints, events, jobs, relays, snapshots
 from statekeeper_server.stores.sqlite.engine import HEALTH_MIGRATIONS, SQLiteEngine
 
 MIGRATIONS = {
@@ -15,6 +15,7 @@ MIGRATIONS = {
     "checkpoints": checkpoints.MIGRATIONS,
     "events": events.MIGRATIONS,
     "jobs": jobs.MIGRATIONS,
+    "relays": relays.MIGRATIONS,
     "health": HEALTH_MIGRATIONS,
 }
 
@@ -23,6 +24,7 @@ async def open_sqlite_store(path: Path | None) -> Store:
     """A Store on the SQLite file at `path`, or in memory when None."""
     engine = SQLiteEngine(path, MIGRATIONS)
     await engine.open()
+    await engine.write(relays.forget_leases)
     notifier = Notifier()
 
     async def ping() -> None:
@@ -36,6 +38,7 @@ async def open_sqlite_store(path: Path | None) -> Store:
         checkpoints=checkpoints.SQLiteCheckpointStore(engine),
         events=events.SQLiteEventStore(engine, notifier),
         jobs=jobs.SQLiteJobStore(engine, notifier),
+        relays=relays.SQLiteRelayStore(engine),
         notifier=notifier,
         close=engine.close,
         ping=ping,
