@@ -227,7 +227,7 @@ async def _jetstream(subjects: str, stream: str) -> AsyncIterator[Any]:
         connection = await nats.connect(
             NATS_URL, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False
         )
-    except (TimeoutError, NoServersError, OSError) as exc:
+    except (asyncio.TimeoutError, NoServersError, OSError) as exc:
         raise ServiceUnavailable(f"NATS at {NATS_URL}: {exc}") from None
     js = connection.jetstream()
     try:
@@ -500,7 +500,7 @@ async def _postgres(pool_size: int) -> AsyncIterator[Any]:
     schema = _name("bench_raw")
     try:
         admin = await asyncpg.connect(POSTGRES_URL, timeout=5)
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+    except (asyncio.TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise ServiceUnavailable(f"PostgreSQL at {POSTGRES_URL}: {exc}") from None
     try:
         await admin.execute(f"CREATE SCHEMA {schema}; SET search_path TO {schema}")

@@ -34,7 +34,7 @@ from tests.test_snapshots_store import snapshot
 # Access control is what these tests are about: each server has its own.
 pytestmark = pytest.mark.own_access_control
 
-PAST = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+PAST = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
 TOKENS: dict[str, TokenSpec] = {
     "acme-reader": ["acme:read"],
     "acme-writer": ["acme:write"],

@@ -3,7 +3,6 @@ audience, expiry and not-before, their permissions read from a claim."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from statekeeper.v1 import (
     snapshots_pb2,
     snapshots_pb2_grpc,
 )
+from statekeeper_server import compat
 from statekeeper_server.app import Application
 from statekeeper_server.auth.credentials import Credentials
 from statekeeper_server.auth.jwt_tokens import (
@@ -222,7 +222,7 @@ async def stream_until_refused(stream: Any) -> tuple[list[Any], grpc.aio.AioRpcE
     """The messages of `stream` until it fails, and its failure."""
     received: list[Any] = []
     try:
-        async with asyncio.timeout(30):
+        async with compat.timeout(30):
             async for message in stream:
                 received.append(message)
     except grpc.aio.AioRpcError as error:

@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import signal
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from statekeeper.v1 import snapshots_pb2, snapshots_pb2_grpc
 from statekeeper_server.auth.tokens import TOKEN_PREFIX, parse_expiry, parse_tokens
 from statekeeper_server.cli import main
+from statekeeper_server.compat import tomllib
 from tests.auth_support import call_metadata, write_tokens
 from tests.harness import ServerProcess, running_app
 from tests.waiting import ENOUGH, POLL, until
@@ -27,7 +27,8 @@ from tests.waiting import ENOUGH, POLL, until
 # Access control is what these tests are about: each server has its own.
 pytestmark = pytest.mark.own_access_control
 
-NOW = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=datetime.UTC)
+UTC = datetime.timezone.utc
+NOW = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DIGEST = "ab" * 32
 
 
@@ -98,10 +99,7 @@ def test_token_create_prints_a_json_entry_with_its_expiry() -> None:
     entry = json.loads(printed_parts(out)[1])
     assert entry["expires"] == "2099-01-02T00:00:00Z"
     [parsed] = parse_tokens({"tokens": [entry]})
-    assert (
-        parsed.principal.expires_at
-        == datetime.datetime(2099, 1, 2, tzinfo=datetime.UTC).timestamp()
-    )
+    assert parsed.principal.expires_at == datetime.datetime(2099, 1, 2, tzinfo=UTC).timestamp()
 
 
 @pytest.mark.parametrize(
@@ -177,8 +175,8 @@ def test_token_create_leaves_a_file_it_cannot_read_as_a_tokens_file_alone(
         ("90d", NOW + datetime.timedelta(days=90)),
         ("1w2d12h", NOW + datetime.timedelta(days=9, hours=12)),
         ("30m", NOW + datetime.timedelta(minutes=30)),
-        ("2026-12-31", datetime.datetime(2026, 12, 31, tzinfo=datetime.UTC)),
-        ("2026-12-31T08:00:00+02:00", datetime.datetime(2026, 12, 31, 6, tzinfo=datetime.UTC)),
+        ("2026-12-31", datetime.datetime(2026, 12, 31, tzinfo=UTC)),
+        ("2026-12-31T08:00:00+02:00", datetime.datetime(2026, 12, 31, 6, tzinfo=UTC)),
     ],
 )
 def test_an_expiry_is_a_duration_or_a_date(text: str, expected: datetime.datetime) -> None:

@@ -44,7 +44,7 @@ def entry(name: str, token: str, expires: datetime.datetime | None = None) -> di
 def tokens_file(tmp_path: Path) -> str:
     """A tokens file in which TOKEN may write namespace acme, and SHORT_LIVED_TOKEN
     may for two seconds from now."""
-    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=2)
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
     entries = [entry("acme-writer", TOKEN), entry("acme-briefly", SHORT_LIVED_TOKEN, soon)]
     path = tmp_path / "tokens.json"
     path.write_text(json.dumps({"tokens": entries}))

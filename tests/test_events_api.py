@@ -12,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import statekeeper
+from statekeeper.errors import StatekeeperError
 from statekeeper.events import custom_event, expect_last_seq, is_terminal
 from statekeeper.v1 import events_pb2, events_pb2_grpc
 from statekeeper_server.app import Application
@@ -444,6 +445,18 @@ async def test_client_replay_gives_up_after_its_reconnect_timeout() -> None:
         replay = nowhere.events.replay(RUN, reconnect_timeout=0.2)
         error = await fails(replay)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_blocking_replay_gives_up_after_its_reconnect_timeout() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{probe.getsockname()[1]}"
+    with (
+        statekeeper.Client(target) as nowhere,
+        pytest.raises(StatekeeperError) as caught,
+    ):
+        list(nowhere.events.replay(RUN, reconnect_timeout=0.2))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 # -- lifecycle of streams ------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -115,6 +116,79 @@ async def test_a_body_without_async_with_completes_when_the_loop_moves_on(
     assert seen == [first.job_id, second.job_id]
     assert (await client.jobs.get(first.job_id)).result["n"] == 1
     assert (await client.jobs.get(second.job_id)).state == SUCCEEDED
+
+
+# -- the blocking client's loop: heartbeats on its own thread --------------------------
+
+
+async def test_the_blocking_loops_heartbeats_keep_a_long_job_leased(
+    app: Application, client: statekeeper.AsyncClient
+) -> None:
+    job = await client.jobs.enqueue("slow")
+
+    def work_one() -> None:
+        with (
+            statekeeper.Client(f"127.0.0.1:{app.port}") as blocking,
+            contextlib.closing(blocking.jobs.work(lease_duration=0.6, wait=5)) as work,
+        ):
+            for item in work:
+                with item:
+                    time.sleep(1.5)  # well past the lease: only heartbeats keep it
+                break
+
+    await asyncio.to_thread(work_one)
+    done = await client.jobs.get(job.job_id)
+    assert (done.state, done.attempt, list(done.errors)) == (SUCCEEDED, 1, [])
+
+
+async def test_the_blocking_loop_fails_an_attempt_that_raises_and_goes_on(
+    app: Application, client: statekeeper.AsyncClient
+) -> None:
+    flaky = await client.jobs.enqueue("flaky", retry_backoff_base=0.05, retry_backoff_cap=0.05)
+
+    def work_twice() -> list[int]:
+        attempts: list[int] = []
+        with (
+            statekeeper.Client(f"127.0.0.1:{app.port}") as blocking,
+            contextlib.closing(blocking.jobs.work(wait=5)) as work,
+        ):
+            for item in work:
+                with item:
+                    attempts.append(item.attempt)
+                    if item.attempt == 1:
+                        raise ValueError("first attempt breaks")
+                if item.attempt == 2:
+                    break
+        return attempts
+
+    assert await asyncio.to_thread(work_twice) == [1, 2]
+    done = await client.jobs.get(flaky.job_id)
+    assert (done.state, done.attempt) == (SUCCEEDED, 2)
+    assert [e.message for e in done.errors] == ["ValueError: first attempt breaks"]
+
+
+async def test_the_blocking_loop_flags_a_job_cancelled_while_its_body_runs(
+    app: Application, client: statekeeper.AsyncClient
+) -> None:
+    job = await client.jobs.enqueue("long")
+
+    def work_one() -> bool:
+        with (
+            statekeeper.Client(f"127.0.0.1:{app.port}") as blocking,
+            contextlib.closing(blocking.jobs.work(lease_duration=0.3, wait=5)) as work,
+        ):
+            for item in work:
+                with item:
+                    blocking.jobs.cancel(item.id)
+                    for _ in range(100):
+                        if item.cancelled:
+                            break
+                        time.sleep(0.02)
+                return item.cancelled
+        raise AssertionError("the loop ended")
+
+    assert await asyncio.to_thread(work_one)
+    assert (await client.jobs.get(job.job_id)).state == CANCELLED
 
 
 async def test_eight_workers_complete_two_thousand_jobs_exactly_once(

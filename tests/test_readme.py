@@ -78,6 +78,29 @@ async def test_every_buf_curl_example_runs_against_a_real_server() -> None:
             assert process.returncode == 0, f"{command}\n{out.decode()}\n{err.decode()}"
 
 
+def blocking_client_example() -> str:
+    """The README's example of the blocking client (the python block after its marker)."""
+    after = README.split("<!-- blocking-client-example -->", 1)[1]
+    found = re.match(r"\s*```python\n(.*?)```", after, flags=re.S)
+    assert found is not None
+    return found.group(1)
+
+
+async def test_the_blocking_client_example_runs_as_written() -> None:
+    async with running_app("memory:") as app:
+        script = blocking_client_example().replace("127.0.0.1:50051", f"127.0.0.1:{app.port}")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            script,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ["1 False", "2 True", "NOT_FOUND SNAPSHOT_NOT_FOUND"]
+
+
 def test_settings_table_lists_every_setting_with_its_flag_and_variable() -> None:
     for name in Settings.model_fields:
         flag = "--" + name.replace("_", "-")

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 import statekeeper
+from statekeeper.errors import StatekeeperError
 from statekeeper.v1 import snapshots_pb2, snapshots_pb2_grpc
 from tests.harness import running_app
 from tests.rpc_errors import bad_request_fields, error_info
@@ -189,6 +190,34 @@ async def test_blocking_client_has_the_same_methods(store_url: str) -> None:
                 return saved.version, listed, client.snapshots.delete("run-1")
 
         assert await asyncio.to_thread(use_blocking_client) == (1, ["run-1"], True)
+
+
+async def test_both_clients_raise_a_refusal_with_its_reason_and_facts(
+    store_url: str,
+) -> None:
+    async with (
+        running_app(store_url) as app,
+        statekeeper.AsyncClient(f"127.0.0.1:{app.port}") as client,
+    ):
+        await client.snapshots.save(snapshot())
+        with pytest.raises(StatekeeperError) as from_async:
+            await client.snapshots.save(snapshot(), expected_version=7)
+
+        def save_blocking() -> StatekeeperError:
+            with statekeeper.Client(f"127.0.0.1:{app.port}") as blocking:
+                try:
+                    blocking.snapshots.save(snapshot(), expected_version=7)
+                except StatekeeperError as error:
+                    return error
+            raise AssertionError("the save was not refused")
+
+        from_blocking = await asyncio.to_thread(save_blocking)
+    for error in (from_async.value, from_blocking):
+        assert error.code() == grpc.StatusCode.ABORTED
+        assert error.reason == "VERSION_MISMATCH"
+        assert error.info is not None
+        assert error.info.metadata["current_version"] == "1"
+    assert str(from_async.value) == str(from_blocking)
 
 
 async def test_client_applies_its_default_deadline(

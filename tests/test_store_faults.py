@@ -308,7 +308,7 @@ async def test_a_call_that_times_out_mid_fetch_leaves_no_busy_connection(
     postgres_url: str,
 ) -> None:
     async with open_engine(f"{postgres_url}&pool_size=1") as engine:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(engine.fetchval("SELECT pg_sleep(30) /* sleeps */"), 0.2)
         await until_no_statement_runs("%/* sleeps */%")
         for n in range(10):

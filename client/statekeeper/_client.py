@@ -9,25 +9,8 @@ from typing import Any
 import grpc
 
 from statekeeper import checkpoints, events, jobs, relays, snapshots
-from statekeeper._calls import CallOptions, retry_service_config
-from statekeeper._credentials import (
-    Pem,
-    Token,
-    authorization,
-    channel_credentials,
-    resolve_target,
-    resolve_token,
-)
-
-IDEMPOTENT_METHODS = [
-    *snapshots.IDEMPOTENT,
-    *checkpoints.IDEMPOTENT,
-    *events.IDEMPOTENT,
-    *jobs.IDEMPOTENT,
-    *relays.IDEMPOTENT,
-]
-FAMILIES = ("snapshots", "checkpoints", "events", "jobs", "relays")
-"""The attributes of a client that hold one family's methods."""
+from statekeeper._calls import CallOptions, call_options, connection
+from statekeeper._credentials import Pem, Token
 
 
 class AsyncClient:
@@ -35,9 +18,16 @@ class AsyncClient:
 
     Every call carries the client's namespace, its token if it has one and,
     unless told otherwise, a deadline of `timeout` seconds. Calls that are
-    safe to repeat are retried on UNAVAILABLE by the channel itself. Use as
-    `async with AsyncClient(...)`.
+    safe to repeat are retried on UNAVAILABLE within that deadline. Failed
+    calls raise `statekeeper.errors.StatekeeperError`. Use as
+    `async with AsyncClient(...)`; `Client` is the blocking twin.
     """
+
+    snapshots: snapshots.SnapshotsClient
+    checkpoints: checkpoints.CheckpointsClient
+    events: events.EventsClient
+    jobs: jobs.JobsClient
+    relays: relays.RelaysClient
 
     def __init__(
         self,
@@ -66,40 +56,49 @@ class AsyncClient:
         Each is PEM bytes or the path of a PEM file. `credentials` (ready
         gRPC channel credentials) replaces all four.
         """
-        if credentials is not None and (
-            tls
-            or root_certificates is not None
-            or client_cert is not None
-            or client_key is not None
-        ):
-            raise ValueError("give credentials or the TLS arguments, not both")
-        if credentials is None:
-            credentials = channel_credentials(
-                tls=tls,
-                root_certificates=root_certificates,
-                client_cert=client_cert,
-                client_key=client_key,
-            )
-        token = resolve_token(token)
-        if isinstance(token, str):
-            authorization(token)  # a token metadata cannot carry fails here, not at each call
-        target = resolve_target(target)
-        options = [
-            ("grpc.service_config", retry_service_config(IDEMPOTENT_METHODS)),
-            ("grpc.enable_retries", 1),
-            *channel_options,
-        ]
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
+        settings = connection(
+            target,
+            namespace=namespace,
+            timeout=timeout,
+            token=token,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
+            credentials=credentials,
+            channel_options=channel_options,
+        )
+        if settings.credentials is None:
+            channel = grpc.aio.insecure_channel(settings.target, options=settings.channel_options)
         else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
-        self.namespace = namespace
-        call_options = CallOptions(namespace=namespace, timeout=timeout, token=token)
-        self.snapshots = snapshots.SnapshotsClient(self._channel, call_options)
-        self.checkpoints = checkpoints.CheckpointsClient(self._channel, call_options)
-        self.events = events.EventsClient(self._channel, call_options)
-        self.jobs = jobs.JobsClient(self._channel, call_options)
-        self.relays = relays.RelaysClient(self._channel, call_options)
+            channel = grpc.aio.secure_channel(
+                settings.target, settings.credentials, options=settings.channel_options
+            )
+        self._attach(channel, settings.call_options)
+
+    @classmethod
+    def from_channel(
+        cls,
+        channel: grpc.aio.Channel,
+        *,
+        namespace: str = "default",
+        timeout: float | None = 10.0,
+        token: Token | None = None,
+    ) -> AsyncClient:
+        """A client calling over `channel`, a channel you built (interceptors, options
+        of your own); closing the client closes it."""
+        client = cls.__new__(cls)
+        client._attach(channel, call_options(namespace=namespace, timeout=timeout, token=token))
+        return client
+
+    def _attach(self, channel: grpc.aio.Channel, options: CallOptions) -> None:
+        self._channel = channel
+        self.namespace = options.namespace
+        self.snapshots = snapshots.SnapshotsClient(channel, options)
+        self.checkpoints = checkpoints.CheckpointsClient(channel, options)
+        self.events = events.EventsClient(channel, options)
+        self.jobs = jobs.JobsClient(channel, options)
+        self.relays = relays.RelaysClient(channel, options)
 
     @property
     def channel(self) -> grpc.aio.Channel:

@@ -3,31 +3,23 @@
 Struct fields (scope snapshots, app state, metadata) are passed as plain
 JSON-like dicts; the returned messages convert back with
 `google.protobuf.json_format.MessageToDict`.
+
+`CheckpointCalls` says what each method sends and returns;
+`CheckpointsClient` (asyncio) and `BlockingCheckpointsClient` make the calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
-from statekeeper._calls import CallOptions
+from statekeeper import _aio_calls as aio
+from statekeeper import _sync_calls as sync
+from statekeeper._calls import Pages, Unary, whole
 from statekeeper.v1 import checkpoints_pb2, checkpoints_pb2_grpc
-
-SERVICE = "statekeeper.v1.CheckpointService"
-IDEMPOTENT = [
-    (SERVICE, "LoadWorkflowCheckpoint"),
-    (SERVICE, "ListWorkflowCheckpoints"),
-    (SERVICE, "DeleteWorkflowCheckpoints"),
-    (SERVICE, "RecoverAgentCheckpoint"),
-    (SERVICE, "ListAgentCheckpoints"),
-    (SERVICE, "DeleteAgentCheckpoints"),
-]
-"""Calls the channel may retry on UNAVAILABLE. Saves are not among them: each
-save adds a checkpoint, so retrying one is the caller's decision."""
 
 
 def to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct:
@@ -59,17 +51,15 @@ def retention(
     return message
 
 
-class CheckpointsClient:
-    """Save, load, list and delete workflow checkpoints; persist and recover agents."""
-
-    def __init__(self, channel: grpc.aio.Channel, options: CallOptions) -> None:
-        self._stub = checkpoints_pb2_grpc.CheckpointServiceStub(channel)
-        self._options = options
+class CheckpointCalls:
+    """The operations of the checkpoints family, shared by both clients. Saves are
+    not retried: each save adds a checkpoint, so retrying one is the caller's
+    decision."""
 
     # -- workflows -----------------------------------------------------------
 
-    async def save_workflow(
-        self,
+    @staticmethod
+    def save_workflow(
         run_id: str,
         workflow_name: str,
         *,
@@ -80,7 +70,7 @@ class CheckpointsClient:
         expected_parent: str | None = None,
         keep_last: int | None = None,
         ttl: float | None = None,
-    ) -> checkpoints_pb2.WorkflowCheckpoint:
+    ) -> Unary[checkpoints_pb2.WorkflowCheckpoint]:
         """Add a checkpoint to the run's history; returns it with its id and parent.
 
         With `expected_parent` the save is a compare-and-set on the run's
@@ -101,78 +91,72 @@ class CheckpointsClient:
         )
         if expected_parent is not None:
             request.expected_parent = expected_parent
-        response = await self._stub.SaveWorkflowCheckpoint(
-            request, metadata=self._options.metadata, timeout=self._options.timeout
-        )
-        return response.checkpoint
+        return Unary("SaveWorkflowCheckpoint", request, lambda response: response.checkpoint)
 
-    async def load_workflow(
-        self, run_id: str, checkpoint_id: str = "", *, fallback_to_readable: bool = False
-    ) -> checkpoints_pb2.LoadWorkflowCheckpointResponse:
+    @staticmethod
+    def load_workflow(
+        run_id: str, checkpoint_id: str = "", *, fallback_to_readable: bool = False
+    ) -> Unary[checkpoints_pb2.LoadWorkflowCheckpointResponse]:
         """The run's newest checkpoint (or `checkpoint_id`) in `.checkpoint`.
 
         Raises NOT_FOUND if there is none, DATA_LOSS if it is corrupt; with
         `fallback_to_readable` the newest readable one is returned instead and
         `.skipped_checkpoint_ids` names the corrupt ones passed over.
         """
-        return await self._stub.LoadWorkflowCheckpoint(
+        return Unary(
+            "LoadWorkflowCheckpoint",
             checkpoints_pb2.LoadWorkflowCheckpointRequest(
                 run_id=run_id,
                 checkpoint_id=checkpoint_id,
                 fallback_to_readable=fallback_to_readable,
             ),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
+            whole,
+            idempotent=True,
         )
 
-    async def list_workflow(
-        self,
+    @staticmethod
+    def list_workflow(
         run_id: str = "",
         *,
         workflow_name: str = "",
         metadata: Mapping[str, Any] | None = None,
         before: str = "",
         page_size: int = 0,
-    ) -> AsyncIterator[checkpoints_pb2.WorkflowCheckpoint]:
+    ) -> Pages[checkpoints_pb2.WorkflowCheckpoint]:
         """A run's checkpoints newest first (before `before`), page by page.
 
         Without `run_id`: the newest checkpoint of every run, in run_id
         order. `workflow_name` and `metadata` (exact top-level key/value
         pairs) filter both.
         """
-        token = ""
-        while True:
-            response = await self._stub.ListWorkflowCheckpoints(
-                checkpoints_pb2.ListWorkflowCheckpointsRequest(
-                    run_id=run_id,
-                    before=before,
-                    workflow_name=workflow_name,
-                    metadata_filter=to_struct(metadata),
-                    page_size=page_size,
-                    page_token=token,
-                ),
-                metadata=self._options.metadata,
-                timeout=self._options.timeout,
-            )
-            for checkpoint in response.checkpoints:
-                yield checkpoint
-            token = response.next_page_token
-            if not token:
-                return
-
-    async def delete_workflow(self, run_id: str) -> int:
-        """Delete the run's whole history; how many checkpoints it had."""
-        response = await self._stub.DeleteWorkflowCheckpoints(
-            checkpoints_pb2.DeleteWorkflowCheckpointsRequest(run_id=run_id),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
+        metadata_filter = to_struct(metadata)
+        return Pages(
+            "ListWorkflowCheckpoints",
+            lambda token: checkpoints_pb2.ListWorkflowCheckpointsRequest(
+                run_id=run_id,
+                before=before,
+                workflow_name=workflow_name,
+                metadata_filter=metadata_filter,
+                page_size=page_size,
+                page_token=token,
+            ),
+            lambda response: response.checkpoints,
         )
-        return response.deleted_count
+
+    @staticmethod
+    def delete_workflow(run_id: str) -> Unary[int]:
+        """Delete the run's whole history; how many checkpoints it had."""
+        return Unary(
+            "DeleteWorkflowCheckpoints",
+            checkpoints_pb2.DeleteWorkflowCheckpointsRequest(run_id=run_id),
+            lambda response: response.deleted_count,
+            idempotent=True,
+        )
 
     # -- agents --------------------------------------------------------------
 
-    async def persist_agent(
-        self,
+    @staticmethod
+    def persist_agent(
         agent_id: str,
         agent_state: checkpoints_pb2.AgentState.ValueType,
         *,
@@ -184,7 +168,7 @@ class CheckpointsClient:
         timestamp: datetime | None = None,
         keep_last: int | None = None,
         ttl: float | None = None,
-    ) -> checkpoints_pb2.AgentCheckpoint:
+    ) -> Unary[checkpoints_pb2.AgentCheckpoint]:
         """Add a checkpoint to the agent's history; returns it with its id.
 
         `custom` is any JSON value; `timestamp` (when the agent captured the
@@ -203,56 +187,81 @@ class CheckpointsClient:
             json_format.ParseDict(custom, checkpoint.metadata.custom)
         if timestamp is not None:
             checkpoint.timestamp.FromDatetime(timestamp)
-        response = await self._stub.PersistAgentCheckpoint(
+        return Unary(
+            "PersistAgentCheckpoint",
             checkpoints_pb2.PersistAgentCheckpointRequest(
                 checkpoint=checkpoint, retention=retention(keep_last, ttl)
             ),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
+            lambda response: response.checkpoint,
         )
-        return response.checkpoint
 
-    async def recover_agent(
-        self, agent_id: str, *, fallback_to_readable: bool = False
-    ) -> checkpoints_pb2.RecoverAgentCheckpointResponse:
+    @staticmethod
+    def recover_agent(
+        agent_id: str, *, fallback_to_readable: bool = False
+    ) -> Unary[checkpoints_pb2.RecoverAgentCheckpointResponse]:
         """The agent's newest checkpoint in `.checkpoint`.
 
         Raises NOT_FOUND if there is none, DATA_LOSS if it is corrupt; with
         `fallback_to_readable` the newest readable one is returned instead and
         `.skipped_checkpoint_ids` names the corrupt ones passed over.
         """
-        return await self._stub.RecoverAgentCheckpoint(
+        return Unary(
+            "RecoverAgentCheckpoint",
             checkpoints_pb2.RecoverAgentCheckpointRequest(
                 agent_id=agent_id, fallback_to_readable=fallback_to_readable
             ),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
+            whole,
+            idempotent=True,
         )
 
-    async def list_agent(
-        self, agent_id: str, *, before: str = "", page_size: int = 0
-    ) -> AsyncIterator[checkpoints_pb2.AgentCheckpoint]:
+    @staticmethod
+    def list_agent(
+        agent_id: str, *, before: str = "", page_size: int = 0
+    ) -> Pages[checkpoints_pb2.AgentCheckpoint]:
         """The agent's checkpoints newest first (before `before`), page by page."""
-        token = ""
-        while True:
-            response = await self._stub.ListAgentCheckpoints(
-                checkpoints_pb2.ListAgentCheckpointsRequest(
-                    agent_id=agent_id, before=before, page_size=page_size, page_token=token
-                ),
-                metadata=self._options.metadata,
-                timeout=self._options.timeout,
-            )
-            for checkpoint in response.checkpoints:
-                yield checkpoint
-            token = response.next_page_token
-            if not token:
-                return
-
-    async def delete_agent(self, agent_id: str) -> int:
-        """Delete the agent's whole history; how many checkpoints it had."""
-        response = await self._stub.DeleteAgentCheckpoints(
-            checkpoints_pb2.DeleteAgentCheckpointsRequest(agent_id=agent_id),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
+        return Pages(
+            "ListAgentCheckpoints",
+            lambda token: checkpoints_pb2.ListAgentCheckpointsRequest(
+                agent_id=agent_id, before=before, page_size=page_size, page_token=token
+            ),
+            lambda response: response.checkpoints,
         )
-        return response.deleted_count
+
+    @staticmethod
+    def delete_agent(agent_id: str) -> Unary[int]:
+        """Delete the agent's whole history; how many checkpoints it had."""
+        return Unary(
+            "DeleteAgentCheckpoints",
+            checkpoints_pb2.DeleteAgentCheckpointsRequest(agent_id=agent_id),
+            lambda response: response.deleted_count,
+            idempotent=True,
+        )
+
+
+class CheckpointsClient(aio.Family):
+    """Save, load, list and delete workflow checkpoints; persist and recover agents."""
+
+    stub = checkpoints_pb2_grpc.CheckpointServiceStub
+    save_workflow = aio.unary(CheckpointCalls.save_workflow)
+    load_workflow = aio.unary(CheckpointCalls.load_workflow)
+    list_workflow = aio.pages(CheckpointCalls.list_workflow)
+    delete_workflow = aio.unary(CheckpointCalls.delete_workflow)
+    persist_agent = aio.unary(CheckpointCalls.persist_agent)
+    recover_agent = aio.unary(CheckpointCalls.recover_agent)
+    list_agent = aio.pages(CheckpointCalls.list_agent)
+    delete_agent = aio.unary(CheckpointCalls.delete_agent)
+
+
+class BlockingCheckpointsClient(sync.Family):
+    """Save, load, list and delete workflow checkpoints; persist and recover agents
+    (blocking)."""
+
+    stub = checkpoints_pb2_grpc.CheckpointServiceStub
+    save_workflow = sync.unary(CheckpointCalls.save_workflow)
+    load_workflow = sync.unary(CheckpointCalls.load_workflow)
+    list_workflow = sync.pages(CheckpointCalls.list_workflow)
+    delete_workflow = sync.unary(CheckpointCalls.delete_workflow)
+    persist_agent = sync.unary(CheckpointCalls.persist_agent)
+    recover_agent = sync.unary(CheckpointCalls.recover_agent)
+    list_agent = sync.pages(CheckpointCalls.list_agent)
+    delete_agent = sync.unary(CheckpointCalls.delete_agent)

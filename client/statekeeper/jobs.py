@@ -13,7 +13,12 @@ An `async for` body cannot hand its exception back to the iterator, so the
 `async with job:` block is what turns an exception into a failed attempt
 (logged; the loop goes on). A body without it completes the job when the
 loop asks for the next one, unless the body settled the job itself with
-`await job.complete(...)` or `await job.fail(...)`.
+`await job.complete(...)` or `await job.fail(...)`. The blocking client's
+loop is the same with `for` and `with job:`; its heartbeats run on a thread
+of their own while the loop runs.
+
+`JobCalls` says what each method sends and returns; `JobsClient` (asyncio)
+and `BlockingJobsClient` make the calls.
 """
 
 from __future__ import annotations
@@ -24,8 +29,18 @@ import contextlib
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeAlias
@@ -33,21 +48,11 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
-from statekeeper._calls import CallOptions
+from statekeeper import _aio_calls as aio
+from statekeeper import _sync_calls as sync
+from statekeeper._calls import Collected, Pages, Stream, Unary, whole
+from statekeeper.errors import StatekeeperError
 from statekeeper.v1 import events_pb2, jobs_pb2, jobs_pb2_grpc
-
-SERVICE = "statekeeper.v1.JobService"
-IDEMPOTENT = [
-    (SERVICE, "GetJob"),
-    (SERVICE, "ListJobs"),
-    (SERVICE, "GetQueueStats"),
-    (SERVICE, "HeartbeatJob"),
-    (SERVICE, "CompleteJob"),
-    (SERVICE, "CancelJob"),
-]
-"""Calls the channel may retry on UNAVAILABLE. A repeated completion with the
-same lease returns the job again; enqueues, leases, failures and retries
-are not repeated behind the caller's back."""
 
 APPEND_EVENT_KIND = "statekeeper.append_event"
 PUBLISH_EVENT_KIND = "statekeeper.publish_event"
@@ -61,7 +66,9 @@ Priority: TypeAlias = "jobs_pb2.JobPriority.ValueType | str"
 Seconds: TypeAlias = "float | timedelta"
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 LOST_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
+FIRST_PAUSE = 0.1
 MAX_PAUSE = 5.0
+"""Pauses (seconds) of a worker loop between failed leases, doubling from the first."""
 
 log = logging.getLogger("statekeeper.jobs")
 
@@ -170,17 +177,16 @@ def default_worker_id() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-class JobsClient:
-    """Enqueue, inspect, lease and settle jobs; `work` is the worker loop."""
-
-    def __init__(self, channel: grpc.aio.Channel, options: CallOptions) -> None:
-        self._stub = jobs_pb2_grpc.JobServiceStub(channel)
-        self._options = options
+class JobCalls:
+    """The operations of the jobs family, shared by both clients. A repeated
+    completion with the same lease returns the job again, so it is retried;
+    enqueues, leases, failures and retries are not repeated behind the
+    caller's back."""
 
     # -- producers ---------------------------------------------------------------
 
-    async def enqueue(
-        self,
+    @staticmethod
+    def enqueue(
         kind: str,
         payload: Mapping[str, Any] | None = None,
         *,
@@ -192,7 +198,7 @@ class JobsClient:
         idempotency_key: str = "",
         retry_backoff_base: Seconds | None = None,
         retry_backoff_cap: Seconds | None = None,
-    ) -> jobs_pb2.Job:
+    ) -> Unary[jobs_pb2.Job]:
         """Enqueue one job and return it.
 
         `priority` is a JobPriority or one of low, normal, high, critical;
@@ -214,38 +220,34 @@ class JobsClient:
             retry_backoff_base=retry_backoff_base,
             retry_backoff_cap=retry_backoff_cap,
         )
-        response = await self._stub.EnqueueJob(
-            jobs_pb2.EnqueueJobRequest(job=spec),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
-        )
-        return response.job
+        return Unary("EnqueueJob", jobs_pb2.EnqueueJobRequest(job=spec), _job)
 
-    async def enqueue_many(self, specs: Iterable[jobs_pb2.JobSpec]) -> builtins.list[jobs_pb2.Job]:
+    @staticmethod
+    def enqueue_many(specs: Iterable[jobs_pb2.JobSpec]) -> Unary[builtins.list[jobs_pb2.Job]]:
         """Enqueue several jobs (built with `job_spec`) atomically; all or none."""
-        response = await self._stub.EnqueueJobs(
+        return Unary(
+            "EnqueueJobs",
             jobs_pb2.EnqueueJobsRequest(jobs=specs),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
+            lambda response: builtins.list(response.jobs),
         )
-        return list(response.jobs)
 
-    async def append_event_later(
-        self, run_id: str, event: events_pb2.AgentEvent, **options: Any
-    ) -> jobs_pb2.Job:
+    @staticmethod
+    def append_event_later(
+        run_id: str, event: events_pb2.AgentEvent, **options: Any
+    ) -> Unary[jobs_pb2.Job]:
         """Have the server append `event` to `run_id` later (`delay=`, `run_after=`).
 
         Arguments as for `append_event_spec`. The job's result will hold the
         appended envelope.
         """
-        response = await self._stub.EnqueueJob(
+        return Unary(
+            "EnqueueJob",
             jobs_pb2.EnqueueJobRequest(job=append_event_spec(run_id, event, **options)),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
+            _job,
         )
-        return response.job
 
-    async def publish_event(self, sink: str, run_id: str, **options: Any) -> jobs_pb2.Job:
+    @staticmethod
+    def publish_event(sink: str, run_id: str, **options: Any) -> Unary[jobs_pb2.Job]:
         """Have the server publish an event to its sink `sink`, with the queue's retries:
         `event=` (an AgentEvent, as an envelope of `run_id`) or `seq=` (the stored
         envelope of `run_id`).
@@ -253,91 +255,67 @@ class JobsClient:
         Arguments as for `publish_event_spec`. The job's result names the sink,
         run, seq and event id published.
         """
-        response = await self._stub.EnqueueJob(
+        return Unary(
+            "EnqueueJob",
             jobs_pb2.EnqueueJobRequest(job=publish_event_spec(sink, run_id, **options)),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
+            _job,
         )
-        return response.job
 
     # -- inspection and control -------------------------------------------------
 
-    async def get(self, job_id: str) -> jobs_pb2.Job:
+    @staticmethod
+    def get(job_id: str) -> Unary[jobs_pb2.Job]:
         """The job as it stands now; raises NOT_FOUND for an unknown job."""
-        response = await self._stub.GetJob(
-            jobs_pb2.GetJobRequest(job_id=job_id),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
-        )
-        return response.job
+        return Unary("GetJob", jobs_pb2.GetJobRequest(job_id=job_id), _job, idempotent=True)
 
-    async def list(
-        self,
+    @staticmethod
+    def list(
         *,
         queue: str = "",
         kind: str = "",
         state: jobs_pb2.JobState.ValueType = jobs_pb2.JOB_STATE_UNSPECIFIED,
         page_size: int = 0,
-    ) -> AsyncIterator[jobs_pb2.Job]:
+    ) -> Pages[jobs_pb2.Job]:
         """Every job matching the filters, in enqueue order, page by page."""
-        token = ""
-        while True:
-            response = await self._stub.ListJobs(
-                jobs_pb2.ListJobsRequest(
-                    page_size=page_size, page_token=token, queue=queue, kind=kind, state=state
-                ),
-                metadata=self._options.metadata,
-                timeout=self._options.timeout,
-            )
-            for job in response.jobs:
-                yield job
-            token = response.next_page_token
-            if not token:
-                return
-
-    async def cancel(self, job_id: str) -> jobs_pb2.Job:
-        """Cancel a job that has not finished; a running job's worker learns it at heartbeat."""
-        response = await self._stub.CancelJob(
-            jobs_pb2.CancelJobRequest(job_id=job_id),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
+        return Pages(
+            "ListJobs",
+            lambda token: jobs_pb2.ListJobsRequest(
+                page_size=page_size, page_token=token, queue=queue, kind=kind, state=state
+            ),
+            lambda response: response.jobs,
         )
-        return response.job
 
-    async def retry(self, job_id: str, *, delay: Seconds | None = None) -> jobs_pb2.Job:
+    @staticmethod
+    def cancel(job_id: str) -> Unary[jobs_pb2.Job]:
+        """Cancel a job that has not finished; a running job's worker learns it at heartbeat."""
+        return Unary("CancelJob", jobs_pb2.CancelJobRequest(job_id=job_id), _job, idempotent=True)
+
+    @staticmethod
+    def retry(job_id: str, *, delay: Seconds | None = None) -> Unary[jobs_pb2.Job]:
         """Put a DEAD or CANCELLED job back in its queue with a fresh budget of attempts."""
         request = jobs_pb2.RetryJobRequest(job_id=job_id)
         if delay is not None:
             request.delay.CopyFrom(to_duration(delay))
-        response = await self._stub.RetryJob(
-            request, metadata=self._options.metadata, timeout=self._options.timeout
-        )
-        return response.job
+        return Unary("RetryJob", request, _job)
 
-    async def stats(self, queue: str = "") -> builtins.list[jobs_pb2.QueueStats]:
+    @staticmethod
+    def stats(queue: str = "") -> Collected[jobs_pb2.QueueStats]:
         """Counts per state and priority of one queue, or of every queue (fetched page
         by page), in queue order."""
-        queues: builtins.list[jobs_pb2.QueueStats] = []
-        token = ""
-        while True:
-            response = await self._stub.GetQueueStats(
-                jobs_pb2.GetQueueStatsRequest(queue=queue, page_token=token),
-                metadata=self._options.metadata,
-                timeout=self._options.timeout,
-            )
-            queues += response.queues
-            token = response.next_page_token
-            if not token:
-                return queues
+        return Collected(
+            "GetQueueStats",
+            lambda token: jobs_pb2.GetQueueStatsRequest(queue=queue, page_token=token),
+            lambda response: response.queues,
+        )
 
-    async def watch(
-        self,
+    @staticmethod
+    def watch(
         *,
         queue: str = "",
         kind: str = "",
         job_ids: Sequence[str] = (),
         after_change_id: int | None = None,
-    ) -> AsyncIterator[jobs_pb2.JobChange]:
+    ) -> Stream[jobs_pb2.JobChange]:
         """State changes of matching jobs as they commit, until the caller stops.
 
         Without `after_change_id`, changes from when the stream started; with
@@ -346,18 +324,12 @@ class JobsClient:
         request = jobs_pb2.WatchJobsRequest(queue=queue, kind=kind, job_ids=job_ids)
         if after_change_id is not None:
             request.after_change_id = after_change_id
-        call = self._stub.WatchJobs(request, metadata=self._options.metadata)
-        try:
-            async for response in call:
-                for change in response.changes.changes:
-                    yield change
-        finally:
-            call.cancel()
+        return Stream("WatchJobs", request, lambda response: response.changes.changes)
 
     # -- workers -------------------------------------------------------------------
 
-    async def lease(
-        self,
+    @staticmethod
+    def lease(
         queue: str = "default",
         kinds: Sequence[str] = (),
         *,
@@ -365,7 +337,7 @@ class JobsClient:
         max_jobs: int = 1,
         lease_duration: Seconds | None = None,
         wait: Seconds | None = None,
-    ) -> builtins.list[jobs_pb2.Job]:
+    ) -> Unary[builtins.list[jobs_pb2.Job]]:
         """Lease up to `max_jobs` runnable jobs; with `wait`, long-poll for them.
 
         The call's deadline is the client's timeout plus `wait`.
@@ -375,140 +347,121 @@ class JobsClient:
         )
         if lease_duration is not None:
             request.lease_duration.CopyFrom(to_duration(lease_duration))
-        timeout = self._options.timeout
+        extra = 0.0
         if wait is not None:
             request.wait.CopyFrom(to_duration(wait))
-            if timeout is not None:
-                timeout += request.wait.ToTimedelta().total_seconds()
-        response = await self._stub.LeaseJobs(
-            request, metadata=self._options.metadata, timeout=timeout
+            extra = request.wait.ToTimedelta().total_seconds()
+        return Unary(
+            "LeaseJobs", request, lambda response: builtins.list(response.jobs), extra_timeout=extra
         )
-        return list(response.jobs)
 
-    async def heartbeat(
-        self, job_id: str, lease_id: str, *, lease_duration: Seconds | None = None
-    ) -> jobs_pb2.HeartbeatJobResponse:
+    @staticmethod
+    def heartbeat(
+        job_id: str, lease_id: str, *, lease_duration: Seconds | None = None
+    ) -> Unary[jobs_pb2.HeartbeatJobResponse]:
         """Extend a lease; the response says whether the job was cancelled."""
         request = jobs_pb2.HeartbeatJobRequest(job_id=job_id, lease_id=lease_id)
         if lease_duration is not None:
             request.lease_duration.CopyFrom(to_duration(lease_duration))
-        return await self._stub.HeartbeatJob(
-            request, metadata=self._options.metadata, timeout=self._options.timeout
-        )
+        return Unary("HeartbeatJob", request, whole, idempotent=True)
 
-    async def complete(
-        self, job_id: str, lease_id: str, result: Mapping[str, Any] | None = None
-    ) -> jobs_pb2.Job:
+    @staticmethod
+    def complete(
+        job_id: str, lease_id: str, result: Mapping[str, Any] | None = None
+    ) -> Unary[jobs_pb2.Job]:
         """Mark a leased job SUCCEEDED; raises FAILED_PRECONDITION if the lease is stale."""
-        response = await self._stub.CompleteJob(
+        return Unary(
+            "CompleteJob",
             jobs_pb2.CompleteJobRequest(job_id=job_id, lease_id=lease_id, result=to_struct(result)),
-            metadata=self._options.metadata,
-            timeout=self._options.timeout,
+            _job,
+            idempotent=True,
         )
-        return response.job
 
-    async def fail(
-        self,
+    @staticmethod
+    def fail(
         job_id: str,
         lease_id: str,
         error: str,
         *,
         retryable: bool = True,
         retry_delay: Seconds | None = None,
-    ) -> jobs_pb2.Job:
+    ) -> Unary[jobs_pb2.Job]:
         """Record a failed attempt: retried after a backoff while attempts remain, else DEAD."""
         request = jobs_pb2.FailJobRequest(
             job_id=job_id, lease_id=lease_id, error=error, retryable=retryable
         )
         if retry_delay is not None:
             request.retry_delay.CopyFrom(to_duration(retry_delay))
-        response = await self._stub.FailJob(
-            request, metadata=self._options.metadata, timeout=self._options.timeout
-        )
-        return response.job
+        return Unary("FailJob", request, _job)
 
-    async def work(
+
+def _job(response: Any) -> jobs_pb2.Job:
+    job: jobs_pb2.Job = response.job
+    return job
+
+
+# -- what both worker loops share ---------------------------------------------------
+
+
+class Held:
+    """The leased jobs a worker loop holds and has not settled, shared with the loop's
+    heartbeats (behind a lock: the blocking loop heartbeats on a thread)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Leased] = {}
+        self._lock = threading.Lock()
+
+    def add(self, items: Iterable[Leased]) -> None:
+        """Hold `items` until they are settled."""
+        with self._lock:
+            self._items.update((item.id, item) for item in items)
+
+    def drop(self, job_id: str) -> None:
+        """Stop holding a job (settled, lost or cancelled)."""
+        with self._lock:
+            self._items.pop(job_id, None)
+
+    def unsettled(self) -> builtins.list[Leased]:
+        """The held jobs whose leases still need extending."""
+        with self._lock:
+            return [item for item in self._items.values() if not item.done]
+
+    def after_heartbeat(
         self,
-        queue: str = "default",
-        kinds: Sequence[str] = (),
-        *,
-        worker_id: str | None = None,
-        max_jobs: int = 1,
-        lease_duration: float = 30.0,
-        wait: float = 20.0,
-    ) -> AsyncIterator[WorkItem]:
-        """Lease jobs of `queue` (of `kinds`, or any) forever and hand them out one by one.
-
-        Leases long-poll for up to `wait` seconds; every held job's lease is
-        extended every `lease_duration / 3` seconds until it is settled. A
-        job is settled by its `async with` block, by `complete`/`fail`, or,
-        failing those, completed when the loop asks for the next job. An
-        unavailable server is retried with a growing pause. Close the
-        iterator (`contextlib.aclosing`) to stop heartbeats at once when
-        leaving the loop early; unsettled jobs then come back to the queue
-        when their leases expire.
-        """
-        worker = worker_id or default_worker_id()
-        held: dict[str, WorkItem] = {}
-        keeper = asyncio.ensure_future(self._keep_leases(held, lease_duration))
-        pause = 0.1
-        try:
-            while True:
-                try:
-                    jobs = await self.lease(
-                        queue,
-                        kinds,
-                        worker_id=worker,
-                        max_jobs=max_jobs,
-                        lease_duration=lease_duration,
-                        wait=wait,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() not in RETRY_CODES:
-                        raise
-                    log.warning("leasing from %s failed, retrying in %.1f s: %s", queue, pause, exc)
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, MAX_PAUSE)
-                    continue
-                pause = 0.1
-                items = [WorkItem(self, job) for job in jobs]
-                held.update((item.id, item) for item in items)
-                for item in items:
-                    yield item
-                    if not item.done:
-                        await item.settle(item.complete(item.result))
-                    held.pop(item.id, None)
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-
-    async def _keep_leases(self, held: dict[str, WorkItem], lease_duration: float) -> None:
-        """Extend the lease of every held, unsettled job every third of its duration."""
-        while True:
-            await asyncio.sleep(lease_duration / 3)
-            for item in builtins.list(held.values()):
-                if item.done:
-                    continue
-                try:
-                    beat = await self.heartbeat(
-                        item.id, item.lease_id, lease_duration=lease_duration
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() in LOST_CODES:
-                        log.warning("lost the lease of job %s: %s", item.id, exc.details())
-                        item.lost = True
-                        held.pop(item.id, None)
-                    else:
-                        log.warning("heartbeat of job %s failed: %s", item.id, exc.details())
-                    continue
-                if beat.cancelled:
-                    item.cancelled = True
-                    held.pop(item.id, None)
+        item: Leased,
+        beat: jobs_pb2.HeartbeatJobResponse | None,
+        error: StatekeeperError | None = None,
+    ) -> None:
+        """Mark `item` cancelled or lost (and stop holding it) as its heartbeat's answer
+        or failure says; any other failure is logged and tried at the next beat."""
+        if error is not None:
+            if error.code() in LOST_CODES:
+                log.warning("lost the lease of job %s: %s", item.id, error.details())
+                item.lost = True
+                self.drop(item.id)
+            else:
+                log.warning("heartbeat of job %s failed: %s", item.id, error.details())
+        elif beat is not None and beat.cancelled:
+            item.cancelled = True
+            self.drop(item.id)
 
 
-class WorkItem:
-    """One leased job inside `JobsClient.work`.
+def lease_pause(error: StatekeeperError, queue: str, pause: float) -> float:
+    """After a failed lease: re-raise an error that waiting will not cure, else log it
+    and return the pause to take (`pause`, the next one doubling up to MAX_PAUSE)."""
+    if error.code() not in RETRY_CODES:
+        raise error
+    log.warning("leasing from %s failed, retrying in %.1f s: %s", queue, pause, error)
+    return pause
+
+
+def next_pause(pause: float) -> float:
+    """The pause after `pause` when leasing keeps failing."""
+    return min(pause * 2, MAX_PAUSE)
+
+
+class Leased:
+    """One leased job inside a worker loop (see `WorkItem` and `BlockingWorkItem`).
 
     `payload` is the job's payload as a dict (JSON numbers are floats); set
     `result` to a JSON-like dict to complete the job with it. `cancelled`
@@ -516,14 +469,13 @@ class WorkItem:
     on it: completing it will be refused), `lost` when the lease was lost.
     """
 
-    def __init__(self, jobs: JobsClient, job: jobs_pb2.Job) -> None:
+    def __init__(self, job: jobs_pb2.Job) -> None:
         self.job = job
         self.payload: dict[str, Any] = json_format.MessageToDict(job.payload)
         self.result: dict[str, Any] | None = None
         self.cancelled = False
         self.lost = False
         self.done = False
-        self._jobs = jobs
 
     @property
     def id(self) -> str:
@@ -545,6 +497,118 @@ class WorkItem:
         """Which attempt this is (1 for the first)."""
         return self.job.attempt
 
+    def _failure(self, exc: BaseException) -> str | None:
+        """The error to fail the attempt with after the body raised `exc` (logged);
+        None when it is not the body's failure (KeyboardInterrupt, ...) or the job
+        is settled already."""
+        if not isinstance(exc, Exception):
+            return None
+        log.warning("job %s (%s) failed: %r", self.id, self.kind, exc, exc_info=exc)
+        return None if self.done else f"{type(exc).__name__}: {exc}"
+
+    def _refused(self, error: StatekeeperError) -> None:
+        log.warning(
+            "job %s could not be settled: %s %s", self.id, error.code().name, error.details()
+        )
+
+
+# -- asyncio -------------------------------------------------------------------------
+
+
+class JobsClient(aio.Family):
+    """Enqueue, inspect, lease and settle jobs; `work` is the worker loop."""
+
+    stub = jobs_pb2_grpc.JobServiceStub
+    enqueue = aio.unary(JobCalls.enqueue)
+    enqueue_many = aio.unary(JobCalls.enqueue_many)
+    append_event_later = aio.unary(JobCalls.append_event_later)
+    publish_event = aio.unary(JobCalls.publish_event)
+    get = aio.unary(JobCalls.get)
+    list = aio.pages(JobCalls.list)
+    cancel = aio.unary(JobCalls.cancel)
+    retry = aio.unary(JobCalls.retry)
+    stats = aio.collected(JobCalls.stats)
+    watch = aio.stream(JobCalls.watch)
+    lease = aio.unary(JobCalls.lease)
+    heartbeat = aio.unary(JobCalls.heartbeat)
+    complete = aio.unary(JobCalls.complete)
+    fail = aio.unary(JobCalls.fail)
+
+    async def work(
+        self,
+        queue: str = "default",
+        kinds: Sequence[str] = (),
+        *,
+        worker_id: str | None = None,
+        max_jobs: int = 1,
+        lease_duration: float = 30.0,
+        wait: float = 20.0,
+    ) -> AsyncGenerator[WorkItem, None]:
+        """Lease jobs of `queue` (of `kinds`, or any) forever and hand them out one by one.
+
+        Leases long-poll for up to `wait` seconds; every held job's lease is
+        extended every `lease_duration / 3` seconds until it is settled. A
+        job is settled by its `async with` block, by `complete`/`fail`, or,
+        failing those, completed when the loop asks for the next job. An
+        unavailable server is retried with a growing pause. Close the
+        iterator (`contextlib.aclosing`) to stop heartbeats at once when
+        leaving the loop early; unsettled jobs then come back to the queue
+        when their leases expire.
+        """
+        worker = worker_id or default_worker_id()
+        held = Held()
+        keeper = asyncio.ensure_future(self._keep_leases(held, lease_duration))
+        pause = FIRST_PAUSE
+        try:
+            while True:
+                try:
+                    jobs = await self.lease(
+                        queue,
+                        kinds,
+                        worker_id=worker,
+                        max_jobs=max_jobs,
+                        lease_duration=lease_duration,
+                        wait=wait,
+                    )
+                except StatekeeperError as error:
+                    await asyncio.sleep(lease_pause(error, queue, pause))
+                    pause = next_pause(pause)
+                    continue
+                pause = FIRST_PAUSE
+                items = [WorkItem(self, job) for job in jobs]
+                held.add(items)
+                for item in items:
+                    yield item
+                    if not item.done:
+                        await item._settle(item.complete())
+                    held.drop(item.id)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep_leases(self, held: Held, lease_duration: float) -> None:
+        """Extend the lease of every held, unsettled job every third of its duration."""
+        while True:
+            await asyncio.sleep(lease_duration / 3)
+            for item in held.unsettled():
+                try:
+                    beat = await self.heartbeat(
+                        item.id, item.lease_id, lease_duration=lease_duration
+                    )
+                except StatekeeperError as error:
+                    held.after_heartbeat(item, None, error)
+                    continue
+                held.after_heartbeat(item, beat)
+
+
+class WorkItem(Leased):
+    """One leased job inside `JobsClient.work`; `async with item:` settles it."""
+
+    def __init__(self, jobs: JobsClient, job: jobs_pb2.Job) -> None:
+        super().__init__(job)
+        self._jobs = jobs
+
     async def complete(self, result: Mapping[str, Any] | None = None) -> jobs_pb2.Job:
         """Mark the job SUCCEEDED with `result` (else `self.result`)."""
         self.done = True
@@ -561,14 +625,12 @@ class WorkItem:
             self.id, self.lease_id, error, retryable=retryable, retry_delay=retry_delay
         )
 
-    async def settle(self, settling: Awaitable[object]) -> None:
+    async def _settle(self, settling: Awaitable[object]) -> None:
         """Await a completion or failure made for the worker; log a refusal, never raise it."""
         try:
             await settling
-        except grpc.aio.AioRpcError as exc:
-            log.warning(
-                "job %s could not be settled: %s %s", self.id, exc.code().name, exc.details()
-            )
+        except StatekeeperError as error:
+            self._refused(error)
 
     async def __aenter__(self) -> WorkItem:
         return self
@@ -582,19 +644,163 @@ class WorkItem:
         """Complete on success; on an exception fail the attempt retryably and swallow it."""
         if exc is None:
             if not self.done:
-                await self.settle(self.complete())
+                await self._settle(self.complete())
             return False
         if not isinstance(exc, Exception):
             return False
-        log.warning("job %s (%s) failed: %r", self.id, self.kind, exc, exc_info=exc)
-        if not self.done:
-            await self.settle(self.fail(f"{type(exc).__name__}: {exc}", retryable=True))
+        failure = self._failure(exc)
+        if failure is not None:
+            await self._settle(self.fail(failure, retryable=True))
+        return True
+
+
+# -- blocking ------------------------------------------------------------------------
+
+
+class BlockingJobsClient(sync.Family):
+    """Enqueue, inspect, lease and settle jobs; `work` is the worker loop (blocking)."""
+
+    stub = jobs_pb2_grpc.JobServiceStub
+    enqueue = sync.unary(JobCalls.enqueue)
+    enqueue_many = sync.unary(JobCalls.enqueue_many)
+    append_event_later = sync.unary(JobCalls.append_event_later)
+    publish_event = sync.unary(JobCalls.publish_event)
+    get = sync.unary(JobCalls.get)
+    list = sync.pages(JobCalls.list)
+    cancel = sync.unary(JobCalls.cancel)
+    retry = sync.unary(JobCalls.retry)
+    stats = sync.collected(JobCalls.stats)
+    watch = sync.stream(JobCalls.watch)
+    lease = sync.unary(JobCalls.lease)
+    heartbeat = sync.unary(JobCalls.heartbeat)
+    complete = sync.unary(JobCalls.complete)
+    fail = sync.unary(JobCalls.fail)
+
+    def work(
+        self,
+        queue: str = "default",
+        kinds: Sequence[str] = (),
+        *,
+        worker_id: str | None = None,
+        max_jobs: int = 1,
+        lease_duration: float = 30.0,
+        wait: float = 20.0,
+    ) -> Generator[BlockingWorkItem, None, None]:
+        """Lease jobs of `queue` (of `kinds`, or any) forever and hand them out one by one:
+        blocking, otherwise as `JobsClient.work`, with `with item:` for `async with`.
+
+        The heartbeats run on a thread of their own from the first lease until
+        the iterator is closed (`contextlib.closing`, or the end of a `for`
+        that breaks out and drops it).
+        """
+        worker = worker_id or default_worker_id()
+        held = Held()
+        stop = threading.Event()
+        keeper = threading.Thread(
+            target=self._keep_leases,
+            args=(held, lease_duration, stop),
+            name=f"statekeeper-heartbeats-{worker}",
+            daemon=True,
+        )
+        keeper.start()
+        pause = FIRST_PAUSE
+        try:
+            while True:
+                try:
+                    jobs = self.lease(
+                        queue,
+                        kinds,
+                        worker_id=worker,
+                        max_jobs=max_jobs,
+                        lease_duration=lease_duration,
+                        wait=wait,
+                    )
+                except StatekeeperError as error:
+                    time.sleep(lease_pause(error, queue, pause))
+                    pause = next_pause(pause)
+                    continue
+                pause = FIRST_PAUSE
+                items = [BlockingWorkItem(self, job) for job in jobs]
+                held.add(items)
+                for item in items:
+                    yield item
+                    if not item.done:
+                        item._settle(item.complete)
+                    held.drop(item.id)
+        finally:
+            stop.set()
+            keeper.join()
+
+    def _keep_leases(self, held: Held, lease_duration: float, stop: threading.Event) -> None:
+        """Extend the lease of every held, unsettled job every third of its duration,
+        until `stop` is set."""
+        while not stop.wait(lease_duration / 3):
+            for item in held.unsettled():
+                try:
+                    beat = self.heartbeat(item.id, item.lease_id, lease_duration=lease_duration)
+                except StatekeeperError as error:
+                    held.after_heartbeat(item, None, error)
+                    continue
+                held.after_heartbeat(item, beat)
+
+
+class BlockingWorkItem(Leased):
+    """One leased job inside `BlockingJobsClient.work`; `with item:` settles it."""
+
+    def __init__(self, jobs: BlockingJobsClient, job: jobs_pb2.Job) -> None:
+        super().__init__(job)
+        self._jobs = jobs
+
+    def complete(self, result: Mapping[str, Any] | None = None) -> jobs_pb2.Job:
+        """Mark the job SUCCEEDED with `result` (else `self.result`)."""
+        self.done = True
+        return self._jobs.complete(
+            self.id, self.lease_id, result if result is not None else self.result
+        )
+
+    def fail(
+        self, error: str, *, retryable: bool = True, retry_delay: Seconds | None = None
+    ) -> jobs_pb2.Job:
+        """Record this attempt as failed (see `JobsClient.fail`)."""
+        self.done = True
+        return self._jobs.fail(
+            self.id, self.lease_id, error, retryable=retryable, retry_delay=retry_delay
+        )
+
+    def _settle(self, settling: Callable[[], object]) -> None:
+        """Make a completion or failure for the worker; log a refusal, never raise it."""
+        try:
+            settling()
+        except StatekeeperError as error:
+            self._refused(error)
+
+    def __enter__(self) -> BlockingWorkItem:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        """Complete on success; on an exception fail the attempt retryably and swallow it."""
+        if exc is None:
+            if not self.done:
+                self._settle(self.complete)
+            return False
+        if not isinstance(exc, Exception):
+            return False
+        failure = self._failure(exc)
+        if failure is not None:
+            self._settle(lambda: self.fail(failure, retryable=True))
         return True
 
 
 __all__ = [
     "APPEND_EVENT_KIND",
     "PUBLISH_EVENT_KIND",
+    "BlockingJobsClient",
+    "BlockingWorkItem",
     "JobsClient",
     "WorkItem",
     "append_event_spec",

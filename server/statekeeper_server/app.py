@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from statekeeper_server import compat
 from statekeeper_server.admission import Admission
 from statekeeper_server.auth.control import AccessControl
 from statekeeper_server.auth.exposure import check_exposure
@@ -278,9 +279,9 @@ class Application:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
             try:
-                async with asyncio.timeout_at(deadline):
+                async with compat.timeout_at(deadline):
                     await self.admission.drained(quiet_period(grace))
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 log.warning(
                     "%d calls were still in flight at the end of the grace period",
                     self.admission.in_flight,
@@ -327,7 +328,7 @@ class Application:
         while True:
             await asyncio.sleep(interval)
             try:
-                async with asyncio.timeout(deadline):
+                async with compat.timeout(deadline):
                     await store.ping()
                     await store.check_writes()
                 now_healthy = True

@@ -161,7 +161,7 @@ def _create_token(args: dict[str, Any]) -> int:
 
     token = new_token()
     try:
-        now = datetime.datetime.now(datetime.UTC)
+        now = datetime.datetime.now(datetime.timezone.utc)
         expires = parse_expiry(args["expires"], now) if args["expires"] else None
         entry = token_entry(args["name"], token, args["permission"] or [], expires)
     except ValueError as exc:

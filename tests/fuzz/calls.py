@@ -128,7 +128,7 @@ async def _stream(
             wait = waits[0] if not responses else waits[1]
             try:
                 message = await asyncio.wait_for(call.read(), wait)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 left_open = True
                 break
             if not isinstance(message, bytes):  # grpc.aio.EOF

@@ -288,7 +288,7 @@ async def _changes(call: _Stubs) -> bytes:
         while True:
             try:
                 message = await asyncio.wait_for(stream.read(), WATCH_IDLE)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 break
             if not isinstance(message, jobs_pb2.WatchJobsResponse):  # grpc.aio.EOF
                 break

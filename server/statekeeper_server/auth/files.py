@@ -13,10 +13,11 @@ import asyncio
 import json
 import logging
 import os
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+from statekeeper_server.compat import tomllib
 
 log = logging.getLogger("statekeeper.auth")
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from statekeeper_server import compat
 from statekeeper_server.auth.audit import AuditLog
 from statekeeper_server.auth.credentials import CredentialChain, Credentials, bearer_token
 from statekeeper_server.auth.errors import (
@@ -228,12 +229,12 @@ async def until_expiry(expires_at: float, responses: AsyncIterator[Any]) -> Asyn
             if loop.time() >= deadline:
                 raise token_expired("the credential this stream was opened with")
             try:
-                async with asyncio.timeout_at(deadline) as timeout:
+                async with compat.timeout_at(deadline):
                     response = await anext(responses)
             except StopAsyncIteration:
                 return
-            except TimeoutError:
-                if timeout.expired():
+            except asyncio.TimeoutError:
+                if loop.time() >= deadline:
                     raise token_expired("the credential this stream was opened with") from None
                 raise
             yield response

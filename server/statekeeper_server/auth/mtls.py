@@ -121,4 +121,4 @@ def _not_after(pem: bytes | None) -> float | None:
         certificate = x509.load_pem_x509_certificate(pem)
     except ValueError:
         return None
-    return certificate.not_valid_after_utc.astimezone(datetime.UTC).timestamp()
+    return certificate.not_valid_after_utc.astimezone(datetime.timezone.utc).timestamp()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from statekeeper_server import compat
 from statekeeper_server.auth.credentials import Credentials, token_digest
 from statekeeper_server.auth.errors import token_expired
 from statekeeper_server.auth.files import read_document
@@ -163,7 +164,7 @@ def _file_expiry(value: Any) -> datetime.datetime:
         moment = value
     elif isinstance(value, str):
         try:
-            moment = datetime.datetime.fromisoformat(value)
+            moment = compat.fromisoformat(value)
         except ValueError:
             moment = None
     if moment is None or moment.tzinfo is None:
@@ -193,17 +194,17 @@ def parse_expiry(text: str, now: datetime.datetime) -> datetime.datetime:
         moment = now + datetime.timedelta(seconds=seconds)
     else:
         try:
-            moment = datetime.datetime.fromisoformat(text)
+            moment = compat.fromisoformat(text)
         except ValueError:
             raise ValueError(
                 f"--expires {text!r} must be a duration such as 90d or 12h, or a date such"
                 " as 2026-12-31"
             ) from None
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=datetime.UTC)
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
     if moment <= now:
         raise ValueError(f"--expires {text!r} is not in the future")
-    return moment.astimezone(datetime.UTC).replace(microsecond=0)
+    return moment.astimezone(datetime.timezone.utc).replace(microsecond=0)
 
 
 def token_entry(
@@ -269,4 +270,4 @@ def render_entry(entry: dict[str, Any], file_format: str) -> str:
 
 
 def _utc_text(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

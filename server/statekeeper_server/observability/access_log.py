@@ -47,6 +47,7 @@ from statekeeper_server.services.context import (
 )
 
 log = logging.getLogger("statekeeper.access")
+UTC = datetime.timezone.utc
 
 LogFormat = Literal["text", "json"]
 AccessLogMode = Literal["all", "errors", "off"]
@@ -84,7 +85,7 @@ class JsonFormatter(logging.Formatter):
         """The record as one line of JSON."""
         access = getattr(record, "access", None)
         entry: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+            "time": datetime.datetime.fromtimestamp(record.created, UTC).isoformat(
                 timespec="milliseconds"
             ),
             "level": record.levelname,

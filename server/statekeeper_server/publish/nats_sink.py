@@ -65,7 +65,7 @@ class NatsSink:
             ) from None
         except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError):
             raise SinkUnavailable(self.name, "no JetStream stream takes this subject") from None
-        except (TimeoutError, nats.errors.Error, OSError) as exc:
+        except (asyncio.TimeoutError, nats.errors.Error, OSError) as exc:
             raise SinkUnavailable(self.name, _describe(exc)) from None
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> None:
@@ -94,7 +94,7 @@ class NatsSink:
                         disconnected_cb=self._on_disconnected,
                         reconnected_cb=self._on_reconnected,
                     )
-                except (TimeoutError, nats.errors.Error, OSError) as exc:
+                except (asyncio.TimeoutError, nats.errors.Error, OSError) as exc:
                     raise SinkUnavailable(
                         self.name, f"cannot connect to {self._spec.safe_url}: {_describe(exc)}"
                     ) from None

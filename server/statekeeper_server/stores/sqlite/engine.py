@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from statekeeper_server import compat
 from statekeeper_server.errors import ServiceError, Unavailable
 from statekeeper_server.observability import store_metrics, tracing
 from statekeeper_server.stores import FailureLog
@@ -119,33 +120,33 @@ _COMMIT_SPAN = {"db.system": "sqlite", "db.operation.name": "COMMIT"}
 
 
 _FAILURES: dict[int, tuple[str, str]] = {
-    sqlite3.SQLITE_FULL: ("STORE_UNAVAILABLE", "the store's disk is full"),
-    sqlite3.SQLITE_IOERR: ("STORE_UNAVAILABLE", "the store cannot read or write its database"),
-    sqlite3.SQLITE_READONLY: ("STORE_UNAVAILABLE", "the store's database cannot be written"),
-    sqlite3.SQLITE_CANTOPEN: ("STORE_UNAVAILABLE", "the store cannot open its database"),
-    sqlite3.SQLITE_PERM: ("STORE_UNAVAILABLE", "the store may not use its database"),
-    sqlite3.SQLITE_CORRUPT: ("STORE_UNAVAILABLE", "the store's database is damaged"),
-    sqlite3.SQLITE_NOTADB: ("STORE_UNAVAILABLE", "the store's database is damaged"),
-    sqlite3.SQLITE_NOMEM: ("STORE_UNAVAILABLE", "the store ran out of memory"),
-    sqlite3.SQLITE_BUSY: ("STORE_TIMEOUT", "the store's database stayed locked too long"),
-    sqlite3.SQLITE_LOCKED: ("STORE_TIMEOUT", "the store's database stayed locked too long"),
+    compat.SQLITE_FULL: ("STORE_UNAVAILABLE", "the store's disk is full"),
+    compat.SQLITE_IOERR: ("STORE_UNAVAILABLE", "the store cannot read or write its database"),
+    compat.SQLITE_READONLY: ("STORE_UNAVAILABLE", "the store's database cannot be written"),
+    compat.SQLITE_CANTOPEN: ("STORE_UNAVAILABLE", "the store cannot open its database"),
+    compat.SQLITE_PERM: ("STORE_UNAVAILABLE", "the store may not use its database"),
+    compat.SQLITE_CORRUPT: ("STORE_UNAVAILABLE", "the store's database is damaged"),
+    compat.SQLITE_NOTADB: ("STORE_UNAVAILABLE", "the store's database is damaged"),
+    compat.SQLITE_NOMEM: ("STORE_UNAVAILABLE", "the store ran out of memory"),
+    compat.SQLITE_BUSY: ("STORE_TIMEOUT", "the store's database stayed locked too long"),
+    compat.SQLITE_LOCKED: ("STORE_TIMEOUT", "the store's database stayed locked too long"),
 }
 """Plain words for SQLite's primary error codes; any other code is a failed statement."""
 
 _FAILED_STATEMENT = ("STORE_UNAVAILABLE", "the store failed to run a statement")
 
 _ERROR_KINDS = {
-    sqlite3.SQLITE_BUSY: "timeout",
-    sqlite3.SQLITE_LOCKED: "timeout",
-    sqlite3.SQLITE_CORRUPT: "corrupt",
-    sqlite3.SQLITE_NOTADB: "corrupt",
+    compat.SQLITE_BUSY: "timeout",
+    compat.SQLITE_LOCKED: "timeout",
+    compat.SQLITE_CORRUPT: "corrupt",
+    compat.SQLITE_NOTADB: "corrupt",
 }
 """The `kind` of statekeeper_store_errors_total per primary code; any other is unavailable."""
 
 
 def _failure(exc: sqlite3.Error) -> tuple[str, str]:
     """The reason and plain words for `exc`; SQLite's own text goes to the log."""
-    code = getattr(exc, "sqlite_errorcode", None)
+    code = compat.sqlite_error_code(exc)
     reason, message = _FAILURES.get(code & 0xFF, _FAILED_STATEMENT) if code else _FAILED_STATEMENT
     store_metrics.store_error(
         _ERROR_KINDS.get(code & 0xFF, "unavailable") if code else "unavailable"
