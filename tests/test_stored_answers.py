@@ -23,6 +23,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from statekeeper.v1 import checkpoints_pb2, jobs_pb2, snapshots_pb2
+from statekeeper_server.limits import MAX_JSON_OBJECT_KEYS
 from statekeeper_server.timestamps import now_us
 from statekeeper_server.wire import message_field, uint_field
 from tests.harness import running_app
@@ -90,7 +91,15 @@ def small_object() -> struct_pb2.Struct:
 
 
 def large_object() -> struct_pb2.Struct:
-    return wide(LARGE_FIELDS)
+    """LARGE_FIELDS numbers in objects as wide as a request may send
+    (MAX_JSON_OBJECT_KEYS), each under a key of one outer object."""
+    value = struct_pb2.Struct()
+    parts = -(-LARGE_FIELDS // MAX_JSON_OBJECT_KEYS)
+    for part in range(parts):
+        value.fields[f"part{part:02d}"].struct_value.CopyFrom(
+            wide(min(MAX_JSON_OBJECT_KEYS, LARGE_FIELDS - part * MAX_JSON_OBJECT_KEYS))
+        )
+    return value
 
 
 SIZES: dict[str, Callable[[], struct_pb2.Struct]] = {"small": small_object, "large": large_object}
