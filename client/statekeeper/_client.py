@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from statekeeper import checkpoints, events, jobs, snapshots
+from statekeeper import checkpoints, events, jobs, snapshots, threads
 from statekeeper._calls import CallOptions, retry_service_config
 from statekeeper._credentials import (
     Pem,
@@ -24,6 +24,7 @@ IDEMPOTENT_METHODS = [
     *checkpoints.IDEMPOTENT,
     *events.IDEMPOTENT,
     *jobs.IDEMPOTENT,
+    *threads.IDEMPOTENT,
 ]
 FAMILIES = ("snapshots", "checkpoints", "events", "jobs")
 """The attributes of a client that hold one family's methods."""
@@ -98,6 +99,7 @@ class AsyncClient:
         self.checkpoints = checkpoints.CheckpointsClient(self._channel, call_options)
         self.events = events.EventsClient(self._channel, call_options)
         self.jobs = jobs.JobsClient(self._channel, call_options)
+        self.threads = threads.ThreadsClient(self._channel, call_options)
 
     @property
     def channel(self) -> grpc.aio.Channel:

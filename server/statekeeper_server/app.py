@@ -43,6 +43,7 @@ from statekeeper_server.services.checkpoints import CheckpointServicer
 from statekeeper_server.services.events import EventLogServicer
 from statekeeper_server.services.jobs import JobServicer
 from statekeeper_server.services.snapshots import SnapshotServicer
+from statekeeper_server.services.thread_checkpoints import ThreadCheckpointServicer
 from statekeeper_server.stores import Store, open_store
 from statekeeper_server.stream_buffers import StreamBuffers
 from statekeeper_server.stream_turns import StreamTurns
@@ -78,6 +79,7 @@ def build_services(
             store.events, store.notifier, stopping, settings.heartbeat_interval, buffers, turns
         ),
         JobServicer(store.jobs, store.events, store.notifier, settings, stopping, buffers, turns),
+        ThreadCheckpointServicer(store.threads, settings),
     ]
 
 

@@ -25,6 +25,7 @@ from statekeeper_server.stores.checkpoints import CheckpointStore
 from statekeeper_server.stores.events import EventStore
 from statekeeper_server.stores.jobs import JobStore
 from statekeeper_server.stores.snapshots import SnapshotStore
+from statekeeper_server.stores.thread_checkpoints import ThreadCheckpointStore
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Store:
     events: EventStore
     jobs: JobStore
     notifier: Notifier
+    threads: ThreadCheckpointStore
+    """Thread checkpoints (ThreadCheckpointService)."""
     close: Callable[[], Awaitable[None]]
     ping: Callable[[], Awaitable[None]]
     check_writes: Callable[[], Awaitable[None]]

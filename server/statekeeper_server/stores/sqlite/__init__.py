@@ -7,7 +7,13 @@ from pathlib import Path
 
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores import Store
-from statekeeper_server.stores.sqlite import checkpoints, events, jobs, snapshots
+from statekeeper_server.stores.sqlite import (
+    checkpoints,
+    events,
+    jobs,
+    snapshots,
+    thread_checkpoints,
+)
 from statekeeper_server.stores.sqlite.engine import HEALTH_MIGRATIONS, SQLiteEngine
 
 MIGRATIONS = {
@@ -15,6 +21,7 @@ MIGRATIONS = {
     "checkpoints": checkpoints.MIGRATIONS,
     "events": events.MIGRATIONS,
     "jobs": jobs.MIGRATIONS,
+    "thread_checkpoints": thread_checkpoints.MIGRATIONS,
     "health": HEALTH_MIGRATIONS,
 }
 
@@ -36,6 +43,7 @@ async def open_sqlite_store(path: Path | None) -> Store:
         checkpoints=checkpoints.SQLiteCheckpointStore(engine),
         events=events.SQLiteEventStore(engine, notifier),
         jobs=jobs.SQLiteJobStore(engine, notifier),
+        threads=thread_checkpoints.SQLiteThreadCheckpointStore(engine),
         notifier=notifier,
         close=engine.close,
         ping=ping,
