@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ def threads(client: statekeeper.AsyncClient) -> ThreadsClient:
 
 @pytest.fixture
 def stub(client: statekeeper.AsyncClient) -> pb_grpc.ThreadCheckpointServiceAsyncStub:
-    return pb_grpc.ThreadCheckpointServiceAsyncStub(client.channel)
+    return pb_grpc.ThreadCheckpointServiceStub(client.channel)
 
 
 async def put(threads: ThreadsClient, thread_id: str, checkpoint_id: str, **kwargs: Any) -> None:
@@ -499,3 +500,28 @@ async def test_bad_maintenance_calls_are_invalid_argument_naming_the_field(
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(error) == [field]
+
+
+# -- retention -----------------------------------------------------------------------
+
+
+async def test_a_thread_expires_after_the_ttl_its_save_names(threads: ThreadsClient) -> None:
+    await put(threads, "t-1", "cp-1", ttl=0.2)
+    await put(threads, "t-2", "cp-2", ttl=0)
+
+    await asyncio.sleep(0.3)
+
+    assert await threads.get_checkpoint("t-1") is None
+    assert await ids(threads.list_checkpoints()) == ["cp-2"]
+
+
+async def test_without_a_ttl_a_thread_follows_the_servers_checkpoint_ttl(store_url: str) -> None:
+    async with (
+        running_app(store_url, checkpoint_ttl=0.2) as app,
+        statekeeper.AsyncClient(f"127.0.0.1:{app.port}") as client,
+    ):
+        await put(client.threads, "t-1", "cp-1")
+        await put(client.threads, "t-2", "cp-2", ttl=0)
+        await asyncio.sleep(0.3)
+
+        assert await ids(client.threads.list_checkpoints()) == ["cp-2"]
