@@ -13,7 +13,7 @@ import statekeeper
 from statekeeper.threads import ThreadsClient, TypedValue
 from statekeeper.v1 import thread_checkpoints_pb2 as pb
 from statekeeper.v1 import thread_checkpoints_pb2_grpc as pb_grpc
-from statekeeper_server.limits import MAX_THREAD_BLOB_BYTES, MIB
+from statekeeper_server.limits import MAX_FILTER_KEYS, MAX_THREAD_BLOB_BYTES, MIB
 from tests.harness import running_app
 from tests.rpc_errors import bad_request_fields, error_info
 
@@ -80,7 +80,10 @@ async def test_a_checkpoint_round_trips_its_bytes_exactly(threads: ThreadsClient
     assert (got.checkpoint.type, got.checkpoint.data) == ("msgpack", every_byte)
     assert (got.metadata.type, got.metadata.data) == ("json", b"\x00meta")
     assert got.parent_checkpoint_id == "cp-0"
-    assert dict(got.channel_versions) == {"messages": "00001.5", "empty": "00001.7"}
+    assert [(v.channel, v.version) for v in got.channel_versions] == [
+        ("empty", "00001.7"),
+        ("messages", "00001.5"),
+    ]
     assert {(v.channel, v.version, v.value.type, v.value.data) for v in got.channel_values} == {
         ("messages", "00001.5", "pickle", every_byte[::-1]),
         ("empty", "00001.7", "empty", b""),
@@ -525,3 +528,15 @@ async def test_without_a_ttl_a_thread_follows_the_servers_checkpoint_ttl(store_u
         await asyncio.sleep(0.3)
 
         assert await ids(client.threads.list_checkpoints()) == ["cp-2"]
+
+
+async def test_a_metadata_filter_of_too_many_keys_is_invalid_argument(
+    stub: pb_grpc.ThreadCheckpointServiceAsyncStub,
+) -> None:
+    request = pb.ListThreadCheckpointsRequest()
+    request.metadata_filter.update({f"k{n}": n for n in range(MAX_FILTER_KEYS + 1)})
+
+    error = await rpc_error(stub.ListThreadCheckpoints(request))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["metadata_filter"]

@@ -76,7 +76,10 @@ class ThreadsClient:
             parent_checkpoint_id=parent_checkpoint_id,
             checkpoint=typed_blob(checkpoint),
             metadata=typed_blob(metadata),
-            channel_versions=dict(channel_versions or {}),
+            channel_versions=[
+                pb.ChannelVersion(channel=channel, version=version)
+                for channel, version in sorted((channel_versions or {}).items())
+            ],
             new_channel_values=[
                 pb.ChannelValue(channel=channel, version=version, value=typed_blob(value))
                 for (channel, version), value in (new_channel_values or {}).items()

@@ -78,6 +78,32 @@ class TypedBlob(_message.Message):
 Global___TypedBlob: _TypeAlias = TypedBlob  # noqa: Y015
 
 @_typing.final
+class ChannelVersion(_message.Message):
+    """The version a checkpoint holds of one channel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    """The channel, 1-256 characters."""
+    version: _builtins.str
+    """The version, 1-128 characters; opaque to the server."""
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelVersion: _TypeAlias = ChannelVersion  # noqa: Y015
+
+@_typing.final
 class ChannelValue(_message.Message):
     """The value of one channel at one version."""
 
@@ -159,26 +185,6 @@ class ThreadCheckpoint(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class ChannelVersionsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
     THREAD_ID_FIELD_NUMBER: _builtins.int
     CHECKPOINT_NS_FIELD_NUMBER: _builtins.int
     CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
@@ -210,8 +216,8 @@ class ThreadCheckpoint(_message.Message):
         """The filterable copy of the metadata."""
 
     @_builtins.property
-    def channel_versions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Channel name to version, as saved."""
+    def channel_versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelVersion]:
+        """The version of each channel, as saved, ordered by channel."""
 
     @_builtins.property
     def channel_values(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelValue]:
@@ -231,7 +237,7 @@ class ThreadCheckpoint(_message.Message):
         checkpoint: Global___TypedBlob | None = ...,
         metadata: Global___TypedBlob | None = ...,
         metadata_fields: _struct_pb2.Struct | None = ...,
-        channel_versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        channel_versions: _abc.Iterable[Global___ChannelVersion] | None = ...,
         channel_values: _abc.Iterable[Global___ChannelValue] | None = ...,
         pending_writes: _abc.Iterable[Global___PendingWrite] | None = ...,
     ) -> None: ...
@@ -248,26 +254,6 @@ class PutThreadCheckpointRequest(_message.Message):
     """Request of PutThreadCheckpoint."""
 
     DESCRIPTOR: _descriptor.Descriptor
-
-    @_typing.final
-    class ChannelVersionsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     THREAD_ID_FIELD_NUMBER: _builtins.int
     CHECKPOINT_NS_FIELD_NUMBER: _builtins.int
@@ -302,9 +288,10 @@ class PutThreadCheckpointRequest(_message.Message):
         """
 
     @_builtins.property
-    def channel_versions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Channel name to the version this checkpoint holds; each must be stored
-        already or be in `new_channel_values`.
+    def channel_versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelVersion]:
+        """The version of each channel this checkpoint holds, each channel once.
+        A version neither in `new_channel_values` nor stored already has no
+        value: reads return the version without one.
         """
 
     @_builtins.property
@@ -327,7 +314,7 @@ class PutThreadCheckpointRequest(_message.Message):
         checkpoint: Global___TypedBlob | None = ...,
         metadata: Global___TypedBlob | None = ...,
         metadata_fields: _struct_pb2.Struct | None = ...,
-        channel_versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        channel_versions: _abc.Iterable[Global___ChannelVersion] | None = ...,
         new_channel_values: _abc.Iterable[Global___ChannelValue] | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...

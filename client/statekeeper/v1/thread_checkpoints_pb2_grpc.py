@@ -141,10 +141,8 @@ class ThreadCheckpointServiceServicer:
 
     def PutThreadCheckpoint(self, request, context):
         """Stores a checkpoint with the channel values it introduces. Saving an id
-        that already exists in the namespace replaces its checkpoint and
-        metadata. INVALID_ARGUMENT (naming the field) when `channel_versions`
-        names a version of a channel that is neither in `new_channel_values`
-        nor stored already.
+        that already exists in the namespace replaces its checkpoint, metadata
+        and channel versions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -65,10 +65,8 @@ class ThreadCheckpointServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ThreadCheckpointServiceAsyncStub: ...
     PutThreadCheckpoint: _grpc.UnaryUnaryMultiCallable[_thread_checkpoints_pb2.PutThreadCheckpointRequest, _thread_checkpoints_pb2.PutThreadCheckpointResponse]
     """Stores a checkpoint with the channel values it introduces. Saving an id
-    that already exists in the namespace replaces its checkpoint and
-    metadata. INVALID_ARGUMENT (naming the field) when `channel_versions`
-    names a version of a channel that is neither in `new_channel_values`
-    nor stored already.
+    that already exists in the namespace replaces its checkpoint, metadata
+    and channel versions.
     """
     PutThreadWrites: _grpc.UnaryUnaryMultiCallable[_thread_checkpoints_pb2.PutThreadWritesRequest, _thread_checkpoints_pb2.PutThreadWritesResponse]
     """Stores the pending writes of one task against a stored checkpoint
@@ -140,10 +138,8 @@ class ThreadCheckpointServiceAsyncStub(ThreadCheckpointServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     PutThreadCheckpoint: _aio.UnaryUnaryMultiCallable[_thread_checkpoints_pb2.PutThreadCheckpointRequest, _thread_checkpoints_pb2.PutThreadCheckpointResponse]  # type: ignore[assignment]
     """Stores a checkpoint with the channel values it introduces. Saving an id
-    that already exists in the namespace replaces its checkpoint and
-    metadata. INVALID_ARGUMENT (naming the field) when `channel_versions`
-    names a version of a channel that is neither in `new_channel_values`
-    nor stored already.
+    that already exists in the namespace replaces its checkpoint, metadata
+    and channel versions.
     """
     PutThreadWrites: _aio.UnaryUnaryMultiCallable[_thread_checkpoints_pb2.PutThreadWritesRequest, _thread_checkpoints_pb2.PutThreadWritesResponse]  # type: ignore[assignment]
     """Stores the pending writes of one task against a stored checkpoint
@@ -218,10 +214,8 @@ class ThreadCheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_thread_checkpoints_pb2.PutThreadCheckpointResponse, _abc.Awaitable[_thread_checkpoints_pb2.PutThreadCheckpointResponse]]:
         """Stores a checkpoint with the channel values it introduces. Saving an id
-        that already exists in the namespace replaces its checkpoint and
-        metadata. INVALID_ARGUMENT (naming the field) when `channel_versions`
-        names a version of a channel that is neither in `new_channel_values`
-        nor stored already.
+        that already exists in the namespace replaces its checkpoint, metadata
+        and channel versions.
         """
 
     @_abc_1.abstractmethod

@@ -111,11 +111,12 @@ class ThreadCheckpointServicer(pb_grpc.ThreadCheckpointServiceServicer):
             fields.ByteSize(), metadata_json, fields, "metadata_fields"
         )
         versions: dict[str, str] = {}
-        for channel, version in request.channel_versions.items():
-            field = f"channel_versions[{channel[:MAX_NAME_LENGTH]}]"
-            versions[_name(channel, field, MAX_NAME_LENGTH)] = _name(
-                version, field, MAX_VERSION_LENGTH
-            )
+        for i, entry in enumerate(request.channel_versions):
+            field = f"channel_versions[{i}]"
+            channel = _name(entry.channel, f"{field}.channel", MAX_NAME_LENGTH)
+            if channel in versions:
+                raise InvalidArgument(f"{field}.channel", "repeats a channel given before")
+            versions[channel] = _name(entry.version, f"{field}.version", MAX_VERSION_LENGTH)
         new_values: dict[tuple[str, str], Blob] = {}
         for i, value in enumerate(request.new_channel_values):
             field = f"new_channel_values[{i}]"

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 
 from statekeeper.v1 import checkpoints_pb2
 from statekeeper_server.errors import Aborted, DataLoss, InvalidArgument, NotFound
+from statekeeper_server.limits import MAX_FILTER_KEYS
 from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
@@ -132,9 +133,11 @@ def metadata_conditions(
 ) -> tuple[MetadataCondition, ...]:
     """The conditions of a filter object.
 
-    InvalidArgument for a non-scalar value, or for text holding U+0000
-    (no stored metadata can hold it).
+    InvalidArgument for more than MAX_FILTER_KEYS keys, a non-scalar value,
+    or text holding U+0000 (no stored metadata can hold it).
     """
+    if len(metadata_filter.fields) > MAX_FILTER_KEYS:
+        raise InvalidArgument(field, f"must hold at most {MAX_FILTER_KEYS} keys")
     conditions = []
     for key in sorted(metadata_filter.fields):
         value = metadata_filter.fields[key]

@@ -233,7 +233,7 @@ def build_checkpoint(
         metadata_fields=fields,
     )
     for channel, version, value_type, data in values:
-        message.channel_versions[channel] = version
+        message.channel_versions.append(pb.ChannelVersion(channel=channel, version=version))
         if value_type is not None and data is not None:
             message.channel_values.append(
                 pb.ChannelValue(
