@@ -540,3 +540,15 @@ async def test_a_metadata_filter_of_too_many_keys_is_invalid_argument(
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(error) == ["metadata_filter"]
+
+
+async def test_a_listing_pages_through_the_longest_checkpoint_namespace(
+    threads: ThreadsClient,
+) -> None:
+    longest = "\x01" * 1024
+    for n in range(3):
+        await put(threads, "t-1", f"cp-{n}", checkpoint_ns=longest)
+
+    listed = await ids(threads.list_checkpoints("t-1", checkpoint_ns=longest, page_size=1))
+
+    assert listed == ["cp-2", "cp-1", "cp-0"]

@@ -100,7 +100,8 @@ THREAD_ENTRY_OVERHEAD_BYTES = 16
 framing in a response)."""
 THREAD_PAGE_BYTES = PAGE_BUDGET_BYTES
 """Most bytes of checkpoints in one ListThreadCheckpoints page (at least one checkpoint)."""
-MAX_THREAD_PAGE_TOKEN_LENGTH = 4096
-"""Longest ListThreadCheckpoints page token: it carries a thread, a namespace and an id."""
+MAX_THREAD_PAGE_TOKEN_LENGTH = 12 * KIB
+"""Longest ListThreadCheckpoints page token: it carries a thread, an id and a checkpoint
+namespace of up to 1024 characters (each up to 6 bytes as JSON), in base64."""
 MAX_THREAD_IDS_PER_CALL = 1000
 """Most thread ids or run ids one DeleteThreadRuns or PruneThreads call names."""

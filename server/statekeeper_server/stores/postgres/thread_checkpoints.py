@@ -310,6 +310,13 @@ class PostgresThreadCheckpointStore:
     async def delete_runs(self, namespace: str, run_ids: Sequence[str]) -> int:
         """Delete the runs' checkpoints with their writes and versions, then unnamed values."""
         async with self._engine.transaction() as tx:
+            touched = await tx.conn.fetch(
+                "SELECT DISTINCT thread_id FROM thread_checkpoints"
+                " WHERE namespace = $1 AND run_id = ANY($2::text[])",
+                namespace,
+                list(run_ids),
+            )
+            await _lock_threads(tx, namespace, [row[0] for row in touched])
             keys = await tx.conn.fetch(
                 "DELETE FROM thread_checkpoints WHERE namespace = $1 AND run_id = ANY($2::text[])"
                 " RETURNING thread_id, checkpoint_ns, checkpoint_id",
@@ -331,8 +338,15 @@ class PostgresThreadCheckpointStore:
             return len(keys)
 
     async def copy_thread(self, namespace: str, source: str, target: str, now_us: int) -> int:
-        """Copy every row of a live source into the target, keeping the target's rows."""
+        """Copy every row of a live source into the target, keeping the target's rows;
+        both threads are locked, so the copy is of one moment of the source."""
         async with self._engine.transaction() as tx:
+            await tx.conn.execute(
+                "INSERT INTO threads VALUES ($1, $2, 0, NULL) ON CONFLICT DO NOTHING",
+                namespace,
+                target,
+            )
+            await _lock_threads(tx, namespace, [source, target])
             await _lock_thread(tx, namespace, target, now_us)
             ttl_us = await tx.conn.fetchval(
                 "SELECT ttl_us FROM threads WHERE namespace = $1 AND thread_id = $2"
@@ -391,6 +405,7 @@ class PostgresThreadCheckpointStore:
             if not keep_latest:
                 return await _delete_threads(tx, namespace, thread_ids)
             dropped = 0
+            await _lock_threads(tx, namespace, thread_ids)
             for thread_id in thread_ids:
                 older = (
                     " WHERE t.namespace = $1 AND t.thread_id = $2 AND t.checkpoint_id < (SELECT"
@@ -423,6 +438,17 @@ class PostgresThreadCheckpointStore:
                     dropped += await _delete_threads(tx, namespace, [thread_id])
             if len(expired) < 100:
                 return dropped
+
+
+async def _lock_threads(tx: Transaction, namespace: str, thread_ids: Sequence[str]) -> None:
+    """Lock the threads' rows, in id order (so two calls never wait on each other), before
+    deleting: a save holding one finishes first, and none starts until this commits."""
+    await tx.conn.execute(
+        "SELECT 1 FROM threads WHERE namespace = $1 AND thread_id = ANY($2::text[])"
+        " ORDER BY thread_id FOR UPDATE",
+        namespace,
+        sorted(set(thread_ids)),
+    )
 
 
 async def _lock_thread(tx: Transaction, namespace: str, thread_id: str, now_us: int) -> None:
@@ -499,6 +525,7 @@ async def _delete_threads(tx: Transaction, namespace: str, thread_ids: Sequence[
     """Delete every row of the threads; the number of checkpoints deleted."""
     dropped = 0
     ids = list(thread_ids)
+    await _lock_threads(tx, namespace, ids)
     for table in _TABLES:
         deleted: int = await tx.conn.fetchval(
             f"WITH gone AS (DELETE FROM {table} WHERE namespace = $1"
