@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
-import uuid_utils
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import DecodeError
 
@@ -29,6 +28,7 @@ from statekeeper_server.limits import MAX_FILTER_KEYS
 from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
+from statekeeper_server.uuid7 import uuid7
 
 M = TypeVar("M", checkpoints_pb2.WorkflowCheckpoint, checkpoints_pb2.AgentCheckpoint)
 
@@ -334,7 +334,7 @@ def new_checkpoint_id(create_us: int, previous_id: str) -> str:
     one run or agent: when the random bits of a checkpoint minted in the same
     millisecond would sort first, the previous id plus one is used instead.
     """
-    minted = str(uuid_utils.uuid7(nanoseconds=create_us * 1000))
+    minted = str(uuid7(nanoseconds=create_us * 1000))
     if not previous_id or minted > previous_id:
         return minted
     return _successor(previous_id)
