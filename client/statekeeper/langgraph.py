@@ -24,10 +24,10 @@ from langgraph.checkpoint.base import (
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
-    SerializerProtocol,
     get_checkpoint_id,
     get_serializable_checkpoint_metadata,
 )
+from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from statekeeper._client import AsyncClient
 from statekeeper.v1 import thread_checkpoints_pb2 as pb
@@ -65,7 +65,7 @@ class StatekeeperSaver(BaseCheckpointSaver[str]):
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         checkpoint_ns = configurable.get("checkpoint_ns", "")
-        copy = dict(checkpoint)
+        copy: dict[str, Any] = dict(checkpoint)
         values: dict[str, Any] = copy.pop("channel_values", {})
         new_values = {
             (channel, str(version)): (
@@ -131,7 +131,7 @@ class StatekeeperSaver(BaseCheckpointSaver[str]):
         self,
         config: RunnableConfig | None,
         *,
-        filter: dict[str, Any] | None = None,  # noqa: A002  # LangGraph's name
+        filter: dict[str, Any] | None = None,  # LangGraph's name
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
@@ -212,9 +212,7 @@ class StatekeeperSaver(BaseCheckpointSaver[str]):
         }
         parent = None
         if stored.parent_checkpoint_id:
-            parent = _config(
-                stored.thread_id, stored.checkpoint_ns, stored.parent_checkpoint_id
-            )
+            parent = _config(stored.thread_id, stored.checkpoint_ns, stored.parent_checkpoint_id)
         return CheckpointTuple(
             config=_config(stored.thread_id, stored.checkpoint_ns, stored.checkpoint_id),
             checkpoint=checkpoint,
