@@ -5,16 +5,20 @@ serializer (`serde.dumps_typed` / `loads_typed`) and is stored byte for byte
 as a typed blob; the server keeps each channel version once per thread and
 namespace, so a step sends only the channels it changed.
 
-Only the async methods are provided (`aput`, `aput_writes`, `aget_tuple`,
-`alist`, `adelete_thread`, `adelete_for_runs`, `acopy_thread`, `aprune`);
-the client's channel belongs to the event loop that created it.
+The async methods (`aput`, `aput_writes`, `aget_tuple`, `alist`,
+`adelete_thread`, `adelete_for_runs`, `acopy_thread`, `aprune`) do the work.
+The blocking ones (`put`, `get_tuple`, `list`, ...) run those same
+coroutines on the event loop the saver was created in, which owns the
+client's channel: they are for other threads (LangGraph runs sync graphs'
+checkpointing there), never for that loop's own thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -32,8 +36,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from statekeeper._client import AsyncClient
 from statekeeper.v1 import thread_checkpoints_pb2 as pb
 
-SCALARS = (str, int, float, bool, type(None))
-"""Metadata values the server can filter on; others are compared here."""
+T = TypeVar("T")
 
 
 class StatekeeperSaver(BaseCheckpointSaver[str]):
@@ -53,6 +56,10 @@ class StatekeeperSaver(BaseCheckpointSaver[str]):
         super().__init__(serde=serde)
         self.client = client
         self.ttl = ttl
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
 
     async def aput(
         self,
@@ -188,6 +195,88 @@ class StatekeeperSaver(BaseCheckpointSaver[str]):
             await self.client.threads.prune(
                 [str(t) for t in thread_ids], keep_latest=strategy == "keep_latest"
             )
+
+    # -- the blocking twins, for threads other than the saver's event loop ------------
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """`aput`, waited for from another thread."""
+        return self._wait(self.aput(config, checkpoint, metadata, new_versions))
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """`aput_writes`, waited for from another thread."""
+        self._wait(self.aput_writes(config, writes, task_id, task_path))
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """`aget_tuple`, waited for from another thread."""
+        return self._wait(self.aget_tuple(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,  # LangGraph's name
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        """`alist`, from another thread: each page is fetched when the previous one is
+        used up."""
+        listing = self.alist(config, filter=filter, before=before, limit=limit)
+
+        async def step() -> CheckpointTuple:
+            return await listing.__anext__()
+
+        while True:
+            try:
+                yield self._wait(step())
+            except StopAsyncIteration:
+                return
+
+    def delete_thread(self, thread_id: str) -> None:
+        """`adelete_thread`, waited for from another thread."""
+        self._wait(self.adelete_thread(thread_id))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """`adelete_for_runs`, waited for from another thread."""
+        self._wait(self.adelete_for_runs(run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """`acopy_thread`, waited for from another thread."""
+        self._wait(self.acopy_thread(source_thread_id, target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """`aprune`, waited for from another thread."""
+        self._wait(self.aprune(thread_ids, strategy=strategy))
+
+    def _wait(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` on the saver's event loop and wait for it from this thread.
+
+        RuntimeError when the saver was made outside an event loop, or when called
+        from that loop's own thread (waiting there could never finish).
+        """
+        loop = self.loop
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if loop is None or here is loop:
+            work.close()
+            raise RuntimeError(
+                "StatekeeperSaver's blocking methods run on the event loop it was created in,"
+                " from other threads; in that loop, use the async methods (aput, aget_tuple, ...)"
+            )
+        return asyncio.run_coroutine_threadsafe(work, loop).result()
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """The version after `current`, as LangGraph's own savers make them: a zero-padded
