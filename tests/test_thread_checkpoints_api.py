@@ -181,9 +181,16 @@ async def test_writes_are_returned_ordered_by_task_path_task_and_index(
     assert [w.value.data for w in got.pending_writes] == [b"b1", b"c0", b"c1", b"a0"]
 
 
-async def test_writes_to_a_missing_checkpoint_are_not_found(threads: ThreadsClient) -> None:
-    error = await rpc_error(threads.put_writes("t-1", "cp-1", "task", [("x", 0, ("b", b""))]))
-    assert error.code() == grpc.StatusCode.NOT_FOUND
+async def test_writes_sent_before_their_checkpoint_show_once_it_is_stored(
+    threads: ThreadsClient,
+) -> None:
+    await threads.put_writes("t-1", "cp-1", "task", [("x", 0, ("b", b"early"))])
+
+    await put(threads, "t-1", "cp-1")
+
+    got = await threads.get_checkpoint("t-1", "cp-1")
+    assert got is not None
+    assert [w.value.data for w in got.pending_writes] == [b"early"]
 
 
 # -- listing -------------------------------------------------------------------------

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-from statekeeper_server.errors import NotFound
 from statekeeper_server.stores import Store
 from statekeeper_server.stores.thread_checkpoints import (
     Blob,
@@ -15,6 +12,8 @@ from statekeeper_server.stores.thread_checkpoints import (
 )
 
 SECOND = 1_000_000
+old = Blob("b", b"old")
+new = Blob("b", b"new")
 NOW = 1_700_000_000 * SECOND
 
 
@@ -65,14 +64,17 @@ async def test_a_thread_is_not_read_once_its_ttl_after_the_newest_save_has_passe
     assert got.checkpoint_id == "cp-3"
 
 
-async def test_writes_to_a_checkpoint_of_an_expired_thread_are_not_found(store: Store) -> None:
+async def test_writes_into_an_expired_thread_start_it_afresh(store: Store) -> None:
     await store.threads.put_checkpoint("ns", checkpoint("t-1", "cp-1", ttl_us=SECOND), NOW)
     key = CheckpointKey(checkpoint_id="cp-1", thread_id="t-1", checkpoint_ns="")
-    write = [NewWrite("c", 0, Blob("b", b"w"))]
+    await store.threads.put_writes("ns", key, "task", "", [NewWrite("c", 0, old)], NOW)
 
-    await store.threads.put_writes("ns", key, "task", "", write, NOW)
-    with pytest.raises(NotFound):
-        await store.threads.put_writes("ns", key, "task", "", write, NOW + SECOND)
+    later = NOW + 2 * SECOND
+    await store.threads.put_writes("ns", key, "task", "", [NewWrite("c", 1, new)], later)
+    await store.threads.put_checkpoint("ns", checkpoint("t-1", "cp-1"), later)
+
+    got = await store.threads.get_checkpoint("ns", "t-1", "", "cp-1", later)
+    assert [w.value.data for w in got.pending_writes] == [b"new"]
 
 
 async def test_a_save_into_an_expired_thread_starts_it_afresh(store: Store) -> None:

@@ -149,8 +149,9 @@ class ThreadCheckpointServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PutThreadWrites(self, request, context):
-        """Stores the pending writes of one task against a stored checkpoint
-        (NOT_FOUND, reason NO_CHECKPOINT, when there is none).
+        """Stores the pending writes of one task against a checkpoint id. The
+        checkpoint need not be stored yet: runtimes save it and its first
+        writes concurrently, and reads show the writes once it is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -69,8 +69,9 @@ class ThreadCheckpointServiceStub:
     and channel versions.
     """
     PutThreadWrites: _grpc.UnaryUnaryMultiCallable[_thread_checkpoints_pb2.PutThreadWritesRequest, _thread_checkpoints_pb2.PutThreadWritesResponse]
-    """Stores the pending writes of one task against a stored checkpoint
-    (NOT_FOUND, reason NO_CHECKPOINT, when there is none).
+    """Stores the pending writes of one task against a checkpoint id. The
+    checkpoint need not be stored yet: runtimes save it and its first
+    writes concurrently, and reads show the writes once it is.
     """
     GetThreadCheckpoint: _grpc.UnaryUnaryMultiCallable[_thread_checkpoints_pb2.GetThreadCheckpointRequest, _thread_checkpoints_pb2.GetThreadCheckpointResponse]
     """Returns a checkpoint by id, or the newest of a namespace, with the
@@ -142,8 +143,9 @@ class ThreadCheckpointServiceAsyncStub(ThreadCheckpointServiceStub):
     and channel versions.
     """
     PutThreadWrites: _aio.UnaryUnaryMultiCallable[_thread_checkpoints_pb2.PutThreadWritesRequest, _thread_checkpoints_pb2.PutThreadWritesResponse]  # type: ignore[assignment]
-    """Stores the pending writes of one task against a stored checkpoint
-    (NOT_FOUND, reason NO_CHECKPOINT, when there is none).
+    """Stores the pending writes of one task against a checkpoint id. The
+    checkpoint need not be stored yet: runtimes save it and its first
+    writes concurrently, and reads show the writes once it is.
     """
     GetThreadCheckpoint: _aio.UnaryUnaryMultiCallable[_thread_checkpoints_pb2.GetThreadCheckpointRequest, _thread_checkpoints_pb2.GetThreadCheckpointResponse]  # type: ignore[assignment]
     """Returns a checkpoint by id, or the newest of a namespace, with the
@@ -224,8 +226,9 @@ class ThreadCheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _thread_checkpoints_pb2.PutThreadWritesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_thread_checkpoints_pb2.PutThreadWritesResponse, _abc.Awaitable[_thread_checkpoints_pb2.PutThreadWritesResponse]]:
-        """Stores the pending writes of one task against a stored checkpoint
-        (NOT_FOUND, reason NO_CHECKPOINT, when there is none).
+        """Stores the pending writes of one task against a checkpoint id. The
+        checkpoint need not be stored yet: runtimes save it and its first
+        writes concurrently, and reads show the writes once it is.
         """
 
     @_abc_1.abstractmethod

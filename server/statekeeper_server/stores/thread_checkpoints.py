@@ -133,8 +133,8 @@ class ThreadCheckpointStore(Protocol):
         writes: Sequence[NewWrite],
         now_us: int,
     ) -> None:
-        """Store pending writes (negative idx replaces, others insert if absent);
-        NotFound without the checkpoint, TooLarge past MAX_THREAD_WRITES_BYTES."""
+        """Store pending writes (negative idx replaces, others insert if absent), whether
+        or not the checkpoint is stored yet; TooLarge past MAX_THREAD_WRITES_BYTES."""
         ...
 
     async def get_checkpoint(

@@ -201,23 +201,11 @@ class PostgresThreadCheckpointStore:
         writes: Sequence[NewWrite],
         now_us: int,
     ) -> None:
-        """Store the writes, then check the checkpoint's total (rolled back past it)."""
+        """Lock the thread (started afresh if it expired), store the writes, then check
+        the checkpoint's total (rolled back past it)."""
         where = (namespace, key.thread_id, key.checkpoint_ns, key.checkpoint_id)
         async with self._engine.transaction() as tx:
-            live = await tx.conn.fetchval(
-                "SELECT 1 FROM threads WHERE namespace = $1 AND thread_id = $2"
-                " AND (expires_us IS NULL OR expires_us > $3) FOR UPDATE",
-                namespace,
-                key.thread_id,
-                now_us,
-            )
-            found = live and await tx.conn.fetchval(
-                "SELECT 1 FROM thread_checkpoints WHERE namespace = $1 AND thread_id = $2"
-                " AND checkpoint_ns = $3 AND checkpoint_id = $4",
-                *where,
-            )
-            if not found:
-                raise no_checkpoint(key.thread_id, key.checkpoint_id)
+            await _lock_thread(tx, namespace, key.thread_id, now_us)
             for write in writes:
                 action = (
                     "DO UPDATE SET channel = excluded.channel, type = excluded.type,"

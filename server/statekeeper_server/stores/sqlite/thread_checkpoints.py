@@ -180,17 +180,12 @@ class SQLiteThreadCheckpointStore:
         writes: Sequence[NewWrite],
         now_us: int,
     ) -> None:
-        """Store the writes, then check the checkpoint's total (rolled back past it)."""
+        """Store the writes (into a thread started afresh if it expired), then check the
+        checkpoint's total (rolled back past it)."""
         where = (namespace, key.thread_id, key.checkpoint_ns, key.checkpoint_id)
 
         def work(conn: sqlite3.Connection) -> None:
-            found = conn.execute(
-                "SELECT 1 FROM thread_checkpoints c WHERE c.namespace = ? AND c.thread_id = ?"
-                " AND c.checkpoint_ns = ? AND c.checkpoint_id = ?" + _LIVE,
-                (*where, now_us),
-            ).fetchone()
-            if found is None:
-                raise no_checkpoint(key.thread_id, key.checkpoint_id)
+            _clear_if_expired(conn, namespace, key.thread_id, now_us)
             for write in writes:
                 verb = "INSERT OR REPLACE" if write.idx < 0 else "INSERT OR IGNORE"
                 conn.execute(
