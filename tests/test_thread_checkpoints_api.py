@@ -14,8 +14,10 @@ from statekeeper.threads import ThreadsClient, TypedValue
 from statekeeper.v1 import thread_checkpoints_pb2 as pb
 from statekeeper.v1 import thread_checkpoints_pb2_grpc as pb_grpc
 from statekeeper_server.limits import MAX_FILTER_KEYS, MAX_THREAD_BLOB_BYTES, MIB
+from statekeeper_server.stores.thread_checkpoints import ListQuery
 from tests.harness import running_app
 from tests.rpc_errors import bad_request_fields, error_info
+from tests.waiting import until_async
 
 CHECKPOINT: TypedValue = ("msgpack", b"\x81\xa2id\x00\xff")
 METADATA: TypedValue = ("json", b'{"step": 1}')
@@ -559,3 +561,34 @@ async def test_a_listing_pages_through_the_longest_checkpoint_namespace(
     listed = await ids(threads.list_checkpoints("t-1", checkpoint_ns=longest, page_size=1))
 
     assert listed == ["cp-2", "cp-1", "cp-0"]
+
+
+async def test_the_servers_sweep_deletes_expired_threads(store_url: str) -> None:
+    async with (
+        running_app(store_url, checkpoint_sweep_interval=0.05) as app,
+        statekeeper.AsyncClient(f"127.0.0.1:{app.port}") as client,
+    ):
+        await put(client.threads, "t-1", "cp-1", ttl=0.05)
+        await put(client.threads, "t-2", "cp-2", ttl=0)
+
+        async def stored_ids() -> list[str]:
+            # At time 0 nothing has expired yet: what is listed is what is still stored.
+            page, _ = await app.store.threads.list_checkpoints(
+                "default",
+                ListQuery(
+                    thread_id="",
+                    checkpoint_ns=None,
+                    before="",
+                    metadata=(),
+                    page_size=10,
+                    remaining=None,
+                    after=None,
+                ),
+                0,
+            )
+            return [c.checkpoint_id for c in page]
+
+        async def swept() -> bool:
+            return await stored_ids() == ["cp-2"]
+
+        await until_async(swept, "the expired thread is deleted")
