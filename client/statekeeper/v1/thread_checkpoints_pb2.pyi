@@ -515,7 +515,9 @@ class ListThreadCheckpointsRequest(_message.Message):
     before: _builtins.str
     """Only checkpoints with a smaller id than this (an id)."""
     limit: _builtins.int
-    """Return at most this many checkpoints over all pages; 0 for no limit."""
+    """Return at most this many checkpoints over all pages; 0 for no limit,
+    negative is INVALID_ARGUMENT.
+    """
     page_size: _builtins.int
     """Most checkpoints per page: default 50, at most 1000. A page also stops
     before it would exceed the response budget (but holds at least one).
@@ -525,7 +527,8 @@ class ListThreadCheckpointsRequest(_message.Message):
     @_builtins.property
     def metadata_filter(self) -> _struct_pb2.Struct:
         """Only checkpoints whose filterable metadata has each of these top-level
-        keys with an equal scalar value.
+        keys with an equal scalar value (a string, number, boolean or null;
+        1 and "1" differ). At most 32 keys.
         """
 
     def __init__(
