@@ -11,6 +11,7 @@ the size checks read totals no other transaction is changing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
@@ -254,41 +255,50 @@ class PostgresThreadCheckpointStore:
     async def list_checkpoints(
         self, namespace: str, query: ListQuery, now_us: int
     ) -> tuple[list[pb.ThreadCheckpoint], CheckpointKey | None]:
-        """Keys of a page first, then whole checkpoints one by one until the byte budget."""
+        """A page in four statements: the keys with the bytes of each checkpoint (a lower
+        bound of its encoding) to choose the page, then the rows, values and writes of
+        the chosen ones. A page the bound let through but whose encoding exceeds the
+        budget is cut after the last checkpoint that fits."""
         params = Params(namespace)
         sql = _list_conditions(query, params)
         count = query.page_size
         if query.remaining is not None:
             count = min(count, query.remaining)
         sql = (
-            "SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id FROM thread_checkpoints c"
-            f" WHERE {sql}{_LIVE.format(now=params.add(now_us))}"
+            "SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id,"
+            " octet_length(c.checkpoint_data) + octet_length(c.metadata_data)"
+            " + coalesce((SELECT sum(octet_length(b.data)) FROM thread_versions v"
+            " JOIN thread_values b ON b.namespace = v.namespace AND b.thread_id = v.thread_id"
+            " AND b.checkpoint_ns = v.checkpoint_ns AND b.channel = v.channel"
+            " AND b.version = v.version WHERE v.namespace = c.namespace"
+            " AND v.thread_id = c.thread_id AND v.checkpoint_ns = c.checkpoint_ns"
+            " AND v.checkpoint_id = c.checkpoint_id), 0)"
+            " + coalesce((SELECT sum(octet_length(w.data)) FROM thread_writes w"
+            " WHERE w.namespace = c.namespace AND w.thread_id = c.thread_id"
+            " AND w.checkpoint_ns = c.checkpoint_ns AND w.checkpoint_id = c.checkpoint_id), 0)"
+            f" FROM thread_checkpoints c WHERE {sql}{_LIVE.format(now=params.add(now_us))}"
             " ORDER BY c.checkpoint_id DESC, c.thread_id, c.checkpoint_ns"
             f" LIMIT {params.add(count + 1)}"
         )
+        async with self._engine.transaction(isolation="repeatable_read", readonly=True) as tx:
+            candidates = await tx.conn.fetch(sql, *params.values)
+            chosen: list[tuple[str, str, str]] = []
+            bound = 0
+            for thread_id, checkpoint_ns, checkpoint_id, size in candidates[:count]:
+                bound += size
+                if chosen and bound > THREAD_PAGE_BYTES:
+                    break
+                chosen.append((thread_id, checkpoint_ns, checkpoint_id))
+            loaded = await _load_many(tx, namespace, chosen)
         page: list[pb.ThreadCheckpoint] = []
         used = 0
-        async with self._engine.transaction(isolation="repeatable_read", readonly=True) as tx:
-            keys = await tx.conn.fetch(sql, *params.values)
-            for thread_id, checkpoint_ns, checkpoint_id in keys:
-                if len(page) == count:
-                    return page, _key(page[-1])
-                row = await tx.conn.fetchrow(
-                    f"SELECT {_ROW} FROM thread_checkpoints c WHERE c.namespace = $1"
-                    " AND c.thread_id = $2 AND c.checkpoint_ns = $3 AND c.checkpoint_id = $4",
-                    namespace,
-                    thread_id,
-                    checkpoint_ns,
-                    checkpoint_id,
-                )
-                if row is None:  # not in this snapshot: the keys were read in it too
-                    continue
-                message = await _load(tx, namespace, row)
-                used += message.ByteSize()
-                if page and used > THREAD_PAGE_BYTES:
-                    return page, _key(page[-1])
-                page.append(message)
-        return page, None
+        for message in loaded:
+            used += message.ByteSize()
+            if page and used > THREAD_PAGE_BYTES:
+                break
+            page.append(message)
+        more = len(page) < len(candidates)
+        return page, (_key(page[-1]) if more and page else None)
 
     async def delete_thread(self, namespace: str, thread_id: str) -> int:
         """Delete the thread's rows from every table."""
@@ -474,6 +484,50 @@ async def _load(tx: Transaction, namespace: str, row: asyncpg.Record) -> pb.Thre
     )
     checkpoint_row: CheckpointRow = tuple(row)
     return build_checkpoint(checkpoint_row, [tuple(v) for v in values], [tuple(w) for w in writes])
+
+
+async def _load_many(
+    tx: Transaction, namespace: str, keys: Sequence[tuple[str, str, str]]
+) -> list[pb.ThreadCheckpoint]:
+    """The checkpoints of `keys` (thread, checkpoint namespace, id), in that order, with
+    their values and writes: three statements however many there are."""
+    if not keys:
+        return []
+    arrays = (namespace, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+    joined = (
+        " JOIN unnest($2::text[], $3::text[], $4::text[]) AS k(th, ns, id)"
+        " ON {t}.thread_id = k.th AND {t}.checkpoint_ns = k.ns AND {t}.checkpoint_id = k.id"
+        " WHERE {t}.namespace = $1"
+    )
+    rows = await tx.conn.fetch(
+        f"SELECT {_ROW} FROM thread_checkpoints c" + joined.format(t="c"), *arrays
+    )
+    values = await tx.conn.fetch(
+        "SELECT v.thread_id, v.checkpoint_ns, v.checkpoint_id, v.channel, v.version, b.type,"
+        " b.data FROM thread_versions v LEFT JOIN thread_values b ON b.namespace = v.namespace"
+        " AND b.thread_id = v.thread_id AND b.checkpoint_ns = v.checkpoint_ns"
+        " AND b.channel = v.channel AND b.version = v.version"
+        + joined.format(t="v")
+        + " ORDER BY v.channel",
+        *arrays,
+    )
+    writes = await tx.conn.fetch(
+        "SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, w.channel,"
+        " w.type, w.data, w.task_path FROM thread_writes w" + joined.format(t="w"),
+        *arrays,
+    )
+    values_of: dict[tuple[str, str, str], list[Any]] = {}
+    for v in values:
+        values_of.setdefault((v[0], v[1], v[2]), []).append(tuple(v[3:]))
+    writes_of: dict[tuple[str, str, str], list[Any]] = {}
+    for w in writes:
+        writes_of.setdefault((w[0], w[1], w[2]), []).append(tuple(w[3:]))
+    by_key = {(r[0], r[1], r[2]): r for r in rows}
+    return [
+        build_checkpoint(tuple(by_key[k]), values_of.get(k, []), writes_of.get(k, []))
+        for k in keys
+        if k in by_key
+    ]
 
 
 def _key(message: pb.ThreadCheckpoint) -> CheckpointKey:
