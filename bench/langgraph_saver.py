@@ -8,8 +8,8 @@ on PostgreSQL, the bytes the thread takes in its tables.
     python bench/langgraph_saver.py              # 100 turns
     python bench/langgraph_saver.py --turns 20   # quicker
 
-Needs the dev extra plus langgraph-checkpoint-sqlite and
-langgraph-checkpoint-postgres (the peers measured).
+Needs the dev extra (which holds the peers measured: langgraph-checkpoint-sqlite
+and langgraph-checkpoint-postgres).
 """
 
 from __future__ import annotations
