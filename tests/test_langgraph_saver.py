@@ -68,3 +68,16 @@ async def test_versions_sort_as_text_in_the_order_they_were_made(
     for _ in range(20):
         versions.append(saver.get_next_version(versions[-1], None))
     assert versions == sorted(versions)
+
+
+async def test_metadata_too_long_to_filter_on_in_the_server_is_filtered_in_the_saver(
+    saver: StatekeeperSaver,
+) -> None:
+    long_note = "n" * 100_000
+    for step, note in enumerate([long_note, "short"]):
+        checkpoint = create_checkpoint(empty_checkpoint(), None, step)
+        await saver.aput(root("t-1"), checkpoint, {"note": note, "step": step}, {})
+
+    found = [t.metadata["step"] async for t in saver.alist(None, filter={"note": long_note})]
+
+    assert found == [0]

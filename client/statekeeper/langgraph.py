@@ -324,11 +324,19 @@ def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableC
     }
 
 
+MAX_FILTERABLE_TEXT = 1024
+"""Longest metadata string kept in the server's filterable copy (which is at most 64 KiB);
+a filter on a longer one is compared here."""
+
+
 def _filterable(value: object) -> bool:
-    """Whether the server can compare `value`: a scalar JSON number, string, bool or null
-    (integers only where a double holds them exactly)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    """Whether the server keeps and compares `value`: a JSON null, bool, string of at most
+    MAX_FILTERABLE_TEXT characters, or number (integers only where a double holds them
+    exactly). Saves and filters use this one rule, so they always agree."""
+    if isinstance(value, bool) or value is None:
         return True
+    if isinstance(value, str):
+        return len(value) <= MAX_FILTERABLE_TEXT
     if isinstance(value, int):
         return abs(value) <= 2**53
     return isinstance(value, float) and value == value and abs(value) != float("inf")
