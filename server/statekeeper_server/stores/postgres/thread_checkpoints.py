@@ -56,6 +56,7 @@ MIGRATIONS = [
             metadata_data BYTEA NOT NULL,
             metadata JSONB NOT NULL,
             run_id TEXT COLLATE "C",
+            state_bytes BIGINT NOT NULL,
             PRIMARY KEY (namespace, thread_id, checkpoint_ns, checkpoint_id)
         )""",
         "CREATE INDEX thread_checkpoints_newest ON thread_checkpoints (namespace, checkpoint_id)",
@@ -152,12 +153,13 @@ class PostgresThreadCheckpointStore:
                 )
             await tx.conn.execute(
                 "INSERT INTO thread_checkpoints VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-                " $10::jsonb, $11) ON CONFLICT (namespace, thread_id, checkpoint_ns,"
+                " $10::jsonb, $11, $12) ON CONFLICT (namespace, thread_id, checkpoint_ns,"
                 " checkpoint_id) DO UPDATE SET parent_id = excluded.parent_id,"
                 " checkpoint_type = excluded.checkpoint_type,"
                 " checkpoint_data = excluded.checkpoint_data,"
                 " metadata_type = excluded.metadata_type, metadata_data = excluded.metadata_data,"
-                " metadata = excluded.metadata, run_id = excluded.run_id",
+                " metadata = excluded.metadata, run_id = excluded.run_id,"
+                " state_bytes = excluded.state_bytes",
                 namespace,
                 thread,
                 new.checkpoint_ns,
@@ -169,6 +171,7 @@ class PostgresThreadCheckpointStore:
                 new.metadata.data,
                 new.metadata_json,
                 new.run_id,
+                size,
             )
             key = (namespace, thread, new.checkpoint_ns, new.checkpoint_id)
             await tx.conn.execute(
@@ -255,30 +258,27 @@ class PostgresThreadCheckpointStore:
     async def list_checkpoints(
         self, namespace: str, query: ListQuery, now_us: int
     ) -> tuple[list[pb.ThreadCheckpoint], CheckpointKey | None]:
-        """A page in four statements: the keys with the bytes of each checkpoint (a lower
-        bound of its encoding) to choose the page, then the rows, values and writes of
-        the chosen ones. A page the bound let through but whose encoding exceeds the
-        budget is cut after the last checkpoint that fits."""
+        """A page in four statements: the keys with the bytes of each checkpoint (its state
+        bytes and its writes' data: a lower bound of its encoding) to choose the page,
+        then the rows, values and writes of the chosen ones. A page the bound let through
+        but whose encoding exceeds the budget is cut after the last checkpoint that fits."""
         params = Params(namespace)
         sql = _list_conditions(query, params)
         count = query.page_size
         if query.remaining is not None:
             count = min(count, query.remaining)
+        # Each checkpoint's state bytes were summed when it was saved; its writes are
+        # summed here, for the page's keys only.
         sql = (
-            "SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id,"
-            " octet_length(c.checkpoint_data) + octet_length(c.metadata_data)"
-            " + coalesce((SELECT sum(octet_length(b.data)) FROM thread_versions v"
-            " JOIN thread_values b ON b.namespace = v.namespace AND b.thread_id = v.thread_id"
-            " AND b.checkpoint_ns = v.checkpoint_ns AND b.channel = v.channel"
-            " AND b.version = v.version WHERE v.namespace = c.namespace"
-            " AND v.thread_id = c.thread_id AND v.checkpoint_ns = c.checkpoint_ns"
-            " AND v.checkpoint_id = c.checkpoint_id), 0)"
+            "SELECT k.thread_id, k.checkpoint_ns, k.checkpoint_id, k.state_bytes"
             " + coalesce((SELECT sum(octet_length(w.data)) FROM thread_writes w"
-            " WHERE w.namespace = c.namespace AND w.thread_id = c.thread_id"
-            " AND w.checkpoint_ns = c.checkpoint_ns AND w.checkpoint_id = c.checkpoint_id), 0)"
+            " WHERE w.namespace = $1 AND w.thread_id = k.thread_id"
+            " AND w.checkpoint_ns = k.checkpoint_ns AND w.checkpoint_id = k.checkpoint_id), 0)"
+            " FROM (SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.state_bytes"
             f" FROM thread_checkpoints c WHERE {sql}{_LIVE.format(now=params.add(now_us))}"
             " ORDER BY c.checkpoint_id DESC, c.thread_id, c.checkpoint_ns"
-            f" LIMIT {params.add(count + 1)}"
+            f" LIMIT {params.add(count + 1)}) k"
+            " ORDER BY k.checkpoint_id DESC, k.thread_id, k.checkpoint_ns"
         )
         async with self._engine.transaction(isolation="repeatable_read", readonly=True) as tx:
             candidates = await tx.conn.fetch(sql, *params.values)
@@ -363,7 +363,8 @@ class PostgresThreadCheckpointStore:
             copied: int = await tx.conn.fetchval(
                 "WITH copied AS (INSERT INTO thread_checkpoints SELECT namespace, $3,"
                 " checkpoint_ns, checkpoint_id, parent_id, checkpoint_type, checkpoint_data,"
-                " metadata_type, metadata_data, metadata, run_id FROM thread_checkpoints"
+                " metadata_type, metadata_data, metadata, run_id, state_bytes"
+                " FROM thread_checkpoints"
                 " WHERE namespace = $1 AND thread_id = $2 ON CONFLICT DO NOTHING RETURNING 1)"
                 " SELECT count(*) FROM copied",
                 namespace,
