@@ -87,6 +87,7 @@ async def test_both_clients_have_the_same_families(clients: tuple[Any, Any]) -> 
         "jobs",
         "relays",
         "snapshots",
+        "threads",
     ]
 
 

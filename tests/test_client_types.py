@@ -19,7 +19,14 @@ from typing_extensions import assert_type
 import statekeeper
 from statekeeper.events import custom_event
 from statekeeper.jobs import BlockingWorkItem, WorkItem, job_spec
-from statekeeper.v1 import checkpoints_pb2, events_pb2, jobs_pb2, relays_pb2, snapshots_pb2
+from statekeeper.v1 import (
+    checkpoints_pb2,
+    events_pb2,
+    jobs_pb2,
+    relays_pb2,
+    snapshots_pb2,
+    thread_checkpoints_pb2,
+)
 from tests.brokers import REDIS_URL, redis_keys
 from tests.harness import running_app
 
@@ -168,6 +175,34 @@ async def use_every_async_method(client: statekeeper.AsyncClient) -> None:
     assert assert_type(await client.relays.names(), list[str]) == ["audit"]
     assert assert_type(await client.relays.delete("audit"), bool)
 
+    # threads
+    blob = ("json", b"{}")
+    assert_type(
+        await client.threads.put_checkpoint(
+            "t-1",
+            "cp-1",
+            blob,
+            blob,
+            channel_versions={"a": "1"},
+            new_channel_values={("a", "1"): blob},
+        ),
+        None,
+    )
+    assert_type(await client.threads.put_writes("t-1", "cp-1", "task", [("a", 0, blob)]), None)
+    got = assert_type(
+        await client.threads.get_checkpoint("t-1"), thread_checkpoints_pb2.ThreadCheckpoint
+    )
+    assert got.checkpoint_id == "cp-1"
+    history = assert_type(
+        client.threads.list_checkpoints("t-1", limit=5),
+        AsyncGenerator[thread_checkpoints_pb2.ThreadCheckpoint, None],
+    )
+    assert [c.checkpoint_id async for c in history] == ["cp-1"]
+    assert assert_type(await client.threads.copy_thread("t-1", "t-2"), int) == 1
+    assert assert_type(await client.threads.prune(["t-2"]), int) == 0
+    assert assert_type(await client.threads.delete_runs(["none"]), int) == 0
+    assert assert_type(await client.threads.delete_thread("t-2"), int) == 1
+
 
 def use_every_blocking_method(client: statekeeper.Client) -> None:
     """Call each method of the blocking client once, checking its answer's type."""
@@ -291,6 +326,32 @@ def use_every_blocking_method(client: statekeeper.Client) -> None:
     assert [r.name for r in relays] == ["audit"]
     assert assert_type(client.relays.names(), list[str]) == ["audit"]
     assert assert_type(client.relays.delete("audit"), bool)
+
+    # threads
+    blob = ("json", b"{}")
+    assert_type(
+        client.threads.put_checkpoint(
+            "t-1",
+            "cp-1",
+            blob,
+            blob,
+            channel_versions={"a": "1"},
+            new_channel_values={("a", "1"): blob},
+        ),
+        None,
+    )
+    assert_type(client.threads.put_writes("t-1", "cp-1", "task", [("a", 0, blob)]), None)
+    got = assert_type(client.threads.get_checkpoint("t-1"), thread_checkpoints_pb2.ThreadCheckpoint)
+    assert got.checkpoint_id == "cp-1"
+    history = assert_type(
+        client.threads.list_checkpoints("t-1", limit=5),
+        Generator[thread_checkpoints_pb2.ThreadCheckpoint, None, None],
+    )
+    assert [c.checkpoint_id for c in history] == ["cp-1"]
+    assert assert_type(client.threads.copy_thread("t-1", "t-2"), int) == 1
+    assert assert_type(client.threads.prune(["t-2"]), int) == 0
+    assert assert_type(client.threads.delete_runs(["none"]), int) == 0
+    assert assert_type(client.threads.delete_thread("t-2"), int) == 1
 
 
 async def test_every_method_of_the_asyncio_client_answers_with_its_declared_type() -> None:

@@ -28,6 +28,14 @@ def test_every_rpc_of_every_service_requires_a_role(method: object) -> None:
         ("/statekeeper.v1.JobService/WatchJobs", Role.READ),
         ("/statekeeper.v1.CheckpointService/DeleteWorkflowCheckpoints", Role.ADMIN),
         ("/statekeeper.v1.CheckpointService/RecoverAgentCheckpoint", Role.READ),
+        ("/statekeeper.v1.ThreadCheckpointService/GetThreadCheckpoint", Role.READ),
+        ("/statekeeper.v1.ThreadCheckpointService/ListThreadCheckpoints", Role.READ),
+        ("/statekeeper.v1.ThreadCheckpointService/PutThreadCheckpoint", Role.WRITE),
+        ("/statekeeper.v1.ThreadCheckpointService/PutThreadWrites", Role.WRITE),
+        ("/statekeeper.v1.ThreadCheckpointService/CopyThread", Role.WRITE),
+        ("/statekeeper.v1.ThreadCheckpointService/DeleteThread", Role.ADMIN),
+        ("/statekeeper.v1.ThreadCheckpointService/DeleteThreadRuns", Role.ADMIN),
+        ("/statekeeper.v1.ThreadCheckpointService/PruneThreads", Role.ADMIN),
     ],
 )
 def test_the_table_holds_the_documented_role(path: str, role: Role) -> None:

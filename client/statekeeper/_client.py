@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from statekeeper import checkpoints, events, jobs, relays, snapshots
+from statekeeper import checkpoints, events, jobs, relays, snapshots, threads
 from statekeeper._calls import CallOptions, call_options, connection
 from statekeeper._credentials import Pem, Token
 
@@ -28,6 +28,7 @@ class AsyncClient:
     events: events.EventsClient
     jobs: jobs.JobsClient
     relays: relays.RelaysClient
+    threads: threads.ThreadsClient
 
     def __init__(
         self,
@@ -99,6 +100,7 @@ class AsyncClient:
         self.events = events.EventsClient(channel, options)
         self.jobs = jobs.JobsClient(channel, options)
         self.relays = relays.RelaysClient(channel, options)
+        self.threads = threads.ThreadsClient(channel, options)
 
     @property
     def channel(self) -> grpc.aio.Channel:

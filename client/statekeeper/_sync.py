@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from statekeeper import checkpoints, events, jobs, relays, snapshots
+from statekeeper import checkpoints, events, jobs, relays, snapshots, threads
 from statekeeper._calls import CallOptions, call_options, connection
 from statekeeper._credentials import Pem, Token
 
@@ -34,6 +34,7 @@ class Client:
     events: events.BlockingEventsClient
     jobs: jobs.BlockingJobsClient
     relays: relays.BlockingRelaysClient
+    threads: threads.BlockingThreadsClient
 
     def __init__(
         self,
@@ -106,6 +107,7 @@ class Client:
         self.events = events.BlockingEventsClient(channel, options)
         self.jobs = jobs.BlockingJobsClient(channel, options)
         self.relays = relays.BlockingRelaysClient(channel, options)
+        self.threads = threads.BlockingThreadsClient(channel, options)
 
     @property
     def channel(self) -> grpc.Channel:

@@ -47,6 +47,7 @@ from statekeeper_server.services.events import EventLogServicer
 from statekeeper_server.services.jobs import JobServicer
 from statekeeper_server.services.relays import RelayServicer
 from statekeeper_server.services.snapshots import SnapshotServicer
+from statekeeper_server.services.thread_checkpoints import ThreadCheckpointServicer
 from statekeeper_server.stores import Store, open_store
 from statekeeper_server.stream_buffers import StreamBuffers
 from statekeeper_server.stream_turns import StreamTurns
@@ -87,6 +88,7 @@ def build_services(
             store.jobs, store.events, store.notifier, settings, stopping, buffers, turns, sinks
         ),
         RelayServicer(store.relays, store.events, sinks, store.notifier, settings, stopping),
+        ThreadCheckpointServicer(store.threads, settings),
     ]
 
 

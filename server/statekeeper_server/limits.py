@@ -94,3 +94,25 @@ Python work (converting JSON, checking a request without JSON values) on a worke
 and a request holding JSON values screened, decoded and checked in steps of at most a few
 milliseconds (protobuf holds the GIL whatever thread runs it), other calls served in
 between."""
+
+# -- thread checkpoints ----------------------------------------------------------------
+
+MAX_THREAD_BLOB_BYTES = 2 * MIB
+"""Largest typed blob of a thread checkpoint: a checkpoint, its metadata, a channel value
+or a pending write."""
+MAX_THREAD_STATE_BYTES = 2 * MIB
+"""Most bytes of one thread checkpoint's state: its checkpoint and metadata blobs, the
+filterable metadata, and the channel values (with their names and versions) it names."""
+MAX_THREAD_WRITES_BYTES = 1 * MIB
+"""Most bytes of the pending writes stored against one thread checkpoint. State plus writes
+stay below RESPONSE_BUDGET_BYTES, so one checkpoint always fits in a response."""
+THREAD_ENTRY_OVERHEAD_BYTES = 16
+"""Bytes counted per channel value or pending write beyond its names and data (their
+framing in a response)."""
+THREAD_PAGE_BYTES = PAGE_BUDGET_BYTES
+"""Most bytes of checkpoints in one ListThreadCheckpoints page (at least one checkpoint)."""
+MAX_THREAD_PAGE_TOKEN_LENGTH = 12 * KIB
+"""Longest ListThreadCheckpoints page token: it carries a thread, an id and a checkpoint
+namespace of up to 1024 characters (each up to 6 bytes as JSON), in base64."""
+MAX_THREAD_IDS_PER_CALL = 1000
+"""Most thread ids or run ids one DeleteThreadRuns or PruneThreads call names."""

@@ -24,9 +24,17 @@ from statekeeper.v1 import (
     jobs_pb2,
     relays_pb2,
     snapshots_pb2,
+    thread_checkpoints_pb2,
 )
 
-SERVICE_FILES = (snapshots_pb2, events_pb2, jobs_pb2, checkpoints_pb2, relays_pb2)
+SERVICE_FILES = (
+    snapshots_pb2,
+    events_pb2,
+    jobs_pb2,
+    checkpoints_pb2,
+    thread_checkpoints_pb2,
+    relays_pb2,
+)
 """The files that define statekeeper's services."""
 
 

@@ -26,6 +26,7 @@ from statekeeper_server.stores.events import EventStore
 from statekeeper_server.stores.jobs import JobStore
 from statekeeper_server.stores.relays import RelayStore
 from statekeeper_server.stores.snapshots import SnapshotStore
+from statekeeper_server.stores.thread_checkpoints import ThreadCheckpointStore
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Store:
     jobs: JobStore
     relays: RelayStore
     notifier: Notifier
+    threads: ThreadCheckpointStore
+    """Thread checkpoints (ThreadCheckpointService)."""
     close: Callable[[], Awaitable[None]]
     ping: Callable[[], Awaitable[None]]
     check_writes: Callable[[], Awaitable[None]]

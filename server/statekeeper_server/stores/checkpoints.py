@@ -19,15 +19,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
-import uuid_utils
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import DecodeError
 
 from statekeeper.v1 import checkpoints_pb2
 from statekeeper_server.errors import Aborted, DataLoss, InvalidArgument, NotFound
+from statekeeper_server.limits import MAX_FILTER_KEYS
 from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
+from statekeeper_server.uuid7 import uuid7
 
 M = TypeVar("M", checkpoints_pb2.WorkflowCheckpoint, checkpoints_pb2.AgentCheckpoint)
 
@@ -132,9 +133,11 @@ def metadata_conditions(
 ) -> tuple[MetadataCondition, ...]:
     """The conditions of a filter object.
 
-    InvalidArgument for a non-scalar value, or for text holding U+0000
-    (no stored metadata can hold it).
+    InvalidArgument for more than MAX_FILTER_KEYS keys, a non-scalar value,
+    or text holding U+0000 (no stored metadata can hold it).
     """
+    if len(metadata_filter.fields) > MAX_FILTER_KEYS:
+        raise InvalidArgument(field, f"must hold at most {MAX_FILTER_KEYS} keys")
     conditions = []
     for key in sorted(metadata_filter.fields):
         value = metadata_filter.fields[key]
@@ -331,7 +334,7 @@ def new_checkpoint_id(create_us: int, previous_id: str) -> str:
     one run or agent: when the random bits of a checkpoint minted in the same
     millisecond would sort first, the previous id plus one is used instead.
     """
-    minted = str(uuid_utils.uuid7(nanoseconds=create_us * 1000))
+    minted = str(uuid7(nanoseconds=create_us * 1000))
     if not previous_id or minted > previous_id:
         return minted
     return _successor(previous_id)

@@ -14,8 +14,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-import uuid_utils
-
 from statekeeper.v1 import events_pb2
 from statekeeper.v1.common_pb2 import FinishReason
 from statekeeper_server.errors import (
@@ -32,6 +30,7 @@ from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores import event_wire
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
+from statekeeper_server.uuid7 import uuid7
 from statekeeper_server.validation import enum_value, is_id, require_id, require_text
 
 MAX_BATCH_EVENTS = 1000
@@ -319,7 +318,7 @@ def prepare_inputs(
     for item, kind in zip(inputs, kinds, strict=True):
         event, event_id = item.event, item.event_id
         digest = event_digest(event) if event_id else None
-        event_id = event_id or str(uuid_utils.uuid7())
+        event_id = event_id or str(uuid7())
         prepared.append(
             PreparedInput(
                 event,

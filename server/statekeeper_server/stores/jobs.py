@@ -19,7 +19,6 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-import uuid_utils
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
@@ -31,6 +30,7 @@ from statekeeper_server.observability.store_metrics import JobCounts
 from statekeeper_server.stores.budget import fill_page, framed_size
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
+from statekeeper_server.uuid7 import uuid7
 from statekeeper_server.validation import clip_utf8
 
 SCHEDULED = jobs_pb2.JOB_STATE_SCHEDULED
@@ -537,7 +537,7 @@ def new_row(namespace: str, new: NewJob, now_us: int) -> JobRow:
     return JobRow(
         seq=0,
         namespace=namespace,
-        job_id=str(uuid_utils.uuid7()),
+        job_id=str(uuid7()),
         queue=new.queue,
         kind=new.kind,
         payload=new.payload.SerializeToString(),
@@ -565,7 +565,7 @@ def leased_row(row: JobRow, worker_id: str, lease_us: int, now_us: int) -> JobRo
     return row._replace(
         state=RUNNING,
         attempt=row.attempt + 1,
-        lease_id=str(uuid_utils.uuid7()),
+        lease_id=str(uuid7()),
         worker_id=worker_id,
         lease_expire=now_us + lease_us,
         update_time=now_us,

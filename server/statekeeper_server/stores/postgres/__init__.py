@@ -17,7 +17,14 @@ from __future__ import annotations
 from statekeeper_server.config import Settings
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores import Store
-from statekeeper_server.stores.postgres import checkpoints, events, jobs, relays, snapshots
+from statekeeper_server.stores.postgres import (
+    checkpoints,
+    events,
+    jobs,
+    relays,
+    snapshots,
+    thread_checkpoints,
+)
 from statekeeper_server.stores.postgres.engine import (
     HEALTH_MIGRATIONS,
     PostgresEngine,
@@ -27,6 +34,7 @@ from statekeeper_server.stores.postgres.migrations import Migrations
 
 MIGRATIONS: Migrations = {
     "checkpoints": checkpoints.MIGRATIONS,
+    "thread_checkpoints": thread_checkpoints.MIGRATIONS,
     "events": events.MIGRATIONS,
     "jobs": jobs.MIGRATIONS,
     "relays": relays.MIGRATIONS,
@@ -52,6 +60,7 @@ async def open_postgres_store(url: str, settings: Settings | None = None) -> Sto
         events=events.PostgresEventStore(engine),
         jobs=jobs.PostgresJobStore(engine),
         relays=relays.PostgresRelayStore(engine),
+        threads=thread_checkpoints.PostgresThreadCheckpointStore(engine),
         notifier=notifier,
         close=engine.close,
         ping=engine.ping,

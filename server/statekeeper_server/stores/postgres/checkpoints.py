@@ -608,7 +608,7 @@ def _workflow_conditions(where: WorkflowFilter, params: Params, *, name_column: 
     if where.workflow_name:
         sql += f" AND {name_column} = {params.add(where.workflow_name)}"
     for condition in where.metadata:
-        value = _json_value(condition)
+        value = json_value(condition)
         if value is None:
             # Nothing stored can match; the parameters added so far stay in use.
             sql += " AND false"
@@ -617,7 +617,7 @@ def _workflow_conditions(where: WorkflowFilter, params: Params, *, name_column: 
     return sql
 
 
-def _json_value(condition: MetadataCondition) -> str | None:
+def json_value(condition: MetadataCondition) -> str | None:
     """The filter value as a JSON text; None for a number no stored metadata
     can hold (NaN or an infinity: saves refuse them)."""
     if isinstance(condition.value, float) and not math.isfinite(condition.value):

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores import Store
-from statekeeper_server.stores.sqlite import checkpoints, events, jobs, relays, snapshots
+from statekeeper_server.stores.sqlite import (
+    checkpoints,
+    events,
+    jobs,
+    relays,
+    snapshots,
+    thread_checkpoints,
+)
 from statekeeper_server.stores.sqlite.engine import HEALTH_MIGRATIONS, SQLiteEngine
 
 MIGRATIONS = {
@@ -16,6 +23,7 @@ MIGRATIONS = {
     "events": events.MIGRATIONS,
     "jobs": jobs.MIGRATIONS,
     "relays": relays.MIGRATIONS,
+    "thread_checkpoints": thread_checkpoints.MIGRATIONS,
     "health": HEALTH_MIGRATIONS,
 }
 
@@ -39,6 +47,7 @@ async def open_sqlite_store(path: Path | None) -> Store:
         events=events.SQLiteEventStore(engine, notifier),
         jobs=jobs.SQLiteJobStore(engine, notifier),
         relays=relays.SQLiteRelayStore(engine),
+        threads=thread_checkpoints.SQLiteThreadCheckpointStore(engine),
         notifier=notifier,
         close=engine.close,
         ping=ping,

@@ -484,13 +484,13 @@ def _workflow_conditions(where: WorkflowFilter) -> _Conditions:
         sql += " AND c.workflow_name = ?"
         params.append(where.workflow_name)
     for condition in where.metadata:
-        match, values = _metadata_match(condition)
+        match, values = metadata_match(condition)
         sql += f" AND EXISTS (SELECT 1 FROM json_each(c.metadata) m WHERE m.key = ? AND {match})"
         params.extend([condition.key, *values])
     return sql, params
 
 
-def _metadata_match(condition: MetadataCondition) -> tuple[str, list[object]]:
+def metadata_match(condition: MetadataCondition) -> tuple[str, list[object]]:
     """How a `json_each` row must look to match: its JSON type, and its value."""
     if condition.kind == "string":
         return "m.type = 'text' AND m.atom = ?", [condition.value]

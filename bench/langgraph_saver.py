@@ -1,0 +1,168 @@
+"""StatekeeperSaver beside LangGraph's own savers, in one run on one machine.
+
+For each saver: a 10-node graph run turn after turn on one thread (each turn
+is 11 checkpoints: put, put_writes and the reads LangGraph does), the time
+per step; `alist` over the whole thread (1,100 checkpoints by default); and,
+on PostgreSQL, the bytes the thread takes in its tables.
+
+    python bench/langgraph_saver.py              # 100 turns
+    python bench/langgraph_saver.py --turns 20   # quicker
+
+Needs the dev extra (which holds the peers measured: langgraph-checkpoint-sqlite
+and langgraph-checkpoint-postgres).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import operator
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+from langgraph.checkpoint.base import BaseCheckpointSaver  # noqa: E402
+from langgraph.graph import START, StateGraph  # noqa: E402
+from typing_extensions import TypedDict  # noqa: E402
+
+import statekeeper  # noqa: E402
+from bench.servers import POSTGRES_URL, statekeeper_server, store_url  # noqa: E402
+from statekeeper.langgraph import StatekeeperSaver  # noqa: E402
+
+NODES = 10
+
+
+class State(TypedDict):
+    messages: Annotated[list[str], operator.add]
+    scratch: str
+
+
+def node(n: int) -> Callable[[State], dict[str, Any]]:
+    def step(state: State) -> dict[str, Any]:
+        return {"messages": [f"node {n}: " + "x" * 200], "scratch": f"{n}"}
+
+    return step
+
+
+def graph(saver: BaseCheckpointSaver[Any]) -> Any:
+    builder = StateGraph(State)
+    for n in range(NODES):
+        builder.add_node(f"n{n}", node(n))
+        builder.add_edge(START if n == 0 else f"n{n - 1}", f"n{n}")
+    return builder.compile(checkpointer=saver)
+
+
+async def measure(saver: BaseCheckpointSaver[Any], turns: int) -> tuple[float, float, int]:
+    """(ms per step, ms for alist over the thread, checkpoints listed)."""
+    compiled = graph(saver)
+    config = {"configurable": {"thread_id": f"bench-{secrets.token_hex(4)}"}}
+    began = time.perf_counter()
+    for turn in range(turns):
+        await compiled.ainvoke({"messages": [f"turn {turn}"]}, config)
+    steps = turns * (NODES + 1)
+    per_step = (time.perf_counter() - began) * 1000 / steps
+    began = time.perf_counter()
+    listed = [t async for t in saver.alist(config)]
+    return per_step, (time.perf_counter() - began) * 1000, len(listed)
+
+
+async def statekeeper_row(kind: str, turns: int) -> tuple[str, float, float, int, str]:
+    """The row of StatekeeperSaver on a fresh store of `kind` (its table bytes on PostgreSQL)."""
+    stack = contextlib.ExitStack()
+    try:
+        url = stack.enter_context(store_url(kind))
+        server = stack.enter_context(statekeeper_server(url))
+        async with statekeeper.AsyncClient(server.target, timeout=30) as client:
+            per_step, listing, count = await measure(StatekeeperSaver(client), turns)
+        size = ""
+        if kind == "postgres":
+            size = f"{await schema_bytes(url.rsplit('schema=', 1)[1], THREAD_TABLES):,}"
+    finally:
+        # Dropping the schema runs its own event loop: off this one.
+        await asyncio.to_thread(stack.close)
+    return (f"StatekeeperSaver, {kind} store", per_step, listing, count, size)
+
+
+@contextlib.asynccontextmanager
+async def sqlite_saver() -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    with tempfile.TemporaryDirectory() as directory:
+        async with AsyncSqliteSaver.from_conn_string(f"{directory}/lg.db") as saver:
+            yield saver
+
+
+@contextlib.asynccontextmanager
+async def postgres_saver(schema: str) -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    async with AsyncPostgresSaver.from_conn_string(url) as saver:
+        await saver.setup()
+        yield saver
+
+
+THREAD_TABLES = ["threads", "thread_checkpoints", "thread_versions", "thread_values"]
+THREAD_TABLES += ["thread_writes"]
+
+
+async def schema_bytes(schema: str, tables: list[str] | None = None) -> int:
+    """Bytes of the tables (with their indexes and TOAST) of `schema`, or of `tables` in it."""
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = $1 AND c.relkind = 'r'"
+                " AND ($2::text[] IS NULL OR c.relname = ANY($2::text[]))",
+                schema,
+                tables,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def main(turns: int) -> None:
+    rows = [await statekeeper_row(kind, turns) for kind in ("file", "postgres")]
+    async with sqlite_saver() as saver:
+        per_step, listing, count = await measure(saver, turns)
+    rows.append(("AsyncSqliteSaver", per_step, listing, count, ""))
+
+    schema = f"bench_lg_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(POSTGRES_URL)
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    await conn.close()
+    try:
+        async with postgres_saver(schema) as saver:
+            per_step, listing, count = await measure(saver, turns)
+        rows.append(
+            ("AsyncPostgresSaver", per_step, listing, count, f"{await schema_bytes(schema):,}")
+        )
+    finally:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+
+    print(f"{turns} turns of a {NODES}-node graph on one thread")
+    print("| saver | ms per step | ms alist (all) | checkpoints | table bytes |")
+    print("|---|---|---|---|---|")
+    for name, per_step, listing, count, size in rows:
+        print(f"| {name} | {per_step:.2f} | {listing:.0f} | {count} | {size} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=100)
+    asyncio.run(main(parser.parse_args().turns))
