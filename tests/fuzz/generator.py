@@ -291,15 +291,16 @@ class RequestBuilder:
         return rng.randint(0, 20)
 
     def _remembered(self, name: str, fresh: Any, rng: Random, context: dict[str, Any]) -> Any:
-        """`fresh`, or (usually) a value of this name from the context or the pool."""
+        """`fresh`, or (usually) a value of this name from the context or the pool: one of
+        fresh's type, since services may give one name to fields of different types."""
         roll = rng.random()
         if roll < 0.6:
             known = lookup(context, name)
-            if known is not None:
+            if type(known) is type(fresh):
                 return known
         if roll < 0.75:
             seen = self.pool.value(self.picks, name)
-            if seen is not None:
+            if type(seen) is type(fresh):
                 return seen
         return fresh
 
