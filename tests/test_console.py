@@ -1,0 +1,269 @@
+"""The web console at / of the HTTP side port, through a real server: pages
+render what the gRPC API holds, actions go through the API and need the
+form's CSRF token, caller text is always escaped, and who may see it."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+
+import statekeeper
+from statekeeper.jobs import job_spec
+from statekeeper.v1 import jobs_pb2
+from statekeeper_server.app import Application
+from statekeeper_server.console.peers import is_loopback, loopback_target
+from statekeeper_server.console.views import PAGE_SIZE
+from tests.auth_support import write_tokens
+from tests.harness import running_app
+from tests.metrics_scrape import http_get
+
+HOSTILE = "<script>alert(1)</script>\"'"
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[Application]:
+    async with running_app("memory:") as running:
+        yield running
+
+
+@pytest.fixture
+async def client(app: Application) -> AsyncIterator[statekeeper.AsyncClient]:
+    async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}", token="") as grpc_client:
+        yield grpc_client
+
+
+@pytest.fixture
+async def browser(app: Application) -> AsyncIterator[aiohttp.ClientSession]:
+    jar = aiohttp.CookieJar(unsafe=True)  # keep cookies of an IP-address host
+    base = f"http://127.0.0.1:{app.http_port}"
+    async with aiohttp.ClientSession(base_url=base, cookie_jar=jar) as session:
+        yield session
+
+
+async def page(browser: aiohttp.ClientSession, path: str, status: int = 200) -> str:
+    async with browser.get(path) as response:
+        text = await response.text()
+        assert response.status == status, text
+        assert response.content_type == "text/html"
+        return text
+
+
+def csrf_of(text: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', text)
+    assert found, "no CSRF token in the page"
+    return found.group(1)
+
+
+async def test_overview_counts_each_queues_jobs_by_state(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    await client.jobs.enqueue("mail", queue="outbox")
+    await client.jobs.enqueue("mail", queue="outbox")
+    cancelled = await client.jobs.enqueue("mail", queue="outbox")
+    await client.jobs.cancel(cancelled.job_id)
+    text = await page(browser, "/")
+    row = re.search(r'<tr class="queue">(.*?)</tr>', text, re.S)
+    assert row
+    assert ">outbox<" in row.group(1)
+    cells = re.findall(r"state=(\w+)\">(\d+)<", row.group(1))
+    assert ("AVAILABLE", "2") in cells
+    assert ("CANCELLED", "1") in cells
+
+
+async def test_overview_shows_the_namespace_asked_for(
+    app: Application, browser: aiohttp.ClientSession
+) -> None:
+    async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}", namespace="acme", token="") as acme:
+        await acme.jobs.enqueue("bill", queue="acme-queue")
+    assert ">acme-queue<" not in await page(browser, "/")
+    assert ">acme-queue<" in await page(browser, "/?namespace=acme")
+
+
+async def test_jobs_list_filters_by_queue_kind_and_state(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    a = await client.jobs.enqueue("resize", queue="images")
+    b = await client.jobs.enqueue("crop", queue="images")
+    c = await client.jobs.enqueue("resize", queue="video")
+    await client.jobs.cancel(b.job_id)
+    by_queue = await page(browser, "/jobs?queue=images")
+    assert a.job_id in by_queue
+    assert b.job_id in by_queue
+    assert c.job_id not in by_queue
+    by_kind = await page(browser, "/jobs?kind=resize")
+    assert a.job_id in by_kind
+    assert c.job_id in by_kind
+    assert b.job_id not in by_kind
+    by_state = await page(browser, "/jobs?state=CANCELLED")
+    assert b.job_id in by_state
+    assert a.job_id not in by_state
+
+
+async def test_jobs_list_pages_through_every_job(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    jobs = await client.jobs.enqueue_many(
+        [job_spec("tick", {"n": n}) for n in range(PAGE_SIZE + 3)]
+    )
+    first = await page(browser, "/jobs")
+    assert first.count('<tr class="job">') == PAGE_SIZE
+    link = re.search(r'<a class="next" href="([^"]+)"', first)
+    assert link
+    second = await page(browser, html.unescape(link.group(1)))
+    assert second.count('<tr class="job">') == 3
+    assert jobs[-1].job_id in second
+    assert jobs[-1].job_id not in first
+    assert 'class="next"' not in second
+
+
+async def test_an_unknown_state_filter_is_a_400_page_naming_the_field(
+    browser: aiohttp.ClientSession,
+) -> None:
+    text = await page(browser, "/jobs?state=NOPE", status=400)
+    assert "INVALID_ARGUMENT" in text
+    assert "state" in text
+
+
+async def test_job_page_shows_payload_attempt_errors_and_result(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    job = await client.jobs.enqueue("convert", {"file": "a.pdf"}, queue="docs", max_retries=0)
+    [leased] = await client.jobs.lease("docs", worker_id="w-7")
+    await client.jobs.fail(leased.job_id, leased.lease.lease_id, "disk full")
+    text = await page(browser, f"/jobs/{job.job_id}")
+    assert "a.pdf" in text
+    assert "disk full" in text
+    assert "w-7" in text
+    assert '<dd class="state">DEAD</dd>' in text
+
+
+async def test_an_unknown_job_is_a_404_page_with_the_api_status(
+    browser: aiohttp.ClientSession,
+) -> None:
+    text = await page(browser, "/jobs/no-such-job", status=404)
+    assert "NOT_FOUND" in text
+    assert "Traceback" not in text
+
+
+async def test_cancel_with_the_forms_csrf_token_cancels_the_job(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    job = await client.jobs.enqueue("mail")
+    token = csrf_of(await page(browser, f"/jobs/{job.job_id}"))
+    async with browser.post(f"/jobs/{job.job_id}/cancel", data={"csrf": token}) as response:
+        assert response.status == 200
+        assert '<dd class="state">CANCELLED</dd>' in await response.text()
+    assert (await client.jobs.get(job.job_id)).state == jobs_pb2.JOB_STATE_CANCELLED
+
+
+async def test_retry_with_the_forms_csrf_token_requeues_a_cancelled_job(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    job = await client.jobs.enqueue("mail")
+    await client.jobs.cancel(job.job_id)
+    token = csrf_of(await page(browser, f"/jobs/{job.job_id}"))
+    async with browser.post(f"/jobs/{job.job_id}/retry", data={"csrf": token}) as response:
+        assert response.status == 200
+    assert (await client.jobs.get(job.job_id)).state == jobs_pb2.JOB_STATE_AVAILABLE
+
+
+async def test_an_action_without_the_csrf_token_is_refused_and_changes_nothing(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    job = await client.jobs.enqueue("mail")
+    await page(browser, f"/jobs/{job.job_id}")  # the session cookie is set
+    async with browser.post(f"/jobs/{job.job_id}/cancel", data={"csrf": "forged"}) as response:
+        assert response.status == 403
+    async with browser.post(f"/jobs/{job.job_id}/cancel") as response:
+        assert response.status == 403
+    assert (await client.jobs.get(job.job_id)).state == jobs_pb2.JOB_STATE_AVAILABLE
+
+
+async def test_an_action_refused_by_the_api_shows_its_status(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    job = await client.jobs.enqueue("mail")
+    token = csrf_of(await page(browser, f"/jobs/{job.job_id}"))
+    async with browser.post(f"/jobs/{job.job_id}/retry", data={"csrf": token}) as response:
+        text = await response.text()
+        assert response.status == 409
+        assert "FAILED_PRECONDITION" in text
+        assert "Traceback" not in text
+
+
+async def test_the_session_cookie_is_httponly_and_samesite_strict(
+    browser: aiohttp.ClientSession,
+) -> None:
+    async with browser.get("/") as response:
+        cookie = response.cookies["statekeeper_console"]
+        assert cookie["httponly"]
+        assert cookie["samesite"] == "Strict"
+
+
+async def test_caller_text_is_escaped_on_every_page_and_error_page(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    job = await client.jobs.enqueue("mail", {HOSTILE: HOSTILE, "list": [HOSTILE]})
+    pages = [
+        await page(browser, f"/jobs/{job.job_id}"),
+        await page(browser, "/?namespace=" + quote(HOSTILE), status=400),
+    ]
+    for text in pages:
+        assert "<script>" not in text
+        assert "&lt;script&gt;" in text
+    refused = await page(browser, "/jobs?kind=" + quote(HOSTILE), status=400)
+    assert "<script>" not in refused
+
+
+async def test_namespace_text_in_links_cannot_become_a_javascript_url(
+    browser: aiohttp.ClientSession,
+) -> None:
+    text = await page(browser, "/jobs?namespace=javascript:alert(1)", status=400)
+    assert 'href="javascript:' not in text
+    assert "namespace=javascript%3Aalert%281%29" in text
+
+
+async def test_static_files_are_served_for_offline_use(browser: aiohttp.ClientSession) -> None:
+    async with browser.get("/static/htmx.min.js") as response:
+        assert response.status == 200
+        assert "Zero-Clause BSD" in (await response.text())[:200]
+
+
+async def test_console_off_leaves_slash_unserved() -> None:
+    async with running_app("memory:", console="off") as app:
+        answer = await http_get(app.http_port, "/")
+        assert answer.status == 404
+
+
+async def test_without_access_control_only_loopback_peers_are_console_peers() -> None:
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("127.8.9.1")
+    assert is_loopback("::1")
+    assert is_loopback("::ffff:127.0.0.1")
+    assert not is_loopback("10.0.0.1")
+    assert not is_loopback("::ffff:10.0.0.1")
+    assert not is_loopback(None)
+    assert not is_loopback("")
+    assert not is_loopback("localhost")
+
+
+async def test_the_console_reaches_a_wildcard_bound_server_over_loopback() -> None:
+    assert loopback_target("0.0.0.0:50051", 50051) == "127.0.0.1:50051"
+    assert loopback_target("[::]:0", 4242) == "[::1]:4242"
+    assert loopback_target("10.1.2.3:0", 4242) == "10.1.2.3:4242"
+
+
+async def test_with_access_control_and_no_credential_the_api_refusal_is_shown(
+    tmp_path: Path,
+) -> None:
+    write_tokens(tmp_path / "tokens.toml", {"ci": ["default:read"]})
+    async with running_app("memory:", auth_tokens_file=str(tmp_path / "tokens.toml")) as app:
+        answer = await http_get(app.http_port, "/")
+        assert answer.status == 401
+        assert "UNAUTHENTICATED" in answer.body
