@@ -8,17 +8,20 @@ import html
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from unittest import mock
 from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 import statekeeper
 from statekeeper.jobs import job_spec
 from statekeeper.v1 import jobs_pb2
 from statekeeper_server.app import Application
 from statekeeper_server.console.peers import is_loopback, loopback_target
-from statekeeper_server.console.views import PAGE_SIZE
+from statekeeper_server.console.views import PAGE_SIZE, Console
 from tests.auth_support import write_tokens
 from tests.harness import running_app
 from tests.metrics_scrape import http_get
@@ -219,6 +222,9 @@ async def test_caller_text_is_escaped_on_every_page_and_error_page(
         assert "&lt;script&gt;" in text
     refused = await page(browser, "/jobs?kind=" + quote(HOSTILE), status=400)
     assert "<script>" not in refused
+    async with browser.get("/jobs/" + quote(HOSTILE, safe="")) as response:
+        assert response.status in (400, 404)
+        assert "<script>" not in await response.text()
 
 
 async def test_namespace_text_in_links_cannot_become_a_javascript_url(
@@ -267,3 +273,32 @@ async def test_with_access_control_and_no_credential_the_api_refusal_is_shown(
         answer = await http_get(app.http_port, "/")
         assert answer.status == 401
         assert "UNAUTHENTICATED" in answer.body
+
+
+def peer_request(address: str) -> web.Request:
+    """A request to / arriving from `address`."""
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (address, 40000) if name == "peername" else default
+    )
+    return make_mocked_request("GET", "/", transport=transport)
+
+
+async def console_answer(console: Console, address: str) -> int:
+    app = web.Application()
+    console.install(app)
+    request = peer_request(address)
+    match = await app.router.resolve(request)
+    response = await match.handler(request)
+    return response.status
+
+
+async def test_a_non_loopback_peer_gets_403_without_access_control() -> None:
+    console = Console("127.0.0.1:1", loopback_only=True)
+    assert await console_answer(console, "192.0.2.7") == 403
+
+
+async def test_console_public_serves_a_non_loopback_peer() -> None:
+    console = Console("127.0.0.1:1", loopback_only=False)
+    # Past the peer rule the console calls the (absent) server: the API's error, not 403.
+    assert await console_answer(console, "192.0.2.7") == 502
