@@ -17,16 +17,19 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 import statekeeper
+from statekeeper.events import custom_event
 from statekeeper.jobs import job_spec
-from statekeeper.v1 import jobs_pb2
+from statekeeper.v1 import events_pb2, jobs_pb2
 from statekeeper_server.app import Application
 from statekeeper_server.console.peers import is_loopback, loopback_target
+from statekeeper_server.console.runs import EVENTS_PAGE, FOLD_CHARS
 from statekeeper_server.console.views import PAGE_SIZE, Console
 from tests.auth_support import write_tokens
 from tests.harness import running_app
 from tests.metrics_scrape import http_get
 
 HOSTILE = "<script>alert(1)</script>\"'"
+COMPLETED = events_pb2.AgentEvent(run_completed=events_pb2.RunCompleted())
 
 
 @pytest.fixture
@@ -302,3 +305,81 @@ async def test_console_public_serves_a_non_loopback_peer() -> None:
     console = Console("127.0.0.1:1", loopback_only=False)
     # Past the peer rule the console calls the (absent) server: the API's error, not 403.
     assert await console_answer(console, "192.0.2.7") == 502
+
+
+async def test_runs_list_shows_each_run_with_its_session_and_terminal_state(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    await client.events.append("run-open", custom_event("step", {"n": 1}))
+    await client.events.append("run-done", custom_event("step"))
+    await client.events.append("run-done", COMPLETED)
+    text = await page(browser, "/runs")
+    assert "run-open" in text
+    assert "run-done" in text
+
+
+async def test_runs_list_filters_by_prefix_and_terminal_state(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    await client.events.append("alpha-1", custom_event("step"))
+    await client.events.append("beta-1", custom_event("step"))
+    await client.events.append("beta-2", COMPLETED)
+    by_prefix = await page(browser, "/runs?prefix=beta")
+    assert "beta-1" in by_prefix
+    assert "alpha-1" not in by_prefix
+    finished = await page(browser, "/runs?terminal=yes")
+    assert "beta-2" in finished
+    assert "beta-1" not in finished
+    unfinished = await page(browser, "/runs?terminal=no")
+    assert "beta-1" in unfinished
+    assert "beta-2" not in unfinished
+
+
+async def test_run_timeline_shows_kind_seq_type_and_data_folding_long_data(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    await client.events.append("r1", custom_event("tool.call", {"tool": "search"}))
+    await client.events.append("r1", custom_event("tool.result", {"text": "x" * (FOLD_CHARS * 2)}))
+    text = await page(browser, "/runs/r1")
+    rows = re.findall(r'<tr class="event">(.*?)</tr>', text, re.S)
+    assert len(rows) == 2
+    assert "<td>1</td>" in rows[0]
+    assert "tool.call" in rows[0]
+    assert "search" in rows[0]
+    assert "<details>" not in rows[0]
+    assert "<details>" in rows[1]
+
+
+async def test_run_timeline_pages_through_a_long_history(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    await client.events.append_many(
+        "long", [custom_event("tick", {"n": n}) for n in range(EVENTS_PAGE + 5)]
+    )
+    first = await page(browser, "/runs/long")
+    assert first.count('<tr class="event">') == EVENTS_PAGE
+    link = re.search(r'<a class="next" href="([^"]+)"', first)
+    assert link
+    second = await page(browser, html.unescape(link.group(1)))
+    assert second.count('<tr class="event">') == 5
+    assert 'class="next"' not in second
+
+
+async def test_run_timeline_escapes_event_types_and_data(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    await client.events.append("r-hostile", custom_event("t", {HOSTILE: HOSTILE}))
+    text = await page(browser, "/runs/r-hostile")
+    assert "<script>" not in text
+    assert "&lt;script&gt;" in text
+
+
+async def test_runs_list_filters_by_session(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    started = events_pb2.AgentEvent(run_started=events_pb2.RunStarted(session_id="s-42"))
+    await client.events.append("in-session", started)
+    await client.events.append("elsewhere", custom_event("step"))
+    text = await page(browser, "/runs?session=s-42")
+    assert "in-session" in text
+    assert "elsewhere" not in text

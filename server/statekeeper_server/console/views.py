@@ -17,9 +17,16 @@ from google.protobuf.json_format import MessageToDict
 
 from statekeeper._calls import CallOptions
 from statekeeper.jobs import JobsClient
-from statekeeper.v1 import jobs_pb2, jobs_pb2_grpc
+from statekeeper.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from statekeeper_server.console.csrf import Csrf
 from statekeeper_server.console.peers import is_loopback
+from statekeeper_server.console.runs import (
+    EVENTS_PAGE,
+    FOLD_CHARS,
+    event_view,
+    run_matches,
+    run_view,
+)
 
 SESSION_COOKIE = "statekeeper_console"
 PAGE_SIZE = 50
@@ -65,6 +72,8 @@ class Console:
         app.router.add_get("/jobs", self._guard(self._jobs))
         app.router.add_get("/jobs/{job_id}", self._guard(self._job), name="job")
         app.router.add_post("/jobs/{job_id}/{action:retry|cancel}", self._guard(self._act))
+        app.router.add_get("/runs", self._guard(self._runs))
+        app.router.add_get("/runs/{run_id}", self._guard(self._run), name="run")
         app.router.add_static("/static/", HERE / "static", append_version=True)
         app.on_cleanup.append(self._close)
 
@@ -129,7 +138,7 @@ class Console:
         return session
 
     def _render(
-        self, request: web.Request, template: str, status: int = 200, **context: Any
+        self, request: web.Request, template: str, *, status: int = 200, **context: Any
     ) -> web.Response:
         page = self._templates.get_template(template).render(
             namespace=request.query.get("namespace", "default"),
@@ -139,7 +148,7 @@ class Console:
         return web.Response(status=status, text=page, content_type="text/html")
 
     def _error(self, request: web.Request, status: int, code: str, message: str) -> web.Response:
-        return self._render(request, "error.html", status, code=code, message=message)
+        return self._render(request, "error.html", status=status, code=code, message=message)
 
     async def _overview(self, request: web.Request) -> web.Response:
         queues = []
@@ -178,6 +187,48 @@ class Console:
             queue=query.get("queue", ""),
             kind=query.get("kind", ""),
             state=state_name,
+        )
+
+    async def _runs(self, request: web.Request) -> web.Response:
+        query = request.query
+        filters: dict[str, Any] = {
+            "prefix": query.get("prefix", ""),
+            "session": query.get("session", ""),
+            "terminal": query.get("terminal", ""),
+        }
+        stub = events_pb2_grpc.EventLogServiceStub(self._channel_open())
+        response = await stub.ListRuns(
+            events_pb2.ListRunsRequest(page_size=PAGE_SIZE, page_token=query.get("page", "")),
+            metadata=self._options(request).metadata,
+            timeout=CALL_TIMEOUT,
+        )
+        runs = [run_view(run) for run in response.runs]
+        shown = [run for run in runs if run_matches(run, **filters)]
+        return self._render(
+            request, "runs.html", runs=shown, next_page=response.next_page_token, **filters
+        )
+
+    async def _run(self, request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        after = request.query.get("after", "0")
+        if not after.isdigit():
+            return self._error(request, 400, "INVALID_ARGUMENT", "after: must be a seq number")
+        stub = events_pb2_grpc.EventLogServiceStub(self._channel_open())
+        response = await stub.ListEvents(
+            events_pb2.ListEventsRequest(run_id=run_id, after_seq=int(after), limit=EVENTS_PAGE),
+            metadata=self._options(request).metadata,
+            timeout=CALL_TIMEOUT,
+        )
+        events = [event_view(envelope) for envelope in response.envelopes]
+        more = bool(events) and events[-1]["seq"] < response.last_seq
+        return self._render(
+            request,
+            "run.html",
+            run_id=run_id,
+            events=events,
+            more=more,
+            last_seq=response.last_seq,
+            fold=FOLD_CHARS,
         )
 
     async def _job(self, request: web.Request) -> web.Response:
