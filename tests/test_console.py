@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from yarl import URL
 
 import statekeeper
 from statekeeper.events import custom_event
@@ -268,14 +269,116 @@ async def test_the_console_reaches_a_wildcard_bound_server_over_loopback() -> No
     assert loopback_target("10.1.2.3:0", 4242) == "10.1.2.3:4242"
 
 
-async def test_with_access_control_and_no_credential_the_api_refusal_is_shown(
-    tmp_path: Path,
-) -> None:
-    write_tokens(tmp_path / "tokens.toml", {"ci": ["default:read"]})
+@pytest.fixture
+async def guarded(tmp_path: Path) -> AsyncIterator[tuple[Application, dict[str, str]]]:
+    tokens = write_tokens(
+        tmp_path / "tokens.toml",
+        {"reader": ["default:read"], "writer": ["default:write"], "stranger": ["other:read"]},
+    )
     async with running_app("memory:", auth_tokens_file=str(tmp_path / "tokens.toml")) as app:
-        answer = await http_get(app.http_port, "/")
-        assert answer.status == 401
-        assert "UNAUTHENTICATED" in answer.body
+        yield app, tokens
+
+
+async def sign_in(session: aiohttp.ClientSession, token: str) -> aiohttp.ClientResponse:
+    csrf = csrf_of(await page(session, "/login"))
+    async with session.post("/login", data={"csrf": csrf, "token": token}) as response:
+        await response.read()
+        return response
+
+
+def visitor(app: Application) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        base_url=f"http://127.0.0.1:{app.http_port}", cookie_jar=aiohttp.CookieJar(unsafe=True)
+    )
+
+
+async def test_with_access_control_a_visitor_is_sent_to_sign_in(
+    guarded: tuple[Application, dict[str, str]],
+) -> None:
+    app, _ = guarded
+    async with visitor(app) as session, session.get("/", allow_redirects=False) as response:
+        assert response.status == 303
+        assert response.headers["Location"] == "/login"
+
+
+async def test_signing_in_with_a_token_shows_what_it_may_read(
+    guarded: tuple[Application, dict[str, str]],
+) -> None:
+    app, tokens = guarded
+    async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}", token=tokens["writer"]) as w:
+        await w.jobs.enqueue("mail", queue="guarded-queue")
+    async with visitor(app) as session:
+        signed = await sign_in(session, tokens["reader"])
+        assert ">guarded-queue<" in await signed.text()
+        assert signed.url.path == "/"
+        assert signed.status == 200
+        cookie = session.cookie_jar.filter_cookies(signed.url)["statekeeper_console"]
+        assert tokens["reader"] not in cookie.value
+        assert "Sign out" in await page(session, "/")
+
+
+async def test_signing_in_replaces_the_session_id(
+    guarded: tuple[Application, dict[str, str]],
+) -> None:
+    app, tokens = guarded
+    async with visitor(app) as session:
+        await page(session, "/login")
+        url = URL(f"http://127.0.0.1:{app.http_port}/")
+        before = session.cookie_jar.filter_cookies(url)["statekeeper_console"].value
+        await sign_in(session, tokens["reader"])
+        after = session.cookie_jar.filter_cookies(url)["statekeeper_console"].value
+        assert before != after
+
+
+async def test_a_token_without_rights_on_the_namespace_gets_a_403_page(
+    guarded: tuple[Application, dict[str, str]],
+) -> None:
+    app, tokens = guarded
+    async with visitor(app) as session:
+        await sign_in(session, tokens["stranger"])
+        text = await page(session, "/jobs", status=403)
+        assert "PERMISSION_DENIED" in text
+        assert "Traceback" not in text
+
+
+async def test_an_unknown_token_gets_a_401_page_offering_to_sign_in(
+    guarded: tuple[Application, dict[str, str]],
+) -> None:
+    app, _ = guarded
+    async with visitor(app) as session:
+        await sign_in(session, "not-a-token")
+        text = await page(session, "/", status=401)
+        assert "UNAUTHENTICATED" in text
+        assert 'href="/login"' in text
+
+
+async def test_signing_in_needs_the_forms_csrf_token(
+    guarded: tuple[Application, dict[str, str]],
+) -> None:
+    app, tokens = guarded
+    async with visitor(app) as session:
+        await page(session, "/login")
+        async with session.post("/login", data={"csrf": "x", "token": tokens["reader"]}) as r:
+            assert r.status == 403
+        async with session.get("/", allow_redirects=False) as response:
+            assert response.status == 303
+
+
+async def test_signing_out_ends_the_session(
+    guarded: tuple[Application, dict[str, str]],
+) -> None:
+    app, tokens = guarded
+    async with visitor(app) as session:
+        await sign_in(session, tokens["reader"])
+        csrf = csrf_of(await page(session, "/"))
+        url = URL(f"http://127.0.0.1:{app.http_port}/")
+        old = session.cookie_jar.filter_cookies(url)["statekeeper_console"].value
+        async with session.post("/logout", data={"csrf": csrf}) as response:
+            assert response.url.path == "/login"
+    async with visitor(app) as replay:
+        replay.cookie_jar.update_cookies({"statekeeper_console": old}, url)
+        async with replay.get("/", allow_redirects=False) as response:
+            assert response.status == 303
 
 
 def peer_request(address: str) -> web.Request:

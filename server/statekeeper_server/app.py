@@ -221,6 +221,7 @@ class Application:
             console = Console(
                 loopback_target(self.settings.listen, self.port),
                 loopback_only=self._access is None and not self.settings.console_public,
+                login=self._access is not None,
             )
         http = HttpPort(
             self.settings.http_listen,

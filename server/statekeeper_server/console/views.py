@@ -27,12 +27,14 @@ from statekeeper_server.console.runs import (
     run_matches,
     run_view,
 )
+from statekeeper_server.console.sessions import Sessions
 
 SESSION_COOKIE = "statekeeper_console"
 PAGE_SIZE = 50
 CALL_TIMEOUT = 10.0
 HERE = Path(__file__).parent
 
+_TOKEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("console_token", default=None)
 _SESSION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "console_session", default=None
 )
@@ -54,8 +56,11 @@ def pretty(value: Any) -> str:
 class Console:
     """The console of one server, talking to it over `target` (its own gRPC port)."""
 
-    def __init__(self, target: str, loopback_only: bool) -> None:
+    def __init__(self, target: str, loopback_only: bool, login: bool = False) -> None:
+        """`login`: access control is on, so visitors sign in with a token that
+        every call of theirs then carries."""
         self._target = target
+        self._sessions = Sessions() if login else None
         self._loopback_only = loopback_only
         self._channel: grpc.aio.Channel | None = None
         self._csrf = Csrf()
@@ -74,6 +79,9 @@ class Console:
         app.router.add_post("/jobs/{job_id}/{action:retry|cancel}", self._guard(self._act))
         app.router.add_get("/runs", self._guard(self._runs))
         app.router.add_get("/runs/{run_id}", self._guard(self._run), name="run")
+        app.router.add_get("/login", self._guard(self._login_form, signed_in=False))
+        app.router.add_post("/login", self._guard(self._login, signed_in=False))
+        app.router.add_post("/logout", self._guard(self._logout, signed_in=False))
         app.router.add_static("/static/", HERE / "static", append_version=True)
         app.on_cleanup.append(self._close)
 
@@ -88,13 +96,14 @@ class Console:
 
     def _options(self, request: web.Request) -> CallOptions:
         """The calls' namespace (`?namespace=`), deadline and credential."""
-        return CallOptions(request.query.get("namespace", "default"), CALL_TIMEOUT, None)
+        return CallOptions(request.query.get("namespace", "default"), CALL_TIMEOUT, _TOKEN.get())
 
     def _jobs_client(self, request: web.Request) -> JobsClient:
         return JobsClient(self._channel_open(), self._options(request))
 
-    def _guard(self, handler: Handler) -> Handler:
-        """Wrap `handler`: the peer rule, the session cookie, gRPC errors as pages."""
+    def _guard(self, handler: Handler, *, signed_in: bool = True) -> Handler:
+        """Wrap `handler`: the peer rule, the sign-in (with access control, when
+        `signed_in`), the session cookie, gRPC errors as pages."""
 
         async def guarded(request: web.Request) -> web.StreamResponse:
             if self._loopback_only and not is_loopback(request.remote):
@@ -104,6 +113,11 @@ class Console:
                     "PERMISSION_DENIED",
                     "the console is served to loopback peers only (see --console-public)",
                 )
+            if signed_in and self._sessions is not None:
+                token = self._sessions.token(request.cookies.get(SESSION_COOKIE, ""))
+                if token is None:
+                    raise web.HTTPSeeOther("/login")
+                _TOKEN.set(token)
             try:
                 response = await handler(request)
             except grpc.aio.AioRpcError as error:
@@ -143,6 +157,7 @@ class Console:
         page = self._templates.get_template(template).render(
             namespace=request.query.get("namespace", "default"),
             csrf=self._csrf.token(self._session(request)),
+            signed_in=_TOKEN.get() is not None,
             **context,
         )
         return web.Response(status=status, text=page, content_type="text/html")
@@ -235,17 +250,50 @@ class Console:
         job = await self._jobs_client(request).get(request.match_info["job_id"])
         return self._render(request, "job.html", job=_job_view(job))
 
-    async def _act(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+    def _csrf_ok(self, request: web.Request, form: Any) -> bool:
         token = form.get("csrf")
         session = request.cookies.get(SESSION_COOKIE, "")
-        if not session or not isinstance(token, str) or not self._csrf.valid(session, token):
-            return self._error(
-                request,
-                403,
-                "PERMISSION_DENIED",
-                "the form is stale or not from this console: reload the page",
-            )
+        return bool(session) and isinstance(token, str) and self._csrf.valid(session, token)
+
+    def _stale_form(self, request: web.Request) -> web.Response:
+        return self._error(
+            request,
+            403,
+            "PERMISSION_DENIED",
+            "the form is stale or not from this console: reload the page",
+        )
+
+    async def _login_form(self, request: web.Request) -> web.Response:
+        return self._render(request, "login.html")
+
+    async def _login(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        if not self._csrf_ok(request, form):
+            return self._stale_form(request)
+        token = form.get("token")
+        if self._sessions is None:
+            raise web.HTTPSeeOther("/")
+        if not isinstance(token, str) or not token.strip():
+            return self._error(request, 400, "INVALID_ARGUMENT", "token: required")
+        session_id = self._sessions.open(token.strip())
+        response = web.HTTPSeeOther("/")
+        response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="Strict", path="/")
+        raise response
+
+    async def _logout(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        if not self._csrf_ok(request, form):
+            return self._stale_form(request)
+        if self._sessions is not None:
+            self._sessions.close(request.cookies.get(SESSION_COOKIE, ""))
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie(SESSION_COOKIE, path="/")
+        raise response
+
+    async def _act(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        if not self._csrf_ok(request, form):
+            return self._stale_form(request)
         job_id = request.match_info["job_id"]
         jobs = self._jobs_client(request)
         if request.match_info["action"] == "retry":
