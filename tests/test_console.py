@@ -29,6 +29,10 @@ from tests.auth_support import write_tokens
 from tests.harness import running_app
 from tests.metrics_scrape import http_get
 
+# These tests choose whether the server has access control: the console's sign-in
+# depends on it.
+pytestmark = pytest.mark.own_access_control
+
 HOSTILE = "<script>alert(1)</script>\"'"
 COMPLETED = events_pb2.AgentEvent(run_completed=events_pb2.RunCompleted())
 
