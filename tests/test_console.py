@@ -87,6 +87,11 @@ async def test_overview_counts_each_queues_jobs_by_state(
     assert ("CANCELLED", "1") in cells
 
 
+async def test_overview_shows_the_servers_health(browser: aiohttp.ClientSession) -> None:
+    text = await page(browser, "/")
+    assert '<p class="health">Server and store: <strong>SERVING</strong></p>' in text
+
+
 async def test_overview_shows_the_namespace_asked_for(
     app: Application, browser: aiohttp.ClientSession
 ) -> None:
@@ -411,7 +416,7 @@ async def test_a_non_loopback_peer_gets_403_without_access_control() -> None:
 async def test_console_public_serves_a_non_loopback_peer() -> None:
     console = Console("127.0.0.1:1", loopback_only=False)
     # Past the peer rule the console calls the (absent) server: the API's error, not 403.
-    assert await console_answer(console, "192.0.2.7") == 502
+    assert await console_answer(console, "192.0.2.7") == 503
 
 
 async def test_runs_list_shows_each_run_with_its_session_and_terminal_state(

@@ -14,6 +14,7 @@ import grpc
 import jinja2
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from statekeeper._calls import CallOptions
 from statekeeper.jobs import JobsClient
@@ -128,7 +129,7 @@ class Console:
                     grpc.StatusCode.NOT_FOUND: 404,
                     grpc.StatusCode.INVALID_ARGUMENT: 400,
                     grpc.StatusCode.FAILED_PRECONDITION: 409,
-                }.get(code, 502)
+                }.get(code, 503 if code == grpc.StatusCode.UNAVAILABLE else 502)
                 response = self._error(request, status, code.name, error.details() or "")
             if SESSION_COOKIE not in request.cookies:
                 response.set_cookie(
@@ -173,7 +174,14 @@ class Console:
                 name = jobs_pb2.JobState.Name(count.state).removeprefix("JOB_STATE_")
                 by_state[name] = by_state.get(name, 0) + count.count
             queues.append({"queue": stats.queue, "by_state": by_state})
-        return self._render(request, "overview.html", queues=queues, states=STATES)
+        stub: Any = health_pb2_grpc.HealthStub(self._channel_open())  # untyped stubs
+        health = await stub.Check(
+            health_pb2.HealthCheckRequest(service=""),
+            metadata=self._options(request).metadata,
+            timeout=CALL_TIMEOUT,
+        )
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)
+        return self._render(request, "overview.html", queues=queues, states=STATES, health=status)
 
     async def _jobs(self, request: web.Request) -> web.Response:
         query = request.query
