@@ -26,7 +26,7 @@ from statekeeper_server.console.peers import is_loopback, loopback_target
 from statekeeper_server.console.runs import EVENTS_PAGE, FOLD_CHARS
 from statekeeper_server.console.views import PAGE_SIZE, Console
 from tests.auth_support import write_tokens
-from tests.harness import running_app
+from tests.harness import ServerProcess, running_app
 from tests.metrics_scrape import http_get
 
 # These tests choose whether the server has access control: the console's sign-in
@@ -495,3 +495,22 @@ async def test_runs_list_filters_by_session(
     text = await page(browser, "/runs?session=s-42")
     assert "in-session" in text
     assert "elsewhere" not in text
+
+
+async def test_serve_with_console_off_answers_404_at_slash() -> None:
+    server = ServerProcess("memory:", "--console=off").start()
+    try:
+        assert (await http_get(server.http_port, "/")).status == 404
+        assert (await http_get(server.http_port, "/livez")).status == 200
+    finally:
+        server.stop()
+
+
+async def test_serve_serves_the_console_by_default() -> None:
+    server = ServerProcess("memory:").start()
+    try:
+        answer = await http_get(server.http_port, "/")
+        assert answer.status == 200
+        assert "statekeeper console" in answer.body
+    finally:
+        server.stop()
