@@ -514,3 +514,20 @@ async def test_serve_serves_the_console_by_default() -> None:
         assert "statekeeper console" in answer.body
     finally:
         server.stop()
+
+
+async def test_a_signed_in_visitors_token_does_not_serve_the_next_request_without_cookie(
+    guarded: tuple[Application, dict[str, str]],
+) -> None:
+    app, tokens = guarded
+    connector = aiohttp.TCPConnector(limit=1)  # one keep-alive connection for both requests
+    async with aiohttp.ClientSession(
+        base_url=f"http://127.0.0.1:{app.http_port}",
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+        connector=connector,
+    ) as session:
+        await sign_in(session, tokens["reader"])
+        await page(session, "/")
+        session.cookie_jar.clear()
+        async with session.get("/", allow_redirects=False) as response:
+            assert response.status == 303

@@ -107,6 +107,10 @@ class Console:
         `signed_in`), the session cookie, gRPC errors as pages."""
 
         async def guarded(request: web.Request) -> web.StreamResponse:
+            # Requests of one keep-alive connection may share a context: start clean,
+            # so no visitor's session or token can carry over to the next request.
+            _SESSION.set(None)
+            _TOKEN.set(None)
             if self._loopback_only and not is_loopback(request.remote):
                 return self._error(
                     request,
@@ -145,7 +149,7 @@ class Console:
 
     def _session(self, request: web.Request) -> str:
         """The visitor's session id: its cookie, or one made for this request
-        (each request runs in its own task, so the context variable is its own)."""
+        (set afresh for each request by the guard)."""
         session = _SESSION.get()
         if session is None:
             session = request.cookies.get(SESSION_COOKIE) or secrets.token_urlsafe(32)
