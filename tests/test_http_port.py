@@ -58,7 +58,7 @@ async def test_ready_is_1_in_the_metrics_while_the_server_serves(app: Applicatio
 
 async def test_unknown_paths_are_404(app: Application) -> None:
     assert (await http_get(app.http_port, "/metrics/extra")).status == 404
-    assert (await http_get(app.http_port, "/")).status == 404
+    assert (await http_get(app.http_port, "/no/such/page")).status == 404
 
 
 async def test_only_get_and_head_are_allowed(app: Application) -> None:

@@ -26,6 +26,8 @@ from statekeeper_server.admission import Admission
 from statekeeper_server.auth.control import AccessControl
 from statekeeper_server.auth.exposure import check_exposure
 from statekeeper_server.config import Settings
+from statekeeper_server.console.peers import loopback_target
+from statekeeper_server.console.views import Console
 from statekeeper_server.interceptors import (
     AdmissionLayer,
     ErrorLayer,
@@ -239,8 +241,19 @@ class Application:
         """Serve the HTTP side port, if `http_listen` names one."""
         if not self.settings.http_listen:
             return
+        console = None
+        if self.settings.console == "on":
+            console = Console(
+                loopback_target(self.settings.listen, self.port),
+                loopback_only=self._access is None and not self.settings.console_public,
+                login=self._access is not None,
+            )
         http = HttpPort(
-            self.settings.http_listen, self.readiness, self._access, self.settings.metrics_public
+            self.settings.http_listen,
+            self.readiness,
+            self._access,
+            self.settings.metrics_public,
+            console,
         )
         try:
             await http.start()

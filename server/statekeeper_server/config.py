@@ -120,6 +120,14 @@ class Settings(BaseSettings):
         description="serve /metrics without credentials even when access control is"
         " configured (otherwise it needs a bearer token granting *:metrics or *:admin)",
     )
+    console: Literal["on", "off"] = Field(
+        "on", description="the web console at / of the HTTP side port: on or off"
+    )
+    console_public: bool = Field(
+        False,
+        description="serve the web console to any peer even without access control"
+        " (otherwise, without access control, only to loopback peers)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="lowest level of log lines written to stderr"
     )

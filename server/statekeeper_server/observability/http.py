@@ -12,6 +12,8 @@ Served by aiohttp in the server's own event loop:
   for shutdown, its store answering the health checks); 503 with the
   reason otherwise.
 
+- `/` and below: the web console (`--console`, see statekeeper_server.console).
+
 Both probes are always open. Every path also answers HEAD; any other
 method is 405, any other path 404.
 """
@@ -29,6 +31,7 @@ from statekeeper_server.auth.control import AccessControl
 from statekeeper_server.auth.errors import PermissionDenied
 from statekeeper_server.auth.roles import Capability
 from statekeeper_server.config import split_host_port
+from statekeeper_server.console.views import Console
 from statekeeper_server.errors import Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -44,11 +47,17 @@ class HttpPort:
     """The side port of one server: `start` binds and serves, `stop` closes it."""
 
     def __init__(
-        self, listen: str, readiness: Readiness, access: AccessControl | None, public: bool
+        self,
+        listen: str,
+        readiness: Readiness,
+        access: AccessControl | None,
+        public: bool,
+        console: Console | None = None,
     ) -> None:
         self._host, self._port = split_host_port(listen)
         self._readiness = readiness
         self._access = None if public else access
+        self._console = console
         self._runner: web.AppRunner | None = None
         self.port = 0
         """The bound port (after `start`)."""
@@ -65,6 +74,8 @@ class HttpPort:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
+        if self._console is not None:
+            self._console.install(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()
         try:

@@ -1,0 +1,30 @@
+"""Who may see the console when no access control is configured."""
+
+from __future__ import annotations
+
+import ipaddress
+
+
+def is_loopback(remote: str | None) -> bool:
+    """True only when `remote` is a loopback IP address (127.0.0.0/8, ::1, or
+    an IPv4-mapped loopback); anything unparsable is not loopback."""
+    if not remote:
+        return False
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def loopback_target(listen: str, port: int) -> str:
+    """host:port at which this process reaches its own gRPC port bound from
+    `listen` (on `port`): a wildcard host becomes the loopback address."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

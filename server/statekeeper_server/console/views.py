@@ -1,0 +1,328 @@
+"""The console's pages: each reads or acts through the gRPC API and renders a
+Jinja2 template (autoescape on, so no caller text is ever shown unescaped)."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jinja2
+from aiohttp import web
+from google.protobuf.json_format import MessageToDict
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from statekeeper._calls import CallOptions
+from statekeeper.jobs import JobsClient
+from statekeeper.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from statekeeper_server.console.csrf import Csrf
+from statekeeper_server.console.peers import is_loopback
+from statekeeper_server.console.runs import (
+    EVENTS_PAGE,
+    FOLD_CHARS,
+    event_view,
+    run_matches,
+    run_view,
+)
+from statekeeper_server.console.sessions import Sessions
+
+SESSION_COOKIE = "statekeeper_console"
+PAGE_SIZE = 50
+CALL_TIMEOUT = 10.0
+HERE = Path(__file__).parent
+
+_TOKEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("console_token", default=None)
+_SESSION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "console_session", default=None
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STATES = [
+    name.removeprefix("JOB_STATE_")
+    for name in jobs_pb2.JobState.DESCRIPTOR.values_by_name
+    if name != "JOB_STATE_UNSPECIFIED"
+]
+
+
+def pretty(value: Any) -> str:
+    """`value` as indented JSON text (escaped later by the template)."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+class Console:
+    """The console of one server, talking to it over `target` (its own gRPC port)."""
+
+    def __init__(self, target: str, loopback_only: bool, login: bool = False) -> None:
+        """`login`: access control is on, so visitors sign in with a token that
+        every call of theirs then carries."""
+        self._target = target
+        self._sessions = Sessions() if login else None
+        self._loopback_only = loopback_only
+        self._channel: grpc.aio.Channel | None = None
+        self._csrf = Csrf()
+        self._templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self._templates.filters["pretty"] = pretty
+
+    def install(self, app: web.Application) -> None:
+        """Add the console's routes (`/`, `/jobs`, `/jobs/{id}`, `/static/`) to `app`."""
+        app.router.add_get("/", self._guard(self._overview))
+        app.router.add_get("/jobs", self._guard(self._jobs))
+        app.router.add_get("/jobs/{job_id}", self._guard(self._job), name="job")
+        app.router.add_post("/jobs/{job_id}/{action:retry|cancel}", self._guard(self._act))
+        app.router.add_get("/runs", self._guard(self._runs))
+        app.router.add_get("/runs/{run_id}", self._guard(self._run), name="run")
+        app.router.add_get("/login", self._guard(self._login_form, signed_in=False))
+        app.router.add_post("/login", self._guard(self._login, signed_in=False))
+        app.router.add_post("/logout", self._guard(self._logout, signed_in=False))
+        app.router.add_static("/static/", HERE / "static", append_version=True)
+        app.on_cleanup.append(self._close)
+
+    async def _close(self, app: web.Application) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+    def _channel_open(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self._target)
+        return self._channel
+
+    def _options(self, request: web.Request) -> CallOptions:
+        """The calls' namespace (`?namespace=`), deadline and credential."""
+        return CallOptions(request.query.get("namespace", "default"), CALL_TIMEOUT, _TOKEN.get())
+
+    def _jobs_client(self, request: web.Request) -> JobsClient:
+        return JobsClient(self._channel_open(), self._options(request))
+
+    def _guard(self, handler: Handler, *, signed_in: bool = True) -> Handler:
+        """Wrap `handler`: the peer rule, the sign-in (with access control, when
+        `signed_in`), the session cookie, gRPC errors as pages."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            # Requests of one keep-alive connection may share a context: start clean,
+            # so no visitor's session or token can carry over to the next request.
+            _SESSION.set(None)
+            _TOKEN.set(None)
+            if self._loopback_only and not is_loopback(request.remote):
+                return self._error(
+                    request,
+                    403,
+                    "PERMISSION_DENIED",
+                    "the console is served to loopback peers only (see --console-public)",
+                )
+            if signed_in and self._sessions is not None:
+                token = self._sessions.token(request.cookies.get(SESSION_COOKIE, ""))
+                if token is None:
+                    raise web.HTTPSeeOther("/login")
+                _TOKEN.set(token)
+            try:
+                response = await handler(request)
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                status = {
+                    grpc.StatusCode.PERMISSION_DENIED: 403,
+                    grpc.StatusCode.UNAUTHENTICATED: 401,
+                    grpc.StatusCode.NOT_FOUND: 404,
+                    grpc.StatusCode.INVALID_ARGUMENT: 400,
+                    grpc.StatusCode.FAILED_PRECONDITION: 409,
+                }.get(code, 503 if code == grpc.StatusCode.UNAVAILABLE else 502)
+                response = self._error(request, status, code.name, error.details() or "")
+            if SESSION_COOKIE not in request.cookies:
+                response.set_cookie(
+                    SESSION_COOKIE,
+                    self._session(request),
+                    httponly=True,
+                    samesite="Strict",
+                    path="/",
+                )
+            return response
+
+        return guarded
+
+    def _session(self, request: web.Request) -> str:
+        """The visitor's session id: its cookie, or one made for this request
+        (set afresh for each request by the guard)."""
+        session = _SESSION.get()
+        if session is None:
+            session = request.cookies.get(SESSION_COOKIE) or secrets.token_urlsafe(32)
+            _SESSION.set(session)
+        return session
+
+    def _render(
+        self, request: web.Request, template: str, *, status: int = 200, **context: Any
+    ) -> web.Response:
+        page = self._templates.get_template(template).render(
+            namespace=request.query.get("namespace", "default"),
+            csrf=self._csrf.token(self._session(request)),
+            signed_in=_TOKEN.get() is not None,
+            **context,
+        )
+        return web.Response(status=status, text=page, content_type="text/html")
+
+    def _error(self, request: web.Request, status: int, code: str, message: str) -> web.Response:
+        return self._render(request, "error.html", status=status, code=code, message=message)
+
+    async def _overview(self, request: web.Request) -> web.Response:
+        queues = []
+        for stats in await self._jobs_client(request).stats():
+            by_state: dict[str, int] = {}
+            for count in stats.counts:
+                name = jobs_pb2.JobState.Name(count.state).removeprefix("JOB_STATE_")
+                by_state[name] = by_state.get(name, 0) + count.count
+            queues.append({"queue": stats.queue, "by_state": by_state})
+        stub: Any = health_pb2_grpc.HealthStub(self._channel_open())  # untyped stubs
+        health = await stub.Check(
+            health_pb2.HealthCheckRequest(service=""),
+            metadata=self._options(request).metadata,
+            timeout=CALL_TIMEOUT,
+        )
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)
+        return self._render(request, "overview.html", queues=queues, states=STATES, health=status)
+
+    async def _jobs(self, request: web.Request) -> web.Response:
+        query = request.query
+        state_name = query.get("state", "")
+        if state_name and state_name not in STATES:
+            return self._error(request, 400, "INVALID_ARGUMENT", "state: unknown job state")
+        state = jobs_pb2.JobState.Value("JOB_STATE_" + (state_name or "UNSPECIFIED"))
+        stub = jobs_pb2_grpc.JobServiceStub(self._channel_open())
+        response = await stub.ListJobs(
+            jobs_pb2.ListJobsRequest(
+                page_size=PAGE_SIZE,
+                page_token=query.get("page", ""),
+                queue=query.get("queue", ""),
+                kind=query.get("kind", ""),
+                state=state,
+            ),
+            metadata=self._options(request).metadata,
+            timeout=CALL_TIMEOUT,
+        )
+        return self._render(
+            request,
+            "jobs.html",
+            jobs=[_job_view(job) for job in response.jobs],
+            next_page=response.next_page_token,
+            states=STATES,
+            queue=query.get("queue", ""),
+            kind=query.get("kind", ""),
+            state=state_name,
+        )
+
+    async def _runs(self, request: web.Request) -> web.Response:
+        query = request.query
+        filters: dict[str, Any] = {
+            "prefix": query.get("prefix", ""),
+            "session": query.get("session", ""),
+            "terminal": query.get("terminal", ""),
+        }
+        stub = events_pb2_grpc.EventLogServiceStub(self._channel_open())
+        response = await stub.ListRuns(
+            events_pb2.ListRunsRequest(page_size=PAGE_SIZE, page_token=query.get("page", "")),
+            metadata=self._options(request).metadata,
+            timeout=CALL_TIMEOUT,
+        )
+        runs = [run_view(run) for run in response.runs]
+        shown = [run for run in runs if run_matches(run, **filters)]
+        return self._render(
+            request, "runs.html", runs=shown, next_page=response.next_page_token, **filters
+        )
+
+    async def _run(self, request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        after = request.query.get("after", "0")
+        if not after.isdigit():
+            return self._error(request, 400, "INVALID_ARGUMENT", "after: must be a seq number")
+        stub = events_pb2_grpc.EventLogServiceStub(self._channel_open())
+        response = await stub.ListEvents(
+            events_pb2.ListEventsRequest(run_id=run_id, after_seq=int(after), limit=EVENTS_PAGE),
+            metadata=self._options(request).metadata,
+            timeout=CALL_TIMEOUT,
+        )
+        events = [event_view(envelope) for envelope in response.envelopes]
+        more = bool(events) and events[-1]["seq"] < response.last_seq
+        return self._render(
+            request,
+            "run.html",
+            run_id=run_id,
+            events=events,
+            more=more,
+            last_seq=response.last_seq,
+            fold=FOLD_CHARS,
+        )
+
+    async def _job(self, request: web.Request) -> web.Response:
+        job = await self._jobs_client(request).get(request.match_info["job_id"])
+        return self._render(request, "job.html", job=_job_view(job))
+
+    def _csrf_ok(self, request: web.Request, form: Any) -> bool:
+        token = form.get("csrf")
+        session = request.cookies.get(SESSION_COOKIE, "")
+        return bool(session) and isinstance(token, str) and self._csrf.valid(session, token)
+
+    def _stale_form(self, request: web.Request) -> web.Response:
+        return self._error(
+            request,
+            403,
+            "PERMISSION_DENIED",
+            "the form is stale or not from this console: reload the page",
+        )
+
+    async def _login_form(self, request: web.Request) -> web.Response:
+        return self._render(request, "login.html")
+
+    async def _login(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        if not self._csrf_ok(request, form):
+            return self._stale_form(request)
+        token = form.get("token")
+        if self._sessions is None:
+            raise web.HTTPSeeOther("/")
+        if not isinstance(token, str) or not token.strip():
+            return self._error(request, 400, "INVALID_ARGUMENT", "token: required")
+        session_id = self._sessions.open(token.strip())
+        response = web.HTTPSeeOther("/")
+        response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="Strict", path="/")
+        raise response
+
+    async def _logout(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        if not self._csrf_ok(request, form):
+            return self._stale_form(request)
+        if self._sessions is not None:
+            self._sessions.close(request.cookies.get(SESSION_COOKIE, ""))
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie(SESSION_COOKIE, path="/")
+        raise response
+
+    async def _act(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        if not self._csrf_ok(request, form):
+            return self._stale_form(request)
+        job_id = request.match_info["job_id"]
+        jobs = self._jobs_client(request)
+        if request.match_info["action"] == "retry":
+            await jobs.retry(job_id)
+        else:
+            await jobs.cancel(job_id)
+        location = (
+            request.app.router["job"]
+            .url_for(job_id=job_id)
+            .with_query(namespace=request.query.get("namespace", "default"))
+        )
+        raise web.HTTPSeeOther(location)
+
+
+def _job_view(job: jobs_pb2.Job) -> dict[str, Any]:
+    view = MessageToDict(job, preserving_proto_field_name=True)
+    view["state"] = jobs_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+    view.setdefault("payload", {})
+    view.setdefault("errors", [])
+    return view
