@@ -1,6 +1,11 @@
 """A real LangGraph graph on StatekeeperSaver: a tool-calling loop with a scripted model,
 human approval through interrupt(), a server SIGKILLed between the interrupt and the
-resume, time travel, concurrent threads and subgraphs."""
+resume, time travel, concurrent threads and subgraphs.
+
+The graphs run through LangGraph's blocking API on worker threads, with the saver's
+blocking methods: interrupt() inside a graph run on asyncio needs Python 3.11's task
+contexts, while the blocking path works on every Python statekeeper supports. The
+saver's async methods are LangGraph's conformance suite's to prove."""
 
 from __future__ import annotations
 
@@ -87,13 +92,15 @@ async def test_a_graph_resumes_after_the_server_was_killed_at_its_interrupt(
     try:
         async with statekeeper.AsyncClient(server.target) as client:
             graph = agent().compile(checkpointer=StatekeeperSaver(client))
-            paused = await graph.ainvoke({"messages": ["question"]}, thread("t-1"))
+            paused = await asyncio.to_thread(
+                graph.invoke, {"messages": ["question"]}, thread("t-1")
+            )
         server.kill()
         server.start()
         async with statekeeper.AsyncClient(server.target) as client:
             graph = agent().compile(checkpointer=StatekeeperSaver(client))
-            waiting = await graph.aget_state(thread("t-1"))
-            finished = await graph.ainvoke(Command(resume="yes"), thread("t-1"))
+            waiting = await asyncio.to_thread(graph.get_state, thread("t-1"))
+            finished = await asyncio.to_thread(graph.invoke, Command(resume="yes"), thread("t-1"))
     finally:
         server.stop()
 
@@ -106,15 +113,18 @@ async def test_history_lists_every_step_and_a_fork_from_the_past_runs_on(
     saver: StatekeeperSaver,
 ) -> None:
     graph = agent().compile(checkpointer=saver)
-    await graph.ainvoke({"messages": ["question"]}, thread("t-1"))
-    await graph.ainvoke(Command(resume="yes"), thread("t-1"))
+    await asyncio.to_thread(graph.invoke, {"messages": ["question"]}, thread("t-1"))
+    await asyncio.to_thread(graph.invoke, Command(resume="yes"), thread("t-1"))
 
-    history = [state async for state in graph.aget_state_history(thread("t-1"))]
+    history = await asyncio.to_thread(lambda: list(graph.get_state_history(thread("t-1"))))
     at_interrupt = next(s for s in history if s.next == ("approve",))
-    forked = await graph.aupdate_state(
-        at_interrupt.config, {"messages": ["approved: edited"]}, as_node="approve"
+    forked = await asyncio.to_thread(
+        graph.update_state,
+        at_interrupt.config,
+        {"messages": ["approved: edited"]},
+        as_node="approve",
     )
-    rerun = await graph.ainvoke(None, forked)
+    rerun = await asyncio.to_thread(graph.invoke, None, forked)
 
     assert history[0].values["messages"] == FINISHED
     assert [s.values.get("messages", []) for s in history][-1] == []
@@ -127,8 +137,8 @@ async def test_two_threads_run_at_once_without_touching_each_other(
     graph = agent().compile(checkpointer=saver)
 
     async def run(thread_id: str, question: str) -> Any:
-        await graph.ainvoke({"messages": [question]}, thread(thread_id))
-        return await graph.ainvoke(Command(resume=thread_id), thread(thread_id))
+        await asyncio.to_thread(graph.invoke, {"messages": [question]}, thread(thread_id))
+        return await asyncio.to_thread(graph.invoke, Command(resume=thread_id), thread(thread_id))
 
     one, two = await asyncio.gather(run("t-1", "first"), run("t-2", "second"))
 
@@ -144,9 +154,9 @@ async def test_a_subgraph_keeps_its_checkpoints_in_its_own_namespace(
     parent.add_edge(START, "agent")
     graph = parent.compile(checkpointer=saver)
 
-    await graph.ainvoke({"messages": ["question"]}, thread("t-1"))
-    inside = await graph.aget_state(thread("t-1"), subgraphs=True)
-    finished = await graph.ainvoke(Command(resume="yes"), thread("t-1"))
+    await asyncio.to_thread(graph.invoke, {"messages": ["question"]}, thread("t-1"))
+    inside = await asyncio.to_thread(graph.get_state, thread("t-1"), subgraphs=True)
+    finished = await asyncio.to_thread(graph.invoke, Command(resume="yes"), thread("t-1"))
     namespaces = {
         t.config["configurable"]["checkpoint_ns"] async for t in saver.alist(thread("t-1"))
     }
