@@ -58,6 +58,10 @@ class PrivatePostgres:
     def create(self) -> None:
         """Make the cluster (initdb) and start it."""
         self._run("initdb", "-D", str(self._data), "-A", "trust", "-U", SUPERUSER, "--no-sync")
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again, after `stop`) and wait until it accepts connections."""
         options = (
             f"-p {self.port} -k {self._root} -c listen_addresses=127.0.0.1"
             " -c fsync=off -c shared_buffers=16MB -c max_connections=60"

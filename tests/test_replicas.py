@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 
@@ -18,6 +16,7 @@ from statekeeper.events import custom_event
 from statekeeper.jobs import job_spec
 from statekeeper.v1 import events_pb2, jobs_pb2, snapshots_pb2
 from tests.harness import ServerProcess
+from tests.private_postgres import PrivatePostgres, private_postgres
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -143,20 +142,25 @@ async def wait_for_health(target: str, status: int, within: float = 30) -> None:
         await asyncio.sleep(0.1)
 
 
-def postgres_cluster(action: str) -> None:
-    """Stop or start the machine's PostgreSQL cluster (as CI's start-up does)."""
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action]
-        + (["-m", "fast"] if action == "stop" else []),
-        check=True,
-        timeout=60,
-    )
+@pytest.fixture
+def own_replicas() -> Iterator[tuple[ServerProcess, ServerProcess, PrivatePostgres]]:
+    """Two replicas on a PostgreSQL of this test's own: stopping the shared one would
+    fail the tests running beside it."""
+    with private_postgres() as server:
+        url = server.url("sk_replicas")
+        first = ServerProcess(url, "--health-check-interval", "0.2").start()
+        second = ServerProcess(url, "--health-check-interval", "0.2").start()
+        try:
+            yield first, second, server
+        finally:
+            first.stop()
+            second.stop()
 
 
 async def test_restart_of_postgresql_mid_run_is_survived(
-    replicas: tuple[ServerProcess, ServerProcess],
+    own_replicas: tuple[ServerProcess, ServerProcess, PrivatePostgres],
 ) -> None:
+    *replicas, postgres = own_replicas
     async with clients(*replicas) as (a, b):
         await a.events.append("run-3", started())
         received: list[int] = []
@@ -167,7 +171,7 @@ async def test_restart_of_postgresql_mid_run_is_survived(
 
         follower = asyncio.create_task(follow())
         await a.events.append("run-3", custom_event("before", {}))
-        postgres_cluster("stop")
+        postgres.stop()
         try:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await a.snapshots.save(
@@ -176,7 +180,7 @@ async def test_restart_of_postgresql_mid_run_is_survived(
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             await wait_for_health(replicas[0].target, NOT_SERVING)
         finally:
-            postgres_cluster("start")
+            postgres.start()
         await wait_for_health(replicas[0].target, SERVING)
         await wait_for_health(replicas[1].target, SERVING)
         await a.events.append("run-3", custom_event("after", {}))
