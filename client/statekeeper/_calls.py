@@ -35,6 +35,7 @@ globally configured propagator), so the server's span joins the caller's trace.
 
 from __future__ import annotations
 
+import abc
 import functools
 import inspect
 import random
@@ -206,7 +207,7 @@ def whole(response: Any) -> Any:
     return response
 
 
-class FamilyMethod(Generic[F, P, R]):
+class FamilyMethod(abc.ABC, Generic[F, P, R]):
     """A method of family class `F` made of an operation taking `P`, answering `R`.
 
     Each client's module subclasses it once per kind of plan (`unary`,
@@ -246,8 +247,9 @@ class FamilyMethod(Generic[F, P, R]):
         family.__dict__[self.name] = bound
         return bound
 
+    @abc.abstractmethod
     def _bind(self, family: F) -> Callable[P, R]:
-        raise NotImplementedError
+        """The method of `family`: each client's way of making the call."""
 
 
 # -- the settings of a client ---------------------------------------------------------
