@@ -74,15 +74,15 @@ class Console:
 
     def install(self, app: web.Application) -> None:
         """Add the console's routes (`/`, `/jobs`, `/jobs/{id}`, `/static/`) to `app`."""
-        app.router.add_get("/", self._guard(self._overview))
-        app.router.add_get("/jobs", self._guard(self._jobs))
-        app.router.add_get("/jobs/{job_id}", self._guard(self._job), name="job")
-        app.router.add_post("/jobs/{job_id}/{action:retry|cancel}", self._guard(self._act))
-        app.router.add_get("/runs", self._guard(self._runs))
-        app.router.add_get("/runs/{run_id}", self._guard(self._run), name="run")
-        app.router.add_get("/login", self._guard(self._login_form, signed_in=False))
-        app.router.add_post("/login", self._guard(self._login, signed_in=False))
-        app.router.add_post("/logout", self._guard(self._logout, signed_in=False))
+        app.router.add_get("/", self.guard(self._overview))
+        app.router.add_get("/jobs", self.guard(self._jobs))
+        app.router.add_get("/jobs/{job_id}", self.guard(self._job), name="job")
+        app.router.add_post("/jobs/{job_id}/{action:retry|cancel}", self.guard(self._act))
+        app.router.add_get("/runs", self.guard(self._runs))
+        app.router.add_get("/runs/{run_id}", self.guard(self._run), name="run")
+        app.router.add_get("/login", self.guard(self._login_form, signed_in=False))
+        app.router.add_post("/login", self.guard(self._login, signed_in=False))
+        app.router.add_post("/logout", self.guard(self._logout, signed_in=False))
         app.router.add_static("/static/", HERE / "static", append_version=True)
         app.on_cleanup.append(self._close)
 
@@ -90,19 +90,21 @@ class Console:
         if self._channel is not None:
             await self._channel.close()
 
-    def _channel_open(self) -> grpc.aio.Channel:
+    def channel(self) -> grpc.aio.Channel:
+        """The console's channel to its own server, opened on first use."""
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(self._target)
         return self._channel
 
-    def _options(self, request: web.Request) -> CallOptions:
+    def options(self, request: web.Request) -> CallOptions:
         """The calls' namespace (`?namespace=`), deadline and credential."""
         return CallOptions(request.query.get("namespace", "default"), CALL_TIMEOUT, _TOKEN.get())
 
-    def _jobs_client(self, request: web.Request) -> JobsClient:
-        return JobsClient(self._channel_open(), self._options(request))
+    def jobs_client(self, request: web.Request) -> JobsClient:
+        """A jobs client calling with the visitor's namespace and credential."""
+        return JobsClient(self.channel(), self.options(request))
 
-    def _guard(self, handler: Handler, *, signed_in: bool = True) -> Handler:
+    def guard(self, handler: Handler, *, signed_in: bool = True) -> Handler:
         """Wrap `handler`: the peer rule, the sign-in (with access control, when
         `signed_in`), the session cookie, gRPC errors as pages."""
 
@@ -112,7 +114,7 @@ class Console:
             _SESSION.set(None)
             _TOKEN.set(None)
             if self._loopback_only and not is_loopback(request.remote):
-                return self._error(
+                return self.error(
                     request,
                     403,
                     "PERMISSION_DENIED",
@@ -134,7 +136,7 @@ class Console:
                     grpc.StatusCode.INVALID_ARGUMENT: 400,
                     grpc.StatusCode.FAILED_PRECONDITION: 409,
                 }.get(code, 503 if code == grpc.StatusCode.UNAVAILABLE else 502)
-                response = self._error(request, status, code.name, error.details() or "")
+                response = self.error(request, status, code.name, error.details() or "")
             if SESSION_COOKIE not in request.cookies:
                 response.set_cookie(
                     SESSION_COOKIE,
@@ -156,9 +158,11 @@ class Console:
             _SESSION.set(session)
         return session
 
-    def _render(
+    def render(
         self, request: web.Request, template: str, *, status: int = 200, **context: Any
     ) -> web.Response:
+        """`template` rendered (autoescaped) with `context` plus what every page shows:
+        the namespace, the form CSRF token and whether the visitor signed in."""
         page = self._templates.get_template(template).render(
             namespace=request.query.get("namespace", "default"),
             csrf=self._csrf.token(self._session(request)),
@@ -167,33 +171,34 @@ class Console:
         )
         return web.Response(status=status, text=page, content_type="text/html")
 
-    def _error(self, request: web.Request, status: int, code: str, message: str) -> web.Response:
-        return self._render(request, "error.html", status=status, code=code, message=message)
+    def error(self, request: web.Request, status: int, code: str, message: str) -> web.Response:
+        """The error page: HTTP `status`, the API's status `code` and `message` (escaped)."""
+        return self.render(request, "error.html", status=status, code=code, message=message)
 
     async def _overview(self, request: web.Request) -> web.Response:
         queues = []
-        for stats in await self._jobs_client(request).stats():
+        for stats in await self.jobs_client(request).stats():
             by_state: dict[str, int] = {}
             for count in stats.counts:
                 name = jobs_pb2.JobState.Name(count.state).removeprefix("JOB_STATE_")
                 by_state[name] = by_state.get(name, 0) + count.count
             queues.append({"queue": stats.queue, "by_state": by_state})
-        stub: Any = health_pb2_grpc.HealthStub(self._channel_open())  # untyped stubs
+        stub: Any = health_pb2_grpc.HealthStub(self.channel())  # untyped stubs
         health = await stub.Check(
             health_pb2.HealthCheckRequest(service=""),
-            metadata=self._options(request).metadata,
+            metadata=self.options(request).metadata,
             timeout=CALL_TIMEOUT,
         )
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)
-        return self._render(request, "overview.html", queues=queues, states=STATES, health=status)
+        return self.render(request, "overview.html", queues=queues, states=STATES, health=status)
 
     async def _jobs(self, request: web.Request) -> web.Response:
         query = request.query
         state_name = query.get("state", "")
         if state_name and state_name not in STATES:
-            return self._error(request, 400, "INVALID_ARGUMENT", "state: unknown job state")
+            return self.error(request, 400, "INVALID_ARGUMENT", "state: unknown job state")
         state = jobs_pb2.JobState.Value("JOB_STATE_" + (state_name or "UNSPECIFIED"))
-        stub = jobs_pb2_grpc.JobServiceStub(self._channel_open())
+        stub = jobs_pb2_grpc.JobServiceStub(self.channel())
         response = await stub.ListJobs(
             jobs_pb2.ListJobsRequest(
                 page_size=PAGE_SIZE,
@@ -202,10 +207,10 @@ class Console:
                 kind=query.get("kind", ""),
                 state=state,
             ),
-            metadata=self._options(request).metadata,
+            metadata=self.options(request).metadata,
             timeout=CALL_TIMEOUT,
         )
-        return self._render(
+        return self.render(
             request,
             "jobs.html",
             jobs=[_job_view(job) for job in response.jobs],
@@ -223,15 +228,15 @@ class Console:
             "session": query.get("session", ""),
             "terminal": query.get("terminal", ""),
         }
-        stub = events_pb2_grpc.EventLogServiceStub(self._channel_open())
+        stub = events_pb2_grpc.EventLogServiceStub(self.channel())
         response = await stub.ListRuns(
             events_pb2.ListRunsRequest(page_size=PAGE_SIZE, page_token=query.get("page", "")),
-            metadata=self._options(request).metadata,
+            metadata=self.options(request).metadata,
             timeout=CALL_TIMEOUT,
         )
         runs = [run_view(run) for run in response.runs]
         shown = [run for run in runs if run_matches(run, **filters)]
-        return self._render(
+        return self.render(
             request, "runs.html", runs=shown, next_page=response.next_page_token, **filters
         )
 
@@ -239,16 +244,16 @@ class Console:
         run_id = request.match_info["run_id"]
         after = request.query.get("after", "0")
         if not after.isdigit():
-            return self._error(request, 400, "INVALID_ARGUMENT", "after: must be a seq number")
-        stub = events_pb2_grpc.EventLogServiceStub(self._channel_open())
+            return self.error(request, 400, "INVALID_ARGUMENT", "after: must be a seq number")
+        stub = events_pb2_grpc.EventLogServiceStub(self.channel())
         response = await stub.ListEvents(
             events_pb2.ListEventsRequest(run_id=run_id, after_seq=int(after), limit=EVENTS_PAGE),
-            metadata=self._options(request).metadata,
+            metadata=self.options(request).metadata,
             timeout=CALL_TIMEOUT,
         )
         events = [event_view(envelope) for envelope in response.envelopes]
         more = bool(events) and events[-1]["seq"] < response.last_seq
-        return self._render(
+        return self.render(
             request,
             "run.html",
             run_id=run_id,
@@ -259,16 +264,18 @@ class Console:
         )
 
     async def _job(self, request: web.Request) -> web.Response:
-        job = await self._jobs_client(request).get(request.match_info["job_id"])
-        return self._render(request, "job.html", job=_job_view(job))
+        job = await self.jobs_client(request).get(request.match_info["job_id"])
+        return self.render(request, "job.html", job=_job_view(job))
 
-    def _csrf_ok(self, request: web.Request, form: Any) -> bool:
+    def csrf_ok(self, request: web.Request, form: Any) -> bool:
+        """Whether `form` carries the CSRF token of the visitor's session."""
         token = form.get("csrf")
         session = request.cookies.get(SESSION_COOKIE, "")
         return bool(session) and isinstance(token, str) and self._csrf.valid(session, token)
 
-    def _stale_form(self, request: web.Request) -> web.Response:
-        return self._error(
+    def stale_form(self, request: web.Request) -> web.Response:
+        """The page answering a form whose CSRF token does not match."""
+        return self.error(
             request,
             403,
             "PERMISSION_DENIED",
@@ -276,17 +283,17 @@ class Console:
         )
 
     async def _login_form(self, request: web.Request) -> web.Response:
-        return self._render(request, "login.html")
+        return self.render(request, "login.html")
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
-        if not self._csrf_ok(request, form):
-            return self._stale_form(request)
+        if not self.csrf_ok(request, form):
+            return self.stale_form(request)
         token = form.get("token")
         if self._sessions is None:
             raise web.HTTPSeeOther("/")
         if not isinstance(token, str) or not token.strip():
-            return self._error(request, 400, "INVALID_ARGUMENT", "token: required")
+            return self.error(request, 400, "INVALID_ARGUMENT", "token: required")
         session_id = self._sessions.open(token.strip())
         response = web.HTTPSeeOther("/")
         response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="Strict", path="/")
@@ -294,8 +301,8 @@ class Console:
 
     async def _logout(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
-        if not self._csrf_ok(request, form):
-            return self._stale_form(request)
+        if not self.csrf_ok(request, form):
+            return self.stale_form(request)
         if self._sessions is not None:
             self._sessions.close(request.cookies.get(SESSION_COOKIE, ""))
         response = web.HTTPSeeOther("/login")
@@ -304,10 +311,10 @@ class Console:
 
     async def _act(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
-        if not self._csrf_ok(request, form):
-            return self._stale_form(request)
+        if not self.csrf_ok(request, form):
+            return self.stale_form(request)
         job_id = request.match_info["job_id"]
-        jobs = self._jobs_client(request)
+        jobs = self.jobs_client(request)
         if request.match_info["action"] == "retry":
             await jobs.retry(job_id)
         else:
