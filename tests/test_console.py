@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import re
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from unittest import mock
@@ -22,10 +23,11 @@ from statekeeper.events import custom_event
 from statekeeper.jobs import job_spec
 from statekeeper.v1 import events_pb2, jobs_pb2
 from statekeeper_server.app import Application
-from statekeeper_server.console.peers import is_loopback, loopback_target
+from statekeeper_server.console.peers import is_loopback
 from statekeeper_server.console.runs import EVENTS_PAGE, FOLD_CHARS
 from statekeeper_server.console.views import PAGE_SIZE, Console
 from tests.auth_support import write_tokens
+from tests.certificates import CertificateAuthority
 from tests.harness import ServerProcess, running_app
 from tests.metrics_scrape import http_get
 
@@ -272,10 +274,33 @@ async def test_without_access_control_only_loopback_peers_are_console_peers() ->
     assert not is_loopback("localhost")
 
 
-async def test_the_console_reaches_a_wildcard_bound_server_over_loopback() -> None:
-    assert loopback_target("0.0.0.0:50051", 50051) == "127.0.0.1:50051"
-    assert loopback_target("[::]:0", 4242) == "[::1]:4242"
-    assert loopback_target("10.1.2.3:0", 4242) == "10.1.2.3:4242"
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+async def test_the_console_serves_a_server_whose_grpc_port_speaks_tls(
+    tmp_path: Path, mutual: bool
+) -> None:
+    server_ca = CertificateAuthority("server CA")
+    cert, key = server_ca.issue_server().write(tmp_path, "server")
+    tls: dict[str, object] = {"tls_cert": str(cert), "tls_key": str(key)}
+    if mutual:
+        tls["tls_client_ca"] = str(CertificateAuthority("client CA").write(tmp_path, "client-ca"))
+    async with running_app("memory:", **tls) as app:
+        answer = await http_get(app.http_port, "/")
+        assert answer.status == 200, answer.body
+        assert "SERVING" in answer.body
+
+
+async def test_the_consoles_socket_is_private_to_the_servers_user_and_removed_at_stop() -> None:
+    async with running_app("memory:") as app:
+        socket = app.console_socket
+        assert socket is not None
+        assert stat.S_IMODE(socket.directory.stat().st_mode) == 0o700
+        assert (socket.directory / "grpc.sock").is_socket()
+    assert not socket.directory.exists()
+
+
+async def test_console_off_opens_no_private_socket() -> None:
+    async with running_app("memory:", console="off") as app:
+        assert app.console_socket is None
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from statekeeper_server.admission import Admission
 from statekeeper_server.auth.control import AccessControl
 from statekeeper_server.auth.exposure import check_exposure
 from statekeeper_server.config import Settings
-from statekeeper_server.console.peers import loopback_target
+from statekeeper_server.console.socket import ConsoleSocket
 from statekeeper_server.console.views import Console
 from statekeeper_server.interceptors import (
     AdmissionLayer,
@@ -120,6 +120,7 @@ class Application:
         self._access: AccessControl | None = None
         self._tracing: Tracing | None = None
         self._server: grpc.aio.Server | None = None
+        self._console_socket: ConsoleSocket | None = None
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -164,6 +165,11 @@ class Application:
         if not self._store_answers:
             return "the store does not answer"
         return None
+
+    @property
+    def console_socket(self) -> ConsoleSocket | None:
+        """The private socket the console calls the API through (None without a console)."""
+        return self._console_socket
 
     @property
     def http_address(self) -> str:
@@ -220,6 +226,8 @@ class Application:
         self.port = bind(server, self.settings.listen, self._tls)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
+        if self.settings.http_listen and self.settings.console == "on":
+            self._console_socket = ConsoleSocket.bind(server)
         await server.start()
         self._server = server
         try:
@@ -243,8 +251,9 @@ class Application:
             return
         console = None
         if self.settings.console == "on":
+            assert self._console_socket is not None
             console = Console(
-                loopback_target(self.settings.listen, self.port),
+                self._console_socket.target,
                 loopback_only=self._access is None and not self.settings.console_public,
                 login=self._access is not None,
             )
@@ -303,6 +312,9 @@ class Application:
                 )
             await self._server.stop(max(deadline - loop.time(), 0.0))
             self._server = None
+        if self._console_socket is not None:
+            self._console_socket.remove()
+            self._console_socket = None
         if self._http is not None:
             await self._http.stop()
             self._http = None

@@ -18,13 +18,3 @@ def is_loopback(remote: str | None) -> bool:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
 
-
-def loopback_target(listen: str, port: int) -> str:
-    """host:port at which this process reaches its own gRPC port bound from
-    `listen` (on `port`): a wildcard host becomes the loopback address."""
-    host = listen.rpartition(":")[0].strip("[]")
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
