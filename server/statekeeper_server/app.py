@@ -256,6 +256,7 @@ class Application:
                 self._console_socket.target,
                 loopback_only=self._access is None and not self.settings.console_public,
                 login=self._access is not None,
+                access=self._access,
             )
         http = HttpPort(
             self.settings.http_listen,

@@ -14,6 +14,9 @@ EVENTS_PAGE = 100
 FOLD_CHARS = 400
 """Event data longer than this (as pretty JSON) is folded under <details>."""
 
+TERMINAL_KINDS = ("run_completed", "run_failed", "run_cancelled")
+"""Event kinds that end a run: nothing can be appended after one."""
+
 
 def run_view(run: events_pb2.RunInfo) -> dict[str, Any]:
     """A run of ListRuns as template values (ids, seqs, times, terminal)."""

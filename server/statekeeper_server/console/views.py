@@ -12,18 +12,26 @@ from typing import Any
 
 import grpc
 import jinja2
+import markupsafe
 from aiohttp import web
-from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from yarl import URL
 
 from statekeeper._calls import CallOptions
+from statekeeper.errors import StatekeeperError
 from statekeeper.jobs import JobsClient
 from statekeeper.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from statekeeper_server.auth.control import AccessControl
+from statekeeper_server.console import sse
+from statekeeper_server.console.access import CANCEL_JOB, RETRY_JOB, ConsoleAccess
 from statekeeper_server.console.csrf import Csrf
+from statekeeper_server.console.job_views import job_view
+from statekeeper_server.console.live import LiveViews
 from statekeeper_server.console.peers import is_loopback
 from statekeeper_server.console.runs import (
     EVENTS_PAGE,
     FOLD_CHARS,
+    TERMINAL_KINDS,
     event_view,
     run_matches,
     run_view,
@@ -54,13 +62,46 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
+def when(value: str) -> markupsafe.Markup:
+    """An ISO-8601 UTC time as a <time> element (the page's script shows it in the
+    viewer's local time); the text is escaped."""
+    if not value:
+        return markupsafe.Markup("")
+    return markupsafe.Markup('<time datetime="{0}">{0}</time>').format(value)
+
+
+def trimmed_to(error: grpc.aio.AioRpcError) -> int | None:
+    """The first kept seq of a run when `error` says the seqs asked for were trimmed
+    (SEQ_TRUNCATED), else None."""
+    details = StatekeeperError.from_call(error)
+    kept = details.info.metadata.get("first_seq", "") if details.info is not None else ""
+    if details.reason != "SEQ_TRUNCATED" or not kept.isdigit():
+        return None
+    return int(kept)
+
+
 class Console:
     """The console of one server, talking to it over `target` (its own gRPC port)."""
 
-    def __init__(self, target: str, loopback_only: bool, login: bool = False) -> None:
+    def __init__(
+        self,
+        target: str,
+        loopback_only: bool,
+        login: bool = False,
+        access: AccessControl | None = None,
+    ) -> None:
         """`login`: access control is on, so visitors sign in with a token that
-        every call of theirs then carries."""
+        every call of theirs then carries. `access`: the server's access control,
+        asked what a visitor's token may do so that pages show only that."""
         self._target = target
+        self.access = ConsoleAccess(access)
+        self.streams = sse.Slots(sse.MAX_STREAMS)
+        """The live streams (SSE) open now, at most `sse.MAX_STREAMS`."""
+        self.heartbeat = sse.HEARTBEAT_SECONDS
+        self.page_size = PAGE_SIZE
+        """Rows of a list page."""
+        self.call_timeout = CALL_TIMEOUT
+        """Deadline of each unary call (seconds)."""
         self._sessions = Sessions() if login else None
         self._loopback_only = loopback_only
         self._channel: grpc.aio.Channel | None = None
@@ -71,12 +112,17 @@ class Console:
             undefined=jinja2.StrictUndefined,
         )
         self._templates.filters["pretty"] = pretty
+        self._templates.filters["when"] = when
+        self._live = LiveViews(self)
 
     def install(self, app: web.Application) -> None:
         """Add the console's routes (`/`, `/jobs`, `/jobs/{id}`, `/static/`) to `app`."""
         app.router.add_get("/", self.guard(self._overview))
         app.router.add_get("/jobs", self.guard(self._jobs))
         app.router.add_get("/jobs/{job_id}", self.guard(self._job), name="job")
+        app.router.add_get("/jobs/{job_id}/watch", self.guard(self._live.job_watch))
+        app.router.add_get("/jobs-watch", self.guard(self._live.jobs_watch))
+        app.router.add_get("/runs/{run_id}/tail", self.guard(self._live.run_tail))
         app.router.add_post("/jobs/{job_id}/{action:retry|cancel}", self.guard(self._act))
         app.router.add_get("/runs", self.guard(self._runs))
         app.router.add_get("/runs/{run_id}", self.guard(self._run), name="run")
@@ -158,18 +204,33 @@ class Console:
             _SESSION.set(session)
         return session
 
-    def render(
-        self, request: web.Request, template: str, *, status: int = 200, **context: Any
-    ) -> web.Response:
+    def fragment(self, request: web.Request, template: str, **context: Any) -> str:
         """`template` rendered (autoescaped) with `context` plus what every page shows:
-        the namespace, the form CSRF token and whether the visitor signed in."""
-        page = self._templates.get_template(template).render(
+        the namespace, the form CSRF token, whether the visitor signed in and the
+        namespaces they may switch to."""
+        return self._templates.get_template(template).render(
             namespace=request.query.get("namespace", "default"),
             csrf=self._csrf.token(self._session(request)),
             signed_in=_TOKEN.get() is not None,
+            switcher=self.access.namespaces(_TOKEN.get()),
             **context,
         )
+
+    def render(
+        self, request: web.Request, template: str, *, status: int = 200, **context: Any
+    ) -> web.Response:
+        """The page of `template`: `fragment` as an HTML response."""
+        page = self.fragment(request, template, **context)
         return web.Response(status=status, text=page, content_type="text/html")
+
+    def may(self, request: web.Request, method: str) -> bool:
+        """Whether the visitor's token may call `method` (a gRPC path) in the page's
+        namespace, as the API decides it (True without access control)."""
+        return self.access.may(_TOKEN.get(), request.query.get("namespace", "default"), method)
+
+    def job_actions(self, request: web.Request) -> dict[str, bool]:
+        """Which job actions (retry, cancel) the page may offer the visitor."""
+        return {"retry": self.may(request, RETRY_JOB), "cancel": self.may(request, CANCEL_JOB)}
 
     def error(self, request: web.Request, status: int, code: str, message: str) -> web.Response:
         """The error page: HTTP `status`, the API's status `code` and `message` (escaped)."""
@@ -213,12 +274,13 @@ class Console:
         return self.render(
             request,
             "jobs.html",
-            jobs=[_job_view(job) for job in response.jobs],
+            jobs=[job_view(job) for job in response.jobs],
             next_page=response.next_page_token,
             states=STATES,
             queue=query.get("queue", ""),
             kind=query.get("kind", ""),
             state=state_name,
+            page=query.get("page", ""),
         )
 
     async def _runs(self, request: web.Request) -> web.Response:
@@ -246,26 +308,51 @@ class Console:
         if not after.isdigit():
             return self.error(request, 400, "INVALID_ARGUMENT", "after: must be a seq number")
         stub = events_pb2_grpc.EventLogServiceStub(self.channel())
-        response = await stub.ListEvents(
-            events_pb2.ListEventsRequest(run_id=run_id, after_seq=int(after), limit=EVENTS_PAGE),
-            metadata=self.options(request).metadata,
-            timeout=CALL_TIMEOUT,
-        )
+        metadata = self.options(request).metadata
+        try:
+            response = await stub.ListEvents(
+                events_pb2.ListEventsRequest(
+                    run_id=run_id, after_seq=int(after), limit=EVENTS_PAGE
+                ),
+                metadata=metadata,
+                timeout=CALL_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as error:
+            kept = trimmed_to(error)
+            if kept is None:
+                raise
+            # Asked for events that were trimmed: show the history from where it starts.
+            after = str(kept - 1)
+            response = await stub.ListEvents(
+                events_pb2.ListEventsRequest(
+                    run_id=run_id, after_seq=int(after), limit=EVENTS_PAGE
+                ),
+                metadata=metadata,
+                timeout=CALL_TIMEOUT,
+            )
         events = [event_view(envelope) for envelope in response.envelopes]
-        more = bool(events) and events[-1]["seq"] < response.last_seq
+        shown_to = events[-1]["seq"] if events else int(after)
+        more = shown_to < response.last_seq
+        latest = max(response.last_seq - EVENTS_PAGE, response.first_seq - 1, 0)
         return self.render(
             request,
             "run.html",
             run_id=run_id,
             events=events,
             more=more,
+            latest=latest if more and latest > shown_to else None,
             last_seq=response.last_seq,
+            first_seq=response.first_seq,
+            shown_to=shown_to,
+            terminal=not more and bool(events) and events[-1]["kind"] in TERMINAL_KINDS,
             fold=FOLD_CHARS,
         )
 
     async def _job(self, request: web.Request) -> web.Response:
         job = await self.jobs_client(request).get(request.match_info["job_id"])
-        return self.render(request, "job.html", job=_job_view(job))
+        return self.render(
+            request, "job.html", job=job_view(job), actions=self.job_actions(request)
+        )
 
     def csrf_ok(self, request: web.Request, form: Any) -> bool:
         """Whether `form` carries the CSRF token of the visitor's session."""
@@ -295,7 +382,12 @@ class Console:
         if not isinstance(token, str) or not token.strip():
             return self.error(request, 400, "INVALID_ARGUMENT", "token: required")
         session_id = self._sessions.open(token.strip())
-        response = web.HTTPSeeOther("/")
+        readable = self.access.namespaces(token.strip())
+        # Land where the token may read: its first namespace when "default" is not one.
+        home = "/"
+        if not readable.any and readable.listed and "default" not in readable.listed:
+            home = str(URL("/").with_query(namespace=readable.listed[0]))
+        response = web.HTTPSeeOther(home)
         response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="Strict", path="/")
         raise response
 
@@ -325,11 +417,3 @@ class Console:
             .with_query(namespace=request.query.get("namespace", "default"))
         )
         raise web.HTTPSeeOther(location)
-
-
-def _job_view(job: jobs_pb2.Job) -> dict[str, Any]:
-    view = MessageToDict(job, preserving_proto_field_name=True)
-    view["state"] = jobs_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
-    view.setdefault("payload", {})
-    view.setdefault("errors", [])
-    return view
