@@ -21,6 +21,7 @@ from statekeeper.v1 import events_pb2, jobs_pb2
 from statekeeper_server import compat
 from statekeeper_server.app import Application
 from statekeeper_server.console import sse
+from statekeeper_server.console.runs import EVENTS_PAGE
 from tests.auth_support import write_tokens
 from tests.harness import running_app
 from tests.waiting import ENOUGH, until
@@ -195,6 +196,21 @@ async def test_a_terminal_runs_page_says_so_and_opens_no_tail(
     text = await page(browser, "/runs/r6")
     assert 'data-testid="run-terminal"' in text
     assert "data-live-src" not in text
+
+
+async def test_a_page_before_the_latest_links_the_latest_events_instead_of_a_tail(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    await client.events.append_many(
+        "long", [custom_event("tick") for _ in range(EVENTS_PAGE * 2 + 5)]
+    )
+    text = await page(browser, "/runs/long")
+    assert "data-live-src" not in text
+    assert (
+        f'<a class="latest" href="/runs/long?namespace=default&amp;after={EVENTS_PAGE + 5}"' in text
+    )
+    latest = await page(browser, f"/runs/long?after={EVENTS_PAGE + 5}")
+    assert f'data-live-after="{EVENTS_PAGE * 2 + 5}"' in latest
 
 
 async def test_the_run_page_shows_where_the_history_was_trimmed(

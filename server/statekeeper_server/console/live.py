@@ -63,11 +63,15 @@ class LiveViews:
         **ended: Any,
     ) -> None:
         """Forward `call` to `stream`; tell the visitor how it ended (`ended` when the
-        call itself ends, the API's status when it fails)."""
+        call itself ends, the API's status when it fails), except when the server is
+        unavailable (stopping): the stream then just ends, and the browser reconnects
+        and resumes after the last event it received."""
         try:
             if await forward(stream, call, on_message, self._console.heartbeat):
                 await self._end(request, stream, **ended)
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                return  # the server is stopping: the browser reconnects and resumes
             code = error.code().name
             await self._end(request, stream, code=code, message=error.details() or "")
         except ConnectionError:

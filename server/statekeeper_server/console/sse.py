@@ -81,7 +81,7 @@ class EventStream:
 
     async def send(self, event: str, data: str, event_id: str | None = None) -> None:
         """Send one event named `event` (its `data` as given: the caller escapes it)."""
-        text = _field("event", event) + _field("data", data)
+        text = _field("event", event) + _field("data", data.strip("\n"))
         if event_id is not None:
             text += _field("id", event_id)
         await self._write(text + "\n")
