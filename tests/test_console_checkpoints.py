@@ -18,7 +18,12 @@ from aiohttp.test_utils import make_mocked_request
 import statekeeper
 from statekeeper.v1 import checkpoints_pb2, common_pb2, snapshots_pb2
 from statekeeper_server.app import Application
-from statekeeper_server.console.checkpoint_pages import FOLD_CHARS, PAGE_SIZE, metadata_filter
+from statekeeper_server.console.checkpoint_pages import (
+    FOLD_CHARS,
+    PAGE_SIZE,
+    PREVIEW_CHARS,
+    metadata_filter,
+)
 from statekeeper_server.console.paging_links import Pager, href
 from tests.harness import running_app
 
@@ -240,6 +245,20 @@ async def test_history_pages_older_and_newer_through_a_long_history(
     assert rows(await page(browser, back), "checkpoint") == rows(second, "checkpoint")
     newest = link(third, "first")
     assert newest == "/checkpoints/runs/run-a?namespace=default"
+
+
+async def test_history_cuts_a_huge_scope_and_links_to_the_checkpoint_showing_it_whole(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    big = "x" * (2 * PREVIEW_CHARS)
+    saved = await save(client, "run-a", scope_snapshot={"big": big, "zzz": "end-mark"})
+    [row] = rows(await page(browser, "/checkpoints/runs/run-a"), "checkpoint")
+    assert "end-mark" not in row
+    whole = f"/checkpoints/runs/run-a/{saved.checkpoint_id}?namespace=default"
+    assert f'characters are shown here: <a href="{whole}">see the whole value</a>' in row
+    full = await page(browser, whole)
+    assert big in full
+    assert "end-mark" in full
 
 
 async def test_checkpoint_page_shows_its_fields_and_links_to_its_parent_and_the_diff(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -25,6 +26,10 @@ PAGE_SIZE = 50
 
 FOLD_CHARS = 400
 """Values longer than this (as pretty JSON) are folded under <details>."""
+
+PREVIEW_CHARS = 4000
+"""A row of a list shows at most this many characters of a value (pretty JSON);
+the checkpoint's own page shows it whole."""
 
 MAX_CHANGES = 1000
 """Changes of a diff shown on its page; the page says how many more there are."""
@@ -102,6 +107,17 @@ def workflow_view(checkpoint: checkpoints_pb2.WorkflowCheckpoint) -> dict[str, A
     }
 
 
+def summary_view(checkpoint: checkpoints_pb2.WorkflowCheckpoint) -> dict[str, Any]:
+    """What a page says of a checkpoint it names: run, workflow, id, step, time."""
+    return {
+        "run_id": checkpoint.run_id,
+        "workflow_name": checkpoint.workflow_name,
+        "checkpoint_id": checkpoint.checkpoint_id,
+        "step": checkpoint.step,
+        "create_time": _time(checkpoint, "create_time"),
+    }
+
+
 def agent_view(checkpoint: checkpoints_pb2.AgentCheckpoint) -> dict[str, Any]:
     """An agent checkpoint as template values: id, state, times, app state and
     what the agent reported about it."""
@@ -122,6 +138,38 @@ def agent_view(checkpoint: checkpoints_pb2.AgentCheckpoint) -> dict[str, Any]:
         if metadata.HasField("custom")
         else None,
     }
+
+
+def preview(value: Any) -> dict[str, Any]:
+    """`value` as pretty JSON cut to PREVIEW_CHARS: its `text`, whole `length` and
+    whether it was `cut`."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    return {"text": text[:PREVIEW_CHARS], "length": len(text), "cut": len(text) > PREVIEW_CHARS}
+
+
+def listed_workflows(
+    checkpoints: Iterable[checkpoints_pb2.WorkflowCheckpoint],
+) -> list[dict[str, Any]]:
+    """Workflow checkpoints as rows of a list: their views with a `preview` of their
+    metadata and scope instead of the whole values."""
+    rows = []
+    for checkpoint in checkpoints:
+        view = workflow_view(checkpoint)
+        scope, metadata = view.pop("scope"), view.pop("metadata")
+        view["preview"] = {"scope": preview(scope), "metadata": preview(metadata)}
+        rows.append(view)
+    return rows
+
+
+def listed_agents(checkpoints: Iterable[checkpoints_pb2.AgentCheckpoint]) -> list[dict[str, Any]]:
+    """Agent checkpoints as rows of a list: their views with a `preview` of their app
+    state instead of the whole value."""
+    rows = []
+    for checkpoint in checkpoints:
+        view = agent_view(checkpoint)
+        view["preview"] = {"app_state": preview(view.pop("app_state"))}
+        rows.append(view)
+    return rows
 
 
 def change_view(change: Change) -> dict[str, Any]:
@@ -184,7 +232,7 @@ class _CheckpointPages:
         return self._console.render(
             request,
             "checkpoints.html",
-            checkpoints=[workflow_view(c) for c in response.checkpoints],
+            checkpoints=await asyncio.to_thread(listed_workflows, response.checkpoints),
             workflow=workflow,
             meta=filters["meta"],
             filtered=bool(workflow or conditions),
@@ -204,13 +252,14 @@ class _CheckpointPages:
             ),
             **self._call(request),
         )
-        checkpoints = [workflow_view(c) for c in response.checkpoints]
+        # A page may hold megabytes of scope: convert it off the event loop.
+        checkpoints = await asyncio.to_thread(listed_workflows, response.checkpoints)
         segments = ["checkpoints", "runs", run_id]
         return self._console.render(
             request,
             "checkpoint_history.html",
             run_id=run_id,
-            newest=workflow_view(newest),
+            newest=summary_view(newest),
             checkpoints=checkpoints,
             older=_link(request, segments, {}, pager.older(response.next_page_token)),
             newer=_link(request, segments, {}, pager.newer()),
@@ -229,7 +278,7 @@ class _CheckpointPages:
         return self._console.render(
             request,
             "checkpoint.html",
-            checkpoint=workflow_view(found),
+            checkpoint=await asyncio.to_thread(workflow_view, found),
             history=href(request, segments),
             parent=href(request, [*segments, parent]) if parent else "",
             diff_parent=href(
@@ -259,8 +308,8 @@ class _CheckpointPages:
             request,
             "checkpoint_diff.html",
             run_id=run_id,
-            old=workflow_view(old),
-            new=workflow_view(new),
+            old=summary_view(old),
+            new=summary_view(new),
             changes=[change_view(change) for change in changes[:MAX_CHANGES]],
             more=max(0, len(changes) - MAX_CHANGES),
             history=href(request, segments),
@@ -294,8 +343,8 @@ class _CheckpointPages:
             request,
             "agent.html",
             agent_id=agent_id,
-            newest=agent_view(recovered.checkpoint),
-            checkpoints=[agent_view(c) for c in response.checkpoints],
+            newest=await asyncio.to_thread(agent_view, recovered.checkpoint),
+            checkpoints=await asyncio.to_thread(listed_agents, response.checkpoints),
             older=_link(request, segments, {}, pager.older(response.next_page_token)),
             newer=_link(request, segments, {}, pager.newer()),
             first=href(request, segments),
