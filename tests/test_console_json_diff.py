@@ -14,8 +14,10 @@ from statekeeper_server.console.json_diff import Change, diff, pointer
 SCALARS = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-2, 2) | st.text(max_size=3)
 JSON = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(alphabet="ab/~", max_size=3), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(alphabet="ab/~", max_size=3), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -88,9 +90,7 @@ def test_applying_the_changes_to_the_old_value_gives_the_new_one(old: Any, new: 
 
 
 @given(JSON, JSON)
-def test_swapping_the_values_swaps_added_and_removed_on_the_same_paths(
-    old: Any, new: Any
-) -> None:
+def test_swapping_the_values_swaps_added_and_removed_on_the_same_paths(old: Any, new: Any) -> None:
     swap = {"added": "removed", "removed": "added", "changed": "changed"}
     forward = {(change.path, swap[change.kind]) for change in diff(old, new)}
     assert forward == {(change.path, change.kind) for change in diff(new, old)}
