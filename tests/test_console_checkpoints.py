@@ -189,7 +189,7 @@ async def test_a_filter_matching_nothing_offers_to_show_every_run(
 ) -> None:
     await save(client, "run-a")
     text = await page(browser, "/checkpoints?workflow=nothing")
-    assert "No workflow run of this page matches these filters" in text
+    assert "No workflow run matches these filters" in text
     assert 'href="/checkpoints?namespace=default">Show every run' in text
 
 

@@ -40,8 +40,8 @@ def snapshot_view(snapshot: snapshots_pb2.Snapshot) -> dict[str, Any]:
         "session_id": snapshot.session_id,
         "status": snapshots_pb2.RunStatus.Name(snapshot.status).removeprefix("RUN_STATUS_"),
         "iteration": snapshot.iteration,
-        "current_state": snapshots_pb2.TurnState.Name(snapshot.current_state).removeprefix(
-            "TURN_STATE_"
+        "current_state": _named(
+            snapshots_pb2.TurnState.Name(snapshot.current_state), "TURN_STATE_"
         ),
         "usage": {
             "input": usage.input_tokens,
@@ -50,9 +50,7 @@ def snapshot_view(snapshot: snapshots_pb2.Snapshot) -> dict[str, Any]:
             "reasoning": usage.reasoning_tokens,
             "total": usage.total_tokens,
         },
-        "last_finish": common_pb2.FinishReason.Name(snapshot.last_finish).removeprefix(
-            "FINISH_REASON_"
-        ),
+        "last_finish": _named(common_pb2.FinishReason.Name(snapshot.last_finish), "FINISH_REASON_"),
         "assistant_message": message_view(snapshot.assistant_message)
         if snapshot.HasField("assistant_message")
         else None,
@@ -111,6 +109,12 @@ def request_view(request: snapshots_pb2.RunRequest) -> dict[str, Any]:
         "messages": [message_view(message) for message in request.messages],
         "metadata": json_value(MessageToDict(request.metadata)),
     }
+
+
+def _named(enum_name: str, prefix: str) -> str:
+    """An enum value's name without its type's `prefix`; "—" for the unset value."""
+    name = enum_name.removeprefix(prefix)
+    return "—" if name == "UNSPECIFIED" else name
 
 
 def _time(message: Any, field: str) -> str:
