@@ -22,7 +22,7 @@ from statekeeper.errors import StatekeeperError
 from statekeeper.jobs import JobsClient
 from statekeeper.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from statekeeper_server.auth.control import AccessControl
-from statekeeper_server.console import sse
+from statekeeper_server.console import checkpoint_pages, snapshot_pages, sse
 from statekeeper_server.console.access import CANCEL_JOB, RETRY_JOB, ConsoleAccess
 from statekeeper_server.console.csrf import Csrf
 from statekeeper_server.console.job_views import job_view
@@ -126,6 +126,8 @@ class Console:
         app.router.add_post("/jobs/{job_id}/{action:retry|cancel}", self.guard(self._act))
         app.router.add_get("/runs", self.guard(self._runs))
         app.router.add_get("/runs/{run_id}", self.guard(self._run), name="run")
+        checkpoint_pages.install(self, app)
+        snapshot_pages.install(self, app)
         app.router.add_get("/login", self.guard(self._login_form, signed_in=False))
         app.router.add_post("/login", self.guard(self._login, signed_in=False))
         app.router.add_post("/logout", self.guard(self._logout, signed_in=False))
