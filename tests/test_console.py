@@ -556,3 +556,15 @@ async def test_a_signed_in_visitors_token_does_not_serve_the_next_request_withou
         session.cookie_jar.clear()
         async with session.get("/", allow_redirects=False) as response:
             assert response.status == 303
+
+
+async def test_every_console_response_forbids_framing_and_foreign_scripts(
+    browser: aiohttp.ClientSession,
+) -> None:
+    for path in ("/", "/runs", "/static/console.css", "/jobs/absent"):
+        async with browser.get(path) as response:
+            policy = response.headers["Content-Security-Policy"]
+            assert "script-src 'self'" in policy
+            assert "frame-ancestors 'none'" in policy
+            assert response.headers["X-Frame-Options"] == "DENY"
+            assert response.headers["X-Content-Type-Options"] == "nosniff"

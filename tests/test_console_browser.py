@@ -412,6 +412,10 @@ async def test_each_main_page_renders_without_script_errors(
     demo = await console_demo.fill(grpc_client)
     errors: list[str] = []
     tab.page.on("pageerror", lambda error: errors.append(str(error)))
+    # A script or style the content security policy refuses is reported as a console error.
+    tab.page.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
     tab.page.on(
         "response",
         lambda r: (
