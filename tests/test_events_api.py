@@ -203,6 +203,48 @@ async def test_runs_are_listed_truncated_and_deleted_through_the_client(
     assert [run.run_id async for run in client.events.list_runs()] == ["run-a"]
 
 
+async def test_runs_are_listed_by_prefix_session_and_terminal_state_through_the_client(
+    client: statekeeper.AsyncClient,
+) -> None:
+    await client.events.append_many("job-1", [started("session-a").event, completed().event])
+    await client.events.append("job-2", started("session-a").event)
+    await client.events.append("task-1", started("session-b").event)
+    listed = client.events.list_runs
+    assert [r.run_id async for r in listed(page_size=1, run_id_prefix="job-")] == ["job-1", "job-2"]
+    assert [r.run_id async for r in listed(session_id="session-b")] == ["task-1"]
+    assert [r.run_id async for r in listed(terminal=True)] == ["job-1"]
+    assert [r.run_id async for r in listed(terminal=False)] == ["job-2", "task-1"]
+
+
+async def test_runs_are_listed_by_filters_through_the_blocking_client(app: Application) -> None:
+    def use_blocking_client() -> list[str]:
+        with statekeeper.Client(f"127.0.0.1:{app.port}") as client:
+            client.events.append("run-1", started("session-a").event)
+            client.events.append("other-1", started("session-a").event)
+            runs = client.events.list_runs(
+                run_id_prefix="run-", session_id="session-a", terminal=False
+            )
+            return [run.run_id for run in runs]
+
+    assert await asyncio.to_thread(use_blocking_client) == ["run-1"]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"run_id_prefix": "../"}, "run_id_prefix"),
+        ({"run_id_prefix": "x" * 129}, "run_id_prefix"),
+        ({"session_id": "a b"}, "session_id"),
+    ],
+)
+async def test_a_malformed_run_filter_is_invalid_naming_its_field(
+    stub: events_pb2_grpc.EventLogServiceStub, request_fields: dict[str, Any], field: str
+) -> None:
+    error = await fails(stub.ListRuns(events_pb2.ListRunsRequest(**request_fields)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(error)[1] == [field]
+
+
 async def test_truncate_needs_a_positive_seq(stub: events_pb2_grpc.EventLogServiceStub) -> None:
     error = await fails(stub.TruncateRun(events_pb2.TruncateRunRequest(run_id=RUN)))
     assert error_details(error)[1] == ["up_to_seq"]

@@ -16,7 +16,8 @@ from statekeeper_server.errors import (
     NotFound,
 )
 from statekeeper_server.stores import Store
-from statekeeper_server.stores.events import event_key
+from statekeeper_server.stores.events import RunFilter, event_key
+from statekeeper_server.stores.paging import encode_page_token
 
 NS = "default"
 Expectation = events_pb2.SeqExpectation
@@ -451,6 +452,87 @@ async def test_list_runs_pages_in_run_id_order(store: Store) -> None:
     second = await store.events.list_runs(NS, 3, first.next_page_token)
     assert [r.run_id for r in first.runs + second.runs] == [f"run-{i}" for i in range(5)]
     assert second.next_page_token == ""
+
+
+async def run_ids(store: Store, where: RunFilter, page_size: int = 10) -> list[str]:
+    """Every run passing `where`, paging through the listing `page_size` at a time."""
+    found: list[str] = []
+    token = ""
+    while True:
+        page = await store.events.list_runs(NS, page_size, token, where)
+        found += [run.run_id for run in page.runs]
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+async def test_a_prefix_lists_only_the_runs_whose_id_starts_with_it(store: Store) -> None:
+    for run_id in ("run-1", "run-10", "run-2", "run.1", "run-", "ru", "other-1"):
+        await append(store, run_id, custom())
+    assert await run_ids(store, RunFilter(prefix="run-1")) == ["run-1", "run-10"]
+    assert await run_ids(store, RunFilter(prefix="run-")) == ["run-", "run-1", "run-10", "run-2"]
+    assert await run_ids(store, RunFilter(prefix="zzz")) == []
+
+
+async def test_a_prefix_listing_pages_within_the_prefix(store: Store) -> None:
+    for n in range(7):
+        await append(store, f"a-{n}", custom())
+        await append(store, f"b-{n}", custom())
+    assert await run_ids(store, RunFilter(prefix="b-"), page_size=3) == [f"b-{n}" for n in range(7)]
+
+
+async def test_a_session_lists_only_its_runs(store: Store) -> None:
+    await append(store, "run-1", started("session-a"))
+    await append(store, "run-2", started("session-b"))
+    await append(store, "run-3", started("session-a"), completed())
+    await append(store, "run-4", custom())
+    assert await run_ids(store, RunFilter(session_id="session-a"), page_size=1) == [
+        "run-1",
+        "run-3",
+    ]
+
+
+async def test_the_terminal_state_lists_ended_or_open_runs(store: Store) -> None:
+    await append(store, "run-1", started(), completed())
+    await append(store, "run-2", started())
+    await append(store, "run-3", custom(), failed())
+    await append(store, "run-4", custom())
+    assert await run_ids(store, RunFilter(terminal=True), page_size=1) == ["run-1", "run-3"]
+    assert await run_ids(store, RunFilter(terminal=False), page_size=1) == ["run-2", "run-4"]
+
+
+async def test_a_run_that_ends_moves_from_the_open_runs_to_the_ended_ones(store: Store) -> None:
+    await append(store, "run-1", started())
+    assert await run_ids(store, RunFilter(terminal=True)) == []
+    await append(store, "run-1", cancelled())
+    assert await run_ids(store, RunFilter(terminal=True)) == ["run-1"]
+    assert await run_ids(store, RunFilter(terminal=False)) == []
+
+
+async def test_filters_combine(store: Store) -> None:
+    await append(store, "job-1", started("session-a"), completed())
+    await append(store, "job-2", started("session-a"))
+    await append(store, "task-1", started("session-a"), completed())
+    await append(store, "job-3", started("session-b"), completed())
+    where = RunFilter(prefix="job-", session_id="session-a", terminal=True)
+    assert await run_ids(store, where) == ["job-1"]
+
+
+async def test_a_page_token_is_bound_to_the_filters_it_was_issued_for(store: Store) -> None:
+    for n in range(3):
+        await append(store, f"run-{n}", custom())
+    page = await store.events.list_runs(NS, 1, "", RunFilter(prefix="run-"))
+    with pytest.raises(InvalidArgument) as raised:
+        await store.events.list_runs(NS, 1, page.next_page_token, RunFilter(prefix="run-1"))
+    assert raised.value.field == "page_token"
+
+
+async def test_an_unfiltered_listing_accepts_the_tokens_it_always_issued(store: Store) -> None:
+    for n in range(3):
+        await append(store, f"run-{n}", custom())
+    token = encode_page_token("run-0", {"list": "runs"})
+    page = await store.events.list_runs(NS, 10, token)
+    assert [run.run_id for run in page.runs] == ["run-1", "run-2"]
 
 
 async def test_namespaces_are_isolated(store: Store) -> None:

@@ -16,9 +16,10 @@ from statekeeper.v1 import events_pb2, events_pb2_grpc
 from statekeeper_server.app import Application
 from statekeeper_server.errors import Aborted
 from statekeeper_server.stores import Store, open_store
-from statekeeper_server.stores.events import event_key
+from statekeeper_server.stores.events import RunFilter, event_key
+from statekeeper_server.stores.postgres.events import _runs_query
 from tests.harness import running_app
-from tests.postgres_harness import SERVER_URL
+from tests.postgres_harness import SERVER_URL, open_engine
 from tests.test_events_store import completed, custom, started
 
 NS = "default"
@@ -301,3 +302,31 @@ async def test_follower_gets_events_whose_wake_up_was_lost_on_the_way(
 
 async def collect(replay: AsyncIterator[events_pb2.EventEnvelope]) -> list[int]:
     return [envelope.seq async for envelope in replay]
+
+
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        (RunFilter(prefix="run-00001"), "event_runs_pkey"),
+        (RunFilter(session_id="session-7"), "event_runs_by_session"),
+        (RunFilter(terminal=True), "event_runs_by_terminal"),
+        (RunFilter(prefix="run-00001", session_id="session-7"), "event_runs_by_session"),
+    ],
+)
+async def test_a_filtered_page_of_runs_is_an_index_scan_of_a_large_table(
+    postgres_url: str, where: RunFilter, index: str
+) -> None:
+    async with open_engine(postgres_url) as engine:
+        # Nearly every run is open: the ended ones are a small range of the terminal index.
+        await engine.execute(
+            "INSERT INTO event_runs (namespace, run_id, session_id, first_seq, last_seq,"
+            " terminal, create_us, update_us)"
+            " SELECT 'default', 'run-' || lpad(n::text, 6, '0'), 'session-' || (n % 5000),"
+            " 1, 1, n % 100 = 0, n, n FROM generate_series(1, 20000) AS n"
+        )
+        await engine.execute("ANALYZE event_runs")
+        sql, params = _runs_query("default", "", where, 51)
+        plan = "\n".join(row[0] for row in await engine.fetch(f"EXPLAIN {sql}", *params))
+    assert f"Index Scan using {index} on event_runs" in plan
+    assert "Seq Scan" not in plan
+    assert "Sort" not in plan

@@ -12,12 +12,14 @@ import pytest
 
 from statekeeper.v1 import events_pb2
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.stores.events import RunFilter
 from statekeeper_server.stores.sqlite.engine import SQLiteEngine
 from statekeeper_server.stores.sqlite.events import (
     MAX_ROWS_PER_INSERT,
     MIGRATIONS,
     SQLiteEventStore,
     _row_chunks,
+    _runs_query,
 )
 
 
@@ -90,3 +92,37 @@ async def test_truncated_and_deleted_runs_are_seen_by_the_next_append(
     assert (await store.read("default", "run-1", 2, 10)).run.first_seq == 3  # type: ignore[union-attr]
     await store.delete_run("default", "run-1")
     assert seqs(await store.append("default", "run-1", [custom()], None)) == [1]
+
+
+# -- run listings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "index", "bounds"),
+    [
+        (RunFilter(), "PRIMARY KEY", "run_id>?"),
+        (RunFilter(prefix="run-1"), "PRIMARY KEY", "run_id>? AND run_id<?"),
+        (RunFilter(session_id="s-1"), "INDEX event_runs_by_session", "session_id=? AND run_id>?"),
+        (RunFilter(terminal=True), "INDEX event_runs_by_terminal", "terminal=? AND run_id>?"),
+        (
+            RunFilter(prefix="run-1", terminal=False),
+            "INDEX event_runs_by_terminal",
+            "terminal=? AND run_id>? AND run_id<?",
+        ),
+        (
+            RunFilter(prefix="run-1", session_id="s-1", terminal=True),
+            "INDEX event_runs_by_session",
+            "session_id=? AND run_id>? AND run_id<?",
+        ),
+    ],
+)
+def test_a_filtered_page_of_runs_is_one_index_range(
+    where: RunFilter, index: str, bounds: str
+) -> None:
+    conn = sqlite3.connect(":memory:")
+    for migration in MIGRATIONS:
+        for statement in migration:
+            conn.execute(statement)
+    sql, params = _runs_query("default", "run-0", where, 51)
+    plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    assert plan == [f"SEARCH event_runs USING {index} (namespace=? AND {bounds})"]

@@ -133,11 +133,26 @@ class EventCalls:
         )
 
     @staticmethod
-    def list_runs(*, page_size: int = 0) -> Pages[events_pb2.RunInfo]:
-        """Every run of the namespace in run_id order, page by page."""
+    def list_runs(
+        *,
+        page_size: int = 0,
+        run_id_prefix: str = "",
+        session_id: str = "",
+        terminal: bool | None = None,
+    ) -> Pages[events_pb2.RunInfo]:
+        """Every run of the namespace in run_id order, page by page; only those whose
+        run_id starts with `run_id_prefix`, of `session_id` and of `terminal` state
+        (True: ended, False: still open), each when set. The server filters, so a
+        selective filter reads only the runs it returns."""
         return Pages(
             "ListRuns",
-            lambda token: events_pb2.ListRunsRequest(page_size=page_size, page_token=token),
+            lambda token: events_pb2.ListRunsRequest(
+                page_size=page_size,
+                page_token=token,
+                run_id_prefix=run_id_prefix,
+                session_id=session_id,
+                terminal=terminal,
+            ),
             lambda response: response.runs,
         )
 

@@ -753,21 +753,41 @@ class ListRunsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RUN_ID_PREFIX_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TERMINAL_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum runs per page: default 50, at most 1000."""
     page_token: _builtins.str
-    """`next_page_token` of the previous page; empty for the first page."""
+    """`next_page_token` of the previous page; empty for the first page. A
+    token is bound to the filters of the call that issued it.
+    """
+    run_id_prefix: _builtins.str
+    """Only runs whose run_id starts with this text, when set: 1-128 characters
+    of an id ([A-Za-z0-9._:@-], starting with a letter or digit).
+    """
+    session_id: _builtins.str
+    """Only runs of this session (the session_id of their RunStarted), when set."""
+    terminal: _builtins.bool
+    """Only runs with a terminal event (true) or without one (false), when set;
+    unset lists both.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        run_id_prefix: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        terminal: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_terminal", b"_terminal", "terminal", b"terminal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_terminal", b"_terminal", "page_size", b"page_size", "page_token", b"page_token", "run_id_prefix", b"run_id_prefix", "session_id", b"session_id", "terminal", b"terminal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__terminal: _TypeAlias = _typing.Literal["terminal"]  # noqa: Y015
+    _WhichOneofArgType__terminal: _TypeAlias = _typing.Literal["_terminal", b"_terminal"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__terminal) -> _WhichOneofReturnType__terminal | None: ...
 
 Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
 

@@ -132,7 +132,8 @@ class EventLogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """Pages through the runs of the namespace in run_id order.
+        """Pages through the runs of the namespace in run_id order, optionally only
+        those of a run id prefix, a session or a terminal state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

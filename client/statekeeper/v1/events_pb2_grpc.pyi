@@ -64,7 +64,9 @@ class EventLogServiceStub:
     already serves its limit of streams.
     """
     ListRuns: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListRunsRequest, _events_pb2.ListRunsResponse]
-    """Pages through the runs of the namespace in run_id order."""
+    """Pages through the runs of the namespace in run_id order, optionally only
+    those of a run id prefix, a session or a terminal state.
+    """
     DeleteRun: _grpc.UnaryUnaryMultiCallable[_events_pb2.DeleteRunRequest, _events_pb2.DeleteRunResponse]
     """Deletes a run, its events and its event ids. Idempotent. A later append
     to the same run_id starts a new run at seq 1.
@@ -111,7 +113,9 @@ class EventLogServiceAsyncStub(EventLogServiceStub):
     already serves its limit of streams.
     """
     ListRuns: _aio.UnaryUnaryMultiCallable[_events_pb2.ListRunsRequest, _events_pb2.ListRunsResponse]  # type: ignore[assignment]
-    """Pages through the runs of the namespace in run_id order."""
+    """Pages through the runs of the namespace in run_id order, optionally only
+    those of a run id prefix, a session or a terminal state.
+    """
     DeleteRun: _aio.UnaryUnaryMultiCallable[_events_pb2.DeleteRunRequest, _events_pb2.DeleteRunResponse]  # type: ignore[assignment]
     """Deletes a run, its events and its event ids. Idempotent. A later append
     to the same run_id starts a new run at seq 1.
@@ -185,7 +189,9 @@ class EventLogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _events_pb2.ListRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.ListRunsResponse, _abc.Awaitable[_events_pb2.ListRunsResponse]]:
-        """Pages through the runs of the namespace in run_id order."""
+        """Pages through the runs of the namespace in run_id order, optionally only
+        those of a run id prefix, a session or a terminal state.
+        """
 
     @_abc_1.abstractmethod
     def DeleteRun(

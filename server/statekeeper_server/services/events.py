@@ -55,6 +55,7 @@ from statekeeper_server.stores.events import (
     check_read_position,
     event_key,
     missing_event,
+    run_filter,
     run_not_found,
     validate_event_input,
 )
@@ -329,10 +330,15 @@ class EventLogServicer:
     async def ListRuns(
         self, request: events_pb2.ListRunsRequest, context: Context
     ) -> events_pb2.ListRunsResponse:
-        """A page of the namespace's runs in run_id order."""
+        """A page of the namespace's runs in run_id order, of the request's filters."""
         namespace = request_namespace(context)
         size = page_size(request.page_size, default=DEFAULT_RUNS_PAGE, maximum=MAX_RUNS_PAGE)
-        page = await self._store.list_runs(namespace, size, request.page_token)
+        where = run_filter(
+            request.run_id_prefix,
+            request.session_id,
+            request.terminal if request.HasField("terminal") else None,
+        )
+        page = await self._store.list_runs(namespace, size, request.page_token, where)
         return events_pb2.ListRunsResponse(runs=page.runs, next_page_token=page.next_page_token)
 
     async def DeleteRun(

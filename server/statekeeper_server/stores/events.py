@@ -31,7 +31,7 @@ from statekeeper_server.stores import event_wire
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
 from statekeeper_server.uuid7 import uuid7
-from statekeeper_server.validation import enum_value, is_id, require_id, require_text
+from statekeeper_server.validation import enum_value, is_id, optional_id, require_id, require_text
 
 MAX_BATCH_EVENTS = 1000
 MAX_SEQ = 2**63 - 1
@@ -93,6 +93,39 @@ class RunPage:
 
     runs: list[events_pb2.RunInfo]
     next_page_token: str
+
+
+PREFIX_END = chr(0x10FFFF)
+"""Sorts after every character: the runs of a prefix P are those in [P, P + PREFIX_END)."""
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs a listing returns: those whose run_id starts with `prefix`, of
+    `session_id` and of `terminal` state, each only when set ("" / None: any)."""
+
+    prefix: str = ""
+    session_id: str = ""
+    terminal: bool | None = None
+
+    def token_filters(self) -> dict[str, object]:
+        """The filters a page token of this listing is bound to (an unfiltered
+        listing's are RUNS_FILTERS, as they always were)."""
+        filters = dict(RUNS_FILTERS)
+        if self.prefix:
+            filters["prefix"] = self.prefix
+        if self.session_id:
+            filters["session"] = self.session_id
+        if self.terminal is not None:
+            filters["terminal"] = self.terminal
+        return filters
+
+    def prefix_end(self) -> str:
+        """The exclusive upper bound of the run ids of `prefix` (only when it is set)."""
+        return self.prefix + PREFIX_END
+
+
+ALL_RUNS = RunFilter()
 
 
 @dataclass(frozen=True)
@@ -184,9 +217,16 @@ class EventStore(Protocol):
         elsewhere (another replica), which wakes them again.
         """
 
-    async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
-        """A page of the namespace's runs in run_id order, at most `page_size` and
-        PAGE_BUDGET_BYTES of them."""
+    async def list_runs(
+        self, namespace: str, page_size: int, page_token: str, where: RunFilter = ALL_RUNS
+    ) -> RunPage:
+        """A page of the namespace's runs that pass `where` (default: all), in run_id
+        order, at most `page_size` and PAGE_BUDGET_BYTES of them.
+
+        Every filter is served by an index range: a filtered page reads the
+        runs it returns (and one more), however many runs fail the filter.
+        The page token is bound to `where`.
+        """
 
     async def delete_run(self, namespace: str, run_id: str) -> bool:
         """Delete the run, its events and its event ids; whether it existed."""
@@ -196,12 +236,29 @@ class EventStore(Protocol):
 
 
 RUNS_FILTERS: dict[str, object] = {"list": "runs"}
-"""The filters a page token of a run listing is bound to."""
+"""The filters a page token of an unfiltered run listing is bound to."""
 
 
-def run_page(runs: list[events_pb2.RunInfo], more: bool) -> RunPage:
-    """The listing page of `runs`; `more`: runs follow them."""
-    token = encode_page_token(runs[-1].run_id, RUNS_FILTERS) if more and runs else ""
+def run_filter(prefix: str, session_id: str, terminal: bool | None) -> RunFilter:
+    """The filter of a ListRuns request; InvalidArgument naming `run_id_prefix` or
+    `session_id` unless each is empty or has the form of an id (so a prefix holds
+    no character a range bound could misread)."""
+    return RunFilter(
+        optional_id(prefix, "run_id_prefix"), optional_id(session_id, "session_id"), terminal
+    )
+
+
+def start_after(after: str, where: RunFilter) -> tuple[str, bool]:
+    """The lower bound of a filtered page's run ids: (bound, inclusive). A page resumes
+    after the token's run `after`, and never starts before the prefix."""
+    if where.prefix and where.prefix > after:
+        return where.prefix, True
+    return after, False
+
+
+def run_page(runs: list[events_pb2.RunInfo], more: bool, where: RunFilter = ALL_RUNS) -> RunPage:
+    """The listing page of `runs` under `where`; `more`: runs follow them."""
+    token = encode_page_token(runs[-1].run_id, where.token_filters()) if more and runs else ""
     return RunPage(runs, token)
 
 

@@ -31,10 +31,11 @@ from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.events import (
-    RUNS_FILTERS,
+    ALL_RUNS,
     EventPage,
     NewEvents,
     PreparedInput,
+    RunFilter,
     RunPage,
     RunState,
     StoredEventId,
@@ -48,6 +49,7 @@ from statekeeper_server.stores.events import (
     run_info_size,
     run_not_found,
     run_page,
+    start_after,
     supplied_event_ids,
     truncation_point,
 )
@@ -86,9 +88,41 @@ MIGRATIONS = [
             PRIMARY KEY (namespace, run_id, event_id)
         )""",
     ],
+    [
+        # A page of runs of one session, or of one terminal state, is one index range.
+        # Appends keep their updates HOT: they rewrite neither column once it is set.
+        "CREATE INDEX event_runs_by_session ON event_runs (namespace, session_id, run_id)",
+        "CREATE INDEX event_runs_by_terminal ON event_runs (namespace, terminal, run_id)",
+    ],
 ]
 
 _RUN_COLUMNS = "run_id, session_id, first_seq, last_seq, terminal, create_us, update_us"
+
+
+def _runs_query(
+    namespace: str, after: str, where: RunFilter, limit: int
+) -> tuple[str, list[object]]:
+    """The SELECT of a page of runs: `limit` runs passing `where` after `after`."""
+    bound, inclusive = start_after(after, where)
+    params: list[object] = [namespace, bound]
+    conditions = ["namespace = $1", "run_id >= $2" if inclusive else "run_id > $2"]
+
+    def mark(value: object) -> str:
+        params.append(value)
+        return f"${len(params)}"
+
+    if where.prefix:
+        conditions.append(f"run_id < {mark(where.prefix_end())}")
+    if where.session_id:
+        conditions.append(f"session_id = {mark(where.session_id)}")
+    if where.terminal is not None:
+        conditions.append(f"terminal = {mark(where.terminal)}")
+    sql = (
+        f"SELECT {_RUN_COLUMNS} FROM event_runs WHERE {' AND '.join(conditions)}"
+        f" ORDER BY run_id LIMIT {mark(limit)}"
+    )
+    return sql, params
+
 
 _LOCK_RUN = f"""
     SELECT {_RUN_COLUMNS} FROM event_runs
@@ -325,20 +359,18 @@ class PostgresEventStore:
             return EventPage(_run_state(row), [], after_seq)
         return EventPage(_run_state(row), row["envelopes"], row["through_seq"])
 
-    async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
-        """A page of runs after the token's run_id."""
-        after = decode_page_token(page_token, RUNS_FILTERS, str) or ""
-        rows = await self._engine.fetch(
-            f"SELECT {_RUN_COLUMNS} FROM event_runs WHERE namespace = $1 AND run_id > $2"
-            " ORDER BY run_id LIMIT $3",
-            namespace,
-            after,
-            page_size + 1,
-        )
+    async def list_runs(
+        self, namespace: str, page_size: int, page_token: str, where: RunFilter = ALL_RUNS
+    ) -> RunPage:
+        """A page of the runs that pass `where` after the token's run_id: one range of
+        the primary key, or of the session or terminal index."""
+        after = decode_page_token(page_token, where.token_filters(), str) or ""
+        sql, params = _runs_query(namespace, after, where, page_size + 1)
+        rows = await self._engine.fetch(sql, *params)
         runs, more = fill_page(
             (_run_state(row).info() for row in rows), run_info_size, max_count=page_size
         )
-        return run_page(runs, more)
+        return run_page(runs, more, where)
 
     async def delete_run(self, namespace: str, run_id: str) -> bool:
         """Delete the run (its row first, see the module) and everything of it; wake followers."""

@@ -19,10 +19,11 @@ from statekeeper_server.notifier import Notifier
 from statekeeper_server.observability import store_metrics
 from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.events import (
-    RUNS_FILTERS,
+    ALL_RUNS,
     EventPage,
     NewEvents,
     PreparedInput,
+    RunFilter,
     RunPage,
     RunState,
     StoredEventId,
@@ -37,6 +38,7 @@ from statekeeper_server.stores.events import (
     run_info_size,
     run_not_found,
     run_page,
+    start_after,
     supplied_event_ids,
     truncation_point,
 )
@@ -74,6 +76,11 @@ MIGRATIONS = [
             digest BLOB NOT NULL,
             PRIMARY KEY (namespace, run_id, event_id)
         ) WITHOUT ROWID""",
+    ],
+    [
+        # A page of runs of one session, or of one terminal state, is one index range.
+        "CREATE INDEX event_runs_by_session ON event_runs (namespace, session_id, run_id)",
+        "CREATE INDEX event_runs_by_terminal ON event_runs (namespace, terminal, run_id)",
     ],
 ]
 
@@ -138,6 +145,40 @@ def _load_envelopes(
 def _envelope_size(row: tuple[int, bytes]) -> int:
     """The encoded size of the envelope of a (seq, envelope) row."""
     return len(row[1])
+
+
+def _runs_query(
+    namespace: str, after: str, where: RunFilter, limit: int
+) -> tuple[str, list[object]]:
+    """The SELECT of a page of runs: `limit` runs passing `where` after `after`.
+
+    The index is named: without statistics SQLite may pick one whose range holds
+    every run of a state rather than the runs of a session. The session index
+    serves a session (its runs are few), else the terminal index a state, each
+    with the prefix as a range of its run ids; else the primary key.
+    """
+    index = ""
+    if where.session_id:
+        index = " INDEXED BY event_runs_by_session"
+    elif where.terminal is not None:
+        index = " INDEXED BY event_runs_by_terminal"
+    bound, inclusive = start_after(after, where)
+    conditions = ["namespace = ?", "run_id >= ?" if inclusive else "run_id > ?"]
+    params: list[object] = [namespace, bound]
+    if where.prefix:
+        conditions.append("run_id < ?")
+        params.append(where.prefix_end())
+    if where.session_id:
+        conditions.append("session_id = ?")
+        params.append(where.session_id)
+    if where.terminal is not None:
+        conditions.append("terminal = ?")
+        params.append(int(where.terminal))
+    sql = (
+        f"SELECT {_RUN_COLUMNS} FROM event_runs{index} WHERE {' AND '.join(conditions)}"
+        " ORDER BY run_id LIMIT ?"
+    )
+    return sql, [*params, limit]
 
 
 MAX_REMEMBERED_RUNS = 10_000
@@ -273,22 +314,22 @@ class SQLiteEventStore:
 
         return await self._engine.read(work, stream=stream)
 
-    async def list_runs(self, namespace: str, page_size: int, page_token: str) -> RunPage:
-        """A page of runs after the token's run_id."""
-        after = decode_page_token(page_token, RUNS_FILTERS, str) or ""
+    async def list_runs(
+        self, namespace: str, page_size: int, page_token: str, where: RunFilter = ALL_RUNS
+    ) -> RunPage:
+        """A page of the runs that pass `where` after the token's run_id: one range of
+        the primary key, or of the session or terminal index."""
+        after = decode_page_token(page_token, where.token_filters(), str) or ""
+        sql, params = _runs_query(namespace, after, where, page_size + 1)
 
         def work(conn: sqlite3.Connection) -> list[tuple[object, ...]]:
-            return conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM event_runs WHERE namespace = ? AND run_id > ?"
-                " ORDER BY run_id LIMIT ?",
-                (namespace, after, page_size + 1),
-            ).fetchall()
+            return conn.execute(sql, params).fetchall()
 
         rows = await self._engine.read(work)
         runs, more = fill_page(
             (_run_state(row).info() for row in rows), run_info_size, max_count=page_size
         )
-        return run_page(runs, more)
+        return run_page(runs, more, where)
 
     async def delete_run(self, namespace: str, run_id: str) -> bool:
         """Delete the run and everything of it; followers are woken to notice."""
