@@ -17,6 +17,10 @@ FOLD_CHARS = 400
 TERMINAL_KINDS = ("run_completed", "run_failed", "run_cancelled")
 """Event kinds that end a run: nothing can be appended after one."""
 
+TERMINAL_CHOICES: dict[str, bool | None] = {"": None, "yes": True, "no": False}
+"""The runs list's `terminal` choices: either state, ended runs, open runs (the
+ListRuns `terminal` filter each asks for)."""
+
 
 def run_view(run: events_pb2.RunInfo) -> dict[str, Any]:
     """A run of ListRuns as template values (ids, seqs, times, terminal)."""
@@ -24,20 +28,6 @@ def run_view(run: events_pb2.RunInfo) -> dict[str, Any]:
     view.setdefault("session_id", "")
     view.setdefault("terminal", False)
     return view
-
-
-def run_matches(run: dict[str, Any], *, prefix: str, session: str, terminal: str) -> bool:
-    """Whether `run` passes the console's filters: run id prefix, exact session,
-    terminal ("yes"/"no"/"" for either)."""
-    if prefix and not str(run.get("run_id", "")).startswith(prefix):
-        return False
-    if session and run.get("session_id", "") != session:
-        return False
-    if terminal == "yes":
-        return bool(run["terminal"])
-    if terminal == "no":
-        return not run["terminal"]
-    return True
 
 
 def event_view(envelope: events_pb2.EventEnvelope) -> dict[str, Any]:

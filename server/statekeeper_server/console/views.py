@@ -14,7 +14,6 @@ import grpc
 import jinja2
 import markupsafe
 from aiohttp import web
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from yarl import URL
 
 from statekeeper._calls import CallOptions
@@ -22,7 +21,7 @@ from statekeeper.errors import StatekeeperError
 from statekeeper.jobs import JobsClient
 from statekeeper.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from statekeeper_server.auth.control import AccessControl
-from statekeeper_server.console import checkpoint_pages, snapshot_pages, sse
+from statekeeper_server.console import checkpoint_pages, overview_pages, snapshot_pages, sse
 from statekeeper_server.console.access import CANCEL_JOB, RETRY_JOB, ConsoleAccess
 from statekeeper_server.console.csrf import Csrf
 from statekeeper_server.console.job_views import job_view
@@ -31,9 +30,9 @@ from statekeeper_server.console.peers import is_loopback
 from statekeeper_server.console.runs import (
     EVENTS_PAGE,
     FOLD_CHARS,
+    TERMINAL_CHOICES,
     TERMINAL_KINDS,
     event_view,
-    run_matches,
     run_view,
 )
 from statekeeper_server.console.sessions import Sessions
@@ -117,7 +116,7 @@ class Console:
 
     def install(self, app: web.Application) -> None:
         """Add the console's routes (`/`, `/jobs`, `/jobs/{id}`, `/static/`) to `app`."""
-        app.router.add_get("/", self.guard(self._overview))
+        overview_pages.install(self, app)
         app.router.add_get("/jobs", self.guard(self._jobs))
         app.router.add_get("/jobs/{job_id}", self.guard(self._job), name="job")
         app.router.add_get("/jobs/{job_id}/watch", self.guard(self._live.job_watch))
@@ -239,23 +238,6 @@ class Console:
         """The error page: HTTP `status`, the API's status `code` and `message` (escaped)."""
         return self.render(request, "error.html", status=status, code=code, message=message)
 
-    async def _overview(self, request: web.Request) -> web.Response:
-        queues = []
-        for stats in await self.jobs_client(request).stats():
-            by_state: dict[str, int] = {}
-            for count in stats.counts:
-                name = jobs_pb2.JobState.Name(count.state).removeprefix("JOB_STATE_")
-                by_state[name] = by_state.get(name, 0) + count.count
-            queues.append({"queue": stats.queue, "by_state": by_state})
-        stub: Any = health_pb2_grpc.HealthStub(self.channel())  # untyped stubs
-        health = await stub.Check(
-            health_pb2.HealthCheckRequest(service=""),
-            metadata=self.options(request).metadata,
-            timeout=CALL_TIMEOUT,
-        )
-        status = health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)
-        return self.render(request, "overview.html", queues=queues, states=STATES, health=status)
-
     async def _jobs(self, request: web.Request) -> web.Response:
         query = request.query
         state_name = query.get("state", "")
@@ -289,20 +271,25 @@ class Console:
     async def _runs(self, request: web.Request) -> web.Response:
         query = request.query
         filters: dict[str, Any] = {
-            "prefix": query.get("prefix", ""),
-            "session": query.get("session", ""),
-            "terminal": query.get("terminal", ""),
+            name: query.get(name, "") for name in ("prefix", "session", "terminal")
         }
+        if filters["terminal"] not in TERMINAL_CHOICES:
+            return self.error(request, 400, "INVALID_ARGUMENT", "terminal: must be yes or no")
         stub = events_pb2_grpc.EventLogServiceStub(self.channel())
         response = await stub.ListRuns(
-            events_pb2.ListRunsRequest(page_size=PAGE_SIZE, page_token=query.get("page", "")),
+            events_pb2.ListRunsRequest(
+                page_size=PAGE_SIZE,
+                page_token=query.get("page", ""),
+                run_id_prefix=filters["prefix"],
+                session_id=filters["session"],
+                terminal=TERMINAL_CHOICES[filters["terminal"]],
+            ),
             metadata=self.options(request).metadata,
             timeout=CALL_TIMEOUT,
         )
         runs = [run_view(run) for run in response.runs]
-        shown = [run for run in runs if run_matches(run, **filters)]
         return self.render(
-            request, "runs.html", runs=shown, next_page=response.next_page_token, **filters
+            request, "runs.html", runs=runs, next_page=response.next_page_token, **filters
         )
 
     async def _run(self, request: web.Request) -> web.Response:
