@@ -28,6 +28,7 @@ def all_scenarios() -> list[Scenario]:
     """Every scenario, in running order."""
     from bench.scenarios import (
         auth,
+        console,
         events,
         follow,
         jobs,
@@ -56,4 +57,5 @@ def all_scenarios() -> list[Scenario]:
         Scenario("stalled", "followers that never read, and another caller", stalled.stalled),
         Scenario("maxsize", "max-size requests, and another caller", maxsize.maxsize),
         Scenario("relay", "relays to NATS JetStream and Redis Streams", relay.relay),
+        Scenario("console", "console pages at 1,000,000 events and jobs", console.console),
     ]
