@@ -16,6 +16,7 @@ import statekeeper
 from statekeeper.events import custom_event
 from statekeeper.v1 import events_pb2, snapshots_pb2
 from statekeeper_server.app import Application
+from statekeeper_server.console import overview_pages
 from statekeeper_server.console.overview_pages import RECENT, age_text
 from statekeeper_server.console.views import PAGE_SIZE
 from tests.harness import running_app
@@ -111,6 +112,18 @@ async def test_overview_shows_the_age_of_each_queues_oldest_available_job(
     }
     assert re.search(r'<td class="oldest">\d+s</td>', by_queue["outbox"])
     assert '<td class="oldest">none waiting</td>' in by_queue["later"]
+
+
+async def test_overview_shows_a_count_past_its_limit_as_n_plus(
+    client: statekeeper.AsyncClient,
+    browser: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(overview_pages, "COUNT_LIMIT", 2)
+    for _ in range(3):
+        await client.jobs.enqueue("mail", queue="outbox")
+    (row,) = rows(await page(browser, "/"), "queue")
+    assert 'state=AVAILABLE">2+<' in row
 
 
 async def test_an_empty_namespace_overview_says_how_to_fill_each_family(

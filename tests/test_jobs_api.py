@@ -213,6 +213,16 @@ async def test_stats_through_the_client(client: statekeeper.AsyncClient) -> None
     assert [(c.state, c.count) for c in stats["mail"].counts] == [(SCHEDULED, 1)]
 
 
+async def test_stats_with_a_count_limit_through_the_client(
+    client: statekeeper.AsyncClient,
+) -> None:
+    for _ in range(3):
+        await client.jobs.enqueue("k")
+    [stats] = await client.jobs.stats("default", count_limit=2)
+    assert [(c.state, c.count) for c in stats.counts] == [(AVAILABLE, 2)]
+    assert list(stats.capped_states) == [AVAILABLE]
+
+
 # -- long polls ---------------------------------------------------------------------------
 
 

@@ -488,6 +488,61 @@ async def test_stats_count_jobs_per_state_and_priority(store: Store) -> None:
     )
 
 
+async def test_stats_with_a_count_limit_stop_counting_and_name_the_capped_states(
+    store: Store,
+) -> None:
+    await enqueue(store, *[spec(priority=HIGH) for _ in range(3)], spec(priority=LOW))
+    await enqueue(store, spec(delay_us=60_000_000))
+    [stats] = (await store.jobs.stats(NS, QUEUE, 10, "", count_limit=2)).queues
+    available = sum(c.count for c in stats.counts if c.state == AVAILABLE)
+    assert available == 2
+    assert list(stats.capped_states) == [AVAILABLE]
+    assert [(c.state, c.count) for c in stats.counts if c.state == SCHEDULED] == [(SCHEDULED, 1)]
+
+
+async def test_stats_under_their_count_limit_are_exact_and_capped_nowhere(store: Store) -> None:
+    await enqueue(store, spec(priority=HIGH), spec(priority=LOW), spec(delay_us=60_000_000))
+    await lease(store)
+    [limited] = (await store.jobs.stats(NS, QUEUE, 10, "", count_limit=100)).queues
+    [exact] = (await store.jobs.stats(NS, QUEUE, 10, "")).queues
+    assert list(limited.counts) == list(exact.counts)
+    assert list(limited.capped_states) == []
+
+
+async def test_stats_with_a_count_limit_report_due_scheduled_jobs_as_available(
+    store: Store,
+) -> None:
+    [job] = await enqueue(store, spec(delay_us=20_000))
+    await sleep_past(from_timestamp(job.run_after))
+    [stats] = (await store.jobs.stats(NS, QUEUE, 10, "", count_limit=10)).queues
+    assert [(c.state, c.count) for c in stats.counts] == [(AVAILABLE, 1)]
+    assert stats.HasField("oldest_available_age")
+
+
+async def test_stats_page_through_many_queues_in_queue_order(store: Store) -> None:
+    for n in range(7):
+        await enqueue(store, spec(queue=f"queue-{n}"), spec(queue=f"queue-{n}"))
+    names: list[str] = []
+    token = ""
+    while True:
+        page = await store.jobs.stats(NS, "", 3, token)
+        names += [stats.queue for stats in page.queues]
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == [f"queue-{n}" for n in range(7)]
+
+
+async def test_the_oldest_available_age_is_that_of_the_longest_waiting_job(store: Store) -> None:
+    await enqueue(store, spec(queue="waiting"))
+    await asyncio.sleep(0.05)
+    await enqueue(store, spec(queue="waiting"), spec(queue="fresh"))
+    by_queue = {s.queue: s for s in (await store.jobs.stats(NS, "", 10, "")).queues}
+    waited = by_queue["waiting"].oldest_available_age.ToMicroseconds()
+    assert waited > by_queue["fresh"].oldest_available_age.ToMicroseconds()
+    assert waited >= 50_000
+
+
 async def test_reads_settle_expired_leases(store: Store) -> None:
     await enqueue(store, spec())
     [job] = await lease(store, lease_us=SHORT_LEASE)

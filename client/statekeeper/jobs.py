@@ -299,12 +299,15 @@ class JobCalls:
         return Unary("RetryJob", request, _job)
 
     @staticmethod
-    def stats(queue: str = "") -> Collected[jobs_pb2.QueueStats]:
+    def stats(queue: str = "", *, count_limit: int = 0) -> Collected[jobs_pb2.QueueStats]:
         """Counts per state and priority of one queue, or of every queue (fetched page
-        by page), in queue order."""
+        by page), in queue order. With `count_limit` each queue's count of a state
+        stops at that many jobs (the state is then listed in `capped_states`)."""
         return Collected(
             "GetQueueStats",
-            lambda token: jobs_pb2.GetQueueStatsRequest(queue=queue, page_token=token),
+            lambda token: jobs_pb2.GetQueueStatsRequest(
+                queue=queue, page_token=token, count_limit=count_limit
+            ),
             lambda response: response.queues,
         )
 

@@ -972,6 +972,7 @@ class GetQueueStatsRequest(_message.Message):
     QUEUE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    COUNT_LIMIT_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
     """Only this queue, when set; every queue of the namespace otherwise."""
     page_size: _builtins.int
@@ -981,16 +982,23 @@ class GetQueueStatsRequest(_message.Message):
     """
     page_token: _builtins.str
     """`next_page_token` of the previous page; empty for the first page."""
+    count_limit: _builtins.int
+    """When set, counting stops at this many jobs per queue and stored state, so
+    the statistics of queues of millions of jobs cost what counting this many
+    does: a state that reaches it is listed in `capped_states` and its counts
+    are lower bounds. 0 counts every job.
+    """
     def __init__(
         self,
         *,
         queue: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        count_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count_limit", b"count_limit", "page_size", b"page_size", "page_token", b"page_token", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1035,6 +1043,7 @@ class QueueStats(_message.Message):
     QUEUE_FIELD_NUMBER: _builtins.int
     COUNTS_FIELD_NUMBER: _builtins.int
     OLDEST_AVAILABLE_AGE_FIELD_NUMBER: _builtins.int
+    CAPPED_STATES_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
     """The queue."""
     @_builtins.property
@@ -1049,16 +1058,23 @@ class QueueStats(_message.Message):
         when no job is available.
         """
 
+    @_builtins.property
+    def capped_states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
+        """States whose counts stopped at the request's `count_limit`: at least that
+        many jobs are in them (their counts are lower bounds).
+        """
+
     def __init__(
         self,
         *,
         queue: _builtins.str = ...,
         counts: _abc.Iterable[Global___JobCount] | None = ...,
         oldest_available_age: _duration_pb2.Duration | None = ...,
+        capped_states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_available_age", b"oldest_available_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "oldest_available_age", b"oldest_available_age", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capped_states", b"capped_states", "counts", b"counts", "oldest_available_age", b"oldest_available_age", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,7 +5,7 @@ Every figure comes from one bounded gRPC call, made concurrently with the
 others: a family shows the first page of a listing (counted as "N" or "N+"
 when more follow) rather than a total, since a total would read every run,
 checkpoint or snapshot of the namespace. Queue counts are the API's queue
-statistics.
+statistics, each stopping at COUNT_LIMIT jobs.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ RECENT = 10
 """Items of each family the overview lists (and counts before saying "N+")."""
 QUEUES_SHOWN = 50
 """Queues of the overview's table; a link leads to the rest."""
+COUNT_LIMIT = 10_000
+"""Jobs counted per queue and state: past it the overview shows "10000+", so a queue of
+millions costs what one of ten thousand does."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ async def _queues(console: Console, request: web.Request) -> Listed:
     """The first queues, each with its jobs by state and its oldest available job's age."""
     stub = jobs_pb2_grpc.JobServiceStub(console.channel())
     response = await stub.GetQueueStats(
-        jobs_pb2.GetQueueStatsRequest(page_size=QUEUES_SHOWN),
+        jobs_pb2.GetQueueStatsRequest(page_size=QUEUES_SHOWN, count_limit=COUNT_LIMIT),
         metadata=console.options(request).metadata,
         timeout=views.CALL_TIMEOUT,
     )
@@ -159,7 +162,14 @@ async def _queues(console: Console, request: web.Request) -> Listed:
         oldest = (
             age_text(stats.oldest_available_age) if stats.HasField("oldest_available_age") else ""
         )
-        queues.append({"queue": stats.queue, "by_state": by_state, "oldest_available": oldest})
+        capped = {
+            jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
+            for state in stats.capped_states
+        }
+        shown = {
+            name: f"{count}+" if name in capped else str(count) for name, count in by_state.items()
+        }
+        queues.append({"queue": stats.queue, "by_state": shown, "oldest_available": oldest})
     return Listed(queues, bool(response.next_page_token))
 
 

@@ -271,11 +271,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def GetQueueStats(
         self, request: jobs_pb2.GetQueueStatsRequest, context: Context
     ) -> jobs_pb2.GetQueueStatsResponse:
-        """Counts per queue, state and priority, a page of queues at a time."""
+        """Counts per queue, state and priority, a page of queues at a time (each count
+        stopping at `count_limit` when set)."""
         namespace = request_namespace(context)
         queue = optional_id(request.queue, "queue")
         size = page_size(request.page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
-        page = await self._jobs.stats(namespace, queue, size, request.page_token)
+        page = await self._jobs.stats(
+            namespace, queue, size, request.page_token, request.count_limit
+        )
         return jobs_pb2.GetQueueStatsResponse(
             queues=page.queues, next_page_token=page.next_page_token
         )

@@ -328,9 +328,17 @@ class JobStore(Protocol):
         """A page of jobs in enqueue order, at most `page_size` and PAGE_BUDGET_BYTES of
         them (at least one when any is left)."""
 
-    async def stats(self, namespace: str, queue: str, page_size: int, page_token: str) -> StatsPage:
+    async def stats(
+        self, namespace: str, queue: str, page_size: int, page_token: str, count_limit: int = 0
+    ) -> StatsPage:
         """Counts per queue, state and priority, a page of queues in queue order (at
-        most `page_size` and PAGE_BUDGET_BYTES of them); only `queue` when it is set."""
+        most `page_size` and PAGE_BUDGET_BYTES of them); only `queue` when it is set.
+
+        Finding the page's queues costs an index seek per queue, whatever their
+        jobs. With `count_limit` (> 0) counting stops at that many jobs per queue
+        and stored state, each an index range (see `capped_counts`), so the call
+        costs the same at a million jobs as at a thousand; 0 counts every job.
+        """
 
     async def change_position(self) -> int:
         """The newest change id committed so far (0 when none)."""
@@ -938,9 +946,11 @@ def queue_stats(
     counts: Iterable[tuple[str, int, int, int]],
     oldest_run_after: Mapping[str, int],
     now_us: int,
+    capped: Mapping[str, Iterable[int]] | None = None,
 ) -> list[jobs_pb2.QueueStats]:
     """Per-queue stats, sorted by queue, from (queue, reported state, priority, count)
-    rows and each queue's earliest run_after among its runnable jobs.
+    rows, each queue's earliest run_after among its runnable jobs and the reported
+    states whose counts stopped at a count limit (`capped`, by queue).
 
     `queue` (when set) is listed even with no jobs.
     """
@@ -952,4 +962,61 @@ def queue_stats(
         stats.counts.add(state=state, priority=priority, count=count)
     for name, run_after in oldest_run_after.items():
         by_queue[name].oldest_available_age.FromMicroseconds(max(0, now_us - run_after))
+    for name, states in (capped or {}).items():
+        by_queue[name].capped_states.extend(sorted(states))  # type: ignore[arg-type]
     return [by_queue[name] for name in sorted(by_queue)]
+
+
+STORED_STATES = (SCHEDULED, AVAILABLE, RUNNING, SUCCEEDED, DEAD, CANCELLED)
+
+QUEUE_NAMES_SQL = """
+    WITH RECURSIVE names (queue, n) AS (
+        SELECT (SELECT MIN(queue) FROM jobs WHERE namespace = {ns} AND queue > {after}), 1
+        UNION ALL
+        SELECT (SELECT MIN(queue) FROM jobs WHERE namespace = {ns} AND queue > names.queue),
+               n + 1
+        FROM names WHERE names.queue IS NOT NULL AND n < {limit}
+    )
+    SELECT queue FROM names WHERE queue IS NOT NULL"""
+"""The namespace's first queues after a queue, one index seek each however many jobs
+they hold (a DISTINCT would step through every job); `{ns}`, `{after}` and `{limit}`
+are the backend's parameter marks."""
+
+
+def capped_counts(
+    stored: Iterable[tuple[str, int, int, int]],
+    due: Iterable[tuple[str, int, int]],
+    count_limit: int,
+) -> tuple[list[tuple[str, int, int, int]], dict[str, set[int]]]:
+    """(queue, reported state, priority, count) rows and the capped reported states by
+    queue, from counts that stopped at `count_limit` jobs per queue and stored state.
+
+    `stored` holds (queue, stored state, priority, count) rows, each (queue, state)
+    counted to at most `count_limit` jobs; `due` holds (queue, priority, count) of
+    the SCHEDULED jobs already due (reported as AVAILABLE), counted the same way.
+    A reported state is capped when a count it is made of reached the limit.
+    """
+    totals: dict[tuple[str, int], int] = {}
+    by_key: dict[tuple[str, int, int], int] = {}
+    for queue, state, priority, count in stored:
+        by_key[(queue, state, priority)] = by_key.get((queue, state, priority), 0) + count
+        totals[(queue, state)] = totals.get((queue, state), 0) + count
+    capped: dict[str, set[int]] = {}
+    for (queue, state), total in totals.items():
+        if total >= count_limit:
+            capped.setdefault(queue, set()).add(state)
+    due_totals: dict[str, int] = {}
+    for queue, priority, count in due:
+        moved = min(count, by_key.get((queue, SCHEDULED, priority), 0))
+        by_key[(queue, SCHEDULED, priority)] = by_key.get((queue, SCHEDULED, priority), 0) - moved
+        by_key[(queue, AVAILABLE, priority)] = by_key.get((queue, AVAILABLE, priority), 0) + moved
+        due_totals[queue] = due_totals.get(queue, 0) + count
+    for queue, total in due_totals.items():
+        if total >= count_limit:
+            capped.setdefault(queue, set()).add(AVAILABLE)
+    rows = [
+        (queue, state, priority, count)
+        for (queue, state, priority), count in sorted(by_key.items())
+        if count > 0
+    ]
+    return rows, capped

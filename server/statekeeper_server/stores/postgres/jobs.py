@@ -75,8 +75,10 @@ from statekeeper_server.stores.jobs import (
     CHANGE_COLUMNS,
     JOB_COLUMNS,
     LEASE_EXPIRED_ERROR,
+    QUEUE_NAMES_SQL,
     RUNNING,
     SCHEDULED,
+    STORED_STATES,
     ChangeFilter,
     ChangePage,
     ChangeRow,
@@ -94,6 +96,7 @@ from statekeeper_server.stores.jobs import (
     after_failure,
     cancel_allowed,
     cancelled_row,
+    capped_counts,
     change_of,
     change_page,
     changes_trimmed,
@@ -655,50 +658,79 @@ class PostgresJobStore:
         )
         return job_page(page, more, filters)
 
-    async def stats(self, namespace: str, queue: str, page_size: int, page_token: str) -> StatsPage:
-        """Counts per queue, reported state and priority, and oldest available age, of a
-        page of queues after the token's queue."""
+    async def stats(
+        self, namespace: str, queue: str, page_size: int, page_token: str, count_limit: int = 0
+    ) -> StatsPage:
+        """Counts per queue, reported state and priority (each stopping at `count_limit`
+        when set), and oldest available age, of a page of queues after the token's queue."""
         filters = stats_filters(queue)
         after = decode_page_token(page_token, filters, str) or ""
         await self._settle_lapsed(namespace)
         now = now_us()
+        capped: dict[str, set[int]] = {}
         async with self._engine.transaction(isolation="repeatable_read", readonly=True) as tx:
             if queue:
                 names = [queue] if queue > after else []
             else:
-                names = [
-                    record[0]
-                    for record in await tx.conn.fetch(
-                        "SELECT DISTINCT queue FROM jobs WHERE namespace = $1 AND queue > $2"
-                        " ORDER BY queue LIMIT $3",
-                        namespace,
-                        after,
-                        page_size + 1,
-                    )
-                ]
+                sql = QUEUE_NAMES_SQL.format(ns="$1", after="$2", limit="$3")
+                names = [r[0] for r in await tx.conn.fetch(sql, namespace, after, page_size + 1)]
             more, names = len(names) > page_size, names[:page_size]
             if not names:
                 return StatsPage([], "")
-            params: list[object] = [now, namespace, names[0], names[-1]]
-            scope = "namespace = $2 AND queue >= $3 AND queue <= $4"
-            counts = await tx.conn.fetch(
-                "SELECT queue, CASE WHEN state = 1 AND run_after <= $1 THEN 2 ELSE state END AS s,"
-                f" priority, count(*) FROM jobs WHERE {scope}"
-                " GROUP BY queue, s, priority ORDER BY queue, s, priority",
-                *params,
+            if count_limit:
+                stored = await tx.conn.fetch(
+                    "SELECT q.queue, s.state, c.priority, count(*)"
+                    " FROM unnest($2::text[]) AS q (queue)"
+                    " CROSS JOIN unnest($3::int[]) AS s (state)"
+                    " CROSS JOIN LATERAL (SELECT priority FROM jobs WHERE namespace = $1"
+                    " AND queue = q.queue AND state = s.state LIMIT $4) AS c"
+                    " GROUP BY 1, 2, 3",
+                    namespace,
+                    names,
+                    list(STORED_STATES),
+                    count_limit,
+                )
+                due = await tx.conn.fetch(
+                    "SELECT q.queue, c.priority, count(*) FROM unnest($2::text[]) AS q (queue)"
+                    " CROSS JOIN LATERAL (SELECT priority FROM jobs WHERE namespace = $1"
+                    " AND queue = q.queue AND state = 1 AND run_after <= $4 LIMIT $3) AS c"
+                    " GROUP BY 1, 2",
+                    namespace,
+                    names,
+                    count_limit,
+                    now,
+                )
+                counts, capped = capped_counts(
+                    [(r[0], r[1], r[2], r[3]) for r in stored],
+                    [(r[0], r[1], r[2]) for r in due],
+                    count_limit,
+                )
+            else:
+                rows = await tx.conn.fetch(
+                    "SELECT queue, CASE WHEN state = 1 AND run_after <= $1 THEN 2 ELSE state END"
+                    " AS s, priority, count(*) FROM jobs"
+                    " WHERE namespace = $2 AND queue >= $3 AND queue <= $4"
+                    " GROUP BY queue, s, priority ORDER BY queue, s, priority",
+                    now,
+                    namespace,
+                    names[0],
+                    names[-1],
+                )
+                counts = [(r[0], r[1], r[2], r[3]) for r in rows]
+            earliest = await tx.conn.fetch(
+                "SELECT q.queue,"
+                " (SELECT min(run_after) FROM jobs WHERE namespace = $1 AND queue = q.queue"
+                " AND state = 2),"
+                " (SELECT min(run_after) FROM jobs WHERE namespace = $1 AND queue = q.queue"
+                " AND state = 1)"
+                " FROM unnest($2::text[]) AS q (queue)",
+                namespace,
+                names,
             )
-            oldest = await tx.conn.fetch(
-                f"SELECT queue, min(run_after) FROM jobs WHERE {scope}"
-                " AND (state = 2 OR (state = 1 AND run_after <= $1)) GROUP BY queue",
-                *params,
-            )
-        stats = queue_stats(
-            queue,
-            [(r[0], r[1], r[2], r[3]) for r in counts],
-            {r[0]: r[1] for r in oldest},
-            now,
-        )
-        return stats_page(stats, more, page_size, filters)
+        oldest = {
+            r[0]: since for r in earliest if (since := runnable_since(r[1], r[2], now)) is not None
+        }
+        return stats_page(queue_stats(queue, counts, oldest, now, capped), more, page_size, filters)
 
     async def change_position(self) -> int:
         """The newest change id committed so far."""

@@ -34,8 +34,10 @@ from statekeeper_server.stores.jobs import (
     CHANGE_COLUMNS,
     JOB_COLUMNS,
     LEASE_EXPIRED_ERROR,
+    QUEUE_NAMES_SQL,
     RUNNING,
     SCHEDULED,
+    STORED_STATES,
     SUCCEEDED,
     ChangeFilter,
     ChangePage,
@@ -54,6 +56,7 @@ from statekeeper_server.stores.jobs import (
     after_failure,
     cancel_allowed,
     cancelled_row,
+    capped_counts,
     change_of,
     change_page,
     changes_trimmed,
@@ -467,9 +470,11 @@ class SQLiteJobStore:
 
         return await self._read_settled(namespace, work)
 
-    async def stats(self, namespace: str, queue: str, page_size: int, page_token: str) -> StatsPage:
-        """Counts per queue, reported state and priority, and oldest available age, of a
-        page of queues after the token's queue."""
+    async def stats(
+        self, namespace: str, queue: str, page_size: int, page_token: str, count_limit: int = 0
+    ) -> StatsPage:
+        """Counts per queue, reported state and priority (each stopping at `count_limit`
+        when set), and oldest available age, of a page of queues after the token's queue."""
         filters = stats_filters(queue)
         after = decode_page_token(page_token, filters, str) or ""
 
@@ -478,33 +483,37 @@ class SQLiteJobStore:
             if queue:
                 names = [queue] if queue > after else []
             else:
-                names = [
-                    name
-                    for (name,) in conn.execute(
-                        "SELECT DISTINCT queue FROM jobs WHERE namespace = ? AND queue > ?"
-                        " ORDER BY queue LIMIT ?",
-                        (namespace, after, page_size + 1),
-                    )
-                ]
+                sql = QUEUE_NAMES_SQL.format(ns="?1", after="?2", limit="?3")
+                names = [name for (name,) in conn.execute(sql, (namespace, after, page_size + 1))]
             more, names = len(names) > page_size, names[:page_size]
             if not names:
                 return StatsPage([], "")
-            scope = "namespace = ? AND queue >= ? AND queue <= ?"
-            params: list[object] = [namespace, names[0], names[-1]]
-            counts = conn.execute(
-                "SELECT queue, CASE WHEN state = 1 AND run_after <= ? THEN 2 ELSE state END AS s,"
-                f" priority, COUNT(*) FROM jobs WHERE {scope}"
-                " GROUP BY queue, s, priority ORDER BY queue, s, priority",
-                [now, *params],
-            ).fetchall()
-            oldest = dict(
-                conn.execute(
-                    f"SELECT queue, MIN(run_after) FROM jobs WHERE {scope}"
-                    " AND (state = 2 OR (state = 1 AND run_after <= ?)) GROUP BY queue",
-                    [*params, now],
+            capped: dict[str, set[int]] = {}
+            if count_limit:
+                counts, capped = _capped_counts(conn, namespace, names, count_limit, now)
+            else:
+                counts = conn.execute(
+                    "SELECT queue, CASE WHEN state = 1 AND run_after <= ? THEN 2 ELSE state END"
+                    " AS s, priority, COUNT(*) FROM jobs"
+                    " WHERE namespace = ? AND queue >= ? AND queue <= ?"
+                    " GROUP BY queue, s, priority ORDER BY queue, s, priority",
+                    (now, namespace, names[0], names[-1]),
                 ).fetchall()
-            )
-            return stats_page(queue_stats(queue, counts, oldest, now), more, page_size, filters)
+            oldest = {}
+            for name in names:
+                available, scheduled = (
+                    conn.execute(
+                        "SELECT MIN(run_after) FROM jobs WHERE state = ? AND namespace = ?"
+                        " AND queue = ?",
+                        (state, namespace, name),
+                    ).fetchone()[0]
+                    for state in (AVAILABLE, SCHEDULED)
+                )
+                since = runnable_since(available, scheduled, now)
+                if since is not None:
+                    oldest[name] = since
+            stats = queue_stats(queue, counts, oldest, now, capped)
+            return stats_page(stats, more, page_size, filters)
 
         return await self._read_settled(namespace, work)
 
@@ -584,6 +593,36 @@ class SQLiteJobStore:
         while await self._write(lambda conn, effects: _settle(conn, effects, now_us(), scope)):
             continue
         return await self._engine.read(work)
+
+
+def _capped_counts(
+    conn: sqlite3.Connection, namespace: str, names: Sequence[str], limit: int, now: int
+) -> tuple[list[tuple[str, int, int, int]], dict[str, set[int]]]:
+    """`capped_counts` of the queues `names`: each (queue, stored state) counted over at
+    most `limit` entries of an index range."""
+    stored: list[tuple[str, int, int, int]] = []
+    due: list[tuple[str, int, int]] = []
+    for name in names:
+        for state in STORED_STATES:
+            stored += (
+                (name, state, int(priority), int(count))
+                for priority, count in conn.execute(
+                    "SELECT priority, COUNT(*) FROM (SELECT priority FROM jobs"
+                    " INDEXED BY jobs_by_queue WHERE namespace = ? AND queue = ? AND state = ?"
+                    " LIMIT ?) GROUP BY priority",
+                    (namespace, name, state, limit),
+                )
+            )
+        due += (
+            (name, int(priority), int(count))
+            for priority, count in conn.execute(
+                "SELECT priority, COUNT(*) FROM (SELECT priority FROM jobs"
+                " INDEXED BY jobs_scheduled WHERE namespace = ? AND queue = ? AND state = 1"
+                " AND run_after <= ? LIMIT ?) GROUP BY priority",
+                (namespace, name, now, limit),
+            )
+        )
+    return capped_counts(stored, due, limit)
 
 
 # -- transaction steps (run on the writer thread) -----------------------------------
