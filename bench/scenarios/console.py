@@ -26,6 +26,7 @@ from bench.load import RpcFailed, open_channels, percentile, raw_unary, rpc_erro
 from bench.report import Row, Target
 from bench.scenarios.common import store_label
 from statekeeper.v1 import events_pb2, jobs_pb2
+from statekeeper_server.console.overview_pages import COUNT_LIMIT, QUEUES_SHOWN
 from statekeeper_server.stores.events import RunFilter
 
 NS = "default"
@@ -214,7 +215,9 @@ def pages_of(sizes: Sizes, job_id: str) -> list[Page]:
             "overview",
             "/",
             method("JobService", "GetQueueStats"),
-            jobs_pb2.GetQueueStatsRequest(page_size=50).SerializeToString(),
+            jobs_pb2.GetQueueStatsRequest(
+                page_size=QUEUES_SHOWN, count_limit=COUNT_LIMIT
+            ).SerializeToString(),
         ),
         Page("runs, first page", "/runs", list_runs, runs(page_size=RUNS_PAGE).SerializeToString()),
         Page(
