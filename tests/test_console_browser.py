@@ -389,7 +389,9 @@ async def test_a_hostile_run_id_in_the_url_is_refused_naming_the_field_and_runs_
 async def test_hostile_run_id_prefix_and_session_filters_stay_in_their_fields(
     tab: ConsoleTab,
 ) -> None:
-    page = await tab.open_page(f"/runs?prefix={quote(HOSTILE)}&session={quote(HOSTILE)}")
+    page = await tab.open_page(
+        f"/runs?prefix={quote(HOSTILE)}&session={quote(HOSTILE)}", status=400
+    )
     await expect(page.get_by_label("Run id starts with")).to_have_value(HOSTILE)
     await expect(page.get_by_label("Session")).to_have_value(HOSTILE)
     await assert_nothing_ran(tab, page)

@@ -206,6 +206,12 @@ async def test_a_malformed_prefix_is_the_apis_400_naming_the_field(
     assert "<script>" not in text
 
 
+async def test_a_refused_filter_stays_in_its_field(browser: aiohttp.ClientSession) -> None:
+    text = await page(browser, "/runs?prefix=a%20b&session=s-1", status=400)
+    assert '<input name="prefix" value="a b">' in text
+    assert '<input name="session" value="s-1">' in text
+
+
 async def test_runs_list_says_what_to_do_when_empty_or_when_nothing_matches(
     client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
 ) -> None:

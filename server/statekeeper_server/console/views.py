@@ -269,27 +269,48 @@ class Console:
         )
 
     async def _runs(self, request: web.Request) -> web.Response:
+        """The runs list, filtered by the server (ListRuns' filters). A filter the API
+        refuses is a 400 page that keeps the filters in their fields, with the reason."""
         query = request.query
         filters: dict[str, Any] = {
             name: query.get(name, "") for name in ("prefix", "session", "terminal")
         }
         if filters["terminal"] not in TERMINAL_CHOICES:
-            return self.error(request, 400, "INVALID_ARGUMENT", "terminal: must be yes or no")
+            return self._runs_refused(request, filters, "terminal: must be yes or no")
         stub = events_pb2_grpc.EventLogServiceStub(self.channel())
-        response = await stub.ListRuns(
-            events_pb2.ListRunsRequest(
-                page_size=PAGE_SIZE,
-                page_token=query.get("page", ""),
-                run_id_prefix=filters["prefix"],
-                session_id=filters["session"],
-                terminal=TERMINAL_CHOICES[filters["terminal"]],
-            ),
-            metadata=self.options(request).metadata,
-            timeout=CALL_TIMEOUT,
-        )
+        try:
+            response = await stub.ListRuns(
+                events_pb2.ListRunsRequest(
+                    page_size=PAGE_SIZE,
+                    page_token=query.get("page", ""),
+                    run_id_prefix=filters["prefix"],
+                    session_id=filters["session"],
+                    terminal=TERMINAL_CHOICES[filters["terminal"]],
+                ),
+                metadata=self.options(request).metadata,
+                timeout=CALL_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            return self._runs_refused(request, filters, error.details() or "")
         runs = [run_view(run) for run in response.runs]
         return self.render(
-            request, "runs.html", runs=runs, next_page=response.next_page_token, **filters
+            request,
+            "runs.html",
+            runs=runs,
+            next_page=response.next_page_token,
+            problem="",
+            **filters,
+        )
+
+    def _runs_refused(
+        self, request: web.Request, filters: dict[str, Any], problem: str
+    ) -> web.Response:
+        """The runs list answering filters the API refused: HTTP 400, the filters kept in
+        their fields, the reason (naming the field) shown."""
+        return self.render(
+            request, "runs.html", status=400, runs=[], next_page="", problem=problem, **filters
         )
 
     async def _run(self, request: web.Request) -> web.Response:
