@@ -734,8 +734,9 @@ class ListAgentsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     agent_id_prefix: _builtins.str
-    """Only agents whose id starts with this text (compared byte by byte, in
-    UTF-8); empty lists every agent. At most 128 characters, no U+0000.
+    """Only agents whose id starts with this text; empty lists every agent.
+    When set, it must itself be a valid id (see common.proto), as every
+    leading part of an id is.
     """
     page_size: _builtins.int
     """Maximum agents per page: default 50, at most 1000 (larger values are
