@@ -189,6 +189,27 @@ async def fill_agent_history(store: Store) -> Callable[[], Awaitable[int]]:
     return read
 
 
+async def fill_latest_agents(store: Store) -> Callable[[], Awaitable[int]]:
+    for n in range(MANY):
+        await store.checkpoints.persist_agent(
+            NS,
+            checkpoints_pb2.AgentCheckpoint(
+                agent_id=f"agent-{n:02d}",
+                agent_state=checkpoints_pb2.AGENT_STATE_ACTIVE,
+                app_state=large(),
+            ),
+            retention=RetentionOverride(),
+            defaults=RetentionPolicy(),
+            now_us=now_us(),
+        )
+
+    async def read() -> int:
+        page = await store.checkpoints.list_latest_agents(NS, "", page_size=1000, page_token="")
+        return len(page.checkpoints)
+
+    return read
+
+
 LISTINGS = {
     "snapshots": fill_snapshots,
     "events": fill_events,
@@ -197,6 +218,7 @@ LISTINGS = {
     "workflow history": fill_workflow_history,
     "newest workflow of every run": fill_latest_workflows,
     "agent history": fill_agent_history,
+    "newest checkpoint of every agent": fill_latest_agents,
 }
 
 

@@ -143,6 +143,41 @@ async def test_list_agent_iterates_history_newest_first(client: statekeeper.Asyn
     assert listed == [3, 2, 1, 0]
 
 
+async def test_list_agents_iterates_every_agents_newest_checkpoint_in_id_order(
+    client: statekeeper.AsyncClient,
+) -> None:
+    for agent_id in ("agent-c", "agent-a", "agent-b", "agent-d"):
+        for n in range(2):
+            await client.checkpoints.persist_agent(
+                agent_id, checkpoints_pb2.AGENT_STATE_ACTIVE, app_state={"n": n}
+            )
+    listed = [
+        (c.agent_id, c.app_state["n"]) async for c in client.checkpoints.list_agents(page_size=3)
+    ]
+    assert listed == [("agent-a", 1), ("agent-b", 1), ("agent-c", 1), ("agent-d", 1)]
+
+
+async def test_list_agents_with_a_prefix_lists_only_matching_agents(
+    client: statekeeper.AsyncClient,
+) -> None:
+    for agent_id in ("planner-1", "planner-2", "plan", "worker-1"):
+        await client.checkpoints.persist_agent(agent_id, checkpoints_pb2.AGENT_STATE_READY)
+    listed = [c.agent_id async for c in client.checkpoints.list_agents("planner-", page_size=1)]
+    assert listed == ["planner-1", "planner-2"]
+
+
+async def test_the_blocking_client_lists_agents(store_url: str) -> None:
+    async with running_app(store_url) as app:
+
+        def use_blocking_client() -> list[str]:
+            with statekeeper.Client(f"127.0.0.1:{app.port}") as blocking:
+                blocking.checkpoints.persist_agent("agent-1", checkpoints_pb2.AGENT_STATE_READY)
+                return [c.agent_id for c in blocking.checkpoints.list_agents()]
+
+        listed = await asyncio.to_thread(use_blocking_client)
+    assert listed == ["agent-1"]
+
+
 async def test_deletes_report_how_many_checkpoints_went(client: statekeeper.AsyncClient) -> None:
     cps = client.checkpoints
     await cps.save_workflow("run-1", "wf")
@@ -269,6 +304,21 @@ async def test_invalid_agent_id_is_invalid_argument_naming_the_field(
     assert await invalid_field(stub.ListAgentCheckpoints(listing)) == ["agent_id"]
     delete = checkpoints_pb2.DeleteAgentCheckpointsRequest(agent_id=bad_id)
     assert await invalid_field(stub.DeleteAgentCheckpoints(delete)) == ["agent_id"]
+
+
+@pytest.mark.parametrize("bad_prefix", BAD_CHECKPOINT_IDS)
+async def test_invalid_agent_id_prefix_is_invalid_argument_naming_the_field(
+    stub: checkpoints_pb2_grpc.CheckpointServiceStub, bad_prefix: str
+) -> None:
+    listing = checkpoints_pb2.ListAgentsRequest(agent_id_prefix=bad_prefix)
+    assert await invalid_field(stub.ListAgents(listing)) == ["agent_id_prefix"]
+
+
+async def test_list_agents_with_a_negative_page_size_is_invalid_argument_naming_it(
+    stub: checkpoints_pb2_grpc.CheckpointServiceStub,
+) -> None:
+    listing = checkpoints_pb2.ListAgentsRequest(page_size=-1)
+    assert await invalid_field(stub.ListAgents(listing)) == ["page_size"]
 
 
 @pytest.mark.parametrize("bad_id", BAD_CHECKPOINT_IDS)

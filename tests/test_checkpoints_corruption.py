@@ -202,6 +202,20 @@ async def test_corrupt_newest_agent_checkpoint_is_data_loss_naming_it(
     assert caught.value.metadata["agent_id"] == "agent-1"
 
 
+async def test_listing_agents_over_a_corrupt_newest_checkpoint_reports_it(
+    db: Path, reopened: list[Store]
+) -> None:
+    ids = await persist_agents(db, 2)
+    corrupt(db, "agent_checkpoints", [ids[-1]])
+    store = await reopen(db, reopened)
+
+    with pytest.raises(DataLoss) as caught:
+        await store.checkpoints.list_latest_agents(NS, "", page_size=10, page_token="")
+
+    assert caught.value.metadata["checkpoint_id"] == ids[-1]
+    assert caught.value.metadata["agent_id"] == "agent-1"
+
+
 async def test_agent_recovery_falls_back_to_the_newest_readable_checkpoint(
     db: Path, reopened: list[Store]
 ) -> None:

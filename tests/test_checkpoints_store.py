@@ -94,12 +94,13 @@ async def persist(
     *,
     retention: RetentionOverride = SERVER_RETENTION,
     at_us: int | None = None,
+    namespace: str = NS,
 ) -> checkpoints_pb2.AgentCheckpoint:
     """Persist a copy of `checkpoint` (a save stamps its message); the checkpoint as stored."""
     sent = checkpoints_pb2.AgentCheckpoint()
     sent.CopyFrom(checkpoint)
     saved = await store.checkpoints.persist_agent(
-        NS,
+        namespace,
         sent,
         retention=retention,
         defaults=KEEP_ALL,
@@ -136,6 +137,22 @@ async def agent_history(store: Store, agent_id: str = "agent-1") -> list[str]:
         NS, agent_id, before="", page_size=1000, page_token=""
     )
     return [checkpoint.checkpoint_id for checkpoint in agents(page)]
+
+
+async def listed_agents(
+    store: Store, prefix: str = "", *, page_size: int = 1000, namespace: str = NS
+) -> list[list[str]]:
+    """Every page of the newest-per-agent listing, each as its agents' ids."""
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        page = await store.checkpoints.list_latest_agents(
+            namespace, prefix, page_size=page_size, page_token=token
+        )
+        pages.append([c.agent_id for c in agents(page)])
+        token = page.next_page_token
+        if not token:
+            return pages
 
 
 def metadata_filter(value: dict[str, Any]) -> WorkflowFilter:
@@ -459,6 +476,112 @@ async def test_latest_per_run_filters_on_the_newest_checkpoint_only(store: Store
 
     assert drafts.checkpoints == []
     assert [c.run_id for c in workflows(finals)] == ["run-1"]
+
+
+async def test_latest_per_agent_lists_each_agents_newest_in_agent_id_order(
+    store: Store,
+) -> None:
+    for agent_id in ("agent-c", "agent-a", "agent-b"):
+        for n in range(3):
+            await persist(store, agent(agent_id, app_state=struct({"n": n})))
+
+    page = await store.checkpoints.list_latest_agents(NS, "", page_size=2, page_token="")
+    following = await store.checkpoints.list_latest_agents(
+        NS, "", page_size=2, page_token=page.next_page_token
+    )
+
+    listed = [*agents(page), *agents(following)]
+    assert [(c.agent_id, c.app_state["n"]) for c in listed] == [
+        ("agent-a", 2),
+        ("agent-b", 2),
+        ("agent-c", 2),
+    ]
+    assert following.next_page_token == ""
+
+
+async def test_latest_per_agent_returns_the_newest_checkpoint_as_stored(store: Store) -> None:
+    await persist(store, agent("agent-1", app_state=struct({"n": 1})))
+    newest = await persist(store, agent("agent-1", app_state=struct({"n": 2})))
+
+    page = await store.checkpoints.list_latest_agents(NS, "", page_size=10, page_token="")
+
+    assert agents(page) == [newest]
+
+
+async def test_latest_per_agent_of_a_namespace_without_agents_is_one_empty_page(
+    store: Store,
+) -> None:
+    assert await listed_agents(store) == [[]]
+
+
+async def test_latest_per_agent_lists_only_ids_starting_with_the_prefix(store: Store) -> None:
+    for agent_id in ("agent", "agent-1", "agent-10", "agent-2", "agenta", "agent.", "b", "a"):
+        await persist(store, agent(agent_id))
+
+    assert await listed_agents(store, "agent-1") == [["agent-1", "agent-10"]]
+    assert await listed_agents(store, "agent") == [
+        ["agent", "agent-1", "agent-10", "agent-2", "agent.", "agenta"]
+    ]
+    assert await listed_agents(store, "z") == [[]]
+
+
+async def test_latest_per_agent_with_a_prefix_pages_only_over_matches(store: Store) -> None:
+    for n in range(7):
+        await persist(store, agent(f"worker-{n}"))
+        await persist(store, agent(f"other-{n}"))
+
+    pages = await listed_agents(store, "worker-", page_size=3)
+
+    assert pages == [
+        ["worker-0", "worker-1", "worker-2"],
+        ["worker-3", "worker-4", "worker-5"],
+        ["worker-6"],
+    ]
+
+
+async def test_latest_per_agent_leaves_out_deleted_agents(store: Store) -> None:
+    for agent_id in ("agent-1", "agent-2", "agent-3"):
+        await persist(store, agent(agent_id))
+
+    await store.checkpoints.delete_agent(NS, "agent-2")
+
+    assert await listed_agents(store) == [["agent-1", "agent-3"]]
+
+
+async def test_latest_per_agent_keeps_namespaces_apart(store: Store) -> None:
+    await persist(store, agent("agent-1"))
+    await persist(store, agent("agent-2"), namespace="other")
+
+    assert await listed_agents(store) == [["agent-1"]]
+    assert await listed_agents(store, namespace="other") == [["agent-2"]]
+
+
+async def test_latest_per_agent_token_used_with_another_prefix_is_invalid(store: Store) -> None:
+    for n in range(3):
+        await persist(store, agent(f"agent-{n}"))
+    page = await store.checkpoints.list_latest_agents(NS, "agent-", page_size=1, page_token="")
+
+    with pytest.raises(InvalidArgument) as caught:
+        await store.checkpoints.list_latest_agents(
+            NS, "agent-1", page_size=1, page_token=page.next_page_token
+        )
+    assert caught.value.field == "page_token"
+
+
+async def test_latest_per_agent_token_of_the_newest_per_run_listing_is_invalid(
+    store: Store,
+) -> None:
+    for n in range(3):
+        await save(store, workflow(run_id=f"run-{n}"))
+    page = await store.checkpoints.list_latest_workflows(
+        NS, WorkflowFilter(), page_size=1, page_token=""
+    )
+
+    with pytest.raises(InvalidArgument) as caught:
+        await store.checkpoints.list_latest_agents(
+            NS, "", page_size=1, page_token=page.next_page_token
+        )
+    assert caught.value.field == "page_token"
 
 
 # -- metadata filters ---------------------------------------------------------------

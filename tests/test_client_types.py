@@ -85,6 +85,11 @@ async def use_every_async_method(client: statekeeper.AsyncClient) -> None:
         AsyncGenerator[checkpoints_pb2.AgentCheckpoint, None],
     )
     assert [a.agent_id async for a in agents] == ["agent-1"]
+    newest = assert_type(
+        client.checkpoints.list_agents("agent-", page_size=5),
+        AsyncGenerator[checkpoints_pb2.AgentCheckpoint, None],
+    )
+    assert [a async for a in newest] == [agent]
     assert assert_type(await client.checkpoints.delete_agent("agent-1"), int) == 1
 
     # events
@@ -250,6 +255,11 @@ def use_every_blocking_method(client: statekeeper.Client) -> None:
         Generator[checkpoints_pb2.AgentCheckpoint, None, None],
     )
     assert [a.agent_id for a in agents] == ["agent-1"]
+    newest = assert_type(
+        client.checkpoints.list_agents("agent-", page_size=5),
+        Generator[checkpoints_pb2.AgentCheckpoint, None, None],
+    )
+    assert list(newest) == [agent]
     assert assert_type(client.checkpoints.delete_agent("agent-1"), int) == 1
 
     # events

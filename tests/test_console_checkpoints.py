@@ -25,6 +25,8 @@ from statekeeper_server.console.checkpoint_pages import (
     metadata_filter,
 )
 from statekeeper_server.console.paging_links import Pager, href
+from statekeeper_server.stores.checkpoints import RetentionOverride, RetentionPolicy
+from statekeeper_server.timestamps import now_us
 from tests.harness import running_app
 
 # The console signs visitors in only without access control; these tests read as
@@ -350,6 +352,16 @@ async def test_diff_lists_added_removed_and_changed_paths(
     ]
 
 
+@pytest.mark.parametrize("kind", ["added", "removed", "changed"])
+async def test_the_stylesheet_colours_each_kind_of_diff_row(
+    browser: aiohttp.ClientSession, kind: str
+) -> None:
+    async with browser.get("/static/console.css") as response:
+        assert response.status == 200
+        stylesheet = await response.text()
+    assert re.search(rf"tr\.change\.{kind} \{{ background: #[0-9a-f]{{6}}; \}}", stylesheet)
+
+
 async def test_diff_shows_old_and_new_values_pretty_printed(
     client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
 ) -> None:
@@ -426,12 +438,112 @@ async def test_agent_lookup_leads_to_the_agents_page_in_the_same_namespace(
         assert response.headers["Location"] == "/checkpoints/agents/agent-7?namespace=acme"
 
 
-async def test_agent_lookup_page_says_how_an_agent_gets_a_first_checkpoint(
+async def test_agents_list_shows_each_agent_with_its_newest_checkpoint_linking_to_it(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    await client.checkpoints.persist_agent("agent-b", READY)
+    newest = await client.checkpoints.persist_agent(
+        "agent-b", ACTIVE, app_state={"n": 2}, in_flight_tasks=4, reason="tick"
+    )
+    other = await client.checkpoints.persist_agent("agent-a", READY)
+    found = rows(await page(browser, "/checkpoints/agents"), "agent")
+    assert len(found) == 2
+    assert '<a href="/checkpoints/agents/agent-a?namespace=default">agent-a</a>' in found[0]
+    assert other.checkpoint_id in found[0]
+    assert '<a href="/checkpoints/agents/agent-b?namespace=default">agent-b</a>' in found[1]
+    assert newest.checkpoint_id in found[1]
+    assert "ACTIVE" in found[1]
+    assert "<td>4</td>" in found[1]
+    assert "tick" in found[1]
+    iso = newest.create_time.ToJsonString()
+    assert f'<time datetime="{iso}">{iso}</time>' in found[1]
+
+
+async def test_agents_list_percent_encodes_agent_ids_in_its_links(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    await client.checkpoints.persist_agent("team@host:7", READY)
+    [row] = rows(await page(browser, "/checkpoints/agents"), "agent")
+    assert 'href="/checkpoints/agents/team%40host%3A7?namespace=default"' in row
+
+
+async def test_agents_list_shows_only_agents_whose_id_starts_with_the_prefix(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    for agent_id in ("planner-1", "planner-2", "plan", "worker-1"):
+        await client.checkpoints.persist_agent(agent_id, READY)
+    text = await page(browser, "/checkpoints/agents?prefix=planner-")
+    found = rows(text, "agent")
+    assert [">planner-1</a>" in found[0], ">planner-2</a>" in found[1]] == [True, True]
+    assert len(found) == 2
+    assert '<input name="prefix" value="planner-">' in text
+
+
+async def test_agents_list_pages_older_and_back_newer_keeping_the_prefix(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    for n in range(PAGE_SIZE + 3):
+        await client.checkpoints.persist_agent(f"agent-{n:03}", READY)
+    await client.checkpoints.persist_agent("other", READY)
+    first = await page(browser, "/checkpoints/agents?prefix=agent-")
+    assert len(rows(first, "agent")) == PAGE_SIZE
+    assert link(first, "newer") is None
+    older = link(first, "older")
+    assert older is not None
+    assert parse_qs(urlsplit(older).query)["prefix"] == ["agent-"]
+    second = await page(browser, older)
+    assert len(rows(second, "agent")) == 3
+    assert "agent-052" in second
+    assert "other" not in second
+    assert link(second, "older") is None
+    newer = link(second, "newer")
+    assert newer is not None
+    assert rows(await page(browser, newer), "agent") == rows(first, "agent")
+
+
+async def test_an_empty_agents_list_says_how_an_agent_gets_a_first_checkpoint(
     browser: aiohttp.ClientSession,
 ) -> None:
     text = await page(browser, "/checkpoints/agents")
-    assert '<input name="agent" required>' in text
+    assert rows(text, "agent") == []
+    assert '<p class="empty">No agent has a checkpoint' in text
     assert "PersistAgentCheckpoint" in text
+
+
+async def test_a_prefix_matching_no_agent_offers_to_show_every_agent(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    await client.checkpoints.persist_agent("agent-1", READY)
+    text = await page(browser, "/checkpoints/agents?prefix=nobody")
+    assert "No agent's id starts with <code>nobody</code>" in text
+    assert 'href="/checkpoints/agents?namespace=default">Show every agent' in text
+
+
+async def test_a_hostile_prefix_is_a_400_page_naming_the_field_escaped(
+    browser: aiohttp.ClientSession,
+) -> None:
+    text = await page(browser, "/checkpoints/agents?prefix=" + quote(HOSTILE), status=400)
+    assert "INVALID_ARGUMENT" in text
+    assert "agent_id_prefix" in text
+    assert "<script>" not in text
+
+
+async def test_hostile_agent_ids_already_stored_are_escaped_in_the_list(
+    app: Application, browser: aiohttp.ClientSession
+) -> None:
+    # The API refuses such ids; a store written by other means may still hold one.
+    await app.store.checkpoints.persist_agent(
+        "default",
+        checkpoints_pb2.AgentCheckpoint(agent_id=HOSTILE, agent_state=READY),
+        retention=RetentionOverride(),
+        defaults=RetentionPolicy(),
+        now_us=now_us(),
+    )
+    text = await page(browser, "/checkpoints/agents")
+    [row] = rows(text, "agent")
+    assert "<script>" not in text
+    assert '">&lt;script&gt;alert(1)&lt;/script&gt;&#34;&#39;</a>' in row
+    assert 'href="/checkpoints/agents/%3Cscript%3Ealert%281%29%3C%2Fscript%3E%22%27?' in row
 
 
 async def test_agent_page_shows_its_newest_checkpoint_and_history_newest_first(
@@ -609,6 +721,7 @@ async def test_hostile_workflow_names_metadata_and_scope_keys_are_escaped(
             browser, f"/checkpoints/runs/run-a/diff?from={a.checkpoint_id}&to={b.checkpoint_id}"
         ),
         await page(browser, "/checkpoints/agents/agent-7"),
+        await page(browser, "/checkpoints/agents"),
     ]
     for text in pages:
         assert "<script>" not in text
@@ -654,9 +767,17 @@ async def test_every_link_keeps_the_namespace(
     async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}", namespace="acme", token="") as acme:
         await acme.checkpoints.save_workflow("run-a", "billing")
         await acme.checkpoints.save_workflow("run-a", "billing")
+        await acme.checkpoints.persist_agent("agent-a", READY)
         await acme.snapshots.save(snapshot("run-a"))
     assert "run-a" not in await page(browser, "/checkpoints")
-    for path in ["/checkpoints", "/checkpoints/runs/run-a", "/snapshots", "/snapshots/run-a"]:
+    assert "agent-a" not in await page(browser, "/checkpoints/agents")
+    for path in [
+        "/checkpoints",
+        "/checkpoints/runs/run-a",
+        "/checkpoints/agents",
+        "/snapshots",
+        "/snapshots/run-a",
+    ]:
         text = await page(browser, path + "?namespace=acme")
         targets = re.findall(r'href="(/(?:checkpoints|snapshots)[^"]*)"', text)
         assert targets

@@ -186,6 +186,27 @@ async def test_a_page_of_large_agent_checkpoints_holds_fewer_and_continues(
     assert [c.checkpoint_id for page in pages for c in page] == saved[::-1]
 
 
+async def test_a_page_of_every_agents_large_newest_checkpoint_holds_fewer_and_continues(
+    channel: grpc.aio.Channel,
+) -> None:
+    stub = checkpoints_pb2_grpc.CheckpointServiceStub(channel)
+    for n in range(RECORDS):
+        checkpoint = checkpoints_pb2.AgentCheckpoint(
+            agent_id=f"agent-{n:02}",
+            agent_state=checkpoints_pb2.AGENT_STATE_ACTIVE,
+            app_state=large(),
+        )
+        await stub.PersistAgentCheckpoint(
+            checkpoints_pb2.PersistAgentCheckpointRequest(checkpoint=checkpoint)
+        )
+    pages = await every_page(
+        lambda token: stub.ListAgents(checkpoints_pb2.ListAgentsRequest(page_token=token)),
+        "checkpoints",
+    )
+    assert len(pages) > 1
+    assert [c.agent_id for page in pages for c in page] == [f"agent-{n:02}" for n in range(RECORDS)]
+
+
 # -- jobs: leases, watches, statistics -------------------------------------------------------
 
 

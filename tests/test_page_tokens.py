@@ -201,6 +201,13 @@ def list_calls(
             checkpoints.agent_history_filters("agent-1", ""),
             int,
         ),
+        "ListAgents": (
+            lambda token: checkpoint_stub.ListAgents(
+                checkpoints_pb2.ListAgentsRequest(page_token=token)
+            ),
+            checkpoints.latest_agents_filters(""),
+            str,
+        ),
     }
 
 

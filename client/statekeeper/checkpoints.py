@@ -228,6 +228,20 @@ class CheckpointCalls:
         )
 
     @staticmethod
+    def list_agents(
+        agent_id_prefix: str = "", *, page_size: int = 0
+    ) -> Pages[checkpoints_pb2.AgentCheckpoint]:
+        """The newest checkpoint of every agent (only those whose id starts with
+        `agent_id_prefix`, when given), in agent_id order, page by page."""
+        return Pages(
+            "ListAgents",
+            lambda token: checkpoints_pb2.ListAgentsRequest(
+                agent_id_prefix=agent_id_prefix, page_size=page_size, page_token=token
+            ),
+            lambda response: response.checkpoints,
+        )
+
+    @staticmethod
     def delete_agent(agent_id: str) -> Unary[int]:
         """Delete the agent's whole history; how many checkpoints it had."""
         return Unary(
@@ -239,7 +253,7 @@ class CheckpointCalls:
 
 
 class CheckpointsClient(aio.Family):
-    """Save, load, list and delete workflow checkpoints; persist and recover agents."""
+    """Save, load, list and delete workflow checkpoints; persist, recover and list agents."""
 
     stub = checkpoints_pb2_grpc.CheckpointServiceStub
     save_workflow = aio.unary(CheckpointCalls.save_workflow)
@@ -249,11 +263,12 @@ class CheckpointsClient(aio.Family):
     persist_agent = aio.unary(CheckpointCalls.persist_agent)
     recover_agent = aio.unary(CheckpointCalls.recover_agent)
     list_agent = aio.pages(CheckpointCalls.list_agent)
+    list_agents = aio.pages(CheckpointCalls.list_agents)
     delete_agent = aio.unary(CheckpointCalls.delete_agent)
 
 
 class BlockingCheckpointsClient(sync.Family):
-    """Save, load, list and delete workflow checkpoints; persist and recover agents
+    """Save, load, list and delete workflow checkpoints; persist, recover and list agents
     (blocking)."""
 
     stub = checkpoints_pb2_grpc.CheckpointServiceStub
@@ -264,4 +279,5 @@ class BlockingCheckpointsClient(sync.Family):
     persist_agent = sync.unary(CheckpointCalls.persist_agent)
     recover_agent = sync.unary(CheckpointCalls.recover_agent)
     list_agent = sync.pages(CheckpointCalls.list_agent)
+    list_agents = sync.pages(CheckpointCalls.list_agents)
     delete_agent = sync.unary(CheckpointCalls.delete_agent)

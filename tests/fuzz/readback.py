@@ -260,6 +260,15 @@ async def _agent(session: Session, cause: Planned, record: Message) -> None:
         page: checkpoints_pb2.ListAgentCheckpointsResponse = history[0]  # type: ignore[assignment]
         if not page.checkpoints or not same(page.checkpoints[0], checkpoint):
             reader.fail("record reads back changed", "ListAgentCheckpoints")
+    # The agent's own id is the first id starting with it.
+    listed = await reader.one(
+        "CheckpointService.ListAgents",
+        checkpoints_pb2.ListAgentsRequest(agent_id_prefix=agent_id, page_size=1),
+    )
+    if listed is not None:
+        agents: checkpoints_pb2.ListAgentsResponse = listed[0]  # type: ignore[assignment]
+        if not agents.checkpoints or not same(agents.checkpoints[0], checkpoint):
+            reader.fail("record reads back changed", "ListAgents")
 
 
 READERS: dict[str, Callable[[Session, Planned, Message], Awaitable[None]]] = {

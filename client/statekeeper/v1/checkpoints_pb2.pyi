@@ -725,6 +725,76 @@ class ListAgentCheckpointsResponse(_message.Message):
 Global___ListAgentCheckpointsResponse: _TypeAlias = ListAgentCheckpointsResponse  # noqa: Y015
 
 @_typing.final
+class ListAgentsRequest(_message.Message):
+    """Request of CheckpointService.ListAgents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_PREFIX_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    agent_id_prefix: _builtins.str
+    """Only agents whose id starts with this text; empty lists every agent.
+    When set, it must itself be a valid id (see common.proto), as every
+    leading part of an id is.
+    """
+    page_size: _builtins.int
+    """Maximum agents per page: default 50, at most 1000 (larger values are
+    lowered); negative is INVALID_ARGUMENT. A page holds fewer when the
+    checkpoints are large, so that it stays within the response size
+    limit (at least one agent).
+    """
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page. A
+    token is valid only with the `agent_id_prefix` it was issued for.
+    """
+    def __init__(
+        self,
+        *,
+        agent_id_prefix: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id_prefix", b"agent_id_prefix", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAgentsRequest: _TypeAlias = ListAgentsRequest  # noqa: Y015
+
+@_typing.final
+class ListAgentsResponse(_message.Message):
+    """Response of CheckpointService.ListAgents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty when this is the last page."""
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentCheckpoint]:
+        """The newest checkpoint of each agent of this page, in agent_id order:
+        each names its agent (`agent_id`) and when it was stored
+        (`create_time`, the time of the agent's last checkpoint).
+        """
+
+    def __init__(
+        self,
+        *,
+        checkpoints: _abc.Iterable[Global___AgentCheckpoint] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAgentsResponse: _TypeAlias = ListAgentsResponse  # noqa: Y015
+
+@_typing.final
 class DeleteAgentCheckpointsRequest(_message.Message):
     """Request of CheckpointService.DeleteAgentCheckpoints."""
 

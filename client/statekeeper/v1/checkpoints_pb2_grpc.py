@@ -88,6 +88,11 @@ class CheckpointServiceStub:
                 request_serializer=statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentCheckpointsRequest.SerializeToString,
                 response_deserializer=statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentCheckpointsResponse.FromString,
                 _registered_method=True)
+        self.ListAgents = channel.unary_unary(
+                '/statekeeper.v1.CheckpointService/ListAgents',
+                request_serializer=statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentsRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentsResponse.FromString,
+                _registered_method=True)
         self.DeleteAgentCheckpoints = channel.unary_unary(
                 '/statekeeper.v1.CheckpointService/DeleteAgentCheckpoints',
                 request_serializer=statekeeper_dot_v1_dot_checkpoints__pb2.DeleteAgentCheckpointsRequest.SerializeToString,
@@ -172,6 +177,14 @@ class CheckpointServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAgents(self, request, context):
+        """Lists agents that have checkpoints, each by its newest checkpoint, in
+        agent_id order, optionally only those whose id starts with a prefix.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteAgentCheckpoints(self, request, context):
         """Deletes the whole history of an agent. Idempotent.
         """
@@ -216,6 +229,11 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     servicer.ListAgentCheckpoints,
                     request_deserializer=statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentCheckpointsRequest.FromString,
                     response_serializer=statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentCheckpointsResponse.SerializeToString,
+            ),
+            'ListAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgents,
+                    request_deserializer=statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentsRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentsResponse.SerializeToString,
             ),
             'DeleteAgentCheckpoints': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAgentCheckpoints,
@@ -431,6 +449,33 @@ class CheckpointService:
             '/statekeeper.v1.CheckpointService/ListAgentCheckpoints',
             statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentCheckpointsRequest.SerializeToString,
             statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.CheckpointService/ListAgents',
+            statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentsRequest.SerializeToString,
+            statekeeper_dot_v1_dot_checkpoints__pb2.ListAgentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,10 @@ class CheckpointServiceStub:
     """
     ListAgentCheckpoints: _grpc.UnaryUnaryMultiCallable[_checkpoints_pb2.ListAgentCheckpointsRequest, _checkpoints_pb2.ListAgentCheckpointsResponse]
     """Returns an agent's history, newest first."""
+    ListAgents: _grpc.UnaryUnaryMultiCallable[_checkpoints_pb2.ListAgentsRequest, _checkpoints_pb2.ListAgentsResponse]
+    """Lists agents that have checkpoints, each by its newest checkpoint, in
+    agent_id order, optionally only those whose id starts with a prefix.
+    """
     DeleteAgentCheckpoints: _grpc.UnaryUnaryMultiCallable[_checkpoints_pb2.DeleteAgentCheckpointsRequest, _checkpoints_pb2.DeleteAgentCheckpointsResponse]
     """Deletes the whole history of an agent. Idempotent."""
 
@@ -127,6 +131,10 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
     """
     ListAgentCheckpoints: _aio.UnaryUnaryMultiCallable[_checkpoints_pb2.ListAgentCheckpointsRequest, _checkpoints_pb2.ListAgentCheckpointsResponse]  # type: ignore[assignment]
     """Returns an agent's history, newest first."""
+    ListAgents: _aio.UnaryUnaryMultiCallable[_checkpoints_pb2.ListAgentsRequest, _checkpoints_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    """Lists agents that have checkpoints, each by its newest checkpoint, in
+    agent_id order, optionally only those whose id starts with a prefix.
+    """
     DeleteAgentCheckpoints: _aio.UnaryUnaryMultiCallable[_checkpoints_pb2.DeleteAgentCheckpointsRequest, _checkpoints_pb2.DeleteAgentCheckpointsResponse]  # type: ignore[assignment]
     """Deletes the whole history of an agent. Idempotent."""
 
@@ -217,6 +225,16 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_checkpoints_pb2.ListAgentCheckpointsResponse, _abc.Awaitable[_checkpoints_pb2.ListAgentCheckpointsResponse]]:
         """Returns an agent's history, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListAgents(
+        self,
+        request: _checkpoints_pb2.ListAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_checkpoints_pb2.ListAgentsResponse, _abc.Awaitable[_checkpoints_pb2.ListAgentsResponse]]:
+        """Lists agents that have checkpoints, each by its newest checkpoint, in
+        agent_id order, optionally only those whose id starts with a prefix.
+        """
 
     @_abc_1.abstractmethod
     def DeleteAgentCheckpoints(

@@ -1,7 +1,8 @@
 """The console's checkpoint pages: workflow runs with their newest checkpoint, a
 run's history (newest first, with its parent chain), the diff of two of its
-checkpoints' `scope_snapshot`, and an agent's history. Every page reads through
-CheckpointService, one page of at most PAGE_SIZE checkpoints at a time."""
+checkpoints' `scope_snapshot`, agents with their newest checkpoint, and an agent's
+history. Every page reads through CheckpointService, one page of at most PAGE_SIZE
+checkpoints at a time."""
 
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ _EMPTY = struct_pb2.Struct()
 
 def install(console: Console, app: web.Application) -> None:
     """Add `/checkpoints` (workflow runs), `/checkpoints/runs/{run_id}` (history),
-    `.../diff`, `.../{checkpoint_id}`, `/checkpoints/agents` (look up an agent) and
-    `/checkpoints/agents/{agent_id}` (its history) to `app`."""
+    `.../diff`, `.../{checkpoint_id}`, `/checkpoints/agents` (agents with their
+    newest checkpoint) and `/checkpoints/agents/{agent_id}` (an agent's history) to
+    `app`."""
     pages = _CheckpointPages(console)
     app.router.add_get("/checkpoints", console.guard(pages.workflows))
     app.router.add_get("/checkpoints/runs/{run_id}", console.guard(pages.history))
@@ -320,9 +322,30 @@ class _CheckpointPages:
 
     async def agents(self, request: web.Request) -> web.Response:
         agent_id = request.query.get("agent", "").strip()
-        if agent_id:
+        if agent_id:  # an agent's id given whole (links and bookmarks of earlier pages)
             raise web.HTTPSeeOther(href(request, ["checkpoints", "agents", agent_id]))
-        return self._console.render(request, "agents.html")
+        prefix = request.query.get("prefix", "").strip()
+        pager = Pager.of(request)
+        response = await self._stub().ListAgents(  # INVALID_ARGUMENT for a malformed prefix
+            checkpoints_pb2.ListAgentsRequest(
+                agent_id_prefix=prefix, page_size=PAGE_SIZE, page_token=pager.page
+            ),
+            **self._call(request),
+        )
+        segments = ["checkpoints", "agents"]
+        filters: dict[str, Any] = {"prefix": prefix}
+        return self._console.render(
+            request,
+            "agents.html",
+            # A page may hold megabytes of app state: convert it off the event loop.
+            agents=await asyncio.to_thread(listed_agents, response.checkpoints),
+            prefix=prefix,
+            older=_link(request, segments, filters, pager.older(response.next_page_token)),
+            newer=_link(request, segments, filters, pager.newer()),
+            every=href(request, segments),
+            history=lambda agent_id: href(request, [*segments, agent_id]),
+            fold=FOLD_CHARS,
+        )
 
     async def agent(self, request: web.Request) -> web.Response:
         agent_id = request.match_info["agent_id"]
@@ -348,7 +371,7 @@ class _CheckpointPages:
             older=_link(request, segments, {}, pager.older(response.next_page_token)),
             newer=_link(request, segments, {}, pager.newer()),
             first=href(request, segments),
-            lookup=href(request, ["checkpoints", "agents"]),
+            every=href(request, ["checkpoints", "agents"]),
             fold=FOLD_CHARS,
         )
 

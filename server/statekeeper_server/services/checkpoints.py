@@ -228,6 +228,20 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
         )
         return page_response(checkpoints_pb2.ListAgentCheckpointsResponse, page)
 
+    async def ListAgents(  # type: ignore[override]  # answers with wire bytes
+        self, request: checkpoints_pb2.ListAgentsRequest, context: Context
+    ) -> bytes:
+        """A page of the newest checkpoint of each agent, in agent_id order, optionally
+        only agents whose id starts with `agent_id_prefix`; the ListAgentsResponse's
+        wire bytes."""
+        namespace = request_namespace(context)
+        prefix = optional_id(request.agent_id_prefix, "agent_id_prefix")
+        size = page_size(request.page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
+        page = await self._store.list_latest_agents(
+            namespace, prefix, page_size=size, page_token=request.page_token
+        )
+        return page_response(checkpoints_pb2.ListAgentsResponse, page)
+
     async def DeleteAgentCheckpoints(
         self, request: checkpoints_pb2.DeleteAgentCheckpointsRequest, context: Context
     ) -> checkpoints_pb2.DeleteAgentCheckpointsResponse:
@@ -248,7 +262,9 @@ LoadResponse = type[
     checkpoints_pb2.LoadWorkflowCheckpointResponse | checkpoints_pb2.RecoverAgentCheckpointResponse
 ]
 ListResponse = type[
-    checkpoints_pb2.ListWorkflowCheckpointsResponse | checkpoints_pb2.ListAgentCheckpointsResponse
+    checkpoints_pb2.ListWorkflowCheckpointsResponse
+    | checkpoints_pb2.ListAgentCheckpointsResponse
+    | checkpoints_pb2.ListAgentsResponse
 ]
 
 

@@ -308,6 +308,13 @@ class CheckpointStore(Protocol):
     ) -> CheckpointPage:
         """A page of the agent's checkpoints, newest first."""
 
+    async def list_latest_agents(
+        self, namespace: str, agent_id_prefix: str, *, page_size: int, page_token: str
+    ) -> CheckpointPage:
+        """A page of the newest checkpoint of each agent whose id starts with
+        `agent_id_prefix` (all when empty), in agent_id order: an index range
+        scan, however many agents and checkpoints there are."""
+
     async def delete_agent(self, namespace: str, agent_id: str) -> int:
         """Delete the agent's whole history; how many checkpoints it had."""
 
@@ -492,6 +499,35 @@ def workflow_history_filters(run_id: str, before: str, where: WorkflowFilter) ->
 def latest_workflows_filters(where: WorkflowFilter) -> dict[str, object]:
     """The filters a page token of the newest-per-run listing is bound to."""
     return {"list": "latest_workflows", **where.token_filters()}
+
+
+def latest_agents_filters(agent_id_prefix: str) -> dict[str, object]:
+    """The filters a page token of the newest-per-agent listing is bound to."""
+    return {"list": "latest_agents", "agent_id_prefix": agent_id_prefix}
+
+
+_MAX_CODE_POINT = 0x10FFFF
+_SURROGATES = range(0xD800, 0xE000)
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest key after every key that starts with `prefix`, in code point
+    order (the byte order of UTF-8, which SQLite's BINARY and PostgreSQL's "C"
+    collations follow); None when no key bounds them from above (an empty
+    prefix, or one made only of the last code point).
+
+    The keys starting with `prefix` are exactly those in `[prefix, end)`: an
+    index on the key answers that as a range scan, unlike LIKE on caller text.
+    """
+    stem = prefix
+    while stem and ord(stem[-1]) == _MAX_CODE_POINT:
+        stem = stem[:-1]
+    if not stem:
+        return None
+    following = ord(stem[-1]) + 1
+    if following in _SURROGATES:
+        following = _SURROGATES.stop
+    return stem[:-1] + chr(following)
 
 
 def agent_history_filters(agent_id: str, before: str) -> dict[str, object]:

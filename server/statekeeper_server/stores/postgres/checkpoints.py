@@ -51,6 +51,7 @@ from statekeeper_server.stores.checkpoints import (
     agent_history_filters,
     checkpoint_not_found,
     history_page,
+    latest_agents_filters,
     latest_page,
     latest_workflows_filters,
     metadata_json,
@@ -59,6 +60,7 @@ from statekeeper_server.stores.checkpoints import (
     mint_workflow,
     newest_readable,
     no_checkpoint,
+    prefix_end,
     readable_checkpoint,
     stored_size,
     workflow_history_filters,
@@ -339,6 +341,18 @@ class PostgresCheckpointStore:
             page_token=page_token,
         )
 
+    async def list_latest_agents(
+        self, namespace: str, agent_id_prefix: str, *, page_size: int, page_token: str
+    ) -> CheckpointPage:
+        """A page of agent heads after the token's agent_id: a range scan of the heads'
+        primary key (namespace, agent_id), each joined to its row by seq. A head
+        still being claimed by a first save (no seq yet) is not listed."""
+        filters = latest_agents_filters(agent_id_prefix)
+        after = decode_page_token(page_token, filters, str) or ""
+        sql, params = latest_agents_query(namespace, agent_id_prefix, after, page_size)
+        rows, more = await self._fetch_page(sql, params, order="owner", limit=page_size)
+        return latest_page(checkpoints_pb2.AgentCheckpoint, AGENT, rows, more, filters)
+
     async def delete_agent(self, namespace: str, agent_id: str) -> int:
         """Delete every checkpoint of the agent."""
         return await self._delete(_AGENTS, namespace, agent_id)
@@ -615,6 +629,25 @@ def _workflow_conditions(where: WorkflowFilter, params: Params, *, name_column: 
             continue
         sql += f" AND c.metadata -> {params.add(condition.key)} = {params.add(value)}::jsonb"
     return sql
+
+
+def latest_agents_query(
+    namespace: str, agent_id_prefix: str, after: str, page_size: int
+) -> tuple[str, Params]:
+    """The query of a page of agent heads (seq, owner, checkpoint_id, data): ids
+    after `after` starting with `agent_id_prefix`, `page_size` + 1 of them, by
+    a range scan of the heads' primary key."""
+    params = Params(namespace, after, agent_id_prefix)
+    sql = (
+        "SELECT c.seq, c.agent_id AS owner, c.checkpoint_id, c.data"
+        " FROM agent_checkpoint_heads h JOIN agent_checkpoints c ON c.seq = h.seq"
+        " WHERE h.namespace = $1 AND h.agent_id > $2 AND h.agent_id >= $3"
+    )
+    end = prefix_end(agent_id_prefix)
+    if end is not None:
+        sql += f" AND h.agent_id < {params.add(end)}"
+    sql += f" ORDER BY h.agent_id LIMIT {params.add(page_size + 1)}"
+    return sql, params
 
 
 def json_value(condition: MetadataCondition) -> str | None:

@@ -36,6 +36,7 @@ from statekeeper_server.stores.checkpoints import (
     agent_history_filters,
     checkpoint_not_found,
     history_page,
+    latest_agents_filters,
     latest_page,
     latest_workflows_filters,
     metadata_json,
@@ -44,6 +45,7 @@ from statekeeper_server.stores.checkpoints import (
     mint_workflow,
     newest_readable,
     no_checkpoint,
+    prefix_end,
     readable_checkpoint,
     workflow_history_filters,
 )
@@ -303,6 +305,21 @@ class SQLiteCheckpointStore:
             page_token=page_token,
         )
 
+    async def list_latest_agents(
+        self, namespace: str, agent_id_prefix: str, *, page_size: int, page_token: str
+    ) -> CheckpointPage:
+        """A page of agent heads after the token's agent_id: a range scan of the
+        partial index `agent_checkpoints_heads` (namespace, agent_id)."""
+        filters = latest_agents_filters(agent_id_prefix)
+        after = decode_page_token(page_token, filters, str) or ""
+        sql, args = latest_agents_query(namespace, agent_id_prefix, after, page_size)
+
+        def work(conn: sqlite3.Connection) -> tuple[list[StoredCheckpoint], bool]:
+            return _read_stored(conn, sql, args, page_size)
+
+        rows, more = await self._engine.read(work)
+        return latest_page(checkpoints_pb2.AgentCheckpoint, AGENT, rows, more, filters)
+
     async def delete_agent(self, namespace: str, agent_id: str) -> int:
         """Delete every checkpoint of the agent."""
         return await self._delete(_AGENTS, namespace, agent_id)
@@ -405,6 +422,28 @@ class SQLiteCheckpointStore:
             return cursor.rowcount
 
         return await self._engine.write(work)
+
+
+def latest_agents_query(
+    namespace: str, agent_id_prefix: str, after: str, page_size: int
+) -> tuple[str, list[object]]:
+    """The query of a page of agent heads (seq, owner, checkpoint_id, data): ids
+    after `after` starting with `agent_id_prefix`, `page_size` + 1 of them, by
+    a range scan of the partial index on heads (it is named, so no other plan
+    can be chosen)."""
+    sql = (
+        "SELECT c.seq, c.agent_id, c.checkpoint_id, c.data FROM agent_checkpoints c"
+        " INDEXED BY agent_checkpoints_heads"
+        " WHERE c.is_head = 1 AND c.namespace = ? AND c.agent_id > ? AND c.agent_id >= ?"
+    )
+    args: list[object] = [namespace, after, agent_id_prefix]
+    end = prefix_end(agent_id_prefix)
+    if end is not None:
+        sql += " AND c.agent_id < ?"
+        args.append(end)
+    sql += " ORDER BY c.agent_id LIMIT ?"
+    args.append(page_size + 1)
+    return sql, args
 
 
 _Conditions = tuple[str, list[object]]
