@@ -2,7 +2,8 @@
 
 Starts a server on free ports with an in-memory store, fills it with demo data
 (tests/console_demo.py: an agent run with tool calls, queues with jobs in several
-states, a dead webhook job), and saves a PNG of each main page into docs/console/
+states, a dead webhook job, workflow runs' checkpoints, agent runs' snapshots), and
+saves a PNG of each main page into docs/console/
 (or `--out`). The browser is the system's Chromium (tests/browser.py: Debian's
 `chromium`, or the executable in STATEKEEPER_TEST_CHROMIUM); nothing is downloaded.
 """
