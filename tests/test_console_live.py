@@ -572,3 +572,21 @@ async def test_a_token_reading_every_namespace_may_type_one(
         text = await page(session, "/jobs?namespace=zeta")
     assert re.search(r'<input id="namespace-switcher"[^>]* value="zeta"', text)
     assert '<datalist id="namespaces-listed"><option value="acme">' in text
+
+
+async def test_signing_out_ends_the_sessions_open_live_views(
+    guarded: tuple[Application, dict[str, str]],
+) -> None:
+    app, tokens = guarded
+    async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}", token=tokens["writer"]) as w:
+        await w.events.append("r1", custom_event("step"))
+    async with signed_in(app, tokens["reader"]) as session:
+        async with live(session, "/runs/r1/tail?after=1") as stream:
+            await until(lambda: app.admission.in_flight == 1, "the tail's replay is in flight")
+            csrf = csrf_of(await page(session, "/"))
+            async with session.post("/logout", data={"csrf": csrf}) as response:
+                await response.read()
+            async with compat.timeout(ENOUGH):
+                left = [frame async for frame in stream if frame.event == "append"]
+            assert left == []
+        await until(lambda: app.admission.in_flight == 0, "the replay ended with the sign-in")

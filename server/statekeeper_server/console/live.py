@@ -90,7 +90,7 @@ class LiveViews:
         if refused is not None:
             return refused
         try:
-            stream = EventStream(request)
+            stream = EventStream(request, self._console.sign_in_check(request))
             await stream.open()
             stub = events_pb2_grpc.EventLogServiceStub(self._console.channel())
             call = stub.ReplayEvents(
@@ -119,7 +119,7 @@ class LiveViews:
         if refused is not None:
             return refused
         try:
-            stream = EventStream(request)
+            stream = EventStream(request, self._console.sign_in_check(request))
             await stream.open()
             jobs = self._console.jobs_client(request)
             stub = jobs_pb2_grpc.JobServiceStub(self._console.channel())
@@ -158,7 +158,7 @@ class LiveViews:
         if refused is not None:
             return refused
         try:
-            stream = EventStream(request)
+            stream = EventStream(request, self._console.sign_in_check(request))
             await stream.open()
             metadata = self._console.options(request).metadata
             jobs = self._console.jobs_client(request)

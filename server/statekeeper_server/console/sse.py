@@ -58,8 +58,11 @@ def _field(name: str, value: str) -> str:
 class EventStream:
     """One visitor's `text/event-stream` response."""
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, signed_in: Callable[[], bool]) -> None:
+        """`signed_in` tells whether the visitor's sign-in still holds: once it does
+        not (signed out or expired), the stream counts as left."""
         self._request = request
+        self._signed_in = signed_in
         self._response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -95,9 +98,9 @@ class EventStream:
         self.last_write = asyncio.get_running_loop().time()
 
     def visitor_left(self) -> bool:
-        """Whether the visitor's connection is closed."""
+        """Whether the visitor's connection is closed or their sign-in ended."""
         transport = self._request.transport
-        return transport is None or transport.is_closing()
+        return transport is None or transport.is_closing() or not self._signed_in()
 
 
 async def forward(
@@ -118,6 +121,8 @@ async def forward(
     reading: asyncio.Future[Any] | None = None
     try:
         while True:
+            if stream.visitor_left():
+                return False
             if reading is None:
                 reading = asyncio.ensure_future(call.read())
             await asyncio.wait({reading}, timeout=min(POLL_SECONDS, heartbeat))

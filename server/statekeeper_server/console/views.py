@@ -197,6 +197,15 @@ class Console:
 
         return guarded
 
+    def sign_in_check(self, request: web.Request) -> Callable[[], bool]:
+        """A check of whether the sign-in `request` was served under still holds
+        (always true without access control): a live view ends once it fails."""
+        sessions = self._sessions
+        if sessions is None:
+            return lambda: True
+        session_id = request.cookies.get(SESSION_COOKIE, "")
+        return lambda: sessions.token(session_id) is not None
+
     def _session(self, request: web.Request) -> str:
         """The visitor's session id: its cookie, or one made for this request
         (set afresh for each request by the guard)."""
