@@ -172,6 +172,22 @@ async def test_retrying_a_dead_job_from_its_page_makes_it_available(
     assert (await grpc_client.jobs.get(job.job_id)).state == jobs_pb2.JOB_STATE_AVAILABLE
 
 
+async def test_a_dead_job_can_be_retried_with_the_keyboard_alone(
+    grpc_client: statekeeper.AsyncClient, tab: ConsoleTab
+) -> None:
+    job = await dead_job(grpc_client)
+    page = await tab.open_page(f"/jobs/{job.job_id}")
+    retry = page.get_by_role("button", name="Retry")
+    for _ in range(40):  # Tab through the page's links and fields to the button
+        if await retry.evaluate("button => button === document.activeElement"):
+            break
+        await page.keyboard.press("Tab")
+    await expect(retry).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("dd.state")).to_have_text("AVAILABLE")
+    assert tab.dialogs == ["Retry this job?"]
+
+
 async def test_cancelling_a_job_from_its_page_after_confirming_cancels_it(
     grpc_client: statekeeper.AsyncClient, tab: ConsoleTab
 ) -> None:

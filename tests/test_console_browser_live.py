@@ -405,3 +405,19 @@ async def test_hostile_snapshot_message_text_is_shown_as_text(
     page = await tab.open_page("/snapshots/agent-run-7")
     await assert_shown_as_text(tab, page)
     await expect(page.locator(".message pre.text")).to_have_text(HOSTILE)
+
+
+async def test_the_agents_list_searches_by_prefix_and_leads_to_an_agents_history(
+    grpc_client: statekeeper.AsyncClient, tab: ConsoleTab
+) -> None:
+    ready = checkpoints_pb2.AGENT_STATE_READY
+    for agent_id in ("planner-1", "planner-2", "writer-1"):
+        await grpc_client.checkpoints.persist_agent(agent_id, ready)
+    page = await tab.open_page("/checkpoints/agents")
+    await page.get_by_label("Agent id starts with").fill("planner")
+    await page.get_by_label("Agent id starts with").press("Enter")
+    await expect(page).to_have_url(re.compile(r"prefix=planner"))
+    await expect(page.get_by_role("link", name="writer-1")).to_have_count(0)
+    await page.get_by_role("link", name="planner-2").click()
+    await expect(page).to_have_url(re.compile(r"/checkpoints/agents/planner-2"))
+    await expect(page.locator("main")).to_contain_text("READY")
