@@ -7,6 +7,12 @@ on PostgreSQL, the bytes the thread takes in its tables.
 
     python bench/langgraph_saver.py              # 100 turns
     python bench/langgraph_saver.py --turns 20   # quicker
+    python bench/langgraph_saver.py --alist 1000 5000
+
+`--alist N ...` measures listing alone, on PostgreSQL: a thread of N
+checkpoints of the graph's shape (13 channels, three pending writes each,
+small values, so that the time is the listing's and not the bytes'), saved
+straight through each saver, then `alist` over it, per N.
 
 Needs the dev extra (which holds the peers measured: langgraph-checkpoint-sqlite
 and langgraph-checkpoint-postgres).
@@ -22,7 +28,7 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,7 +37,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
-from langgraph.checkpoint.base import BaseCheckpointSaver  # noqa: E402
+from langgraph.checkpoint.base import BaseCheckpointSaver, Checkpoint, empty_checkpoint  # noqa: E402
+from langgraph.checkpoint.base.id import uuid6  # noqa: E402
 from langgraph.graph import START, StateGraph  # noqa: E402
 from typing_extensions import TypedDict  # noqa: E402
 
@@ -134,6 +141,76 @@ async def schema_bytes(schema: str, tables: list[str] | None = None) -> int:
         await conn.close()
 
 
+def filler_checkpoints(
+    saver: BaseCheckpointSaver[Any], count: int
+) -> Iterator[tuple[Checkpoint, dict[str, Any], dict[str, Any]]]:
+    """`count` checkpoints of one thread: each with the graph's 13 channels, three of them
+    changed (so three new values), in id order."""
+    channels = ["messages", "scratch", "__start__"] + [f"branch:to:n{n}" for n in range(NODES)]
+    versions: dict[str, Any] = {}
+    values: dict[str, Any] = {}
+    for step in range(count):
+        changed = ["messages", "scratch", channels[3 + step % NODES]]
+        for channel in changed:
+            versions[channel] = saver.get_next_version(versions.get(channel), None)
+            values[channel] = f"step {step}: " + "x" * 200
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = str(uuid6(clock_seq=step))
+        checkpoint["channel_values"] = dict(values)
+        checkpoint["channel_versions"] = dict(versions)
+        checkpoint["versions_seen"] = {"n0": {"messages": versions["messages"]}}
+        metadata = {"source": "loop", "step": step, "parents": {}}
+        yield checkpoint, metadata, {channel: versions[channel] for channel in changed}
+
+
+async def fill_and_list(saver: BaseCheckpointSaver[Any], count: int) -> float:
+    """Fill a fresh thread with `count` checkpoints; ms for `alist` over all of it."""
+    thread = f"list-{secrets.token_hex(4)}"
+    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    for checkpoint, metadata, new_versions in filler_checkpoints(saver, count):
+        config = await saver.aput(config, checkpoint, metadata, new_versions)  # type: ignore[arg-type]
+        writes = [(f"branch:to:n{n}", f"write {n}") for n in range(3)]
+        await saver.aput_writes(config, writes, task_id=f"task-{checkpoint['id']}")  # type: ignore[arg-type]
+    began = time.perf_counter()
+    listed = [t async for t in saver.alist({"configurable": {"thread_id": thread}})]
+    elapsed = (time.perf_counter() - began) * 1000
+    assert len(listed) == count, (len(listed), count)
+    return elapsed
+
+
+async def listing_rows(counts: list[int]) -> None:
+    """StatekeeperSaver on PostgreSQL beside AsyncPostgresSaver: `alist` per thread size."""
+    rows: list[tuple[str, int, float]] = []
+    stack = contextlib.ExitStack()
+    try:
+        server = stack.enter_context(statekeeper_server(stack.enter_context(store_url("postgres"))))
+        async with statekeeper.AsyncClient(server.target, timeout=60) as client:
+            saver = StatekeeperSaver(client)
+            for count in counts:
+                rows.append(
+                    ("StatekeeperSaver, postgres store", count, await fill_and_list(saver, count))
+                )
+    finally:
+        # Dropping the schema runs its own event loop: off this one.
+        await asyncio.to_thread(stack.close)
+    schema = f"bench_lg_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(POSTGRES_URL)
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    await conn.close()
+    try:
+        async with postgres_saver(schema) as saver:
+            rows += [("AsyncPostgresSaver", n, await fill_and_list(saver, n)) for n in counts]
+    finally:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+    print("alist over one thread, PostgreSQL")
+    print("| saver | checkpoints | ms alist (all) | ms per 100 |")
+    print("|---|---|---|---|")
+    for name, count, elapsed in rows:
+        print(f"| {name} | {count:,} | {elapsed:,.0f} | {elapsed * 100 / count:.1f} |")
+
+
 async def main(turns: int) -> None:
     rows = [await statekeeper_row(kind, turns) for kind in ("file", "postgres")]
     async with sqlite_saver() as saver:
@@ -165,4 +242,6 @@ async def main(turns: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=100)
-    asyncio.run(main(parser.parse_args().turns))
+    parser.add_argument("--alist", type=int, nargs="+", metavar="N", help="listing alone")
+    args = parser.parse_args()
+    asyncio.run(listing_rows(args.alist) if args.alist else main(args.turns))
