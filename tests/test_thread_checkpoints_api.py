@@ -311,6 +311,33 @@ async def test_delete_runs_removes_the_checkpoints_of_those_runs_in_every_thread
     assert await ids(threads.list_checkpoints()) == ["cp-2"]
 
 
+async def test_delete_runs_keeps_the_values_a_remaining_checkpoint_names(
+    threads: ThreadsClient,
+) -> None:
+    await put(
+        threads,
+        "t-1",
+        "cp-1",
+        metadata_fields={"run_id": "run-a"},
+        channel_versions={"a": "1", "b": "1"},
+        new_channel_values={("a", "1"): ("b", b"a1"), ("b", "1"): ("b", b"b1")},
+    )
+    await put(
+        threads,
+        "t-1",
+        "cp-2",
+        metadata_fields={"run_id": "run-b"},
+        channel_versions={"a": "1", "b": "2"},
+        new_channel_values={("b", "2"): ("b", b"b2")},
+    )
+
+    assert await threads.delete_runs(["run-a"]) == 1
+
+    kept = await threads.get_checkpoint("t-1", "cp-2")
+    assert kept is not None
+    assert {v.channel: v.value.data for v in kept.channel_values} == {"a": b"a1", "b": b"b2"}
+
+
 async def test_copy_thread_copies_checkpoints_values_and_writes(threads: ThreadsClient) -> None:
     await put(
         threads,

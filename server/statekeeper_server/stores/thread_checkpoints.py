@@ -1,12 +1,13 @@
 """Thread checkpoints: what every backend stores and guarantees, and the code they share.
 
-A backend keeps five kinds of rows per statekeeper namespace: a thread row
+A backend keeps four kinds of rows per statekeeper namespace: a thread row
 (its expiry), checkpoint rows keyed by (thread, checkpoint namespace,
-checkpoint id), the channel versions each checkpoint names, channel values
-keyed by (thread, checkpoint namespace, channel, version) and stored once,
-and pending writes keyed by (thread, checkpoint namespace, checkpoint id,
-task id, idx). Each call is one transaction; sizes are checked inside it
-before it commits, so a refused call leaves nothing behind.
+checkpoint id) that hold the channel versions they name in one column
+(`encode_versions`), channel values keyed by (thread, checkpoint namespace,
+channel, version) and stored once, and pending writes keyed by (thread,
+checkpoint namespace, checkpoint id, task id, idx). Each call is one
+transaction; sizes are checked inside it before it commits, so a refused
+call leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -214,6 +215,33 @@ def check_writes_bytes(size: int) -> None:
             MAX_THREAD_WRITES_BYTES,
             "the pending writes of the checkpoint",
         )
+
+
+def encode_versions(versions: Mapping[str, str]) -> str:
+    """A checkpoint's channel versions as one string: for each channel, in channel order,
+    `<length>:<channel><length>:<version>` (lengths in characters). The migrations build
+    the same string in SQL from the rows they replace."""
+    return "".join(
+        f"{len(channel)}:{channel}{len(version)}:{version}"
+        for channel, version in sorted(versions.items())
+    )
+
+
+def decode_versions(encoded: str) -> list[tuple[str, str]]:
+    """The (channel, version) pairs of `encode_versions`, in channel order."""
+    pairs: list[tuple[str, str]] = []
+    parts: list[str] = []
+    at = 0
+    while at < len(encoded):
+        colon = encoded.index(":", at)
+        end = colon + 1 + int(encoded[at:colon])
+        parts.append(encoded[colon + 1 : end])
+        at = end
+        if len(parts) == 2:
+            pairs.append((parts[0], parts[1]))
+            parts = []
+    pairs.sort()
+    return pairs
 
 
 def build_checkpoint(

@@ -1,10 +1,12 @@
 """Thread checkpoints in PostgreSQL.
 
-The same five tables as on SQLite (see stores.sqlite.thread_checkpoints),
+The same four tables as on SQLite (see stores.sqlite.thread_checkpoints),
 with byte-wise ("C") collation on every key so that ids order the same on
-both backends. Every call is one transaction. Calls that change a thread
-first lock its `threads` row (creating it if needed), so concurrent writes
-to one thread through any number of replicas apply one after the other and
+both backends. A listing walks an index in its own order from where the
+previous page stopped, so a page costs the same however long the thread.
+Every call is one transaction. Calls that change a thread first lock its
+`threads` row (creating it if needed), so concurrent writes to one thread
+through any number of replicas apply one after the other and
 the size checks read totals no other transaction is changing.
 """
 
@@ -29,6 +31,8 @@ from statekeeper_server.stores.thread_checkpoints import (
     build_checkpoint,
     check_state_bytes,
     check_writes_bytes,
+    decode_versions,
+    encode_versions,
     no_checkpoint,
     write_bytes,
 )
@@ -96,18 +100,48 @@ MIGRATIONS = [
             task_path TEXT NOT NULL,
             PRIMARY KEY (namespace, thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
         )""",
-    ]
+    ],
+    # A checkpoint's channel versions move into one column of its row (see
+    # stores.thread_checkpoints.encode_versions): a row per channel per checkpoint, with
+    # two indexes, took more room than the values it named. The listing gets an index in
+    # its own order (newest first within a thread, whatever the checkpoint namespace).
+    [
+        "ALTER TABLE thread_checkpoints ADD COLUMN channel_versions TEXT NOT NULL DEFAULT ''",
+        "UPDATE thread_checkpoints c SET channel_versions = v.encoded FROM (SELECT namespace,"
+        " thread_id, checkpoint_ns, checkpoint_id, string_agg(length(channel) || ':' || channel"
+        " || length(version) || ':' || version, '' ORDER BY channel) AS encoded"
+        " FROM thread_versions GROUP BY namespace, thread_id, checkpoint_ns, checkpoint_id) v"
+        " WHERE c.namespace = v.namespace AND c.thread_id = v.thread_id"
+        " AND c.checkpoint_ns = v.checkpoint_ns AND c.checkpoint_id = v.checkpoint_id",
+        "ALTER TABLE thread_checkpoints ALTER COLUMN channel_versions DROP DEFAULT",
+        "DROP TABLE thread_versions",
+        "CREATE INDEX thread_checkpoints_by_thread"
+        " ON thread_checkpoints (namespace, thread_id, checkpoint_id DESC, checkpoint_ns)",
+    ],
 ]
 
-_TABLES = ("thread_writes", "thread_versions", "thread_values", "thread_checkpoints")
+_TABLES = ("thread_writes", "thread_values", "thread_checkpoints")
 _LIVE = (
     " AND NOT EXISTS (SELECT 1 FROM threads t WHERE t.namespace = c.namespace"
     " AND t.thread_id = c.thread_id AND t.expires_us <= {now})"
 )
 _ROW = (
     "c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_id, c.checkpoint_type,"
-    " c.checkpoint_data, c.metadata_type, c.metadata_data, c.metadata::text"
+    " c.checkpoint_data, c.metadata_type, c.metadata_data, c.metadata::text,"
+    " c.channel_versions"
 )
+_KEYS = "unnest($2::text[], $3::text[], $4::text[]) AS k(th, ns, id)"
+"""The checkpoint keys (thread, checkpoint namespace, id) in $2, $3, $4."""
+_OF_KEY = (
+    "{t}.namespace = $1 AND {t}.thread_id = k.th AND {t}.checkpoint_ns = k.ns"
+    " AND {t}.checkpoint_id = k.id"
+)
+"""The rows of alias {t} that belong to key `k`: an index lookup by key.
+
+Statements reading rows by key join the keys LATERAL to a subquery that PostgreSQL
+does not flatten (LIMIT / OFFSET), so each key is one index lookup: a page reads its
+own rows and no more, whatever the size of the thread or its table's statistics (a
+hash join would read every row of the thread on each page)."""
 
 
 class PostgresThreadCheckpointStore:
@@ -117,7 +151,7 @@ class PostgresThreadCheckpointStore:
         self._engine = engine
 
     async def put_checkpoint(self, namespace: str, new: NewCheckpoint, now_us: int) -> None:
-        """Lock the thread, check the state's size, store values, checkpoint and versions."""
+        """Lock the thread, check the state's size, store values and checkpoint."""
         thread = new.thread_id
         async with self._engine.transaction() as tx:
             await _lock_thread(tx, namespace, thread, now_us)
@@ -153,13 +187,14 @@ class PostgresThreadCheckpointStore:
                 )
             await tx.conn.execute(
                 "INSERT INTO thread_checkpoints VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-                " $10::jsonb, $11, $12) ON CONFLICT (namespace, thread_id, checkpoint_ns,"
+                " $10::jsonb, $11, $12, $13) ON CONFLICT (namespace, thread_id, checkpoint_ns,"
                 " checkpoint_id) DO UPDATE SET parent_id = excluded.parent_id,"
                 " checkpoint_type = excluded.checkpoint_type,"
                 " checkpoint_data = excluded.checkpoint_data,"
                 " metadata_type = excluded.metadata_type, metadata_data = excluded.metadata_data,"
                 " metadata = excluded.metadata, run_id = excluded.run_id,"
-                " state_bytes = excluded.state_bytes",
+                " state_bytes = excluded.state_bytes,"
+                " channel_versions = excluded.channel_versions",
                 namespace,
                 thread,
                 new.checkpoint_ns,
@@ -172,21 +207,8 @@ class PostgresThreadCheckpointStore:
                 new.metadata_json,
                 new.run_id,
                 size,
+                encode_versions(new.channel_versions),
             )
-            key = (namespace, thread, new.checkpoint_ns, new.checkpoint_id)
-            await tx.conn.execute(
-                "DELETE FROM thread_versions WHERE namespace = $1 AND thread_id = $2"
-                " AND checkpoint_ns = $3 AND checkpoint_id = $4",
-                *key,
-            )
-            if new.channel_versions:
-                await tx.conn.execute(
-                    "INSERT INTO thread_versions SELECT $1, $2, $3, $4, ch, ver"
-                    " FROM unnest($5::text[], $6::text[]) AS k(ch, ver)",
-                    *key,
-                    list(new.channel_versions),
-                    list(new.channel_versions.values()),
-                )
             await tx.conn.execute(
                 "UPDATE threads SET ttl_us = $3, expires_us = $4"
                 " WHERE namespace = $1 AND thread_id = $2",
@@ -258,27 +280,29 @@ class PostgresThreadCheckpointStore:
     async def list_checkpoints(
         self, namespace: str, query: ListQuery, now_us: int
     ) -> tuple[list[pb.ThreadCheckpoint], CheckpointKey | None]:
-        """A page in four statements: the keys with the bytes of each checkpoint (its state
-        bytes and its writes' data: a lower bound of its encoding) to choose the page,
-        then the rows, values and writes of the chosen ones. A page the bound let through
-        but whose encoding exceeds the budget is cut after the last checkpoint that fits."""
+        """A page in four statements, none of which reads more rows than the page holds:
+        the page's keys, walked from where the last page stopped along an index in the
+        listing's order, with each checkpoint's state bytes (summed when it was saved)
+        plus its writes' data (an index lookup per key), a lower bound of its encoding,
+        to choose the page; then the rows, values and writes of the chosen ones. A page
+        the bound let through but whose encoding exceeds the budget is cut after the
+        last checkpoint that fits."""
         params = Params(namespace)
         sql = _list_conditions(query, params)
         count = query.page_size
         if query.remaining is not None:
             count = min(count, query.remaining)
-        # Each checkpoint's state bytes were summed when it was saved; its writes are
-        # summed here, for the page's keys only.
         sql = (
-            "SELECT k.thread_id, k.checkpoint_ns, k.checkpoint_id, k.state_bytes"
-            " + coalesce((SELECT sum(octet_length(w.data)) FROM thread_writes w"
-            " WHERE w.namespace = $1 AND w.thread_id = k.thread_id"
-            " AND w.checkpoint_ns = k.checkpoint_ns AND w.checkpoint_id = k.checkpoint_id), 0)"
+            "SELECT k.thread_id, k.checkpoint_ns, k.checkpoint_id,"
+            " k.state_bytes + coalesce(w.bytes, 0)"
             " FROM (SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.state_bytes"
             f" FROM thread_checkpoints c WHERE {sql}{_LIVE.format(now=params.add(now_us))}"
             " ORDER BY c.checkpoint_id DESC, c.thread_id, c.checkpoint_ns"
             f" LIMIT {params.add(count + 1)}) k"
-            " ORDER BY k.checkpoint_id DESC, k.thread_id, k.checkpoint_ns"
+            " LEFT JOIN LATERAL (SELECT sum(octet_length(w.data)) AS bytes FROM thread_writes w"
+            " WHERE w.namespace = $1 AND w.thread_id = k.thread_id"
+            " AND w.checkpoint_ns = k.checkpoint_ns AND w.checkpoint_id = k.checkpoint_id) w"
+            " ON true ORDER BY k.checkpoint_id DESC, k.thread_id, k.checkpoint_ns"
         )
         async with self._engine.transaction(isolation="repeatable_read", readonly=True) as tx:
             candidates = await tx.conn.fetch(sql, *params.values)
@@ -306,7 +330,7 @@ class PostgresThreadCheckpointStore:
             return await _delete_threads(tx, namespace, [thread_id])
 
     async def delete_runs(self, namespace: str, run_ids: Sequence[str]) -> int:
-        """Delete the runs' checkpoints with their writes and versions, then unnamed values."""
+        """Delete the runs' checkpoints with their writes, then the values none names."""
         async with self._engine.transaction() as tx:
             touched = await tx.conn.fetch(
                 "SELECT DISTINCT thread_id FROM thread_checkpoints"
@@ -321,16 +345,15 @@ class PostgresThreadCheckpointStore:
                 namespace,
                 list(run_ids),
             )
-            for table in ("thread_writes", "thread_versions"):
-                await tx.conn.execute(
-                    f"DELETE FROM {table} t USING unnest($2::text[], $3::text[], $4::text[])"
-                    " AS k(th, ns, id) WHERE t.namespace = $1 AND t.thread_id = k.th"
-                    " AND t.checkpoint_ns = k.ns AND t.checkpoint_id = k.id",
-                    namespace,
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                    [k[2] for k in keys],
-                )
+            await tx.conn.execute(
+                "DELETE FROM thread_writes t USING unnest($2::text[], $3::text[], $4::text[])"
+                " AS k(th, ns, id) WHERE t.namespace = $1 AND t.thread_id = k.th"
+                " AND t.checkpoint_ns = k.ns AND t.checkpoint_id = k.id",
+                namespace,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [k[2] for k in keys],
+            )
             for thread_id in sorted({k[0] for k in keys}):
                 await _drop_unnamed_values(tx, namespace, thread_id)
             return len(keys)
@@ -363,7 +386,7 @@ class PostgresThreadCheckpointStore:
             copied: int = await tx.conn.fetchval(
                 "WITH copied AS (INSERT INTO thread_checkpoints SELECT namespace, $3,"
                 " checkpoint_ns, checkpoint_id, parent_id, checkpoint_type, checkpoint_data,"
-                " metadata_type, metadata_data, metadata, run_id, state_bytes"
+                " metadata_type, metadata_data, metadata, run_id, state_bytes, channel_versions"
                 " FROM thread_checkpoints"
                 " WHERE namespace = $1 AND thread_id = $2 ON CONFLICT DO NOTHING RETURNING 1)"
                 " SELECT count(*) FROM copied",
@@ -372,7 +395,6 @@ class PostgresThreadCheckpointStore:
                 target,
             )
             for table, columns in (
-                ("thread_versions", "checkpoint_ns, checkpoint_id, channel, version"),
                 ("thread_values", "checkpoint_ns, channel, version, type, data"),
                 (
                     "thread_writes",
@@ -411,8 +433,7 @@ class PostgresThreadCheckpointStore:
                     " max(n.checkpoint_id) FROM thread_checkpoints n WHERE n.namespace = $1"
                     " AND n.thread_id = $2 AND n.checkpoint_ns = t.checkpoint_ns)"
                 )
-                for table in ("thread_writes", "thread_versions"):
-                    await tx.conn.execute(f"DELETE FROM {table} t" + older, namespace, thread_id)
+                await tx.conn.execute("DELETE FROM thread_writes t" + older, namespace, thread_id)
                 dropped += await tx.conn.fetchval(
                     "WITH gone AS (DELETE FROM thread_checkpoints t"
                     + older
@@ -469,66 +490,82 @@ async def _lock_thread(tx: Transaction, namespace: str, thread_id: str, now_us: 
 
 async def _load(tx: Transaction, namespace: str, row: asyncpg.Record) -> pb.ThreadCheckpoint:
     """A stored checkpoint with its channel values and pending writes."""
-    key = (namespace, row[0], row[1], row[2])
-    values = await tx.conn.fetch(
-        "SELECT v.channel, v.version, b.type, b.data FROM thread_versions v"
-        " LEFT JOIN thread_values b ON b.namespace = v.namespace AND b.thread_id = v.thread_id"
-        " AND b.checkpoint_ns = v.checkpoint_ns AND b.channel = v.channel"
-        " AND b.version = v.version WHERE v.namespace = $1 AND v.thread_id = $2"
-        " AND v.checkpoint_ns = $3 AND v.checkpoint_id = $4 ORDER BY v.channel",
-        *key,
-    )
+    values = await _values_of(tx, namespace, [row])
     writes = await tx.conn.fetch(
         "SELECT task_id, idx, channel, type, data, task_path FROM thread_writes"
         " WHERE namespace = $1 AND thread_id = $2 AND checkpoint_ns = $3 AND checkpoint_id = $4",
-        *key,
+        namespace,
+        row[0],
+        row[1],
+        row[2],
     )
-    checkpoint_row: CheckpointRow = tuple(row)
-    return build_checkpoint(checkpoint_row, [tuple(v) for v in values], [tuple(w) for w in writes])
+    return _build(row, values, [tuple(w) for w in writes])
 
 
 async def _load_many(
     tx: Transaction, namespace: str, keys: Sequence[tuple[str, str, str]]
 ) -> list[pb.ThreadCheckpoint]:
     """The checkpoints of `keys` (thread, checkpoint namespace, id), in that order, with
-    their values and writes: three statements however many there are."""
+    their values and writes: three statements however many there are, each reading the
+    rows of those checkpoints only (a value named by several is read once)."""
     if not keys:
         return []
-    arrays = (namespace, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
-    joined = (
-        " JOIN unnest($2::text[], $3::text[], $4::text[]) AS k(th, ns, id)"
-        " ON {t}.thread_id = k.th AND {t}.checkpoint_ns = k.ns AND {t}.checkpoint_id = k.id"
-        " WHERE {t}.namespace = $1"
-    )
+    arrays = _key_arrays(namespace, keys)
     rows = await tx.conn.fetch(
-        f"SELECT {_ROW} FROM thread_checkpoints c" + joined.format(t="c"), *arrays
-    )
-    values = await tx.conn.fetch(
-        "SELECT v.thread_id, v.checkpoint_ns, v.checkpoint_id, v.channel, v.version, b.type,"
-        " b.data FROM thread_versions v LEFT JOIN thread_values b ON b.namespace = v.namespace"
-        " AND b.thread_id = v.thread_id AND b.checkpoint_ns = v.checkpoint_ns"
-        " AND b.channel = v.channel AND b.version = v.version"
-        + joined.format(t="v")
-        + " ORDER BY v.channel",
+        f"SELECT {_ROW} FROM {_KEYS} CROSS JOIN LATERAL (SELECT * FROM thread_checkpoints c"
+        f" WHERE {_OF_KEY.format(t='c')} LIMIT 1) c",
         *arrays,
     )
+    values = await _values_of(tx, namespace, rows)
     writes = await tx.conn.fetch(
         "SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, w.channel,"
-        " w.type, w.data, w.task_path FROM thread_writes w" + joined.format(t="w"),
+        f" w.type, w.data, w.task_path FROM {_KEYS} CROSS JOIN LATERAL (SELECT * FROM"
+        f" thread_writes w WHERE {_OF_KEY.format(t='w')} OFFSET 0) w",
         *arrays,
     )
-    values_of: dict[tuple[str, str, str], list[Any]] = {}
-    for v in values:
-        values_of.setdefault((v[0], v[1], v[2]), []).append(tuple(v[3:]))
     writes_of: dict[tuple[str, str, str], list[Any]] = {}
     for w in writes:
         writes_of.setdefault((w[0], w[1], w[2]), []).append(tuple(w[3:]))
     by_key = {(r[0], r[1], r[2]): r for r in rows}
-    return [
-        build_checkpoint(tuple(by_key[k]), values_of.get(k, []), writes_of.get(k, []))
-        for k in keys
-        if k in by_key
-    ]
+    return [_build(by_key[k], values, writes_of.get(k, [])) for k in keys if k in by_key]
+
+
+_Values = dict[tuple[str, str, str, str], tuple[str, bytes]]
+"""Stored channel values by (thread, checkpoint namespace, channel, version)."""
+
+
+async def _values_of(tx: Transaction, namespace: str, rows: Sequence[asyncpg.Record]) -> _Values:
+    """The stored values the checkpoint rows name, each read once, in one statement."""
+    wanted = sorted({(r[0], r[1], ch, ver) for r in rows for ch, ver in decode_versions(r[9])})
+    if not wanted:
+        return {}
+    found = await tx.conn.fetch(
+        "SELECT k.th, k.ns, k.ch, k.ver, b.type, b.data"
+        " FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS k(th, ns, ch, ver)"
+        " CROSS JOIN LATERAL (SELECT b.type, b.data FROM thread_values b"
+        " WHERE b.namespace = $1 AND b.thread_id = k.th AND b.checkpoint_ns = k.ns"
+        " AND b.channel = k.ch AND b.version = k.ver LIMIT 1) b",
+        namespace,
+        *(list(column) for column in zip(*wanted, strict=True)),
+    )
+    return {(f[0], f[1], f[2], f[3]): (f[4], f[5]) for f in found}
+
+
+def _build(row: asyncpg.Record, values: _Values, writes: Sequence[Any]) -> pb.ThreadCheckpoint:
+    """The message of a checkpoint row, its values taken from `values`."""
+    named: list[Any] = []
+    for channel, version in decode_versions(row[9]):
+        value_type, data = values.get((row[0], row[1], channel, version), (None, None))
+        named.append((channel, version, value_type, data))
+    checkpoint_row: CheckpointRow = tuple(row[:9])
+    return build_checkpoint(checkpoint_row, named, writes)
+
+
+def _key_arrays(
+    namespace: str, keys: Sequence[tuple[str, str, str]]
+) -> tuple[str, list[str], list[str], list[str]]:
+    """The parameters of `_KEYS`."""
+    return namespace, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
 
 
 def _key(message: pb.ThreadCheckpoint) -> CheckpointKey:
@@ -557,7 +594,9 @@ def _list_conditions(query: ListQuery, params: Params) -> str:
             params.add(after.thread_id),
             params.add(after.checkpoint_ns),
         )
+        # The first condition bounds the index walk; the second skips what was listed.
         sql += (
+            f" AND c.checkpoint_id <= {cid}"
             f" AND (c.checkpoint_id < {cid} OR (c.checkpoint_id = {cid} AND (c.thread_id > {tid}"
             f" OR (c.thread_id = {tid} AND c.checkpoint_ns > {cns}))))"
         )
@@ -588,11 +627,29 @@ async def _delete_threads(tx: Transaction, namespace: str, thread_ids: Sequence[
 
 async def _drop_unnamed_values(tx: Transaction, namespace: str, thread_id: str) -> None:
     """Delete the thread's channel values that no checkpoint names any more."""
-    await tx.conn.execute(
-        "DELETE FROM thread_values b WHERE b.namespace = $1 AND b.thread_id = $2"
-        " AND NOT EXISTS (SELECT 1 FROM thread_versions v WHERE v.namespace = b.namespace"
-        " AND v.thread_id = b.thread_id AND v.checkpoint_ns = b.checkpoint_ns"
-        " AND v.channel = b.channel AND v.version = b.version)",
+    named = {
+        (row[0], channel, version)
+        for row in await tx.conn.fetch(
+            "SELECT checkpoint_ns, channel_versions FROM thread_checkpoints"
+            " WHERE namespace = $1 AND thread_id = $2",
+            namespace,
+            thread_id,
+        )
+        for channel, version in decode_versions(row[1])
+    }
+    stored = await tx.conn.fetch(
+        "SELECT checkpoint_ns, channel, version FROM thread_values"
+        " WHERE namespace = $1 AND thread_id = $2",
         namespace,
         thread_id,
     )
+    unnamed = [tuple(r) for r in stored if tuple(r) not in named]
+    if unnamed:
+        await tx.conn.execute(
+            "DELETE FROM thread_values b USING unnest($3::text[], $4::text[], $5::text[])"
+            " AS k(ns, ch, ver) WHERE b.namespace = $1 AND b.thread_id = $2"
+            " AND b.checkpoint_ns = k.ns AND b.channel = k.ch AND b.version = k.ver",
+            namespace,
+            thread_id,
+            *(list(column) for column in zip(*unnamed, strict=True)),
+        )

@@ -1,8 +1,9 @@
 """Thread checkpoints in SQLite (the memory and file stores).
 
-Five tables: `threads` (expiry), `thread_checkpoints`, `thread_versions` (the
-channel versions each checkpoint names), `thread_values` (one row per
-channel version, shared by the checkpoints naming it) and `thread_writes`.
+Four tables: `threads` (expiry), `thread_checkpoints` (each naming its channel
+versions in one column, see stores.thread_checkpoints.encode_versions),
+`thread_values` (one row per channel version, shared by the checkpoints
+naming it) and `thread_writes`.
 Each call is one write or one read of the engine; a write that raises
 (a size past its limit) is rolled back whole.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from statekeeper.v1 import thread_checkpoints_pb2 as pb
 from statekeeper_server.limits import THREAD_PAGE_BYTES
@@ -25,6 +27,8 @@ from statekeeper_server.stores.thread_checkpoints import (
     build_checkpoint,
     check_state_bytes,
     check_writes_bytes,
+    decode_versions,
+    encode_versions,
     no_checkpoint,
     write_bytes,
 )
@@ -90,17 +94,32 @@ MIGRATIONS = [
             task_path TEXT NOT NULL,
             PRIMARY KEY (namespace, thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
         )""",
-    ]
+    ],
+    # A checkpoint's channel versions move into one column of its row (a row per channel
+    # per checkpoint, with two indexes, took more room than the values it named), and the
+    # listing gets an index in its own order (newest first within a thread).
+    [
+        "ALTER TABLE thread_checkpoints ADD COLUMN channel_versions TEXT NOT NULL DEFAULT ''",
+        "UPDATE thread_checkpoints SET channel_versions = coalesce((SELECT group_concat("
+        "length(v.channel) || ':' || v.channel || length(v.version) || ':' || v.version, '')"
+        " FROM thread_versions v WHERE v.namespace = thread_checkpoints.namespace"
+        " AND v.thread_id = thread_checkpoints.thread_id"
+        " AND v.checkpoint_ns = thread_checkpoints.checkpoint_ns"
+        " AND v.checkpoint_id = thread_checkpoints.checkpoint_id), '')",
+        "DROP TABLE thread_versions",
+        "CREATE INDEX thread_checkpoints_by_thread"
+        " ON thread_checkpoints (namespace, thread_id, checkpoint_id DESC, checkpoint_ns)",
+    ],
 ]
 
-_TABLES = ("thread_writes", "thread_versions", "thread_values", "thread_checkpoints", "threads")
+_TABLES = ("thread_writes", "thread_values", "thread_checkpoints", "threads")
 _LIVE = (
     " AND NOT EXISTS (SELECT 1 FROM threads t WHERE t.namespace = c.namespace"
     " AND t.thread_id = c.thread_id AND t.expires_us <= ?)"
 )
 _ROW = (
     "c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_id, c.checkpoint_type,"
-    " c.checkpoint_data, c.metadata_type, c.metadata_data, c.metadata"
+    " c.checkpoint_data, c.metadata_type, c.metadata_data, c.metadata, c.channel_versions"
 )
 
 
@@ -111,7 +130,7 @@ class SQLiteThreadCheckpointStore:
         self._engine = engine
 
     async def put_checkpoint(self, namespace: str, new: NewCheckpoint, now_us: int) -> None:
-        """Check the state's size, then store values, checkpoint, versions and expiry."""
+        """Check the state's size, then store values, checkpoint and expiry."""
         thread = new.thread_id
 
         def work(conn: sqlite3.Connection) -> None:
@@ -139,7 +158,7 @@ class SQLiteThreadCheckpointStore:
             )
             conn.execute(
                 "INSERT OR REPLACE INTO thread_checkpoints"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     namespace,
                     thread,
@@ -152,17 +171,8 @@ class SQLiteThreadCheckpointStore:
                     new.metadata.data,
                     new.metadata_json,
                     new.run_id,
+                    encode_versions(new.channel_versions),
                 ),
-            )
-            key = (namespace, thread, new.checkpoint_ns, new.checkpoint_id)
-            conn.execute(
-                "DELETE FROM thread_versions WHERE namespace = ? AND thread_id = ?"
-                " AND checkpoint_ns = ? AND checkpoint_id = ?",
-                key,
-            )
-            conn.executemany(
-                "INSERT INTO thread_versions VALUES (?, ?, ?, ?, ?, ?)",
-                [(*key, channel, version) for channel, version in new.channel_versions.items()],
             )
             conn.execute(
                 "INSERT OR REPLACE INTO threads VALUES (?, ?, ?, ?)",
@@ -273,7 +283,7 @@ class SQLiteThreadCheckpointStore:
         return await self._engine.write(work)
 
     async def delete_runs(self, namespace: str, run_ids: Sequence[str]) -> int:
-        """Delete the runs' checkpoints with their writes and versions, then unnamed values."""
+        """Delete the runs' checkpoints with their writes, then the values none names."""
 
         def work(conn: sqlite3.Connection) -> int:
             marks = ", ".join("?" * len(run_ids))
@@ -282,7 +292,7 @@ class SQLiteThreadCheckpointStore:
                 f" WHERE namespace = ? AND run_id IN ({marks})",
                 (namespace, *run_ids),
             ).fetchall()
-            for table in ("thread_writes", "thread_versions", "thread_checkpoints"):
+            for table in ("thread_writes", "thread_checkpoints"):
                 conn.executemany(
                     f"DELETE FROM {table} WHERE namespace = ? AND thread_id = ?"
                     " AND checkpoint_ns = ? AND checkpoint_id = ?",
@@ -304,16 +314,10 @@ class SQLiteThreadCheckpointStore:
             copied = conn.execute(
                 "INSERT OR IGNORE INTO thread_checkpoints SELECT namespace, ?, checkpoint_ns,"
                 " checkpoint_id, parent_id, checkpoint_type, checkpoint_data, metadata_type,"
-                " metadata_data, metadata, run_id FROM thread_checkpoints"
+                " metadata_data, metadata, run_id, channel_versions FROM thread_checkpoints"
                 " WHERE namespace = ? AND thread_id = ?",
                 (target, namespace, source),
             ).rowcount
-            conn.execute(
-                "INSERT OR IGNORE INTO thread_versions SELECT namespace, ?, checkpoint_ns,"
-                " checkpoint_id, channel, version FROM thread_versions"
-                " WHERE namespace = ? AND thread_id = ?",
-                (target, namespace, source),
-            )
             conn.execute(
                 "INSERT OR IGNORE INTO thread_values SELECT namespace, ?, checkpoint_ns,"
                 " channel, version, type, data FROM thread_values"
@@ -350,8 +354,9 @@ class SQLiteThreadCheckpointStore:
             )
             for thread_id in thread_ids:
                 params = (namespace, thread_id, namespace, thread_id)
-                for table in ("thread_writes", "thread_versions"):
-                    conn.execute(f"DELETE FROM {table}" + older.format(table=table), params)
+                conn.execute(
+                    "DELETE FROM thread_writes" + older.format(table="thread_writes"), params
+                )
                 dropped += conn.execute(
                     "DELETE FROM thread_checkpoints" + older.format(table="thread_checkpoints"),
                     params,
@@ -380,23 +385,24 @@ class SQLiteThreadCheckpointStore:
                 return dropped
 
 
-def _load(conn: sqlite3.Connection, namespace: str, row: CheckpointRow) -> pb.ThreadCheckpoint:
+def _load(conn: sqlite3.Connection, namespace: str, row: tuple[Any, ...]) -> pb.ThreadCheckpoint:
     """A stored checkpoint with its channel values and pending writes."""
-    key = (namespace, row[0], row[1], row[2])
-    values = conn.execute(
-        "SELECT v.channel, v.version, b.type, b.data FROM thread_versions v"
-        " LEFT JOIN thread_values b ON b.namespace = v.namespace AND b.thread_id = v.thread_id"
-        " AND b.checkpoint_ns = v.checkpoint_ns AND b.channel = v.channel"
-        " AND b.version = v.version WHERE v.namespace = ? AND v.thread_id = ?"
-        " AND v.checkpoint_ns = ? AND v.checkpoint_id = ? ORDER BY v.channel",
-        key,
-    ).fetchall()
+    thread_id, checkpoint_ns, checkpoint_id = row[0], row[1], row[2]
+    values = []
+    for channel, version in decode_versions(row[9]):
+        stored = conn.execute(
+            "SELECT type, data FROM thread_values WHERE namespace = ? AND thread_id = ?"
+            " AND checkpoint_ns = ? AND channel = ? AND version = ?",
+            (namespace, thread_id, checkpoint_ns, channel, version),
+        ).fetchone()
+        values.append((channel, version, *(stored or (None, None))))
     writes = conn.execute(
         "SELECT task_id, idx, channel, type, data, task_path FROM thread_writes"
         " WHERE namespace = ? AND thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
-        key,
+        (namespace, thread_id, checkpoint_ns, checkpoint_id),
     ).fetchall()
-    return build_checkpoint(row, values, writes)
+    checkpoint_row: CheckpointRow = tuple(row[:9])
+    return build_checkpoint(checkpoint_row, values, writes)
 
 
 def _key(message: pb.ThreadCheckpoint) -> CheckpointKey:
@@ -422,12 +428,15 @@ def _list_conditions(namespace: str, query: ListQuery) -> tuple[str, list[object
         params.extend([condition.key, *values])
     if query.after is not None:
         after = query.after
+        # The first condition bounds the index walk; the second skips what was listed.
         sql += (
+            " AND c.checkpoint_id <= ?"
             " AND (c.checkpoint_id < ? OR (c.checkpoint_id = ? AND (c.thread_id > ?"
             " OR (c.thread_id = ? AND c.checkpoint_ns > ?))))"
         )
         params.extend(
             [
+                after.checkpoint_id,
                 after.checkpoint_id,
                 after.checkpoint_id,
                 after.thread_id,
@@ -470,11 +479,22 @@ def _delete_threads(conn: sqlite3.Connection, namespace: str, thread_ids: Sequen
 
 def _drop_unnamed_values(conn: sqlite3.Connection, namespace: str, thread_id: str) -> None:
     """Delete the thread's channel values that no checkpoint names any more."""
-    conn.execute(
-        "DELETE FROM thread_values WHERE namespace = ? AND thread_id = ? AND NOT EXISTS"
-        " (SELECT 1 FROM thread_versions v WHERE v.namespace = thread_values.namespace"
-        " AND v.thread_id = thread_values.thread_id"
-        " AND v.checkpoint_ns = thread_values.checkpoint_ns"
-        " AND v.channel = thread_values.channel AND v.version = thread_values.version)",
+    named = {
+        (checkpoint_ns, channel, version)
+        for checkpoint_ns, encoded in conn.execute(
+            "SELECT checkpoint_ns, channel_versions FROM thread_checkpoints"
+            " WHERE namespace = ? AND thread_id = ?",
+            (namespace, thread_id),
+        )
+        for channel, version in decode_versions(encoded)
+    }
+    stored = conn.execute(
+        "SELECT checkpoint_ns, channel, version FROM thread_values"
+        " WHERE namespace = ? AND thread_id = ?",
         (namespace, thread_id),
+    ).fetchall()
+    conn.executemany(
+        "DELETE FROM thread_values WHERE namespace = ? AND thread_id = ?"
+        " AND checkpoint_ns = ? AND channel = ? AND version = ?",
+        [(namespace, thread_id, *key) for key in map(tuple, stored) if key not in named],
     )
