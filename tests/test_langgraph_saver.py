@@ -81,3 +81,39 @@ async def test_metadata_too_long_to_filter_on_in_the_server_is_filtered_in_the_s
     found = [t.metadata["step"] async for t in saver.alist(None, filter={"note": long_note})]
 
     assert found == [0]
+
+
+async def test_channel_versions_come_back_as_they_were_saved_strings_or_not(
+    saver: StatekeeperSaver,
+) -> None:
+    saved = {}
+    for thread, versions in (("t-1", {"a": "00001.5", "b": "00002.5"}), ("t-2", {"a": 1})):
+        checkpoint = create_checkpoint(empty_checkpoint(), None, 1)
+        checkpoint["channel_values"] = {"a": "x"}
+        checkpoint["channel_versions"] = dict(versions)
+        await saver.aput(root(thread), checkpoint, {}, dict(versions))
+        saved[thread] = versions
+
+    for thread, versions in saved.items():
+        got = await saver.aget_tuple(root(thread))
+        assert got is not None
+        assert got.checkpoint["channel_versions"] == versions
+        assert got.checkpoint["channel_values"] == {"a": "x"}
+
+
+async def test_a_channel_version_without_a_value_stores_no_value(
+    saver: StatekeeperSaver,
+) -> None:
+    checkpoint = create_checkpoint(empty_checkpoint(), None, 1)
+    checkpoint["channel_values"] = {"kept": 1}
+    checkpoint["channel_versions"] = {"kept": "1", "cleared": "1"}
+    await saver.aput(root("t-1"), checkpoint, {}, {"kept": "1", "cleared": "1"})
+
+    stored = await saver.client.threads.get_checkpoint("t-1")
+    got = await saver.aget_tuple(root("t-1"))
+
+    assert stored is not None
+    assert [v.channel for v in stored.channel_values] == ["kept"]
+    assert got is not None
+    assert got.checkpoint["channel_values"] == {"kept": 1}
+    assert got.checkpoint["channel_versions"] == {"kept": "1", "cleared": "1"}

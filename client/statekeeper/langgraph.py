@@ -3,7 +3,10 @@
 Install with the `langgraph` extra. Every value goes through the saver's
 serializer (`serde.dumps_typed` / `loads_typed`) and is stored byte for byte
 as a typed blob; the server keeps each channel version once per thread and
-namespace, so a step sends only the channels it changed.
+namespace, so a step sends only the channels it changed. A checkpoint's
+channel versions are kept by the server beside it, not a second time inside
+its blob (unless some are not strings, which the server would return as
+strings), and a channel without a value stores nothing.
 
 The async methods (`aput`, `aput_writes`, `aget_tuple`, `alist`,
 `adelete_thread`, `adelete_for_runs`, `acopy_thread`, `aprune`) do the work.
@@ -75,11 +78,12 @@ class StatekeeperSaver(BaseCheckpointSaver[str]):
         checkpoint_ns = configurable.get("checkpoint_ns", "")
         copy: dict[str, Any] = dict(checkpoint)
         values: dict[str, Any] = copy.pop("channel_values", {})
+        if all(isinstance(version, str) for version in checkpoint["channel_versions"].values()):
+            del copy["channel_versions"]
         new_values = {
-            (channel, str(version)): (
-                self.serde.dumps_typed(values[channel]) if channel in values else ("empty", b"")
-            )
+            (channel, str(version)): self.serde.dumps_typed(values[channel])
             for channel, version in new_versions.items()
+            if channel in values
         }
         stored_metadata = get_serializable_checkpoint_metadata(config, metadata)
         await self.client.threads.put_checkpoint(
@@ -305,6 +309,10 @@ class StatekeeperSaver(BaseCheckpointSaver[str]):
             for value in stored.channel_values
             if value.value.type != "empty"
         }
+        if "channel_versions" not in checkpoint:
+            checkpoint["channel_versions"] = {
+                version.channel: version.version for version in stored.channel_versions
+            }
         parent = None
         if stored.parent_checkpoint_id:
             parent = _config(stored.thread_id, stored.checkpoint_ns, stored.parent_checkpoint_id)
