@@ -117,6 +117,29 @@ MIGRATIONS = [
         "DROP TABLE thread_versions",
         "CREATE INDEX thread_checkpoints_by_thread"
         " ON thread_checkpoints (namespace, thread_id, checkpoint_id DESC, checkpoint_ns)",
+        # A checkpoint row is mostly the caller's blob and its versions, both repetitive
+        # (version strings share long zero-padded prefixes): compress its columns inside
+        # the row once it passes 128 bytes, rather than only past 2 KB, and keep every
+        # column in the row (MAIN) unless it could not fit a page.
+        "ALTER TABLE thread_checkpoints SET (toast_tuple_target = 128)",
+        "ALTER TABLE thread_checkpoints "
+        + ", ".join(
+            f"ALTER COLUMN {column} SET STORAGE MAIN"
+            for column in (
+                "namespace",
+                "thread_id",
+                "checkpoint_ns",
+                "checkpoint_id",
+                "parent_id",
+                "checkpoint_type",
+                "checkpoint_data",
+                "metadata_type",
+                "metadata_data",
+                "metadata",
+                "run_id",
+                "channel_versions",
+            )
+        ),
     ],
 ]
 
