@@ -2,8 +2,9 @@
 
 For each saver: a 10-node graph run turn after turn on one thread (each turn
 is 11 checkpoints: put, put_writes and the reads LangGraph does), the time
-per step; `alist` over the whole thread (1,100 checkpoints by default); and,
-on PostgreSQL, the bytes the thread takes in its tables.
+per step; `alist` over the whole thread (1,100 checkpoints by default); and
+the bytes the thread takes: on PostgreSQL its tables (with indexes and
+TOAST), on SQLite the database file once its last connection has closed.
 
     python bench/langgraph_saver.py              # 100 turns
     python bench/langgraph_saver.py --turns 20   # quicker
@@ -84,10 +85,14 @@ async def measure(saver: BaseCheckpointSaver[Any], turns: int) -> tuple[float, f
 
 
 async def statekeeper_row(kind: str, turns: int) -> tuple[str, float, float, int, str]:
-    """The row of StatekeeperSaver on a fresh store of `kind` (its table bytes on PostgreSQL)."""
+    """The row of StatekeeperSaver on a fresh store of `kind` with the bytes it keeps."""
     stack = contextlib.ExitStack()
+    file_bytes: list[int] = []
     try:
         url = stack.enter_context(store_url(kind))
+        if kind == "file":
+            # Once the server has stopped (closed its database), before the file goes.
+            stack.callback(lambda: file_bytes.append(sqlite_bytes(url.removeprefix("file:"))))
         server = stack.enter_context(statekeeper_server(url))
         async with statekeeper.AsyncClient(server.target, timeout=30) as client:
             per_step, listing, count = await measure(StatekeeperSaver(client), turns)
@@ -97,16 +102,22 @@ async def statekeeper_row(kind: str, turns: int) -> tuple[str, float, float, int
     finally:
         # Dropping the schema runs its own event loop: off this one.
         await asyncio.to_thread(stack.close)
+    if file_bytes:
+        size = f"{file_bytes[0]:,}"
     return (f"StatekeeperSaver, {kind} store", per_step, listing, count, size)
 
 
+def sqlite_bytes(path: str) -> int:
+    """Bytes of a SQLite database: its file with any write-ahead log beside it."""
+    return sum(Path(p).stat().st_size for p in (path, f"{path}-wal") if Path(p).exists())
+
+
 @contextlib.asynccontextmanager
-async def sqlite_saver() -> AsyncIterator[BaseCheckpointSaver[Any]]:
+async def sqlite_saver(path: str) -> AsyncIterator[BaseCheckpointSaver[Any]]:
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    with tempfile.TemporaryDirectory() as directory:
-        async with AsyncSqliteSaver.from_conn_string(f"{directory}/lg.db") as saver:
-            yield saver
+    async with AsyncSqliteSaver.from_conn_string(path) as saver:
+        yield saver
 
 
 @contextlib.asynccontextmanager
@@ -213,9 +224,11 @@ async def listing_rows(counts: list[int]) -> None:
 
 async def main(turns: int) -> None:
     rows = [await statekeeper_row(kind, turns) for kind in ("file", "postgres")]
-    async with sqlite_saver() as saver:
-        per_step, listing, count = await measure(saver, turns)
-    rows.append(("AsyncSqliteSaver", per_step, listing, count, ""))
+    with tempfile.TemporaryDirectory() as directory:
+        async with sqlite_saver(f"{directory}/lg.db") as saver:
+            per_step, listing, count = await measure(saver, turns)
+        size = f"{sqlite_bytes(f'{directory}/lg.db'):,}"
+    rows.append(("AsyncSqliteSaver", per_step, listing, count, size))
 
     schema = f"bench_lg_{secrets.token_hex(4)}"
     conn = await asyncpg.connect(POSTGRES_URL)
@@ -233,7 +246,7 @@ async def main(turns: int) -> None:
         await conn.close()
 
     print(f"{turns} turns of a {NODES}-node graph on one thread")
-    print("| saver | ms per step | ms alist (all) | checkpoints | table bytes |")
+    print("| saver | ms per step | ms alist (all) | checkpoints | bytes kept |")
     print("|---|---|---|---|---|")
     for name, per_step, listing, count, size in rows:
         print(f"| {name} | {per_step:.2f} | {listing:.0f} | {count} | {size} |")
