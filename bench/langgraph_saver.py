@@ -132,6 +132,7 @@ async def postgres_saver(schema: str) -> AsyncIterator[BaseCheckpointSaver[Any]]
 
 THREAD_TABLES = ["threads", "thread_checkpoints", "thread_versions", "thread_values"]
 THREAD_TABLES += ["thread_writes"]
+"""The thread tables of every schema version (`thread_versions` is gone from the second)."""
 
 
 async def schema_bytes(schema: str, tables: list[str] | None = None) -> int:

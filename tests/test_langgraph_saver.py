@@ -105,7 +105,7 @@ async def test_a_channel_version_without_a_value_stores_no_value(
     saver: StatekeeperSaver,
 ) -> None:
     checkpoint = create_checkpoint(empty_checkpoint(), None, 1)
-    checkpoint["channel_values"] = {"kept": 1}
+    checkpoint["channel_values"] = {"kept": [1]}
     checkpoint["channel_versions"] = {"kept": "1", "cleared": "1"}
     await saver.aput(root("t-1"), checkpoint, {}, {"kept": "1", "cleared": "1"})
 
@@ -115,5 +115,28 @@ async def test_a_channel_version_without_a_value_stores_no_value(
     assert stored is not None
     assert [v.channel for v in stored.channel_values] == ["kept"]
     assert got is not None
-    assert got.checkpoint["channel_values"] == {"kept": 1}
+    assert got.checkpoint["channel_values"] == {"kept": [1]}
     assert got.checkpoint["channel_versions"] == {"kept": "1", "cleared": "1"}
+
+
+async def test_small_scalars_ride_in_the_checkpoint_and_other_values_are_stored_once(
+    saver: StatekeeperSaver,
+) -> None:
+    values = {"none": None, "flag": True, "n": 7, "x": 0.5, "short": "s" * 64, "long": "l" * 65}
+    versions = {channel: "1" for channel in [*values, "list"]}
+    first = create_checkpoint(empty_checkpoint(), None, 1)
+    first["channel_values"] = {**values, "list": [1]}
+    first["channel_versions"] = dict(versions)
+    config = await saver.aput(root("t-1"), first, {}, dict(versions))
+    second = create_checkpoint(first, None, 2)
+    second["channel_values"] = {**values, "list": [1]}
+    await saver.aput(config, second, {}, {})
+
+    stored = await saver.client.threads.get_checkpoint("t-1", second["id"])
+    got = await saver.aget_tuple(root("t-1"))
+
+    assert stored is not None
+    assert sorted(v.channel for v in stored.channel_values) == ["list", "long"]
+    assert got is not None
+    assert got.checkpoint["id"] == second["id"]
+    assert got.checkpoint["channel_values"] == {**values, "list": [1]}

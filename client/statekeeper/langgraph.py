@@ -6,7 +6,8 @@ as a typed blob; the server keeps each channel version once per thread and
 namespace, so a step sends only the channels it changed. A checkpoint's
 channel versions are kept by the server beside it, not a second time inside
 its blob (unless some are not strings, which the server would return as
-strings), and a channel without a value stores nothing.
+strings); a channel without a value stores nothing, and small scalar values
+ride inside the checkpoint's blob instead of a stored version of their own.
 
 The async methods (`aput`, `aput_writes`, `aget_tuple`, `alist`,
 `adelete_thread`, `adelete_for_runs`, `acopy_thread`, `aprune`) do the work.
@@ -80,10 +81,13 @@ class StatekeeperSaver(BaseCheckpointSaver[str]):
         values: dict[str, Any] = copy.pop("channel_values", {})
         if all(isinstance(version, str) for version in checkpoint["channel_versions"].values()):
             del copy["channel_versions"]
+        inline = {channel: value for channel, value in values.items() if _inline(value)}
+        if inline:
+            copy["channel_values"] = inline
         new_values = {
             (channel, str(version)): self.serde.dumps_typed(values[channel])
             for channel, version in new_versions.items()
-            if channel in values
+            if channel in values and channel not in inline
         }
         stored_metadata = get_serializable_checkpoint_metadata(config, metadata)
         await self.client.threads.put_checkpoint(
@@ -305,9 +309,12 @@ class StatekeeperSaver(BaseCheckpointSaver[str]):
             (stored.checkpoint.type, stored.checkpoint.data)
         )
         checkpoint["channel_values"] = {
-            value.channel: self.serde.loads_typed((value.value.type, value.value.data))
-            for value in stored.channel_values
-            if value.value.type != "empty"
+            **checkpoint.get("channel_values", {}),
+            **{
+                value.channel: self.serde.loads_typed((value.value.type, value.value.data))
+                for value in stored.channel_values
+                if value.value.type != "empty"
+            },
         }
         if "channel_versions" not in checkpoint:
             checkpoint["channel_versions"] = {
@@ -336,6 +343,21 @@ def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableC
             "checkpoint_id": checkpoint_id,
         }
     }
+
+
+MAX_INLINE_TEXT = 64
+"""Longest string channel value kept inside the checkpoint's blob rather than stored once
+per version (see `_inline`)."""
+
+
+def _inline(value: object) -> bool:
+    """Whether a channel value rides inside its checkpoint's blob: None, a bool, int or
+    float, or a string of at most MAX_INLINE_TEXT characters. Such values are smaller
+    than the row and index entry a stored version takes, so each checkpoint carries them
+    (as LangGraph's own PostgreSQL saver does with its primitives)."""
+    if value is None or type(value) in (bool, int, float):
+        return True
+    return type(value) is str and len(value) <= MAX_INLINE_TEXT
 
 
 MAX_FILTERABLE_TEXT = 1024
