@@ -104,7 +104,7 @@ MIGRATIONS = [
     # A checkpoint's channel versions move into one column of its row (see
     # stores.thread_checkpoints.encode_versions): a row per channel per checkpoint, with
     # two indexes, took more room than the values it named. The listing gets an index in
-    # its own order (newest first within a thread, whatever the checkpoint namespace).
+    # its order (newest first within a thread, whatever the checkpoint namespace).
     [
         "ALTER TABLE thread_checkpoints ADD COLUMN channel_versions TEXT NOT NULL DEFAULT ''",
         "UPDATE thread_checkpoints c SET channel_versions = v.encoded FROM (SELECT namespace,"
@@ -115,8 +115,10 @@ MIGRATIONS = [
         " AND c.checkpoint_ns = v.checkpoint_ns AND c.checkpoint_id = v.checkpoint_id",
         "ALTER TABLE thread_checkpoints ALTER COLUMN channel_versions DROP DEFAULT",
         "DROP TABLE thread_versions",
+        # Walked backwards (newest id first, namespaces in order); ascending ids so
+        # that new checkpoints land at its end and its pages stay full.
         "CREATE INDEX thread_checkpoints_by_thread"
-        " ON thread_checkpoints (namespace, thread_id, checkpoint_id DESC, checkpoint_ns)",
+        " ON thread_checkpoints (namespace, thread_id, checkpoint_id, checkpoint_ns DESC)",
         # A checkpoint row is mostly the caller's blob and its versions, both repetitive
         # (version strings share long zero-padded prefixes): compress its columns inside
         # the row once it passes 128 bytes, rather than only past 2 KB, and keep every

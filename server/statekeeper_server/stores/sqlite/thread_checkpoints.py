@@ -97,7 +97,7 @@ MIGRATIONS = [
     ],
     # A checkpoint's channel versions move into one column of its row (a row per channel
     # per checkpoint, with two indexes, took more room than the values it named), and the
-    # listing gets an index in its own order (newest first within a thread).
+    # listing gets an index in its order (newest first within a thread).
     [
         "ALTER TABLE thread_checkpoints ADD COLUMN channel_versions TEXT NOT NULL DEFAULT ''",
         "UPDATE thread_checkpoints SET channel_versions = coalesce((SELECT group_concat("
@@ -107,8 +107,10 @@ MIGRATIONS = [
         " AND v.checkpoint_ns = thread_checkpoints.checkpoint_ns"
         " AND v.checkpoint_id = thread_checkpoints.checkpoint_id), '')",
         "DROP TABLE thread_versions",
+        # Walked backwards (newest id first, namespaces in order); ascending ids so
+        # that new checkpoints land at its end and its pages stay full.
         "CREATE INDEX thread_checkpoints_by_thread"
-        " ON thread_checkpoints (namespace, thread_id, checkpoint_id DESC, checkpoint_ns)",
+        " ON thread_checkpoints (namespace, thread_id, checkpoint_id, checkpoint_ns DESC)",
     ],
 ]
 
