@@ -14,11 +14,12 @@ from google.protobuf import duration_pb2
 
 import statekeeper
 from statekeeper.events import custom_event
-from statekeeper.v1 import events_pb2, snapshots_pb2
+from statekeeper.v1 import events_pb2, jobs_pb2, snapshots_pb2
 from statekeeper_server.app import Application
 from statekeeper_server.console import overview_pages
-from statekeeper_server.console.overview_pages import RECENT, age_text
-from statekeeper_server.console.views import PAGE_SIZE
+from statekeeper_server.console.overview_pages import RECENT
+from statekeeper_server.console.queue_counts import age_text
+from statekeeper_server.console.views import PAGE_SIZE, STATES
 from tests.harness import running_app
 
 pytestmark = pytest.mark.own_access_control
@@ -218,3 +219,29 @@ async def test_runs_list_says_what_to_do_when_empty_or_when_nothing_matches(
     assert "No runs in this namespace yet" in await page(browser, "/runs")
     await client.events.append("run-1", custom_event("step"))
     assert "No run matches these filters" in await page(browser, "/runs?prefix=zzz")
+
+
+async def test_a_queues_jobs_page_counts_its_jobs_by_priority_and_state(
+    client: statekeeper.AsyncClient, browser: aiohttp.ClientSession
+) -> None:
+    high = jobs_pb2.JOB_PRIORITY_HIGH
+    await client.jobs.enqueue("mail", queue="q", priority=high)
+    await client.jobs.enqueue("mail", queue="q", priority=high)
+    await client.jobs.enqueue("mail", queue="q", priority=jobs_pb2.JOB_PRIORITY_LOW)
+    cancelled = await client.jobs.enqueue("mail", queue="q", priority=jobs_pb2.JOB_PRIORITY_LOW)
+    await client.jobs.cancel(cancelled.job_id)
+    text = await page(browser, "/jobs?queue=q")
+    table = text[text.index('data-testid="queue-stats"') :]
+    rows = re.findall(r'<tr class="priority">(.*?)</tr>', table, re.S)
+    assert [re.search(r"<th[^>]*>(\w+)</th>", row).group(1) for row in rows] == ["HIGH", "LOW"]  # type: ignore[union-attr]
+    high_cells = re.findall(r"<td>(\d+)</td>", rows[0])
+    low_cells = re.findall(r"<td>(\d+)</td>", rows[1])
+    assert high_cells[STATES.index("AVAILABLE")] == "2"
+    assert low_cells[STATES.index("AVAILABLE")] == "1"
+    assert low_cells[STATES.index("CANCELLED")] == "1"
+
+
+async def test_the_jobs_page_without_a_queue_shows_no_queue_counts(
+    browser: aiohttp.ClientSession,
+) -> None:
+    assert 'data-testid="queue-stats"' not in await page(browser, "/jobs")

@@ -16,7 +16,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from statekeeper.v1 import (
@@ -30,6 +29,7 @@ from statekeeper.v1 import (
     snapshots_pb2_grpc,
 )
 from statekeeper_server.console import views
+from statekeeper_server.console.queue_counts import COUNT_LIMIT, queue_view
 
 if TYPE_CHECKING:
     from statekeeper_server.console.views import Console
@@ -38,9 +38,6 @@ RECENT = 10
 """Items of each family the overview lists (and counts before saying "N+")."""
 QUEUES_SHOWN = 50
 """Queues of the overview's table; a link leads to the rest."""
-COUNT_LIMIT = 10_000
-"""Jobs counted per queue and state: past it the overview shows "10000+", so a queue of
-millions costs what one of ten thousand does."""
 
 
 @dataclass(frozen=True)
@@ -153,23 +150,7 @@ async def _queues(console: Console, request: web.Request) -> Listed:
         metadata=console.options(request).metadata,
         timeout=views.CALL_TIMEOUT,
     )
-    queues = []
-    for stats in response.queues:
-        by_state: dict[str, int] = {}
-        for count in stats.counts:
-            name = jobs_pb2.JobState.Name(count.state).removeprefix("JOB_STATE_")
-            by_state[name] = by_state.get(name, 0) + count.count
-        oldest = (
-            age_text(stats.oldest_available_age) if stats.HasField("oldest_available_age") else ""
-        )
-        capped = {
-            jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
-            for state in stats.capped_states
-        }
-        shown = {
-            name: f"{count}+" if name in capped else str(count) for name, count in by_state.items()
-        }
-        queues.append({"queue": stats.queue, "by_state": shown, "oldest_available": oldest})
+    queues = [queue_view(stats) for stats in response.queues]
     return Listed(queues, bool(response.next_page_token))
 
 
@@ -182,21 +163,6 @@ async def _health(console: Console, request: web.Request) -> str:
         timeout=views.CALL_TIMEOUT,
     )
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(health.status))
-
-
-def age_text(age: duration_pb2.Duration) -> str:
-    """A duration as a person reads it: "45s", "12m 5s", "3h 2m", "4d 1h"."""
-    seconds = max(age.seconds, 0)
-    days, rest = divmod(seconds, 86_400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    if minutes:
-        return f"{minutes}m {seconds}s"
-    return f"{seconds}s"
 
 
 def _time(stamp: Any) -> str:

@@ -27,6 +27,7 @@ from statekeeper_server.console.csrf import Csrf
 from statekeeper_server.console.job_views import job_view
 from statekeeper_server.console.live import LiveViews
 from statekeeper_server.console.peers import is_loopback
+from statekeeper_server.console.queue_counts import COUNT_LIMIT, queue_view
 from statekeeper_server.console.runs import (
     EVENTS_PAGE,
     FOLD_CHARS,
@@ -265,9 +266,20 @@ class Console:
             metadata=self.options(request).metadata,
             timeout=CALL_TIMEOUT,
         )
+        queue_stats = None
+        if query.get("queue", ""):
+            stats = await stub.GetQueueStats(
+                jobs_pb2.GetQueueStatsRequest(
+                    queue=query["queue"], page_size=1, count_limit=COUNT_LIMIT
+                ),
+                metadata=self.options(request).metadata,
+                timeout=CALL_TIMEOUT,
+            )
+            queue_stats = queue_view(stats.queues[0]) if stats.queues else None
         return self.render(
             request,
             "jobs.html",
+            queue_stats=queue_stats,
             jobs=[job_view(job) for job in response.jobs],
             next_page=response.next_page_token,
             states=STATES,
