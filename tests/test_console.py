@@ -26,8 +26,10 @@ from statekeeper_server.app import Application
 from statekeeper_server.console.peers import is_loopback
 from statekeeper_server.console.runs import EVENTS_PAGE, FOLD_CHARS
 from statekeeper_server.console.views import PAGE_SIZE, Console
+from tests import console_http
 from tests.auth_support import write_tokens
 from tests.certificates import CertificateAuthority
+from tests.console_http import csrf_of, page, visitor
 from tests.harness import ServerProcess, running_app
 from tests.metrics_scrape import http_get
 
@@ -35,42 +37,13 @@ from tests.metrics_scrape import http_get
 # depends on it.
 pytestmark = pytest.mark.own_access_control
 
+# The shared fixtures (tests/console_http.py), named here for pytest to find.
+app = console_http.app
+client = console_http.client
+browser = console_http.browser
+
 HOSTILE = "<script>alert(1)</script>\"'"
 COMPLETED = events_pb2.AgentEvent(run_completed=events_pb2.RunCompleted())
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[Application]:
-    async with running_app("memory:") as running:
-        yield running
-
-
-@pytest.fixture
-async def client(app: Application) -> AsyncIterator[statekeeper.AsyncClient]:
-    async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}", token="") as grpc_client:
-        yield grpc_client
-
-
-@pytest.fixture
-async def browser(app: Application) -> AsyncIterator[aiohttp.ClientSession]:
-    jar = aiohttp.CookieJar(unsafe=True)  # keep cookies of an IP-address host
-    base = f"http://127.0.0.1:{app.http_port}"
-    async with aiohttp.ClientSession(base_url=base, cookie_jar=jar) as session:
-        yield session
-
-
-async def page(browser: aiohttp.ClientSession, path: str, status: int = 200) -> str:
-    async with browser.get(path) as response:
-        text = await response.text()
-        assert response.status == status, text
-        assert response.content_type == "text/html"
-        return text
-
-
-def csrf_of(text: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', text)
-    assert found, "no CSRF token in the page"
-    return found.group(1)
 
 
 async def test_overview_counts_each_queues_jobs_by_state(
@@ -318,12 +291,6 @@ async def sign_in(session: aiohttp.ClientSession, token: str) -> aiohttp.ClientR
     async with session.post("/login", data={"csrf": csrf, "token": token}) as response:
         await response.read()
         return response
-
-
-def visitor(app: Application) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        base_url=f"http://127.0.0.1:{app.http_port}", cookie_jar=aiohttp.CookieJar(unsafe=True)
-    )
 
 
 async def test_with_access_control_a_visitor_is_sent_to_sign_in(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -27,43 +26,21 @@ from statekeeper_server.console.checkpoint_pages import (
 from statekeeper_server.console.paging_links import Pager, href
 from statekeeper_server.stores.checkpoints import RetentionOverride, RetentionPolicy
 from statekeeper_server.timestamps import now_us
-from tests.harness import running_app
+from tests import console_http
+from tests.console_http import page
 
 # The console signs visitors in only without access control; these tests read as
 # an anonymous loopback visitor.
 pytestmark = pytest.mark.own_access_control
 
+# The shared fixtures (tests/console_http.py), named here for pytest to find.
+app = console_http.app
+client = console_http.client
+browser = console_http.browser
+
 HOSTILE = "<script>alert(1)</script>\"'"
 READY = checkpoints_pb2.AGENT_STATE_READY
 ACTIVE = checkpoints_pb2.AGENT_STATE_ACTIVE
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[Application]:
-    async with running_app("memory:") as running:
-        yield running
-
-
-@pytest.fixture
-async def client(app: Application) -> AsyncIterator[statekeeper.AsyncClient]:
-    async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}", token="") as grpc_client:
-        yield grpc_client
-
-
-@pytest.fixture
-async def browser(app: Application) -> AsyncIterator[aiohttp.ClientSession]:
-    jar = aiohttp.CookieJar(unsafe=True)  # keep cookies of an IP-address host
-    base = f"http://127.0.0.1:{app.http_port}"
-    async with aiohttp.ClientSession(base_url=base, cookie_jar=jar) as session:
-        yield session
-
-
-async def page(browser: aiohttp.ClientSession, path: str, status: int = 200) -> str:
-    async with browser.get(path) as response:
-        text = await response.text()
-        assert response.status == status, text
-        assert response.content_type == "text/html"
-        return text
 
 
 def rows(text: str, kind: str) -> list[str]:

@@ -22,13 +22,20 @@ from statekeeper_server import compat
 from statekeeper_server.app import Application
 from statekeeper_server.console import sse
 from statekeeper_server.console.runs import EVENTS_PAGE
+from tests import console_http
 from tests.auth_support import write_tokens
+from tests.console_http import csrf_of, page, visitor
 from tests.harness import running_app
 from tests.waiting import ENOUGH, until
 
 # These tests choose whether the server has access control: what the console
 # shows depends on it.
 pytestmark = pytest.mark.own_access_control
+
+# The shared fixtures (tests/console_http.py), named here for pytest to find.
+app = console_http.app
+client = console_http.client
+browser = console_http.browser
 
 HOSTILE = "<script>alert(1)</script>\"'"
 COMPLETED = events_pb2.AgentEvent(run_completed=events_pb2.RunCompleted())
@@ -91,43 +98,6 @@ async def live(session: aiohttp.ClientSession, path: str) -> AsyncIterator[Async
         assert response.status == 200, await response.text()
         assert response.content_type == "text/event-stream"
         yield frames(response)
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[Application]:
-    async with running_app("memory:") as running:
-        yield running
-
-
-@pytest.fixture
-async def client(app: Application) -> AsyncIterator[statekeeper.AsyncClient]:
-    async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}", token="") as grpc_client:
-        yield grpc_client
-
-
-def visitor(app: Application) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        base_url=f"http://127.0.0.1:{app.http_port}", cookie_jar=aiohttp.CookieJar(unsafe=True)
-    )
-
-
-@pytest.fixture
-async def browser(app: Application) -> AsyncIterator[aiohttp.ClientSession]:
-    async with visitor(app) as session:
-        yield session
-
-
-async def page(session: aiohttp.ClientSession, path: str, status: int = 200) -> str:
-    async with session.get(path) as response:
-        text = await response.text()
-        assert response.status == status, text
-        return text
-
-
-def csrf_of(text: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', text)
-    assert found, "no CSRF token in the page"
-    return found.group(1)
 
 
 # -- a run's live tail --------------------------------------------------------------

@@ -6,7 +6,6 @@ finds runs beyond the first page."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -15,46 +14,25 @@ from google.protobuf import duration_pb2
 import statekeeper
 from statekeeper.events import custom_event
 from statekeeper.v1 import events_pb2, jobs_pb2, snapshots_pb2
-from statekeeper_server.app import Application
 from statekeeper_server.console import overview_pages
 from statekeeper_server.console.overview_pages import RECENT
 from statekeeper_server.console.queue_counts import age_text
 from statekeeper_server.console.views import PAGE_SIZE, STATES
-from tests.harness import running_app
+from tests import console_http
+from tests.console_http import page
 
 pytestmark = pytest.mark.own_access_control
+
+# The shared fixtures (tests/console_http.py), named here for pytest to find.
+app = console_http.app
+client = console_http.client
+browser = console_http.browser
 
 COMPLETED = events_pb2.AgentEvent(run_completed=events_pb2.RunCompleted())
 
 
 def started(session_id: str) -> events_pb2.AgentEvent:
     return events_pb2.AgentEvent(run_started=events_pb2.RunStarted(session_id=session_id))
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[Application]:
-    async with running_app("memory:") as running:
-        yield running
-
-
-@pytest.fixture
-async def client(app: Application) -> AsyncIterator[statekeeper.AsyncClient]:
-    async with statekeeper.AsyncClient(f"127.0.0.1:{app.port}", token="") as grpc_client:
-        yield grpc_client
-
-
-@pytest.fixture
-async def browser(app: Application) -> AsyncIterator[aiohttp.ClientSession]:
-    base = f"http://127.0.0.1:{app.http_port}"
-    async with aiohttp.ClientSession(base_url=base) as session:
-        yield session
-
-
-async def page(browser: aiohttp.ClientSession, path: str, status: int = 200) -> str:
-    async with browser.get(path) as response:
-        text = await response.text()
-        assert response.status == status, text
-        return text
 
 
 def rows(text: str, css_class: str) -> list[str]:
