@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -35,11 +36,22 @@ class LiveViews:
     def __init__(self, console: Console) -> None:
         self._console = console
 
-    def _refused(self, request: web.Request) -> web.Response | None:
-        """The 503 page when the console serves all the live streams it may, else None
-        (and a slot is taken: give it back when the stream ends)."""
-        if self._console.streams.take():
-            return None
+    @contextlib.asynccontextmanager
+    async def _opened(self, request: web.Request) -> AsyncIterator[EventStream | None]:
+        """The visitor's event stream, opened, holding one of the console's places for
+        live views until it ends; None (nothing opened) when every place is taken."""
+        if not self._console.streams.take():
+            yield None
+            return
+        try:
+            stream = EventStream(request, self._console.sign_in_check(request))
+            await stream.open()
+            yield stream
+        finally:
+            self._console.streams.give()
+
+    def _full(self, request: web.Request) -> web.Response:
+        """The 503 page answering a live view beyond the console's most."""
         limit = self._console.streams.limit
         return self._console.error(
             request,
@@ -86,12 +98,10 @@ class LiveViews:
             return self._console.error(request, 400, "INVALID_ARGUMENT", "after: must be a seq")
         resume = request.headers.get("Last-Event-ID", "")
         after_seq = max(int(after), int(resume) if resume.isdigit() else 0)
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        try:
-            stream = EventStream(request, self._console.sign_in_check(request))
-            await stream.open()
+        async with self._opened(request) as opened:
+            if opened is None:
+                return self._full(request)
+            stream = opened
             stub = events_pb2_grpc.EventLogServiceStub(self._console.channel())
             call = stub.ReplayEvents(
                 events_pb2.ReplayEventsRequest(run_id=run_id, after_seq=after_seq, follow=True),
@@ -108,19 +118,15 @@ class LiveViews:
 
             await self._serve(request, call, stream, on_message, terminal=True)
             return stream.response
-        finally:
-            self._console.streams.give()
 
     async def job_watch(self, request: web.Request) -> web.StreamResponse:
         """GET /jobs/{job_id}/watch: the job's state section, sent again each time the
         job changes (and once when the watch starts, for changes made meanwhile)."""
         job_id = request.match_info["job_id"]
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        try:
-            stream = EventStream(request, self._console.sign_in_check(request))
-            await stream.open()
+        async with self._opened(request) as opened:
+            if opened is None:
+                return self._full(request)
+            stream = opened
             jobs = self._console.jobs_client(request)
             stub = jobs_pb2_grpc.JobServiceStub(self._console.channel())
             call = stub.WatchJobs(
@@ -141,8 +147,6 @@ class LiveViews:
 
             await self._serve(request, call, stream, on_message, code="", message="")
             return stream.response
-        finally:
-            self._console.streams.give()
 
     async def jobs_watch(self, request: web.Request) -> web.StreamResponse:
         """GET /jobs-watch?queue=&kind=&state=&page=: the rows of that page of the jobs
@@ -154,12 +158,10 @@ class LiveViews:
             "JOB_STATE_" + state_name not in jobs_pb2.JobState.DESCRIPTOR.values_by_name
         ):
             return self._console.error(request, 400, "INVALID_ARGUMENT", "state: unknown")
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        try:
-            stream = EventStream(request, self._console.sign_in_check(request))
-            await stream.open()
+        async with self._opened(request) as opened:
+            if opened is None:
+                return self._full(request)
+            stream = opened
             metadata = self._console.options(request).metadata
             jobs = self._console.jobs_client(request)
             stub = jobs_pb2_grpc.JobServiceStub(self._console.channel())
@@ -214,5 +216,3 @@ class LiveViews:
 
             await self._serve(request, call, stream, on_message, code="", message="")
             return stream.response
-        finally:
-            self._console.streams.give()
