@@ -20,6 +20,7 @@ from playwright.async_api import Page, expect
 import statekeeper
 from statekeeper.events import custom_event
 from statekeeper.v1 import checkpoints_pb2, common_pb2, jobs_pb2, snapshots_pb2
+from statekeeper_server.app import Application
 from tests import browser_fixtures
 from tests.browser import ConsoleTab
 from tests.browser_fixtures import (
@@ -32,6 +33,7 @@ from tests.browser_fixtures import (
     dead_job,
     sign_in,
 )
+from tests.test_readme import buf_curl_commands, run_buf_curl
 
 # The console's sign-in depends on whether the server has access control: these tests
 # choose it. One event loop for the module, so that its one browser serves every test.
@@ -80,6 +82,19 @@ async def test_the_live_tail_shows_the_run_terminal_when_its_terminal_event_is_a
     await expect(page.get_by_test_id("live-tail")).to_have_attribute("data-live-state", "ended")
     await expect(page.get_by_test_id("run-terminal")).to_be_visible()
     assert await cells(page, "event", column=3) == ["custom", "run_completed"]
+
+
+async def test_the_live_tail_follows_the_readmes_buf_curl_appends(
+    app: Application, tab: ConsoleTab
+) -> None:
+    start, tool_call_and_end = [c for c in buf_curl_commands() if '"run-7"' in c][:2]
+    await run_buf_curl(start, app.port)
+    page = await tab.open_page("/runs/run-7")
+    await listening(page, "live-tail")
+    await run_buf_curl(tool_call_and_end, app.port)
+    await expect(page.locator("#timeline-events tr.event")).to_have_count(3)
+    await expect(page.get_by_test_id("run-terminal")).to_be_visible()
+    assert await cells(page, "event", column=3) == ["run_started", "custom", "run_completed"]
 
 
 # -- jobs changing under the visitor's eyes ------------------------------------------

@@ -57,25 +57,31 @@ def test_readme_has_buf_curl_examples() -> None:
     assert len(buf_curl_commands()) >= 4
 
 
-# The examples are written for the open quickstart server: they send no token.
-@pytest.mark.own_access_control
-async def test_every_buf_curl_example_runs_against_a_real_server() -> None:
+async def run_buf_curl(command: str, port: int) -> None:
+    """Run the README's `buf curl` `command` against the server on `port` of loopback,
+    checking that it succeeds."""
     # buf-bin (dev extra) installs buf beside the interpreter running the tests.
     buf = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
     assert buf is not None, "buf comes with the dev extra (buf-bin)"
+    runnable = command.replace("127.0.0.1:50051", f"127.0.0.1:{port}")
+    runnable = runnable.replace("buf curl", f"{buf} curl", 1)
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        runnable,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, f"{command}\n{out.decode()}\n{err.decode()}"
+
+
+# The examples are written for the open quickstart server: they send no token.
+@pytest.mark.own_access_control
+async def test_every_buf_curl_example_runs_against_a_real_server() -> None:
     async with running_app("memory:", heartbeat_interval=0.2) as app:
         for command in buf_curl_commands():
-            runnable = command.replace("127.0.0.1:50051", f"127.0.0.1:{app.port}")
-            runnable = runnable.replace("buf curl", f"{buf} curl", 1)
-            process = await asyncio.create_subprocess_exec(
-                "bash",
-                "-c",
-                runnable,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await asyncio.wait_for(process.communicate(), 60)
-            assert process.returncode == 0, f"{command}\n{out.decode()}\n{err.decode()}"
+            await run_buf_curl(command, app.port)
 
 
 def blocking_client_example() -> str:
