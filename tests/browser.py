@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -26,6 +25,8 @@ from playwright.async_api import (
     Response,
     ViewportSize,
 )
+
+from tests.unavailable import skip_or_fail
 
 CHROMIUM_ENV = "STATEKEEPER_TEST_CHROMIUM"
 """Names the Chromium executable to drive instead of DEFAULT_CHROMIUM."""
@@ -62,9 +63,7 @@ def require_chromium() -> str:
         f"no Chromium at {path}: install Debian's chromium (apt-get install chromium)"
         f" or name the executable in {CHROMIUM_ENV}"
     )
-    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-        pytest.fail(problem)
-    pytest.skip(problem)
+    skip_or_fail(problem)
 
 
 async def launch_chromium(playwright: Playwright, executable: str | None = None) -> Browser:

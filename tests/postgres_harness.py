@@ -18,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import asyncpg
-import pytest
 
 from statekeeper_server.config import Settings
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.stores.postgres import MIGRATIONS
 from statekeeper_server.stores.postgres.engine import PostgresEngine, PostgresOptions
 from statekeeper_server.stores.postgres.migrations import Migrations
+from tests.unavailable import skip_or_fail
 
 T = TypeVar("T")
 
@@ -61,9 +61,7 @@ def require_server() -> None:
         _server_problem.append(run_sync(_probe()))
     problem = _server_problem[0]
     if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
+        skip_or_fail(problem)
 
 
 def schema_url(schema: str, *, port: int | None = None) -> str:

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import pytest
+
+from tests.unavailable import skip_or_fail
 
 SUPERUSER = "postgres"
 
@@ -106,9 +107,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     programs = _server_programs()
     if programs is None:
         problem = "PostgreSQL's server programs (initdb, pg_ctl) are not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
+        skip_or_fail(problem)
     root = Path(tempfile.mkdtemp(prefix="statekeeper-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, SUPERUSER)
