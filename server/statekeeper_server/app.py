@@ -43,6 +43,7 @@ from statekeeper_server.observability.http import HttpPort
 from statekeeper_server.observability.tracing import Tracing, start_tracing
 from statekeeper_server.publish.relay_config import declare_relays
 from statekeeper_server.publish.sinks import Sinks
+from statekeeper_server.request_decoding import CheckWorkers
 from statekeeper_server.services import Service
 from statekeeper_server.services.checkpoints import CheckpointServicer
 from statekeeper_server.services.events import EventLogServicer
@@ -107,6 +108,8 @@ class Application:
             settings.stream_buffer_bytes, on_stream_end=self.trimmer.request
         )
         """The budget of bytes that ReplayEvents and WatchJobs streams hold together."""
+        self.check_workers = CheckWorkers(settings.check_workers)
+        """The worker processes that decode and check large request bodies."""
         self.stream_turns = StreamTurns()
         """The turns ReplayEvents and WatchJobs streams take to read and send a page."""
         self.port = 0
@@ -197,6 +200,7 @@ class Application:
                         AdmissionLayer(self.admission),
                         RequestLayer(
                             self.settings.max_message_bytes,
+                            self.check_workers,
                             count_bytes=self.settings.access_log != "off",
                         ),
                     ]
@@ -326,6 +330,7 @@ class Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self.check_workers.close()
         await self.sinks.close()
         if self._store is not None:
             await self._store.close()

@@ -241,6 +241,9 @@ async def _health(
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+SWITCH_INTERVAL_SECONDS = 0.001
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `statekeeper` console script."""
     parser = argparse.ArgumentParser(prog="statekeeper", description=__doc__)
@@ -275,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     command = args.pop("command")
     if command == "serve":
+        # A worker thread running Python (a store's writes, a large check) hands the
+        # event loop the GIL after this long, not the default 5 ms: what another caller
+        # may wait behind it.
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         return asyncio.run(_serve(args))
     if command == "token":
         return _create_token(args)

@@ -7,6 +7,7 @@ settings table never disagree.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -18,6 +19,9 @@ from statekeeper_server.limits import (
     KIB,
     MAX_REQUEST_BYTES_LIMIT,
 )
+
+DEFAULT_CHECK_WORKERS = max(1, min(4, (os.cpu_count() or 1) - 1))
+"""One check worker per core but the one the event loop needs, at least one, at most four."""
 
 
 class Settings(BaseSettings):
@@ -171,6 +175,14 @@ class Settings(BaseSettings):
         description="bytes of pages read but not yet sent that all ReplayEvents and WatchJobs"
         " streams may hold together beyond the 16 KiB each may always hold: more lets more"
         " readers read large pages at once; readers that stopped reading may hold all of it",
+    )
+    check_workers: int = Field(
+        DEFAULT_CHECK_WORKERS,
+        gt=0,
+        le=64,
+        description="worker processes that decode and check request bodies over 16 KiB holding"
+        " JSON values, so the event loop never does; started with the first such request"
+        " (default: one per core but one, at least 1, at most 4)",
     )
     max_connections: int = Field(
         5_000, gt=0, description="most client connections open at once; more are closed at once"

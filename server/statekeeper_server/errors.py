@@ -45,6 +45,11 @@ class ServiceError(Exception):
         self.message = message
         self.metadata = {key: clip_text(str(value)) for key, value in metadata.items()}
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled whole (a worker process's refusal reaches the server this way): the
+        # subclasses' constructors take other arguments than the message they store.
+        return (_restored, (type(self), self.args, self.__dict__))
+
     def details(self) -> list[any_pb2.Any]:
         """The `google.rpc` detail messages sent with the status."""
         info = any_pb2.Any()
@@ -61,6 +66,16 @@ class ServiceError(Exception):
             code=self.code.value[0], message=self.message, details=self.details()
         )
         return rpc_status.to_status(status)
+
+
+def _restored(
+    kind: type[ServiceError], args: tuple[object, ...], state: dict[str, object]
+) -> ServiceError:
+    """A pickled ServiceError, rebuilt without calling its constructor."""
+    error = kind.__new__(kind)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidArgument(ServiceError):

@@ -21,8 +21,10 @@ meets them:
    a traceback; refuses a body over `--max-message-bytes`
    (RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE); screens the JSON values of the
    body at C speed (`wire_twins`: key counts, depth, finite numbers) before
-   the real decode; and runs `check_request`, on a worker thread for a large
-   body the screen could not clear, so walking it never stalls the loop.
+   the real decode; and runs `check_request` (`request_decoding`). A large
+   body holding JSON values is screened, decoded and checked in a worker
+   process, then decoded again in steps; a large one without is checked on
+   a thread. Neither holds the event loop for long.
    It also encodes every response: a handler may answer with a message or
    with the response's wire bytes already built (from stored records, see
    `wire`), which are sent as they are. When asked (`count_bytes`), it
@@ -36,7 +38,6 @@ reflection service) each message is checked as it arrives.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 import time
@@ -54,7 +55,8 @@ from statekeeper_server.logs import RateLimit
 from statekeeper_server.observability import call_record
 from statekeeper_server.piecewise import decode_in_pieces
 from statekeeper_server.request_checks import check_request
-from statekeeper_server.wire_twins import JsonScreen, screen_for
+from statekeeper_server.request_decoding import UNDECODABLE, CheckWorkers, decode_checked
+from statekeeper_server.wire_twins import screen_for
 
 log = logging.getLogger("statekeeper.calls")
 
@@ -233,13 +235,14 @@ class _Refused:
 
 
 class _Pending:
-    """A large body holding JSON values, decoded and checked in steps by the handler."""
+    """A large body holding JSON values: checked by a worker process, then decoded in steps."""
 
-    __slots__ = ("data", "screen")
+    __slots__ = ("data", "message_class", "workers")
 
-    def __init__(self, data: bytes, screen: JsonScreen) -> None:
+    def __init__(self, data: bytes, message_class: type[Message], workers: CheckWorkers) -> None:
         self.data = data
-        self.screen = screen
+        self.message_class = message_class
+        self.workers = workers
 
 
 class _Unchecked:
@@ -251,12 +254,6 @@ class _Unchecked:
         self.message = message
 
 
-UNDECODABLE = (
-    "is not a valid encoding of this method's request message (corrupt bytes, a wrong wire"
-    " type, text that is not UTF-8, or nesting deeper than protobuf allows)"
-)
-
-
 class RequestLayer(Layer):
     """Decodes and checks every request before its handler runs.
 
@@ -265,8 +262,11 @@ class RequestLayer(Layer):
     handler so the count is complete when the outer layers see the call end.
     """
 
-    def __init__(self, max_request_bytes: int, *, count_bytes: bool = False) -> None:
+    def __init__(
+        self, max_request_bytes: int, workers: CheckWorkers, *, count_bytes: bool = False
+    ) -> None:
         self._max_request_bytes = max_request_bytes
+        self._workers = workers
         self._count_bytes = count_bytes
 
     def wrap(self, method: str, handler: Handler) -> Handler:
@@ -307,13 +307,14 @@ class RequestLayer(Layer):
     def _decoder(self, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
         """Decode a body into the request, or into `_Refused`; never raise.
 
-        A request type that holds JSON values has its body screened first
-        (`wire_twins`, C speed): objects over the key limit are refused
-        before the real decode, whose cost grows with them, and a body the
-        screen clears is checked without walking its JSON values.
+        A large body holding JSON values is left to a worker process
+        (`_Pending`); a large one without is decoded (it holds no value slow
+        to decode) and checked on a thread (`_Unchecked`).
         """
         limit = self._max_request_bytes
-        screen = _screen_of(deserialize)
+        workers = self._workers
+        message_class = _message_class_of(deserialize)
+        holds_json = message_class is not None and screen_for(message_class.DESCRIPTOR) is not None
 
         def decode(data: bytes) -> Any:
             if len(data) > limit:
@@ -322,21 +323,22 @@ class RequestLayer(Layer):
                 )
             if deserialize is None:
                 return data
-            if screen is not None and len(data) > INLINE_CHECK_BYTES:
-                return _Pending(data, screen)
-            twin = None
+            large = len(data) > INLINE_CHECK_BYTES
+            if large and holds_json:
+                assert message_class is not None
+                return _Pending(data, message_class, workers)
             try:
-                if screen is not None:
-                    twin = screen.screen(data)
+                if message_class is not None and not large:
+                    return decode_checked(message_class, data)
                 request = deserialize(data)
             except ServiceError as error:
                 return _Refused(error)
             except Exception:
                 return _Refused(InvalidArgument("request", UNDECODABLE, "UNDECODABLE_REQUEST"))
-            if len(data) > INLINE_CHECK_BYTES:
+            if large:
                 return _Unchecked(request)
             try:
-                check_request(request, screened_twin=twin)
+                check_request(request)
             except ServiceError as error:
                 return _Refused(error)
             return request
@@ -344,41 +346,24 @@ class RequestLayer(Layer):
         return decode
 
 
-def _screen_of(deserialize: Callable[[bytes], Any] | None) -> JsonScreen | None:
-    """The JSON screen of the message a method's deserializer decodes (a generated
-    message class's `FromString`), if that message holds JSON values."""
+def _message_class_of(deserialize: Callable[[bytes], Any] | None) -> type[Message] | None:
+    """The message a method's deserializer decodes (a generated message class's
+    `FromString`), if it is one."""
     message_class = getattr(deserialize, "__self__", None)
     message_type = getattr(message_class, "DESCRIPTOR", None)
     if not isinstance(message_type, descriptor.Descriptor):
         return None
-    return screen_for(message_type)
+    return message_class
 
 
-async def _screened_request(pending: _Pending) -> Any:
-    """Screen, decode and check a large body holding JSON values, letting other calls
-    run between the steps (protobuf decodes holding the GIL: a thread would not help)."""
-    screen = pending.screen
+async def _worked_request(pending: _Pending) -> Any:
+    """A large body holding JSON values, checked by a worker process, then decoded on the
+    event loop in steps of about a millisecond, other calls served in between."""
+    await pending.workers.check(pending.message_class, pending.data)
     try:
-        steps = screen.screening(
-            pending.data, await decode_in_pieces(screen.twin_class, pending.data)
-        )
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                twin: Message | None = done.value
-                break
-            await asyncio.sleep(0)
-        request = await decode_in_pieces(screen.message_class, pending.data)
-    except ServiceError:
-        raise
-    except Exception as exc:
+        return await decode_in_pieces(pending.message_class, pending.data)
+    except Exception as exc:  # the worker decoded it: only a fault of the server's own
         raise InvalidArgument("request", UNDECODABLE, "UNDECODABLE_REQUEST") from exc
-    # Measuring a large request's records (and, unless the screen cleared them, walking its
-    # JSON values) is many short steps: on a thread, the interpreter lets the loop run
-    # between them.
-    await asyncio.to_thread(functools.partial(check_request, request, screened_twin=twin))
-    return request
 
 
 def _counting_decoder(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -455,7 +440,7 @@ async def _checked(request: Any) -> Any:
         await asyncio.to_thread(check_request, request.message)
         return request.message
     if isinstance(request, _Pending):
-        return await _screened_request(request)
+        return await _worked_request(request)
     return request
 
 

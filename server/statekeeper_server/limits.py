@@ -91,9 +91,9 @@ MAX_ERROR_TEXT_LENGTH = 256
 INLINE_CHECK_BYTES = 16 * KIB
 """Inputs up to this size are worked on at once, on the event loop; larger ones off it:
 Python work (converting JSON, checking a request without JSON values) on a worker thread,
-and a request holding JSON values screened, decoded and checked in steps of at most a few
-milliseconds (protobuf holds the GIL whatever thread runs it), other calls served in
-between."""
+and a request holding JSON values screened, decoded and checked in a worker process
+(protobuf holds the GIL whatever thread runs it), then decoded again on the event loop in
+steps of about a millisecond, other calls served in between."""
 
 # -- thread checkpoints ----------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message_factory, struct_pb2
@@ -414,8 +414,6 @@ class JsonScreen:
 
     def __init__(self, message_type: descriptor.Descriptor) -> None:
         self._message_type = message_type
-        self.message_class = message_factory.GetMessageClass(message_type)
-        """The real message the screened bodies decode into."""
         self._depth_twin = depth_twin(message_type)
         skeleton_twin(message_type)
 
@@ -435,41 +433,17 @@ class JsonScreen:
         `google.protobuf.message.DecodeError` if `data` is not an encoding of
         the message.
         """
-        steps = self.screening(data)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                twin: Message | None = done.value
-                return twin
-
-    @property
-    def twin_class(self) -> type[Message]:
-        """The depth twin of the screened message."""
-        return self._depth_twin
-
-    def screening(
-        self, data: bytes, twin: Message | None = None
-    ) -> Generator[None, None, Message | None]:
-        """`screen` in steps, yielding between them (each a few milliseconds for the
-        largest bodies), so a caller can let others run in between; `twin` is `data`
-        decoded as `twin_class`, if the caller decoded it already."""
-        if twin is None:
-            twin = self._depth_twin.FromString(data)
-            yield
+        twin = self._depth_twin.FromString(data)
         try:
             # Encoding checks required fields: only a value nested too deep (or an
             # object's entry without its key or value, which no encoder writes) lacks one.
             shortest = twin.SerializeToString()
         except EncodeError:
-            yield
             # What lies too deep stays as it was sent: look into everything.
             count_keys(self._message_type, data, thorough=True)
             return None
         if len(shortest) >= WIDE_BYTES:
-            yield
             count_keys(self._message_type, shortest)
-        yield
         return None if _holds_non_finite_number(shortest) else twin
 
 
