@@ -43,7 +43,8 @@ from bench.report import (  # noqa: E402
 )
 from bench.scenarios import Scenario, all_scenarios  # noqa: E402
 
-GENERATOR_POOL = 4
+GENERATOR_POOL = 5
+"""Generator processes: enough for the largest window (a probe, a lag sampler and three loads)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

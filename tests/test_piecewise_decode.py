@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from statekeeper.v1 import events_pb2
 from statekeeper_server import piecewise
-from statekeeper_server.piecewise import decode_in_pieces
+from statekeeper_server.piecewise import decode_in_pieces, merge_in_pieces
 from statekeeper_server.wire_twins import depth_twin
 
 SMALL_PIECE = 48
@@ -93,3 +93,33 @@ def test_a_wire_twin_decoded_in_pieces_equals_the_twin_decoded_whole(data: list[
     twin = depth_twin(events_pb2.AppendEventsRequest.DESCRIPTOR)
     decoded = asyncio.run(decode_in_pieces(twin, body))
     assert decoded == twin.FromString(body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(json_values, min_size=1, max_size=4))
+def test_a_record_merged_in_pieces_on_a_thread_equals_the_record_decoded_whole(
+    data: list[Any],
+) -> None:
+    body = batch(data).SerializeToString()
+    merged = events_pb2.AppendEventsRequest()
+    merge_in_pieces(merged, body)
+    assert merged == events_pb2.AppendEventsRequest.FromString(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(json_values, min_size=1, max_size=4), st.data())
+def test_a_stored_record_that_does_not_decode_whole_never_passes_in_pieces(
+    data: list[Any], draws: st.DataObject
+) -> None:
+    body = bytearray(batch(data).SerializeToString())
+    if draws.draw(st.booleans(), "cut"):
+        body = body[: draws.draw(st.integers(0, len(body) - 1), "length")]
+    else:
+        body[draws.draw(st.integers(0, len(body) - 1), "at")] ^= draws.draw(
+            st.integers(1, 255), "flip"
+        )
+    try:
+        events_pb2.AppendEventsRequest.FromString(bytes(body))
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            merge_in_pieces(events_pb2.AppendEventsRequest(), bytes(body))

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -46,8 +48,9 @@ from google.protobuf import duration_pb2, struct_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
 
-from bench import payloads
+from bench import payloads, servers
 from bench.harness import Bench
 from bench.load import (
     CHANNEL_OPTIONS,
@@ -456,6 +459,52 @@ async def maxsize_load(
     return window
 
 
+LAG_METRIC = "statekeeper_event_loop_lag_seconds"
+
+
+def _lag_buckets(http_port: int) -> dict[float, float]:
+    """The server's cumulative loop lag histogram: samples at or under each bound."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != LAG_METRIC:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{LAG_METRIC}_bucket":
+                buckets[float(sample.labels["le"])] = sample.value
+    return buckets
+
+
+async def loop_lag_window(http_port: int, start_at: float, duration: float) -> Window:
+    """The server's event loop lag samples taken inside the window: `extra` holds, per
+    bucket bound `le:<seconds>`, how many samples were at or under it."""
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    before = await asyncio.to_thread(_lag_buckets, http_port)
+    await asyncio.sleep(max(0.0, start_at + duration - time.time()))
+    after = await asyncio.to_thread(_lag_buckets, http_port)
+    window = Window(seconds=duration)
+    window.extra = {f"le:{bound}": after[bound] - before.get(bound, 0.0) for bound in after}
+    return window
+
+
+def lag_summary(lag: Window) -> str:
+    """`loop lag p99 <= X ms, max <= Y ms (N samples)` from a `loop_lag_window`."""
+    bounds = sorted((float(key[3:]), count) for key, count in lag.extra.items())
+    total = bounds[-1][1] if bounds else 0.0
+    if not total:
+        return "no loop lag samples"
+
+    def bound_of(share: float) -> str:
+        bound = next(le for le, count in bounds if count >= share * total)
+        return "over 2500" if math.isinf(bound) else f"<= {bound * 1000:g}"
+
+    return (
+        f"event loop lag p99 {bound_of(0.99)} ms, max {bound_of(1.0)} ms"
+        f" ({total:.0f} samples every 20 ms)"
+    )
+
+
 async def request_sizes() -> dict[str, int]:
     """The size of each kind's max-size request, in bytes."""
     return {
@@ -641,6 +690,7 @@ def _row(
     kinds: Sequence[str],
     sizes: dict[str, int],
     server_cpu: float | None,
+    lag: Window,
 ) -> Row:
     merged = Window.merge(list(loads))
     merged.extra = {k: v for load in loads for k, v in load.extra.items()}
@@ -661,6 +711,7 @@ def _row(
     )
     if server_cpu is not None:
         parts.append(f"server CPU {100 * server_cpu:.0f}%")
+    parts.append(lag_summary(lag))
     if not probe.latencies:
         parts.insert(0, "the probe finished no call inside the window")
         return Row(label, status=ERROR, note="; ".join(parts))
@@ -680,9 +731,11 @@ def maxsize(bench: Bench, store: str, with_peers: bool) -> list[Row]:
     """Another caller's p99 beside each kind of max-size request, then beside all of them."""
     rows = decode_rows(bench.generators.run(decode_costs, repeats=DECODE_REPEATS[bench.mode.name]))
     sizes = bench.generators.run(request_sizes)
-    with bench.statekeeper(store) as server:
+    http_port = servers.free_port()
+    with bench.statekeeper(store, "--http-listen", f"127.0.0.1:{http_port}") as server:
         job_id = bench.generators.run(prepare, target=server.target, checkpoints=STORED_CHECKPOINTS)
         probe = (latency_probe, {"target": server.target, "calls": probe_calls(job_id)})
+        lag = (loop_lag_window, {"http_port": http_port})
         duration = DURATIONS[bench.mode.name]
         (idle,), _ = bench.measure_each([probe], server, "maxsize idle", duration)
         rss_before = server.rss()
@@ -691,8 +744,8 @@ def maxsize(bench: Bench, store: str, with_peers: bool) -> list[Row]:
                 maxsize_load,
                 {"target": server.target, "kinds": [kind.name], "callers": CALLERS_PER_KIND},
             )
-            (measured, loaded), cpu = bench.measure_each(
-                [probe, load], server, f"maxsize {kind.name}", duration, BUILD_LEAD
+            (measured, loaded, lagged), cpu = bench.measure_each(
+                [probe, load, lag], server, f"maxsize {kind.name}", duration, BUILD_LEAD
             )
             rows.append(
                 _row(
@@ -703,14 +756,15 @@ def maxsize(bench: Bench, store: str, with_peers: bool) -> list[Row]:
                     [kind.name],
                     sizes,
                     cpu,
+                    lagged,
                 )
             )
         loads = [
             (maxsize_load, {"target": server.target, "kinds": kinds, "callers": CALLERS_PER_KIND})
             for kinds in ALL_AT_ONCE
         ]
-        (measured, *loaded), cpu = bench.measure_each(
-            [probe, *loads], server, "maxsize all", 2 * duration, BUILD_LEAD
+        (measured, lagged, *loaded), cpu = bench.measure_each(
+            [probe, lag, *loads], server, "maxsize all", 2 * duration, BUILD_LEAD
         )
         rows.append(
             _row(
@@ -721,6 +775,7 @@ def maxsize(bench: Bench, store: str, with_peers: bool) -> list[Row]:
                 [k.name for k in KINDS],
                 sizes,
                 cpu,
+                lagged,
             )
         )
         rss_after = server.rss()

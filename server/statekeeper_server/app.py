@@ -40,6 +40,7 @@ from statekeeper_server.observability import server_metrics
 from statekeeper_server.observability.access_log import AccessLogLayer
 from statekeeper_server.observability.grpc_metrics import MetricsLayer
 from statekeeper_server.observability.http import HttpPort
+from statekeeper_server.observability.loop_lag import watch_loop_lag
 from statekeeper_server.observability.tracing import Tracing, start_tracing
 from statekeeper_server.publish.relay_config import declare_relays
 from statekeeper_server.publish.sinks import Sinks
@@ -242,6 +243,8 @@ class Application:
             raise
         await self._set_health(SERVING)
         background = [self._watch_store(store), self.trimmer.run()]
+        if self.settings.http_listen:
+            background.append(watch_loop_lag())
         for service in services:
             background.extend(service.background())
         if self._access is not None:

@@ -95,6 +95,10 @@ and a request holding JSON values screened, decoded and checked in a worker proc
 (protobuf holds the GIL whatever thread runs it), then decoded again on the event loop in
 steps of about a millisecond, other calls served in between."""
 
+INLINE_BATCH_ITEMS = 16
+"""Items of a batch (the inputs of an append) worked on at once, on the event loop; the
+work on more runs on a worker thread."""
+
 # -- thread checkpoints ----------------------------------------------------------------
 
 MAX_THREAD_BLOB_BYTES = 2 * MIB

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf import descriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from statekeeper_server.limits import KIB
 
@@ -33,6 +33,8 @@ fields are bounded by MAX_JSON_OBJECT_KEYS, and a list's items decode fast)."""
 FieldDescriptor = descriptor.FieldDescriptor
 LENGTH_DELIMITED = 2
 _START_GROUP, _END_GROUP = 3, 4
+_FIELD_KINDS = frozenset((0, 1, LENGTH_DELIMITED, _START_GROUP, 5))
+"""Wire types a field may start with (an end-group tag only closes a group)."""
 _MAP_KEY, _MAP_VALUE = 1, 2
 
 
@@ -45,44 +47,67 @@ async def decode_in_pieces(message_class: type[Message], data: bytes) -> Message
     that is not UTF-8).
     """
     message = message_class()
-    await _merge(message, memoryview(data))
+    for _ in _merge(message, memoryview(data)):
+        await asyncio.sleep(0)
     return message
 
 
-async def _merge(message: Any, data: memoryview) -> None:
+def merge_in_pieces(message: Message, data: bytes) -> None:
+    """`message.MergeFromString(data)` in pieces of at most PIECE_BYTES, for a worker
+    thread: between two pieces the interpreter may hand the event loop the GIL, which it
+    cannot while protobuf decodes one large value.
+
+    Raises `google.protobuf.message.DecodeError` if `data` is not an encoding of the
+    message (perhaps after merging some of it).
+    """
     if len(data) <= PIECE_BYTES:
         message.MergeFromString(data)
-        await asyncio.sleep(0)
+        return
+    try:
+        for _ in _merge(message, memoryview(data)):
+            pass
+    except (IndexError, ValueError) as exc:
+        # Cut where no well-formed encoding would be: the decode says so.
+        raise DecodeError("truncated or malformed encoding") from exc
+
+
+def _merge(message: Any, data: memoryview) -> Iterator[None]:
+    """Merge `data` into `message`, yielding after each piece."""
+    if len(data) <= PIECE_BYTES:
+        message.MergeFromString(data)
+        yield
         return
     fields = message.DESCRIPTOR.fields_by_number
     start = end = 0
     for count, (record_start, payload, record_end, number, kind) in enumerate(records(data)):
+        if record_end > len(data):
+            raise DecodeError("a field runs past the end of the encoding")
         if count == MANY_RECORDS:
             # Small fields: finding them here would cost more than decoding them.
             message.MergeFromString(data[start:])
-            await asyncio.sleep(0)
+            yield
             return
         if record_end - record_start > PIECE_BYTES and _can_cut(fields.get(number), kind):
             if end > start:
                 # Decoded first: the field's target may be a new item, after these.
                 message.MergeFromString(data[start:end])
-                await asyncio.sleep(0)
+                yield
             found = _target(message, fields[number], data[payload:record_end])
             if found is not None:
-                await _merge(*found)
+                yield from _merge(*found)
             else:
                 message.MergeFromString(data[record_start:record_end])
-                await asyncio.sleep(0)
+                yield
             start = end = record_end
             continue
         if record_end - start > PIECE_BYTES and end > start:
             message.MergeFromString(data[start:end])
-            await asyncio.sleep(0)
+            yield
             start = record_start
         end = record_end
     if end > start:
         message.MergeFromString(data[start:end])
-        await asyncio.sleep(0)
+        yield
 
 
 def _can_cut(field: FieldDescriptor | None, kind: int) -> bool:
@@ -141,6 +166,8 @@ def records(data: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
         start = at
         key, at = read_varint(data, at)
         number, kind = key >> 3, key & 7
+        if number == 0 or kind not in _FIELD_KINDS:
+            raise ValueError("not a field's tag")
         payload = at
         if kind == LENGTH_DELIMITED:
             length, payload = read_varint(data, at)
@@ -166,6 +193,8 @@ def _skip(data: memoryview, at: int, kind: int) -> int:
         while depth:
             key, at = read_varint(data, at)
             inner = key & 7
+            if inner not in _FIELD_KINDS and inner != _END_GROUP:
+                raise ValueError("not a field's tag")
             if inner == _START_GROUP:
                 depth += 1
             elif inner == _END_GROUP:

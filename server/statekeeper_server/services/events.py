@@ -63,6 +63,7 @@ from statekeeper_server.stream_buffers import Grant, StreamBuffer, StreamBuffers
 from statekeeper_server.stream_turns import StreamTurns
 from statekeeper_server.timestamps import now_us, to_timestamp
 from statekeeper_server.validation import page_size, require_id
+from statekeeper_server.wire import uint_field
 
 Context = grpc.aio.ServicerContext[Any, Any]
 ReplayMessage = bytes | events_pb2.ReplayEventsResponse
@@ -160,11 +161,10 @@ class EventLogServicer:
         envelopes = await self._store.append(namespace, run_id, request.inputs, expectation)
         return pack_envelopes(envelopes)
 
-    async def ListEvents(
-        self, request: events_pb2.ListEventsRequest, context: Context
-    ) -> events_pb2.ListEventsResponse:
-        """A page of stored envelopes, merged into the response without re-encoding: at
-        most `limit` and PAGE_BUDGET_BYTES of them (the caller continues after the last)."""
+    async def ListEvents(self, request: events_pb2.ListEventsRequest, context: Context) -> bytes:
+        """A page of stored envelopes: at most `limit` and PAGE_BUDGET_BYTES of them (the
+        caller continues after the last); the ListEventsResponse's wire bytes, built
+        around the stored envelopes."""
         namespace = request_namespace(context)
         run_id = require_id(request.run_id, "run_id")
         limit = page_size(
@@ -176,11 +176,12 @@ class EventLogServicer:
         if page.run is None:
             raise run_not_found(run_id)
         check_read_position(run_id, page.run, request.after_seq)
-        response = events_pb2.ListEventsResponse(
-            last_seq=page.run.last_seq, first_seq=page.run.first_seq
+        response = events_pb2.ListEventsResponse
+        return (
+            pack_envelopes(page.envelopes)
+            + uint_field(response.LAST_SEQ_FIELD_NUMBER, page.run.last_seq)
+            + uint_field(response.FIRST_SEQ_FIELD_NUMBER, page.run.first_seq)
         )
-        response.MergeFromString(pack_envelopes(page.envelopes))
-        return response
 
     async def ReplayEvents(
         self, request: events_pb2.ReplayEventsRequest, context: Context

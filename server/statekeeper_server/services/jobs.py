@@ -143,9 +143,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         specs = await new_jobs([request.job], ["job"], self._sinks.specs)
         [enqueued] = await self._jobs.enqueue(namespace, specs)
         response = jobs_pb2.EnqueueJobResponse
-        return message_field(
-            response.JOB_FIELD_NUMBER, enqueued.job.SerializeToString()
-        ) + uint_field(response.CREATED_FIELD_NUMBER, enqueued.created)
+        return message_field(response.JOB_FIELD_NUMBER, enqueued.encoded) + uint_field(
+            response.CREATED_FIELD_NUMBER, enqueued.created
+        )
 
     async def EnqueueJobs(  # type: ignore[override]  # answers with wire bytes
         self, request: jobs_pb2.EnqueueJobsRequest, context: Context
@@ -161,7 +161,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         enqueued = await self._jobs.enqueue(namespace, specs)
         response = jobs_pb2.EnqueueJobsResponse
         return repeated_message_field(
-            response.JOBS_FIELD_NUMBER, [item.job.SerializeToString() for item in enqueued]
+            response.JOBS_FIELD_NUMBER, [item.encoded for item in enqueued]
         ) + packed_bool_field(response.CREATED_FIELD_NUMBER, [item.created for item in enqueued])
 
     async def LeaseJobs(
@@ -246,13 +246,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         delay = bounded_duration(request.delay, "delay", MAX_DELAY_US)
         return jobs_pb2.RetryJobResponse(job=await self._jobs.retry(namespace, job_id, delay))
 
-    async def GetJob(
+    async def GetJob(  # type: ignore[override]  # answers with wire bytes
         self, request: jobs_pb2.GetJobRequest, context: Context
-    ) -> jobs_pb2.GetJobResponse:
-        """The job as it stands now."""
+    ) -> bytes:
+        """The job as it stands now; the GetJobResponse's wire bytes (no copy of the job
+        into a response to encode)."""
         namespace = request_namespace(context)
-        job_id = require_id(request.job_id, "job_id")
-        return jobs_pb2.GetJobResponse(job=await self._jobs.get(namespace, job_id))
+        job = await self._jobs.get(namespace, require_id(request.job_id, "job_id"))
+        return message_field(jobs_pb2.GetJobResponse.JOB_FIELD_NUMBER, job.SerializeToString())
 
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: Context

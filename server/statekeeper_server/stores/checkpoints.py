@@ -26,6 +26,7 @@ from statekeeper.v1 import checkpoints_pb2
 from statekeeper_server.errors import Aborted, DataLoss, InvalidArgument, NotFound
 from statekeeper_server.limits import MAX_FILTER_KEYS
 from statekeeper_server.observability import store_metrics
+from statekeeper_server.piecewise import merge_in_pieces
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
 from statekeeper_server.uuid7 import uuid7
@@ -442,8 +443,9 @@ def readable_checkpoint(
     reply carries the stored bytes themselves, so no client ever receives a
     record that does not decode.
     """
+    message = message_type()
     try:
-        message = message_type.FromString(row.data)
+        merge_in_pieces(message, row.data)
     except DecodeError:
         raise corrupt_checkpoint(kind, row.owner, row.checkpoint_id) from None
     if message.checkpoint_id != row.checkpoint_id:

@@ -27,6 +27,7 @@ from statekeeper_server.errors import (
 )
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.observability import store_metrics
+from statekeeper_server.offload import off_loop_if_many
 from statekeeper_server.stores import event_wire
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
@@ -528,15 +529,24 @@ def merge_results(
     return [originals[retries[i]] if i in retries else next(fresh) for i in range(count)]
 
 
-def prepare_append(
+async def prepare_append(
     run_id: str,
     inputs: Sequence[events_pb2.EventInput],
     expectation: events_pb2.SeqExpectation | None,
 ) -> list[PreparedInput]:
-    """Validate an append and give each input its final event id (`prepare_inputs`).
+    """Validate an append and give each input its final event id (`prepare_inputs`), on
+    a worker thread for a large batch.
 
     Raises InvalidArgument naming `run_id`, `inputs[i]...` or `expectation...`.
     """
+    return await off_loop_if_many(len(inputs), _prepare_append, run_id, inputs, expectation)
+
+
+def _prepare_append(
+    run_id: str,
+    inputs: Sequence[events_pb2.EventInput],
+    expectation: events_pb2.SeqExpectation | None,
+) -> list[PreparedInput]:
     require_id(run_id, "run_id")
     kinds = validate_event_inputs(inputs, "inputs")
     validate_expectation(expectation, "expectation")

@@ -27,6 +27,7 @@ from statekeeper_server.errors import DataLoss, FailedPrecondition, NotFound, Ou
 from statekeeper_server.limits import MAX_JOB_ERROR_BYTES, PAGE_BUDGET_BYTES, RESPONSE_BUDGET_BYTES
 from statekeeper_server.observability import store_metrics
 from statekeeper_server.observability.store_metrics import JobCounts
+from statekeeper_server.piecewise import merge_in_pieces
 from statekeeper_server.stores.budget import fill_page, framed_size
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
@@ -122,6 +123,14 @@ class Enqueued:
 
     job: jobs_pb2.Job
     created: bool
+    encoded: bytes
+    """The job's encoding, made beside the store's transaction (`enqueued_job`): the answer
+    carries it, and its size decides whether the batch's answer fits."""
+
+
+def enqueued_job(job: jobs_pb2.Job, created: bool) -> Enqueued:
+    """The Enqueued of `job`, encoded now (on the store's thread, for the file store)."""
+    return Enqueued(job, created, job.SerializeToString())
 
 
 @dataclass(frozen=True)
@@ -513,7 +522,7 @@ def check_enqueue_response(enqueued: Sequence[Enqueued]) -> None:
     larger (a result, errors), so a batch returning several is checked in its
     transaction, before anything commits.
     """
-    total = sum(framed_size(item.job.ByteSize()) for item in enqueued)
+    total = sum(framed_size(len(item.encoded)) for item in enqueued)
     if total > RESPONSE_BUDGET_BYTES:
         raise TooLarge(
             "BATCH_TOO_LARGE", "jobs", total, RESPONSE_BUDGET_BYTES, "the response to this batch"
@@ -817,9 +826,10 @@ def _fill_lease(lease: jobs_pb2.JobLease, row: JobRow) -> None:
 
 
 def _merge_struct(target: struct_pb2.Struct, job_id: str, data: bytes) -> None:
-    """`decode_struct` straight into `target` (an empty field of a message)."""
+    """`decode_struct` straight into `target` (an empty field of a message), in pieces: on
+    a store's thread, the event loop gets the GIL between them."""
     try:
-        target.MergeFromString(data)
+        merge_in_pieces(target, data)
     except DecodeError as exc:
         raise _corrupt(job_id) from exc
 

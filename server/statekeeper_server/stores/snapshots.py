@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from statekeeper.v1 import snapshots_pb2
 from statekeeper_server.errors import Aborted, DataLoss, NotFound
 from statekeeper_server.observability import store_metrics
+from statekeeper_server.piecewise import merge_in_pieces
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import now_us, to_timestamp
 
@@ -89,10 +90,11 @@ def readable_snapshot(run_id: str, data: bytes) -> bytes:
     (CORRUPT_SNAPSHOT) if it is unreadable.
 
     The parse only checks: a reply carries `data` itself, so no client ever
-    receives a record that does not decode.
+    receives a record that does not decode. It parses in pieces, so that on a
+    store's thread the event loop gets turns in between.
     """
     try:
-        snapshots_pb2.Snapshot.FromString(data)
+        merge_in_pieces(snapshots_pb2.Snapshot(), data)
     except DecodeError as exc:
         store_metrics.store_error("corrupt")
         raise DataLoss(

@@ -301,7 +301,7 @@ class PostgresEventStore:
         expectation: events_pb2.SeqExpectation | None,
     ) -> list[bytes]:
         """Validate, then append in one transaction holding the run's row; wake its followers."""
-        prepared = prepare_append(run_id, inputs, expectation)
+        prepared = await prepare_append(run_id, inputs, expectation)
         supplied = supplied_event_ids(prepared)
         async with self._engine.transaction() as tx:
             while True:

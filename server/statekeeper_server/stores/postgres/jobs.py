@@ -105,6 +105,7 @@ from statekeeper_server.stores.jobs import (
     check_retry_allowed,
     completed_row,
     completion_repeated,
+    enqueued_job,
     expired_row,
     extended_row,
     failed_row,
@@ -1010,7 +1011,7 @@ async def _insert(write: _Write, rows: Sequence[JobRow], now: int) -> list[Enque
     for row in rows:
         row = row._replace(seq=seqs[row.job_id])
         write.record(row, jobs_pb2.JOB_STATE_UNSPECIFIED, now)
-        enqueued.append(Enqueued(job_from_row(row, now), created=True))
+        enqueued.append(enqueued_job(job_from_row(row, now), created=True))
     return enqueued
 
 
@@ -1022,10 +1023,10 @@ async def _enqueue_keyed(write: _Write, namespace: str, new: NewJob, now: int) -
         if seq is not None:
             row = row._replace(seq=seq)
             write.record(row, jobs_pb2.JOB_STATE_UNSPECIFIED, now)
-            return Enqueued(job_from_row(row, now), created=True)
+            return enqueued_job(job_from_row(row, now), created=True)
         holder = await _key_holder(write.conn, namespace, new.idempotency_key)
         if holder is not None:
-            return Enqueued(job_from_row(holder, now), created=False)
+            return enqueued_job(job_from_row(holder, now), created=False)
         # The holder finished between the insert and the read: the key is free again.
 
 

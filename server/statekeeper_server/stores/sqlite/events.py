@@ -236,7 +236,7 @@ class SQLiteEventStore:
         expectation: events_pb2.SeqExpectation | None,
     ) -> list[bytes]:
         """Validate, then append in one writer transaction and wake the run's followers."""
-        prepared = prepare_append(run_id, inputs, expectation)
+        prepared = await prepare_append(run_id, inputs, expectation)
         committed: tuple[int, RunState, list[bytes]] | None = None
 
         def work(conn: sqlite3.Connection) -> list[bytes]:

@@ -65,6 +65,7 @@ from statekeeper_server.stores.jobs import (
     check_retry_allowed,
     completed_row,
     completion_repeated,
+    enqueued_job,
     expired_row,
     extended_row,
     failed_row,
@@ -720,12 +721,12 @@ def _enqueue_one(
     if new.idempotency_key:
         existing = _key_holder(conn, namespace, new.idempotency_key)
         if existing is not None:
-            return Enqueued(job_from_row(existing, now), created=False)
+            return enqueued_job(job_from_row(existing, now), created=False)
     row = new_row(namespace, new, now)
     # The row keeps seq 0: nothing downstream of an enqueue reads it.
     conn.execute(_INSERT_JOB, row[1:])
     created.append(row)
-    return Enqueued(job_from_row(row, now), created=True)
+    return enqueued_job(job_from_row(row, now), created=True)
 
 
 def _lease(

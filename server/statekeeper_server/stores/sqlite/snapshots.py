@@ -81,12 +81,12 @@ class SQLiteSnapshotStore:
                 "SELECT data FROM snapshots WHERE namespace = ? AND run_id = ?",
                 (namespace, run_id),
             ).fetchone()
-            return row[0] if row else None
+            return readable_snapshot(run_id, row[0]) if row else None
 
         data = await self._engine.read(work)
         if data is None:
             raise snapshot_not_found(run_id)
-        return readable_snapshot(run_id, data)
+        return data
 
     async def list(
         self, namespace: str, where: SnapshotFilter, page_size: int, page_token: str
@@ -106,11 +106,11 @@ class SQLiteSnapshotStore:
         sql += " ORDER BY run_id LIMIT ?"
         params.append(page_size + 1)
 
-        def work(conn: sqlite3.Connection) -> tuple[list[tuple[str, bytes]], bool]:
-            return read_page(conn, sql, params, stored_size, max_count=page_size)
+        def work(conn: sqlite3.Connection) -> SnapshotPage:
+            rows, more = read_page(conn, sql, params, stored_size, max_count=page_size)
+            return snapshot_page(rows, more, filters)
 
-        rows, more = await self._engine.read(work)
-        return snapshot_page(rows, more, filters)
+        return await self._engine.read(work)
 
     async def delete(self, namespace: str, run_id: str) -> bool:
         """Delete the run's snapshot if present."""
