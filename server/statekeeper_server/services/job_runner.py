@@ -29,6 +29,8 @@ from google.protobuf.message import Message
 from statekeeper.v1 import events_pb2
 from statekeeper_server.errors import InvalidArgument, ServiceError, Unavailable
 from statekeeper_server.notifier import Notifier
+from statekeeper_server.offload import off_loop_if_large
+from statekeeper_server.piecewise import merge_in_pieces
 from statekeeper_server.publish.sinks import Sinks
 from statekeeper_server.services.job_payloads import (
     json_message,
@@ -165,8 +167,11 @@ def append_result(envelope: bytes) -> struct_pb2.Struct:
 
     The envelope's custom data is copied into the result as a message; the
     rest of the envelope is converted field by field, as json_format would.
+    The envelope is decoded in pieces, so that on a worker thread the event
+    loop gets the GIL between them.
     """
-    stored = events_pb2.EventEnvelope.FromString(envelope)
+    stored = events_pb2.EventEnvelope()
+    merge_in_pieces(stored, envelope)
     result = struct_pb2.Struct()
     envelope_json = result.get_or_create_struct("envelope")
     envelope_json.update(json_format.MessageToDict(_without(stored, "event")))
@@ -291,7 +296,8 @@ class BuiltinJobRunner:
             return await publish_event(
                 call, leased.namespace, job.job_id, self._events, self._sinks
             )
-        return append_result(await self._append(leased))
+        envelope = await self._append(leased)
+        return await off_loop_if_large(len(envelope), append_result, envelope)
 
     async def _append(self, leased: LeasedJob) -> bytes:
         """Append the job's event; the stored envelope's bytes.
