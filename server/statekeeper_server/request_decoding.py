@@ -27,16 +27,8 @@ from concurrent.futures.process import BrokenProcessPool
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 
-# Imported for their descriptors: a worker finds the request types by name.
-from statekeeper.v1 import (  # noqa: F401
-    access_pb2,
-    checkpoints_pb2,
-    events_pb2,
-    jobs_pb2,
-    relays_pb2,
-    snapshots_pb2,
-    thread_checkpoints_pb2,
-)
+# Loads every request type, which a worker process finds by name.
+from statekeeper_server import api_files  # noqa: F401
 from statekeeper_server.errors import InvalidArgument, ServiceError, Unavailable
 from statekeeper_server.request_checks import check_request
 from statekeeper_server.wire_twins import screen_for
@@ -150,4 +142,5 @@ def _verdict(message_name: str, data: bytes) -> ServiceError | None:
 
 @functools.cache
 def _message_class(name: str) -> type[Message]:
+    """The request type called `name` (`api_files` loaded every one)."""
     return message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(name))

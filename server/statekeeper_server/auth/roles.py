@@ -17,25 +17,8 @@ from collections.abc import Iterable, Mapping
 
 from google.protobuf import descriptor
 
-from statekeeper.v1 import (
-    access_pb2,
-    checkpoints_pb2,
-    events_pb2,
-    jobs_pb2,
-    relays_pb2,
-    snapshots_pb2,
-    thread_checkpoints_pb2,
-)
-
-SERVICE_FILES = (
-    snapshots_pb2,
-    events_pb2,
-    jobs_pb2,
-    checkpoints_pb2,
-    thread_checkpoints_pb2,
-    relays_pb2,
-)
-"""The files that define statekeeper's services."""
+from statekeeper.v1 import access_pb2
+from statekeeper_server.api_files import SERVICE_FILES
 
 
 class Role(enum.IntEnum):
