@@ -129,14 +129,18 @@ class Bench:
 
     @contextlib.contextmanager
     def statekeeper(
-        self, store: str, *extra: str, env: Mapping[str, str] | None = None
+        self,
+        store: str,
+        *extra: str,
+        env: Mapping[str, str] | None = None,
+        launcher: Sequence[str] = servers.SERVE,
     ) -> Iterator[ServerProcess]:
         """A fresh statekeeper server on an empty store of kind `store`, with `extra`
-        flags and `env` in its environment.
+        flags and `env` in its environment, run by `launcher` (see `servers`).
 
         A call that failed gets the server's last log lines added to its message.
         """
-        with servers.statekeeper(store, *extra, env=env) as server:
+        with servers.statekeeper(store, *extra, env=env, launcher=launcher) as server:
             try:
                 yield server
             except RpcFailed as exc:

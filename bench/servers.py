@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,10 +134,17 @@ def echo_server() -> ServerProcess:
     return ServerProcess("echo", [sys.executable, str(ROOT / "bench" / "echo_server.py")])
 
 
-def statekeeper_server(store_url: str, *extra: str) -> ServerProcess:
-    """`python -m statekeeper_server serve` on `store_url`, logging warnings only, its HTTP
-    side port (and so its call metrics) on, on a free port so servers never collide."""
-    argv = [sys.executable, "-m", "statekeeper_server", "serve", "--store", store_url]
+SERVE = ("-m", "statekeeper_server")
+"""How `python` runs the server (`bench/timed_server.py` runs it with its steps timed)."""
+
+
+def statekeeper_server(
+    store_url: str, *extra: str, launcher: Sequence[str] = SERVE
+) -> ServerProcess:
+    """`python -m statekeeper_server serve` (or `python <launcher> serve`) on `store_url`,
+    logging warnings only, its HTTP side port (and so its call metrics) on, on a free port
+    so servers never collide."""
+    argv = [sys.executable, *launcher, "serve", "--store", store_url]
     flags = ["--log-level", "warning", "--grace-period", "1", "--http-listen", "127.0.0.1:0"]
     return ServerProcess("statekeeper", [*argv, *flags, *extra])
 
@@ -180,12 +187,15 @@ def drop_postgres_schema(schema: str) -> None:
 
 @contextlib.contextmanager
 def statekeeper(
-    kind: str, *extra: str, env: Mapping[str, str] | None = None
+    kind: str,
+    *extra: str,
+    env: Mapping[str, str] | None = None,
+    launcher: Sequence[str] = SERVE,
 ) -> Iterator[ServerProcess]:
     """A statekeeper server on a fresh store of `kind`, stopped and cleaned up after;
-    `env` is set in its environment."""
+    `env` is set in its environment; `launcher` as for `statekeeper_server`."""
     with store_url(kind) as url:
-        process = statekeeper_server(url, *extra)
+        process = statekeeper_server(url, *extra, launcher=launcher)
         process.env.update(env or {})
         with process as server:
             yield server

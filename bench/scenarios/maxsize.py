@@ -31,17 +31,28 @@ how many of its kind succeeded and how many were refused. One row per
 kind, then one with every kind at once (over a window twice as long, since
 its calls take seconds). Target: the other caller's p99
 under 50 ms, as for stalled followers.
+
+Each row also reads the server's `statekeeper_event_loop_lag_seconds`
+histogram before and after its window: how late the event loop fired a
+timer due every 20 ms, which bounds how long any step held the loop. It is
+given as the bucket bounds under which 99% and all samples fell.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import math
+import os
+import signal
+import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2, struct_pb2
@@ -73,6 +84,7 @@ from bench.scenarios.common import (
     SAVE_SNAPSHOT,
     store_label,
 )
+from bench.timed_server import REPORT_ENV
 from statekeeper.v1 import checkpoints_pb2, events_pb2, jobs_pb2, snapshots_pb2
 from statekeeper_server import limits
 from statekeeper_server.request_checks import check_request
@@ -459,6 +471,16 @@ async def maxsize_load(
     return window
 
 
+async def step_window(pid: int, start_at: float, duration: float) -> Window:
+    """Have the timed server (`bench/timed_server.py`, process `pid`) record its event
+    loop's steps inside the window."""
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    os.kill(pid, signal.SIGUSR1)
+    await asyncio.sleep(max(0.0, start_at + duration - time.time()))
+    os.kill(pid, signal.SIGUSR2)
+    return Window(seconds=duration)
+
+
 LAG_METRIC = "statekeeper_event_loop_lag_seconds"
 
 
@@ -727,14 +749,89 @@ def _row(
     )
 
 
+Task = tuple[Callable[..., Awaitable[Window]], dict[str, Any]]
+
+
+def _prepared_probe(bench: Bench, server: servers.ServerProcess) -> Task:
+    """The probe's task, once its snapshot and job (and the filter's checkpoints) exist."""
+    job_id = bench.generators.run(prepare, target=server.target, checkpoints=STORED_CHECKPOINTS)
+    return (latency_probe, {"target": server.target, "calls": probe_calls(job_id)})
+
+
+def _every_kind_loads(target: str) -> list[Task]:
+    """The loads of every kind at once, one generator process per group of ALL_AT_ONCE."""
+    return [
+        (maxsize_load, {"target": target, "kinds": kinds, "callers": CALLERS_PER_KIND})
+        for kinds in ALL_AT_ONCE
+    ]
+
+
+STEP_TARGET_MS = 10.0
+"""Most own CPU time of any one step of the event loop while every kind runs at once."""
+TIMED_SERVER = [str(servers.ROOT / "bench" / "timed_server.py")]
+
+
+def _read_steps(report: Path, written_after: float) -> dict[str, Any]:
+    """The timed server's report of its last window (it writes it on SIGUSR2)."""
+    deadline = time.monotonic() + 10
+    while not report.exists() or report.stat().st_mtime < written_after:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the timed server wrote no step report")
+        time.sleep(0.05)
+    figures: dict[str, Any] = json.loads(report.read_text())
+    return figures
+
+
+def step_row(bench: Bench, store: str) -> Row:
+    """How long the event loop's steps take while every kind runs at once, on a server
+    timing each step, beside the same server serving the probe alone."""
+    duration = DURATIONS[bench.mode.name]
+    with tempfile.TemporaryDirectory() as directory:
+        report = Path(directory) / "steps.json"
+        with bench.statekeeper(
+            store, env={REPORT_ENV: str(report)}, launcher=TIMED_SERVER
+        ) as server:
+            probe = _prepared_probe(bench, server)
+            steps = (step_window, {"pid": server.pid})
+            started = time.time()
+            bench.measure_each([probe, steps], server, "maxsize steps idle", duration)
+            idle = _read_steps(report, started)
+            loads = _every_kind_loads(server.target)
+            started = time.time()
+            bench.measure_each(
+                [probe, steps, *loads], server, "maxsize steps", 2 * duration, BUILD_LEAD
+            )
+            loaded = _read_steps(report, started)
+    label = f"maxsize: every kind at once {store_label(store)}: longest event loop step's own CPU"
+    if not loaded.get("steps"):
+        return Row(label, status=ERROR, note="the timed server recorded no step")
+    return Row(
+        label,
+        figure=loaded["cpu_max"] * 1000,
+        unit="ms",
+        reference="same server, the probe alone",
+        reference_figure=idle["cpu_max"] * 1000,
+        targets=[Target(STEP_TARGET_MS, at_least=False)],
+        lower_is_better=True,
+        note=(
+            f"{loaded['steps']:.0f} steps; own CPU p99.9 {loaded['cpu_p999'] * 1000:.2f} ms,"
+            f" {loaded['cpu_over_5ms']:.0f} over 5 ms; wall time (what others waited behind"
+            f" a step, GIL waits included) p99 {loaded['wall_p99'] * 1000:.2f} ms, p99.9"
+            f" {loaded['wall_p999'] * 1000:.2f} ms, max {loaded['wall_max'] * 1000:.1f} ms,"
+            f" {loaded['wall_over_10ms']:.0f} over 10 ms; probe alone: wall max"
+            f" {idle['wall_max'] * 1000:.2f} ms over {idle['steps']:.0f} steps; longest: "
+            + ", ".join(f"{cpu * 1000:.1f} ms {what}" for cpu, _, what in loaded["longest"][:3])
+        ),
+    )
+
+
 def maxsize(bench: Bench, store: str, with_peers: bool) -> list[Row]:
     """Another caller's p99 beside each kind of max-size request, then beside all of them."""
     rows = decode_rows(bench.generators.run(decode_costs, repeats=DECODE_REPEATS[bench.mode.name]))
     sizes = bench.generators.run(request_sizes)
     http_port = servers.free_port()
     with bench.statekeeper(store, "--http-listen", f"127.0.0.1:{http_port}") as server:
-        job_id = bench.generators.run(prepare, target=server.target, checkpoints=STORED_CHECKPOINTS)
-        probe = (latency_probe, {"target": server.target, "calls": probe_calls(job_id)})
+        probe = _prepared_probe(bench, server)
         lag = (loop_lag_window, {"http_port": http_port})
         duration = DURATIONS[bench.mode.name]
         (idle,), _ = bench.measure_each([probe], server, "maxsize idle", duration)
@@ -759,10 +856,7 @@ def maxsize(bench: Bench, store: str, with_peers: bool) -> list[Row]:
                     lagged,
                 )
             )
-        loads = [
-            (maxsize_load, {"target": server.target, "kinds": kinds, "callers": CALLERS_PER_KIND})
-            for kinds in ALL_AT_ONCE
-        ]
+        loads = _every_kind_loads(server.target)
         (measured, lagged, *loaded), cpu = bench.measure_each(
             [probe, lag, *loads], server, "maxsize all", 2 * duration, BUILD_LEAD
         )
@@ -783,4 +877,5 @@ def maxsize(bench: Bench, store: str, with_peers: bool) -> list[Row]:
             f"; server RSS {rss_before / MB:.0f} MB before the load, {rss_after / MB:.0f} MB"
             " at the end"
         )
+    rows.append(step_row(bench, store))
     return rows
