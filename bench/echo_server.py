@@ -236,7 +236,13 @@ def handlers(batch_size: int, lease_size: int, scratch: Path) -> dict[str, grpc.
         "Replay": grpc.unary_stream_rpc_method_handler(replay),
         "Flood": grpc.unary_stream_rpc_method_handler(flood),
         "Idle": grpc.unary_stream_rpc_method_handler(idle),
+        "Echo": grpc.unary_unary_rpc_method_handler(echo),
     }
+
+
+async def echo(request: bytes, context: Context) -> bytes:
+    """The request's bytes, as the response (what moving a message each way costs)."""
+    return request
 
 
 async def serve(listen: str, batch_size: int, lease_size: int) -> None:

@@ -1,6 +1,8 @@
-"""`statekeeper serve` with every step of its event loop timed (for the max-size benchmark).
+"""`statekeeper serve`, or the bare echo server, with every step of its event loop timed
+(for the max-size benchmark).
 
     python bench/timed_server.py serve --store ... [flags of statekeeper serve]
+    python bench/timed_server.py echo [flags of bench/echo_server.py]
 
 SIGUSR1 starts a window; SIGUSR2 ends it and writes what the window's steps
 took, as JSON, to the file named by $STATEKEEPER_BENCH_STEPS. A step is one
@@ -24,8 +26,9 @@ from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT / "server") not in sys.path:
-    sys.path.insert(0, str(ROOT / "server"))
+for path in (ROOT, ROOT / "server"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 REPORT_ENV = "STATEKEEPER_BENCH_STEPS"
 LONG_STEP_SECONDS = 0.005
@@ -84,10 +87,15 @@ def _what_ran(handle: asyncio.events.Handle) -> str:
     task = getattr(callback, "__self__", None)
     if not isinstance(task, asyncio.Task):
         return repr(callback)[:120]
-    coroutine = task.get_coro()
-    frame = getattr(coroutine, "cr_frame", None)
-    where = f" {Path(frame.f_code.co_filename).name}:{frame.f_lineno}" if frame else ""
-    return f"{task.get_name()} {getattr(coroutine, '__qualname__', '')}{where}"[:160]
+    awaited: Any = task.get_coro()
+    where = ""
+    while awaited is not None:
+        # Down to the innermost coroutine: where the step stopped, awaiting.
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is not None:
+            where = f"{frame.f_code.co_name} {Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return f"{task.get_name()} at {where}"[:200]
 
 
 def timed(times: StepTimes) -> None:
@@ -119,6 +127,12 @@ def main() -> int:
 
     signal.signal(signal.SIGUSR1, begin)
     signal.signal(signal.SIGUSR2, end)
+    if sys.argv[1:2] == ["echo"]:
+        from bench import echo_server
+
+        sys.argv[1:] = sys.argv[2:]
+        echo_server.main()
+        return 0
     from statekeeper_server.cli import main as serve
 
     return serve(sys.argv[1:])

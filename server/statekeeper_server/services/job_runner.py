@@ -26,7 +26,7 @@ from typing import TypeVar
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
-from statekeeper.v1 import events_pb2
+from statekeeper.v1 import events_pb2, jobs_pb2
 from statekeeper_server.errors import InvalidArgument, ServiceError, Unavailable
 from statekeeper_server.notifier import Notifier
 from statekeeper_server.offload import off_loop_if_large
@@ -160,6 +160,12 @@ def parse_append_event(payload: struct_pb2.Struct, field: str) -> AppendEventCal
         )
         validate_expectation(expectation, f"{field}.expectation")
     return AppendEventCall(run_id, item, data, expectation)
+
+
+def _append_call(job: jobs_pb2.Job) -> tuple[AppendEventCall, events_pb2.EventInput]:
+    """What an append_event job appends, and the input to append."""
+    call = parse_append_event(job.payload, "payload")
+    return call, call.event_input(job.job_id)
 
 
 def append_result(envelope: bytes) -> struct_pb2.Struct:
@@ -303,12 +309,15 @@ class BuiltinJobRunner:
         """Append the job's event; the stored envelope's bytes.
 
         The payload passed `parse_append_event` at enqueue, so what it converts
-        from JSON here is small: it runs on the loop.
+        from JSON here is small; the copy of its event data is not, and is made
+        on a thread.
         """
         job = leased.job
-        call = parse_append_event(job.payload, "payload")
+        # Background work: the hop to a thread costs nothing that matters, and the copy of
+        # a large payload's event data stays off the event loop.
+        call, item = await asyncio.to_thread(_append_call, job)
         envelopes = await self._events.append(
-            leased.namespace, call.run_id, [call.event_input(job.job_id)], call.expectation
+            leased.namespace, call.run_id, [item], call.expectation
         )
         return envelopes[0]
 

@@ -27,6 +27,7 @@ from statekeeper_server.errors import DataLoss, FailedPrecondition, NotFound, Ou
 from statekeeper_server.limits import MAX_JOB_ERROR_BYTES, PAGE_BUDGET_BYTES, RESPONSE_BUDGET_BYTES
 from statekeeper_server.observability import store_metrics
 from statekeeper_server.observability.store_metrics import JobCounts
+from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.piecewise import merge_in_pieces
 from statekeeper_server.stores.budget import fill_page, framed_size
 from statekeeper_server.stores.paging import encode_page_token
@@ -809,6 +810,13 @@ def job_from_row(row: JobRow, now_us: int) -> jobs_pb2.Job:
     if row.state == RUNNING:
         _fill_lease(job.lease, row)
     return job
+
+
+async def job_off_loop(row: JobRow, now_us: int) -> jobs_pb2.Job:
+    """`job_from_row`, on a worker thread when the row's payload and result are large (a
+    store whose reads end on the event loop builds a large job there)."""
+    size = len(row.payload) + len(row.result or b"")
+    return await off_loop_if_large(size, job_from_row, row, now_us)
 
 
 def row_lease(row: JobRow) -> jobs_pb2.JobLease:

@@ -112,6 +112,7 @@ from statekeeper_server.stores.jobs import (
     idempotency_key_in_use,
     job_from_row,
     job_not_found,
+    job_off_loop,
     job_page,
     lease_batch,
     lease_lapsed,
@@ -620,7 +621,7 @@ class PostgresJobStore:
         row = _job(record)
         if lease_lapsed(row, now_us()):
             row = await self._write(lambda write: _settle_job(write, namespace, job_id))
-        return job_from_row(row, now_us())
+        return await job_off_loop(row, now_us())
 
     async def list(
         self, namespace: str, where: JobFilter, page_size: int, page_token: str

@@ -430,15 +430,24 @@ class SQLiteJobStore:
     # -- reads -----------------------------------------------------------------
 
     async def get(self, namespace: str, job_id: str) -> jobs_pb2.Job:
-        """The job now; an expired lease is settled first."""
-        row = await self._engine.read(lambda conn: _fetch(conn, namespace, job_id))
-        if row is None:
+        """The job now; an expired lease is settled first. The job is built on the
+        store's thread (a large payload decodes there, in pieces)."""
+
+        def read(conn: sqlite3.Connection) -> jobs_pb2.Job | JobRow | None:
+            row = _fetch(conn, namespace, job_id)
+            if row is None or lease_lapsed(row, now := now_us()):
+                return row
+            return job_from_row(row, now)
+
+        def settle(conn: sqlite3.Connection, effects: Effects) -> jobs_pb2.Job:
+            return job_from_row(_settle_job(conn, effects, namespace, job_id), now_us())
+
+        found = await self._engine.read(read)
+        if found is None:
             raise job_not_found(job_id)
-        if lease_lapsed(row, now_us()):
-            row = await self._write(
-                lambda conn, effects: _settle_job(conn, effects, namespace, job_id)
-            )
-        return job_from_row(row, now_us())
+        if isinstance(found, JobRow):
+            return await self._write(settle)
+        return found
 
     async def list(
         self, namespace: str, where: JobFilter, page_size: int, page_token: str
