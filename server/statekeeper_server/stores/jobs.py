@@ -815,8 +815,19 @@ def job_from_row(row: JobRow, now_us: int) -> jobs_pb2.Job:
 async def job_off_loop(row: JobRow, now_us: int) -> jobs_pb2.Job:
     """`job_from_row`, on a worker thread when the row's payload and result are large (a
     store whose reads end on the event loop builds a large job there)."""
-    size = len(row.payload) + len(row.result or b"")
-    return await off_loop_if_large(size, job_from_row, row, now_us)
+    return await off_loop_if_large(_row_bytes(row), job_from_row, row, now_us)
+
+
+async def enqueued_off_loop(row: JobRow, now_us: int, created: bool) -> Enqueued:
+    """`enqueued_job` of the row's job, built and encoded on a worker thread when its
+    payload and result are large."""
+    return await off_loop_if_large(
+        _row_bytes(row), lambda: enqueued_job(job_from_row(row, now_us), created)
+    )
+
+
+def _row_bytes(row: JobRow) -> int:
+    return len(row.payload) + len(row.result or b"")
 
 
 def row_lease(row: JobRow) -> jobs_pb2.JobLease:

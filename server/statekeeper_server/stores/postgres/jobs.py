@@ -56,6 +56,7 @@ BYTEA.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import random
@@ -105,12 +106,11 @@ from statekeeper_server.stores.jobs import (
     check_retry_allowed,
     completed_row,
     completion_repeated,
-    enqueued_job,
+    enqueued_off_loop,
     expired_row,
     extended_row,
     failed_row,
     idempotency_key_in_use,
-    job_from_row,
     job_not_found,
     job_off_loop,
     job_page,
@@ -432,7 +432,7 @@ class PostgresJobStore:
                     for new in group:
                         enqueued.append(await _enqueue_keyed(write, namespace, new, now))
                 else:
-                    rows = [new_row(namespace, new, now) for new in group]
+                    rows = await _new_rows(namespace, list(group), now)
                     enqueued += await _insert(write, rows, now)
             check_enqueue_response(enqueued)
             return enqueued
@@ -481,13 +481,13 @@ class PostgresJobStore:
             now = now_us()
             row = await _require(write.conn, namespace, job_id)
             if completion_repeated(row, lease_id):
-                return job_from_row(row, now)
+                return await job_off_loop(row, now)
             check_lease(row, lease_id, now)
             data = result.SerializeToString()
             row = completed_row(row, data, now)
             write.store([row])
             write.record(row, RUNNING, now, result=data)
-            return job_from_row(row, now)
+            return await job_off_loop(row, now)
 
         return await self._write(work)
 
@@ -512,7 +512,7 @@ class PostgresJobStore:
             row = failed_row(row, outcome, error, now)
             write.store([row])
             write.record(row, RUNNING, now, error=error)
-            return job_from_row(row, now)
+            return await job_off_loop(row, now)
 
         return await self._write(work)
 
@@ -523,12 +523,12 @@ class PostgresJobStore:
             now = now_us()
             row = await _require(write.conn, namespace, job_id)
             if not cancel_allowed(row):
-                return job_from_row(row, now)
+                return await job_off_loop(row, now)
             previous = reported_state(row.state, row.run_after, now)
             row = cancelled_row(row, now)
             write.store([row])
             write.record(row, previous, now)
-            return job_from_row(row, now)
+            return await job_off_loop(row, now)
 
         return await self._write(work)
 
@@ -549,7 +549,7 @@ class PostgresJobStore:
             row = revived_row(row, delay_us, now)
             write.store([row])
             write.record(row, previous, now)
-            return job_from_row(row, now)
+            return await job_off_loop(row, now)
 
         return await self._write(work)
 
@@ -1002,6 +1002,12 @@ def _state_condition(state: int, now: int, params: list[object]) -> str:
     return f"state = ${len(params)}"
 
 
+async def _new_rows(namespace: str, jobs: Sequence[NewJob], now: int) -> list[JobRow]:
+    """`new_row` of each job, on a worker thread: each encodes its payload, up to a
+    megabyte, and the thread costs little beside the statement's round trip."""
+    return await asyncio.to_thread(lambda: [new_row(namespace, new, now) for new in jobs])
+
+
 async def _insert(write: _Write, rows: Sequence[JobRow], now: int) -> list[Enqueued]:
     """Insert new jobs without keys, in order, in one statement."""
     columns = _columns([_job_values(row)[1:] for row in rows])
@@ -1012,22 +1018,22 @@ async def _insert(write: _Write, rows: Sequence[JobRow], now: int) -> list[Enque
     for row in rows:
         row = row._replace(seq=seqs[row.job_id])
         write.record(row, jobs_pb2.JOB_STATE_UNSPECIFIED, now)
-        enqueued.append(enqueued_job(job_from_row(row, now), created=True))
+        enqueued.append(await enqueued_off_loop(row, now, created=True))
     return enqueued
 
 
 async def _enqueue_keyed(write: _Write, namespace: str, new: NewJob, now: int) -> Enqueued:
     """Insert a job with an idempotency key, or return the unfinished job holding the key."""
     while True:
-        row = new_row(namespace, new, now)
+        [row] = await _new_rows(namespace, [new], now)
         seq = await write.conn.fetchval(_INSERT_KEYED_JOB, *_job_values(row)[1:])
         if seq is not None:
             row = row._replace(seq=seq)
             write.record(row, jobs_pb2.JOB_STATE_UNSPECIFIED, now)
-            return enqueued_job(job_from_row(row, now), created=True)
+            return await enqueued_off_loop(row, now, created=True)
         holder = await _key_holder(write.conn, namespace, new.idempotency_key)
         if holder is not None:
-            return enqueued_job(job_from_row(holder, now), created=False)
+            return await enqueued_off_loop(holder, now, created=False)
         # The holder finished between the insert and the read: the key is free again.
 
 
