@@ -29,6 +29,7 @@ import asyncpg
 from statekeeper.v1 import events_pb2
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.observability import store_metrics
+from statekeeper_server.offload import off_loop_if_many
 from statekeeper_server.stores.budget import fill_page
 from statekeeper_server.stores.events import (
     ALL_RUNS,
@@ -316,7 +317,10 @@ class PostgresEventStore:
                 if not plan.fresh:
                     return plan.results(originals, [])
                 now = now_us()
-                new = build_envelopes(run_id, run, plan.fresh, now)
+                # Encoding a large batch's envelopes runs on a thread, between round trips.
+                new = await off_loop_if_many(
+                    len(plan.fresh), build_envelopes, run_id, run, plan.fresh, now
+                )
                 if await _write(tx, namespace, run_id, run, plan.fresh, new, now):
                     break
         # Committed: the transaction ended without raising.
