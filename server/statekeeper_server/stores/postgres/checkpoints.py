@@ -261,7 +261,7 @@ class PostgresCheckpointStore:
         filters = latest_workflows_filters(where)
         after = decode_page_token(page_token, filters, str) or ""
         params = Params(namespace, after)
-        conditions = _workflow_conditions(where, params, name_column="h.workflow_name")
+        conditions = await _conditions_off_loop(where, params, name_column="h.workflow_name")
         rows, more = await self._fetch_page(
             "SELECT c.seq, c.run_id AS owner, c.checkpoint_id, c.data"
             " FROM workflow_checkpoint_heads h JOIN workflow_checkpoints c ON c.seq = h.seq"
@@ -516,7 +516,7 @@ class PostgresCheckpointStore:
         )
         if upper is not None:
             sql += f" AND c.seq < {params.add(upper)}"
-        sql += _workflow_conditions(where, params, name_column="c.workflow_name")
+        sql += await _conditions_off_loop(where, params, name_column="c.workflow_name")
         sql += f" ORDER BY c.seq DESC LIMIT {params.add(limit + 1)}"
         return await self._fetch_page(sql, params, order="seq DESC", limit=limit)
 
@@ -614,6 +614,15 @@ async def _prune(
         *params.values,
     )
     return dropped
+
+
+async def _conditions_off_loop(where: WorkflowFilter, params: Params, *, name_column: str) -> str:
+    """`_workflow_conditions`, on a worker thread when the filter's text is large (its
+    values are written as JSON, a few milliseconds per megabyte)."""
+    size = sum(len(c.key) + len(c.value) for c in where.metadata if isinstance(c.value, str))
+    return await off_loop_if_large(
+        size, _workflow_conditions, where, params, name_column=name_column
+    )
 
 
 def _workflow_conditions(where: WorkflowFilter, params: Params, *, name_column: str) -> str:
