@@ -38,6 +38,7 @@ CONTRACT = frozenset(
         "statekeeper_build_info",
         "statekeeper_ready",
         "statekeeper_active_streams",
+        "statekeeper_event_loop_lag_seconds",
         "statekeeper_events_appended_total",
         "statekeeper_event_bytes_appended_total",
         "statekeeper_replay_followers",

@@ -80,8 +80,6 @@ def _merge(message: Any, data: memoryview) -> Iterator[None]:
     fields = message.DESCRIPTOR.fields_by_number
     start = end = 0
     for count, (record_start, payload, record_end, number, kind) in enumerate(records(data)):
-        if record_end > len(data):
-            raise DecodeError("a field runs past the end of the encoding")
         if count == MANY_RECORDS:
             # Small fields: finding them here would cost more than decoding them.
             message.MergeFromString(data[start:])
@@ -140,22 +138,21 @@ def _map_value(
     value_field = entry_type.fields_by_number[_MAP_VALUE]
     if key_field.type != FieldDescriptor.TYPE_STRING or value_field.message_type is None:
         return None
-    keys: list[memoryview] = []
-    values: list[memoryview] = []
-    for _, payload, end, number, kind in records(entry):
-        if kind == LENGTH_DELIMITED and number == _MAP_KEY:
-            keys.append(entry[payload:end])
-        elif kind == LENGTH_DELIMITED and number == _MAP_VALUE:
-            values.append(entry[payload:end])
+    found = [(number, kind) for _, _, _, number, kind in records(entry)]
+    if found != [(_MAP_KEY, LENGTH_DELIMITED), (_MAP_VALUE, LENGTH_DELIMITED)]:
+        # Not the one key and one value every encoder writes: decoded whole, the entry is
+        # read, or refused, exactly as the decode would.
+        return None
+    (_, key_start, key_end, _, _), (_, value_start, value_end, _, _) = records(entry)
+    key_bytes, value = entry[key_start:key_end], entry[value_start:value_end]
     try:
-        key = keys[-1].tobytes().decode() if keys else ""
+        key = key_bytes.tobytes().decode()
     except UnicodeDecodeError:
-        return None  # decoded whole, the entry fails as the decode would
+        return None
     container = getattr(message, name)
     if key in container:
         del container[key]
-    joined = values[0] if len(values) == 1 else memoryview(b"".join(values))
-    return container[key], joined
+    return container[key], value
 
 
 def records(data: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
@@ -174,6 +171,8 @@ def records(data: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
             at = payload + length
         else:
             at = _skip(data, at, kind)
+        if at > end:
+            raise ValueError("a field runs past the end of the encoding")
         yield start, payload, at, number, kind
 
 
