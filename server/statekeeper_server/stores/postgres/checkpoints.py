@@ -24,6 +24,7 @@ and value (1 and 1.0 are equal numbers; 1, "1" and true never match).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Sequence
@@ -181,7 +182,9 @@ class PostgresCheckpointStore:
         run_id = checkpoint.run_id
         async with self._engine.transaction() as tx:
             head = await _lock_head(tx, _WORKFLOWS, namespace, run_id)
-            minted = mint_workflow(
+            # Encoding up to 2 MiB: on a thread, as the file store's writer does it.
+            minted = await asyncio.to_thread(
+                mint_workflow,
                 checkpoint,
                 newest_id=head.checkpoint_id if head else "",
                 newest_create_us=head.create_us if head else None,
@@ -292,7 +295,9 @@ class PostgresCheckpointStore:
         agent_id = checkpoint.agent_id
         async with self._engine.transaction() as tx:
             head = await _lock_head(tx, _AGENTS, namespace, agent_id)
-            minted = mint_agent(
+            # Encoding up to 2 MiB: on a thread, as the file store's writer does it.
+            minted = await asyncio.to_thread(
+                mint_agent,
                 checkpoint,
                 newest_id=head.checkpoint_id if head else "",
                 newest_create_us=head.create_us if head else None,

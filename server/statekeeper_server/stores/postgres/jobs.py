@@ -483,7 +483,7 @@ class PostgresJobStore:
             if completion_repeated(row, lease_id):
                 return await job_off_loop(row, now)
             check_lease(row, lease_id, now)
-            data = result.SerializeToString()
+            data = await asyncio.to_thread(result.SerializeToString)
             row = completed_row(row, data, now)
             write.store([row])
             write.record(row, RUNNING, now, result=data)

@@ -9,6 +9,8 @@ compares again against the row the winner committed.
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from statekeeper.v1 import snapshots_pb2
@@ -67,7 +69,8 @@ class PostgresSnapshotStore:
                     snapshot.run_id,
                 )
                 check_expected_version(snapshot.run_id, current or 0, expected_version)
-                data = stamp_snapshot(snapshot, (current or 0) + 1)
+                # Encoding up to 2 MiB: on a thread, as the file store's writer does it.
+                data = await asyncio.to_thread(stamp_snapshot, snapshot, (current or 0) + 1)
                 if await _write(tx, namespace, snapshot, data, exists=current is not None):
                     return data
 
