@@ -13,9 +13,12 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+from pydantic import ValidationError
 
 from statekeeper.v1 import snapshots_pb2, snapshots_pb2_grpc
-from statekeeper_server.errors import InvalidArgument, ServiceError, TooLarge
+from statekeeper_server import request_decoding
+from statekeeper_server.config import Settings
+from statekeeper_server.errors import InvalidArgument, ServiceError, TooLarge, Unavailable
 from statekeeper_server.limits import INLINE_CHECK_BYTES, MAX_JSON_DEPTH
 from statekeeper_server.request_decoding import CheckWorkers, decode_checked
 from tests.harness import running_app
@@ -92,6 +95,30 @@ async def test_a_worker_that_dies_is_replaced(workers: CheckWorkers) -> None:
         os.kill(pid, signal.SIGKILL)
     await workers.check(snapshots_pb2.SaveSnapshotRequest, body)
     assert workers.pids
+
+
+def _die(message_name: str, data: bytes) -> None:
+    """A check that takes its worker process down with it."""
+    os._exit(3)
+
+
+async def test_a_body_whose_check_keeps_killing_workers_is_unavailable_to_retry(
+    workers: CheckWorkers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(request_decoding, "_verdict", _die)
+    with pytest.raises(Unavailable) as refused:
+        await workers.check(snapshots_pb2.SaveSnapshotRequest, large().SerializeToString())
+    assert refused.value.reason == "CHECK_UNAVAILABLE"
+    monkeypatch.undo()
+    await workers.check(snapshots_pb2.SaveSnapshotRequest, large().SerializeToString())
+
+
+def test_at_least_one_check_worker_is_required() -> None:
+    with pytest.raises(ValidationError):
+        Settings(check_workers=0)
+    with pytest.raises(ValidationError):
+        Settings(check_workers=65)
+    assert Settings(check_workers=1).check_workers == 1
 
 
 @pytest.fixture

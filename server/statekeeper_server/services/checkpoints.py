@@ -18,7 +18,6 @@ from statekeeper.v1 import checkpoints_pb2, checkpoints_pb2_grpc
 from statekeeper_server.config import Settings
 from statekeeper_server.errors import InvalidArgument
 from statekeeper_server.observability import store_metrics
-from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.services.context import request_namespace
 from statekeeper_server.stores.checkpoints import (
     NUL_RULE,
@@ -29,7 +28,7 @@ from statekeeper_server.stores.checkpoints import (
     RetentionPolicy,
     Saved,
     WorkflowFilter,
-    metadata_conditions,
+    metadata_conditions_off_loop,
 )
 from statekeeper_server.timestamps import duration_us, now_us
 from statekeeper_server.validation import (
@@ -147,12 +146,7 @@ class CheckpointServicer(checkpoints_pb2_grpc.CheckpointServiceServicer):
         _text(request.workflow_name, "workflow_name", required=False)
         where = WorkflowFilter(
             workflow_name=request.workflow_name,
-            metadata=await off_loop_if_large(
-                request.metadata_filter.ByteSize(),
-                metadata_conditions,
-                request.metadata_filter,
-                "metadata_filter",
-            ),
+            metadata=await metadata_conditions_off_loop(request.metadata_filter, "metadata_filter"),
         )
         size = page_size(request.page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         if run_id:

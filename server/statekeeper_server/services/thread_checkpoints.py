@@ -26,7 +26,11 @@ from statekeeper_server.limits import (
 )
 from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.services.context import request_namespace
-from statekeeper_server.stores.checkpoints import NUL_RULE, metadata_conditions, metadata_json
+from statekeeper_server.stores.checkpoints import (
+    NUL_RULE,
+    metadata_conditions_off_loop,
+    metadata_json,
+)
 from statekeeper_server.stores.thread_checkpoints import (
     RECORD_TOO_LARGE,
     Blob,
@@ -200,7 +204,7 @@ class ThreadCheckpointServicer(pb_grpc.ThreadCheckpointServiceServicer):
         before = optional_id(request.before, "before")
         if request.limit < 0:
             raise InvalidArgument("limit", "must not be negative")
-        conditions = metadata_conditions(request.metadata_filter, "metadata_filter")
+        conditions = await metadata_conditions_off_loop(request.metadata_filter, "metadata_filter")
         size = page_size(request.page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         filters = list_filters(thread_id, checkpoint_ns, before, conditions)
         remaining = request.limit or None

@@ -26,6 +26,7 @@ from statekeeper.v1 import checkpoints_pb2
 from statekeeper_server.errors import Aborted, DataLoss, InvalidArgument, NotFound
 from statekeeper_server.limits import MAX_FILTER_KEYS
 from statekeeper_server.observability import store_metrics
+from statekeeper_server.offload import off_loop_if_large
 from statekeeper_server.piecewise import merge_in_pieces
 from statekeeper_server.stores.paging import encode_page_token
 from statekeeper_server.timestamps import to_timestamp
@@ -158,6 +159,16 @@ def metadata_conditions(
         else:
             raise InvalidArgument(f"{field}.{key}", "must be a string, a number, a boolean or null")
     return tuple(conditions)
+
+
+async def metadata_conditions_off_loop(
+    metadata_filter: struct_pb2.Struct, field: str
+) -> tuple[MetadataCondition, ...]:
+    """`metadata_conditions`, on a worker thread for a large filter (its text is copied
+    out of the message and scanned, a few milliseconds per megabyte)."""
+    return await off_loop_if_large(
+        metadata_filter.ByteSize(), metadata_conditions, metadata_filter, field
+    )
 
 
 def metadata_json(metadata: struct_pb2.Struct, field: str = "checkpoint.metadata") -> str:
