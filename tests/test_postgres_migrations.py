@@ -9,7 +9,11 @@ import asyncpg
 import pytest
 
 from statekeeper_server.stores.postgres import MIGRATIONS
-from statekeeper_server.stores.postgres.migrations import Migrations, SchemaTooNewError
+from statekeeper_server.stores.postgres.migrations import (
+    Migrations,
+    SchemaTooNewError,
+    fast_compression,
+)
 from tests.postgres_harness import open_engine
 
 WIDGET_STEPS = [
@@ -81,3 +85,57 @@ async def test_every_store_table_lives_in_the_configured_schema(postgres_url: st
             engine.options.schema,
         )
     assert {"schema_migrations", "snapshots"} <= {row["table_name"] for row in tables}
+
+
+LARGE_RECORD_COLUMNS = {
+    ("snapshots", "data"),
+    ("events", "envelope"),
+    ("jobs", "payload"),
+    ("jobs", "result"),
+    ("job_changes", "result"),
+    ("workflow_checkpoints", "data"),
+    ("workflow_checkpoints", "metadata"),
+    ("agent_checkpoints", "data"),
+    ("thread_checkpoints", "checkpoint_data"),
+    ("thread_checkpoints", "metadata_data"),
+    ("thread_checkpoints", "metadata"),
+    ("thread_values", "data"),
+    ("thread_writes", "data"),
+}
+"""Every column that holds a caller's record, up to the record limit."""
+
+
+async def test_every_column_holding_large_records_is_compressed_with_lz4(
+    postgres_url: str,
+) -> None:
+    async with open_engine(postgres_url) as engine:
+        rows = await engine.fetch(
+            "SELECT c.relname, a.attname, a.attcompression::text FROM pg_attribute AS a"
+            " JOIN pg_class AS c ON c.oid = a.attrelid"
+            " JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = $1 AND c.relkind = 'r' AND a.attnum > 0"
+            " AND NOT a.attisdropped AND a.atttypid IN ('bytea'::regtype, 'jsonb'::regtype)",
+            engine.options.schema,
+        )
+    lz4 = {(row["relname"], row["attname"]) for row in rows if row["attcompression"] == "l"}
+    assert lz4 == LARGE_RECORD_COLUMNS
+
+
+async def test_a_value_written_after_the_step_is_stored_lz4_compressed(postgres_url: str) -> None:
+    steps = [["CREATE TABLE blobs (data BYTEA NOT NULL)"], [fast_compression("blobs", "data")]]
+    async with open_engine(postgres_url, {"blobs": steps}) as engine:
+        await engine.execute("INSERT INTO blobs (data) VALUES ($1)", b"statekeeper " * 10_000)
+        method = await engine.fetchval("SELECT pg_column_compression(data) FROM blobs")
+    assert method == "lz4"
+
+
+async def test_values_stored_before_the_step_stay_readable(postgres_url: str) -> None:
+    create = ["CREATE TABLE blobs (data BYTEA NOT NULL)"]
+    value = b"statekeeper " * 10_000
+    async with open_engine(postgres_url, {"blobs": [create]}) as engine:
+        await engine.execute("INSERT INTO blobs (data) VALUES ($1)", value)
+    async with open_engine(
+        postgres_url, {"blobs": [create, [fast_compression("blobs", "data")]]}
+    ) as engine:
+        assert await engine.fetchval("SELECT pg_column_compression(data) FROM blobs") == "pglz"
+        assert await engine.fetchval("SELECT data FROM blobs") == value

@@ -68,6 +68,7 @@ from statekeeper_server.stores.checkpoints import (
 )
 from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.postgres.engine import PostgresEngine, Transaction
+from statekeeper_server.stores.postgres.migrations import fast_compression
 from statekeeper_server.stores.postgres.pages import (
     Params,
     framed_octets,
@@ -127,6 +128,11 @@ MIGRATIONS = [
             ttl_us BIGINT,
             PRIMARY KEY (namespace, agent_id)
         )""",
+    ],
+    [
+        # Large records are compressed with lz4, which costs the database far less CPU.
+        fast_compression("workflow_checkpoints", "data", "metadata"),
+        fast_compression("agent_checkpoints", "data"),
     ],
 ]
 

@@ -56,6 +56,7 @@ from statekeeper_server.stores.events import (
 )
 from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.postgres.engine import PostgresEngine, Transaction
+from statekeeper_server.stores.postgres.migrations import fast_compression
 from statekeeper_server.stores.postgres.pages import framed_octets, within_bytes
 from statekeeper_server.timestamps import now_us
 
@@ -94,6 +95,10 @@ MIGRATIONS = [
         # Appends keep their updates HOT: they rewrite neither column once it is set.
         "CREATE INDEX event_runs_by_session ON event_runs (namespace, session_id, run_id)",
         "CREATE INDEX event_runs_by_terminal ON event_runs (namespace, terminal, run_id)",
+    ],
+    [
+        # Large records are compressed with lz4, which costs the database far less CPU.
+        fast_compression("events", "envelope"),
     ],
 ]
 

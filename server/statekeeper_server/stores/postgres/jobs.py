@@ -132,6 +132,7 @@ from statekeeper_server.stores.jobs import (
 )
 from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.postgres.engine import PostgresEngine, Transaction
+from statekeeper_server.stores.postgres.migrations import fast_compression
 from statekeeper_server.stores.postgres.pages import (
     Params,
     framed_octets,
@@ -217,6 +218,11 @@ MIGRATIONS = [
     [
         # The oldest runnable job of a queue, for the metrics, in one index lookup.
         "CREATE INDEX jobs_available_since ON jobs (namespace, queue, run_after) WHERE state = 2",
+    ],
+    [
+        # Large records are compressed with lz4, which costs the database far less CPU.
+        fast_compression("jobs", "payload", "result"),
+        fast_compression("job_changes", "result"),
     ],
 ]
 

@@ -25,6 +25,26 @@ Migrations = Mapping[str, Sequence[Sequence[str]]]
 """Per component, its schema steps in order; a step is a list of statements."""
 
 
+def fast_compression(table: str, *columns: str) -> str:
+    """A statement having PostgreSQL compress `columns` of `table` with lz4 where it can.
+
+    PostgreSQL compresses each value over about 2 KB before storing it. With
+    its default method (pglz) a 2 MB record costs the database about 40 ms
+    of CPU to write, with lz4 under 1 ms, for about a quarter more space:
+    on a machine whose cores the database shares with statekeeper, that CPU
+    is taken from every other caller. A server built without lz4, or older
+    than PostgreSQL 14, keeps pglz (the statement then changes nothing).
+    Values already stored keep their method; both stay readable.
+    """
+    alter = f"ALTER TABLE {table} " + ", ".join(
+        f"ALTER COLUMN {column} SET COMPRESSION lz4" for column in columns
+    )
+    return (
+        f"DO $$ BEGIN EXECUTE '{alter}';"
+        " EXCEPTION WHEN feature_not_supported OR syntax_error THEN NULL; END $$"
+    )
+
+
 class SchemaTooNewError(RuntimeError):
     """The schema was migrated by a newer statekeeper."""
 

@@ -17,6 +17,7 @@ from statekeeper.v1 import snapshots_pb2
 from statekeeper_server.limits import PAGE_BUDGET_BYTES
 from statekeeper_server.stores.paging import decode_page_token
 from statekeeper_server.stores.postgres.engine import PostgresEngine, Transaction
+from statekeeper_server.stores.postgres.migrations import fast_compression
 from statekeeper_server.stores.postgres.pages import (
     Params,
     framed_octets,
@@ -47,6 +48,10 @@ MIGRATIONS = [
             PRIMARY KEY (namespace, run_id)
         )""",
         "CREATE INDEX snapshots_by_session ON snapshots (namespace, session_id, run_id)",
+    ],
+    [
+        # Large records are compressed with lz4, which costs the database far less CPU.
+        fast_compression("snapshots", "data"),
     ],
 ]
 
