@@ -39,6 +39,7 @@ CONTRACT = frozenset(
         "statekeeper_ready",
         "statekeeper_active_streams",
         "statekeeper_event_loop_lag_seconds",
+        "statekeeper_large_requests_waiting",
         "statekeeper_events_appended_total",
         "statekeeper_event_bytes_appended_total",
         "statekeeper_replay_followers",

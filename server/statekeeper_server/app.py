@@ -45,6 +45,7 @@ from statekeeper_server.observability.tracing import Tracing, start_tracing
 from statekeeper_server.publish.relay_config import declare_relays
 from statekeeper_server.publish.sinks import Sinks
 from statekeeper_server.request_decoding import CheckWorkers
+from statekeeper_server.request_turns import RequestTurns
 from statekeeper_server.services import Service
 from statekeeper_server.services.checkpoints import CheckpointServicer
 from statekeeper_server.services.events import EventLogServicer
@@ -110,6 +111,7 @@ class Application:
         )
         """The budget of bytes that ReplayEvents and WatchJobs streams hold together."""
         self.check_workers = CheckWorkers(settings.check_workers)
+        self.request_turns = RequestTurns(settings.large_request_bytes)
         """The worker processes that decode and check large request bodies."""
         self.stream_turns = StreamTurns()
         """The turns ReplayEvents and WatchJobs streams take to read and send a page."""
@@ -202,6 +204,7 @@ class Application:
                         RequestLayer(
                             self.settings.max_message_bytes,
                             self.check_workers,
+                            self.request_turns,
                             count_bytes=self.settings.access_log != "off",
                         ),
                     ]

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from statekeeper_server.limits import (
+    DEFAULT_LARGE_REQUEST_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_STREAM_BUFFER_BYTES,
     KIB,
@@ -183,6 +184,14 @@ class Settings(BaseSettings):
         description="worker processes that decode and check request bodies over 16 KiB holding"
         " JSON values, so the event loop never does; started with the first such request"
         " (default: one per core but one, at least 1, at most 4)",
+    )
+    large_request_bytes: int = Field(
+        DEFAULT_LARGE_REQUEST_BYTES,
+        ge=0,
+        le=MAX_REQUEST_BYTES_LIMIT,
+        description="bytes of request bodies over 16 KiB holding JSON values served at once;"
+        " more wait their turn, first come first served, while smaller calls pass (a larger"
+        " body is served alone); 0 serves them all at once",
     )
     max_connections: int = Field(
         5_000, gt=0, description="most client connections open at once; more are closed at once"

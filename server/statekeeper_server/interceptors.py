@@ -56,6 +56,7 @@ from statekeeper_server.observability import call_record
 from statekeeper_server.piecewise import decode_in_pieces
 from statekeeper_server.request_checks import check_request
 from statekeeper_server.request_decoding import UNDECODABLE, CheckWorkers, decode_checked
+from statekeeper_server.request_turns import RequestTurns
 from statekeeper_server.wire_twins import screen_for
 
 log = logging.getLogger("statekeeper.calls")
@@ -235,14 +236,22 @@ class _Refused:
 
 
 class _Pending:
-    """A large body holding JSON values: checked by a worker process, then decoded in steps."""
+    """A large body holding JSON values: served in a turn of `turns`, checked by a worker
+    process, then decoded in steps."""
 
-    __slots__ = ("data", "message_class", "workers")
+    __slots__ = ("data", "message_class", "turns", "workers")
 
-    def __init__(self, data: bytes, message_class: type[Message], workers: CheckWorkers) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        message_class: type[Message],
+        workers: CheckWorkers,
+        turns: RequestTurns,
+    ) -> None:
         self.data = data
         self.message_class = message_class
         self.workers = workers
+        self.turns = turns
 
 
 class _Unchecked:
@@ -263,10 +272,16 @@ class RequestLayer(Layer):
     """
 
     def __init__(
-        self, max_request_bytes: int, workers: CheckWorkers, *, count_bytes: bool = False
+        self,
+        max_request_bytes: int,
+        workers: CheckWorkers,
+        turns: RequestTurns,
+        *,
+        count_bytes: bool = False,
     ) -> None:
         self._max_request_bytes = max_request_bytes
         self._workers = workers
+        self._turns = turns
         self._count_bytes = count_bytes
 
     def wrap(self, method: str, handler: Handler) -> Handler:
@@ -312,7 +327,7 @@ class RequestLayer(Layer):
         to decode) and checked on a thread (`_Unchecked`).
         """
         limit = self._max_request_bytes
-        workers = self._workers
+        workers, turns = self._workers, self._turns
         message_class = _message_class_of(deserialize)
         holds_json = message_class is not None and screen_for(message_class.DESCRIPTOR) is not None
 
@@ -326,7 +341,7 @@ class RequestLayer(Layer):
             large = len(data) > INLINE_CHECK_BYTES
             if large and holds_json:
                 assert message_class is not None
-                return _Pending(data, message_class, workers)
+                return _Pending(data, message_class, workers, turns)
             try:
                 if message_class is not None and not large:
                     return decode_checked(message_class, data)
@@ -446,6 +461,10 @@ async def _checked(request: Any) -> Any:
 
 def _checked_unary(behavior: Unary) -> Unary:
     async def checked(request: Any, context: Context) -> Any:
+        if isinstance(request, _Pending):
+            # A large request is checked and served in its turn (`request_turns`).
+            async with request.turns.turn(len(request.data)):
+                return await behavior(await _worked_request(request), context)
         return await behavior(await _checked(request), context)
 
     return checked

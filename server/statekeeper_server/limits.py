@@ -37,6 +37,9 @@ DEFAULT_MAX_REQUEST_BYTES = 4 * MIB
 """Default of `--max-message-bytes`: the largest request accepted."""
 MAX_REQUEST_BYTES_LIMIT = 64 * MIB
 """The highest `--max-message-bytes` an operator may set."""
+DEFAULT_LARGE_REQUEST_BYTES = 6 * MIB
+"""Default of `--large-request-bytes`: bodies of large requests served at once
+(`request_turns`): one or two of the largest, three of 2 MB."""
 TRANSPORT_SLACK_BYTES = 1 * MIB
 """gRPC itself refuses requests only this far above `--max-message-bytes`; requests in
 between reach the server and are refused with an ErrorInfo (REQUEST_TOO_LARGE)."""

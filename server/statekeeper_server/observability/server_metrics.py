@@ -6,8 +6,10 @@
   streams admitted and not yet ended, from the admission's own count
 - statekeeper_connections: client connections open now (read from the
   kernel's TCP tables, see `connections`; no sample where they cannot be read)
+- statekeeper_large_requests_waiting: large requests waiting for their turn
+  (`request_turns`)
 
-The last three are read at scrape time by one process-wide collector from the
+The last four are read at scrape time by one process-wide collector from the
 servers `track`ed with it (tests run several in one process); with none
 tracked they have no sample. Reading them costs a call nothing.
 """
@@ -27,12 +29,14 @@ from prometheus_client.registry import Collector
 from statekeeper_server.admission import Admission
 from statekeeper_server.observability.connections import established_connections
 from statekeeper_server.observability.grpc_metrics import split_method
+from statekeeper_server.request_turns import RequestTurns
 
 
 class ObservedServer(Protocol):
     """What the collector reads of a server."""
 
     admission: Admission
+    request_turns: RequestTurns
     port: int
     """The port the gRPC server is bound to (0 before it is)."""
 
@@ -75,7 +79,7 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """The families with the tracked servers' current values."""
-        ready, streams, connections = self._families()
+        ready, streams, connections, waiting = self._families()
         servers = list(self._servers)
         if servers:
             ready.add_metric([], float(all(s.readiness() is None for s in servers)))
@@ -90,10 +94,14 @@ class ServerCollector(Collector):
         known = [count for count in counts if count is not None]
         if known:
             connections.add_metric([], float(sum(known)))
-        return [ready, streams, connections]
+        if servers:
+            waiting.add_metric([], float(sum(s.request_turns.waiting for s in servers)))
+        return [ready, streams, connections, waiting]
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[
+        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
+    ]:
         return (
             GaugeMetricFamily(
                 "statekeeper_ready",
@@ -108,6 +116,11 @@ class ServerCollector(Collector):
             GaugeMetricFamily(
                 "statekeeper_connections",
                 "Client connections open now (established TCP connections to the gRPC port).",
+            ),
+            GaugeMetricFamily(
+                "statekeeper_large_requests_waiting",
+                "Requests over 16 KiB holding JSON values waiting for their turn: more than"
+                " --large-request-bytes of such bodies arrived at once.",
             ),
         )
 
