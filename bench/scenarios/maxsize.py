@@ -30,7 +30,10 @@ server refuses are counted by code (and ErrorInfo reason); each row says
 how many of its kind succeeded and how many were refused. One row per
 kind, then one with every kind at once (over a window twice as long, since
 its calls take seconds). Target: the other caller's p99
-under 50 ms, as for stalled followers.
+under 50 ms, as for stalled followers. Beside it, for information, the same
+load on a server that serves every large request at once instead of in
+turns (`--large-request-bytes 0`): the other caller's p99 there, and how many
+large calls each served.
 
 Each row also reads the server's `statekeeper_event_loop_lag_seconds`
 histogram before and after its window: how late the event loop fired a
@@ -936,5 +939,52 @@ def maxsize(bench: Bench, store: str, with_peers: bool) -> list[Row]:
             f"; server RSS {rss_before / MB:.0f} MB before the load, {rss_after / MB:.0f} MB"
             " at the end"
         )
+    with_turns = rows[-1]
+    without_turns, served_without = every_kind_without_turns(bench, store, sizes, idle)
+    with_turns.note += f"; large calls served: {served(loaded)} (without turns: {served_without})"
+    rows.append(without_turns)
     rows.append(step_row(bench, store))
     return rows
+
+
+def served(loads: Sequence[Window]) -> int:
+    """Max-size calls the loads got answered (refusals aside)."""
+    return round(
+        sum(value for load in loads for key, value in load.extra.items() if key.endswith("|ok"))
+    )
+
+
+def every_kind_without_turns(
+    bench: Bench, store: str, sizes: dict[str, int], idle: Window
+) -> tuple[Row, int]:
+    """Every kind at once on a server serving every large request at once
+    (`--large-request-bytes 0`): what taking turns saves other callers (this row's p99
+    beside the row with turns) and what it costs the large requests (calls served).
+
+    Returns the row (information, no target) and the calls it served."""
+    http_port = servers.free_port()
+    with bench.statekeeper(
+        store, "--http-listen", f"127.0.0.1:{http_port}", "--large-request-bytes", "0"
+    ) as server:
+        probe = _prepared_probe(bench, server)
+        lag = (loop_lag_window, {"http_port": http_port})
+        (measured, lagged, *loaded), cpu = bench.measure_each(
+            [probe, lag, *_every_kind_loads(server.target)],
+            server,
+            "maxsize all without turns",
+            2 * DURATIONS[bench.mode.name],
+            BUILD_LEAD,
+        )
+    row = _row(
+        f"maxsize: every kind at once, without turns (--large-request-bytes 0)"
+        f" {store_label(store)}: other caller's p99",
+        measured,
+        idle,
+        loaded,
+        [k.name for k in KINDS],
+        sizes,
+        cpu,
+        lagged,
+    )
+    row.targets = ()
+    return row, served(loaded)
