@@ -918,33 +918,49 @@ def maxsize(bench: Bench, store: str, with_peers: bool) -> list[Row]:
                     lagged,
                 )
             )
-        loads = _every_kind_loads(server.target)
-        (measured, lagged, *loaded), cpu = bench.measure_each(
-            [probe, lag, *loads], server, "maxsize all", 2 * duration, BUILD_LEAD
-        )
-        rows.append(
-            _row(
-                f"maxsize: every kind at once {store_label(store)}: other caller's p99",
-                measured,
-                idle,
-                loaded,
-                [k.name for k in KINDS],
-                sizes,
-                cpu,
-                lagged,
-            )
+        with_turns, served_with = every_kind_row(
+            bench, server, probe, lag, f"every kind at once {store_label(store)}", idle, sizes
         )
         rss_after = server.rss()
-        rows[-1].note += (
+        with_turns.note += (
             f"; server RSS {rss_before / MB:.0f} MB before the load, {rss_after / MB:.0f} MB"
             " at the end"
         )
-    with_turns = rows[-1]
     without_turns, served_without = every_kind_without_turns(bench, store, sizes, idle)
-    with_turns.note += f"; large calls served: {served(loaded)} (without turns: {served_without})"
-    rows.append(without_turns)
-    rows.append(step_row(bench, store))
+    with_turns.note += f"; large calls served: {served_with} (without turns: {served_without})"
+    rows += [with_turns, without_turns, step_row(bench, store)]
     return rows
+
+
+def every_kind_row(
+    bench: Bench,
+    server: servers.ServerProcess,
+    probe: Task,
+    lag: Task,
+    what: str,
+    idle: Window,
+    sizes: dict[str, int],
+) -> tuple[Row, int]:
+    """Every kind at once against `server` for two windows' time: the probe's row
+    (`what` names it) and how many large calls the server answered."""
+    (measured, lagged, *loaded), cpu = bench.measure_each(
+        [probe, lag, *_every_kind_loads(server.target)],
+        server,
+        f"maxsize {what}",
+        2 * DURATIONS[bench.mode.name],
+        BUILD_LEAD,
+    )
+    row = _row(
+        f"maxsize: {what}: other caller's p99",
+        measured,
+        idle,
+        loaded,
+        [k.name for k in KINDS],
+        sizes,
+        cpu,
+        lagged,
+    )
+    return row, served(loaded)
 
 
 def served(loads: Sequence[Window]) -> int:
@@ -966,25 +982,14 @@ def every_kind_without_turns(
     with bench.statekeeper(
         store, "--http-listen", f"127.0.0.1:{http_port}", "--large-request-bytes", "0"
     ) as server:
-        probe = _prepared_probe(bench, server)
-        lag = (loop_lag_window, {"http_port": http_port})
-        (measured, lagged, *loaded), cpu = bench.measure_each(
-            [probe, lag, *_every_kind_loads(server.target)],
+        row, answered = every_kind_row(
+            bench,
             server,
-            "maxsize all without turns",
-            2 * DURATIONS[bench.mode.name],
-            BUILD_LEAD,
+            _prepared_probe(bench, server),
+            (loop_lag_window, {"http_port": http_port}),
+            f"every kind at once, without turns (--large-request-bytes 0) {store_label(store)}",
+            idle,
+            sizes,
         )
-    row = _row(
-        f"maxsize: every kind at once, without turns (--large-request-bytes 0)"
-        f" {store_label(store)}: other caller's p99",
-        measured,
-        idle,
-        loaded,
-        [k.name for k in KINDS],
-        sizes,
-        cpu,
-        lagged,
-    )
     row.targets = ()
-    return row, served(loaded)
+    return row, answered
